@@ -1,0 +1,278 @@
+"""The common analyzer API: input checks, neuron selection, batching, one compiled pass."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+
+from pattern_keras import engine
+from pattern_keras.rules import Composite
+
+__all__ = ["Analyzer", "NEURON_SELECTION_MODES"]
+
+NEURON_SELECTION_MODES = ("max_activation", "index", "all")
+DEFAULT_BATCH_SIZE = 32
+
+ArrayLike = Union[np.ndarray, tf.Tensor, Sequence[np.ndarray], tf.data.Dataset]
+
+
+class Analyzer:
+    """Base class: explains one output neuron per sample with one backward pass.
+
+    Subclasses only say which backward rule each kind of op gets (:meth:`_composite`), how the
+    backward pass is seeded (:attr:`seed_with_value`) and, optionally, how the signal at the
+    inputs is post-processed (:meth:`_postprocess`). The traversal is
+    :mod:`pattern_keras.engine`'s, run once per batch as a ``tf.function`` traced once per input
+    signature.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A Functional or Sequential model with one output. A final softmax is stripped:
+        explanations are of the pre-softmax value. Layers without a rule are refused here,
+        with a ``ValueError`` naming them.
+    neuron_selection_mode : {"max_activation", "index", "all"}
+        Which output neuron is explained: per sample the one with the largest value, the one
+        given by ``neuron_selection`` in :meth:`analyze`, or the sum over all outputs.
+
+    Notes
+    -----
+    Seeds: analyzers with ``seed_with_value = False`` (Gradient, InputTimesGradient) start the
+    backward pass from 1 at the selected neuron; the others (DeConvNet, GuidedBackprop, the LRP
+    rules, PatternNet, PatternAttribution) from the selected neuron's value ``y``, so that
+    relevance is conserved (``Σ R = y`` for LRP on a bias-free ReLU network).
+    """
+
+    #: Start the backward pass from the selected neuron's value (True) or from 1 (False).
+    seed_with_value: bool = False
+    #: Fold BatchNormalization into the preceding linear layer before explaining.
+    fold_batch_norm: bool = False
+
+    def __init__(self, model: Any, neuron_selection_mode: str = "max_activation") -> None:
+        if neuron_selection_mode not in NEURON_SELECTION_MODES:
+            raise ValueError(
+                f"neuron_selection_mode must be one of {NEURON_SELECTION_MODES}, "
+                f"got {neuron_selection_mode!r}."
+            )
+        self.model = model
+        self.neuron_selection_mode = neuron_selection_mode
+        self._program = engine.Program(model, fold_batch_norm=self.fold_batch_norm)
+        self._compiled = None
+        shape = self._program.output_shape
+        if shape is None or any(d is None for d in shape[1:]):
+            raise ValueError(
+                f"The output of model '{model.name}' has shape {shape}: the number of output "
+                "neurons must be known."
+            )
+        self.num_outputs = int(math.prod(shape[1:]))
+
+    # -- what subclasses define ------------------------------------------------------------
+
+    def _composite(self) -> Composite:
+        raise NotImplementedError
+
+    def _postprocess(self, inputs: list[Any], signals: list[Any]) -> list[Any]:
+        return signals
+
+    def _check_ready(self) -> None:
+        """Raise if the analyzer needs something (fitted patterns) before it can run."""
+
+    # -- the compiled pass -----------------------------------------------------------------
+
+    def _explain(self, inputs: list[Any], selection: Any) -> list[Any]:
+        program = self._program
+        values = engine.forward(program, inputs)
+        y = values[program.output]
+        flat = tf.reshape(y, [tf.shape(y)[0], -1])
+        if self.neuron_selection_mode == "all":
+            mask = tf.ones_like(flat)
+        else:
+            if self.neuron_selection_mode == "max_activation":
+                selection = tf.argmax(flat, axis=1, output_type=tf.int32)
+            mask = tf.one_hot(selection, depth=self.num_outputs, dtype=flat.dtype)
+        seed = mask * flat if self.seed_with_value else mask
+        composite = self._composite()
+        signals = engine.backward(program, values, tf.reshape(seed, tf.shape(y)), composite)
+        return self._postprocess(inputs, signals)
+
+    def _compiled_fn(self):
+        if self._compiled is None:
+            signature = [
+                [tf.TensorSpec((None,) + tuple(shape[1:]), dtype)
+                 for shape, dtype in self._program.input_specs],
+                tf.TensorSpec((None,), tf.int32),
+            ]
+            # A fresh closure per analyzer, so TensorFlow counts its traces separately.
+            def explain(inputs, selection):
+                return self._explain(inputs, selection)
+
+            self._compiled = tf.function(explain, input_signature=signature)
+        return self._compiled
+
+    def _reset_compiled(self) -> None:
+        self._compiled = None
+
+    # -- the public API --------------------------------------------------------------------
+
+    def analyze(self, x: ArrayLike, neuron_selection: Any = None,
+                batch_size: int | None = None) -> np.ndarray | list[np.ndarray]:
+        """Explain the selected output neuron for every sample.
+
+        Parameters
+        ----------
+        x : array, tensor, list of arrays, or tf.data.Dataset
+            The samples, shaped like the model's input with a batch axis (a list with one array
+            per input for a model with several inputs). A dataset yields batches of ``x`` or
+            tuples ``(x, ...)`` of which only ``x`` is used.
+        neuron_selection : int or sequence of int, optional
+            Only with ``neuron_selection_mode="index"``: the output neuron (index into the
+            flattened output), one for all samples or one per sample.
+        batch_size : int, optional
+            Samples per backward pass (default 32).
+
+        Returns
+        -------
+        numpy.ndarray or list of numpy.ndarray
+            The explanation, shaped like ``x`` (one array per input for several inputs).
+
+        Raises
+        ------
+        ValueError
+            For data of the wrong rank, shape or type, an empty batch, or a neuron index out of
+            range; with what was expected and what came.
+        """
+        self._check_ready()
+        if isinstance(x, tf.data.Dataset):
+            return self._analyze_dataset(x, neuron_selection)
+        inputs = self._validate_inputs(x)
+        n = int(inputs[0].shape[0])
+        selection = self._validate_selection(neuron_selection, n)
+        if batch_size is None:
+            batch_size = DEFAULT_BATCH_SIZE
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        fn = self._compiled_fn()
+        parts: list[list[np.ndarray]] = [[] for _ in inputs]
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            out = fn([t[start:stop] for t in inputs], selection[start:stop])
+            for i, o in enumerate(out):
+                parts[i].append(o.numpy())
+        results = [np.concatenate(p, axis=0) for p in parts]
+        return results if self._multi_input else results[0]
+
+    def _analyze_dataset(self, dataset: tf.data.Dataset, neuron_selection: Any):
+        parts = None
+        offset = 0
+        for element in dataset:
+            if isinstance(element, (tuple, list)) and not self._multi_input:
+                element = element[0]
+            elif isinstance(element, tuple) and self._multi_input and len(element) > 0 \
+                    and isinstance(element[0], (tuple, list)):
+                element = element[0]
+            inputs = self._validate_inputs(element)
+            n = int(inputs[0].shape[0])
+            sel = neuron_selection
+            if sel is not None and np.ndim(sel) == 1:
+                sel = np.asarray(sel)[offset:offset + n]
+            selection = self._validate_selection(sel, n)
+            out = self._compiled_fn()(inputs, selection)
+            if parts is None:
+                parts = [[] for _ in out]
+            for i, o in enumerate(out):
+                parts[i].append(o.numpy())
+            offset += n
+        if parts is None:
+            raise ValueError("The dataset yielded no batches: nothing to analyze.")
+        results = [np.concatenate(p, axis=0) for p in parts]
+        return results if self._multi_input else results[0]
+
+    @property
+    def _multi_input(self) -> bool:
+        return len(self._program.inputs) > 1
+
+    def _validate_inputs(self, x: Any) -> list[tf.Tensor]:
+        specs = self._program.input_specs
+        if self._multi_input:
+            if not isinstance(x, (list, tuple)) or len(x) != len(specs):
+                got = f"a {type(x).__name__}" if not isinstance(x, (list, tuple)) \
+                    else f"{len(x)} arrays"
+                raise ValueError(
+                    f"Model '{self.model.name}' has {len(specs)} inputs: pass a list of "
+                    f"{len(specs)} arrays, got {got}.")
+            xs = list(x)
+        else:
+            if isinstance(x, (list, tuple)) and len(x) == 1 and not np.isscalar(x[0]) \
+                    and np.ndim(x[0]) == len(specs[0][0]):
+                x = x[0]
+            xs = [x]
+        tensors = []
+        n = None
+        for i, (xi, (shape, dtype)) in enumerate(zip(xs, specs)):
+            what = f"input {i} " if self._multi_input else "input "
+            if isinstance(xi, tf.Tensor):
+                arr_dtype = xi.dtype.as_numpy_dtype
+                xi_shape = tuple(xi.shape)
+            else:
+                try:
+                    xi = np.asarray(xi)
+                except (ValueError, TypeError) as err:
+                    raise ValueError(f"The {what}could not be read as an array: {err}") from None
+                arr_dtype = xi.dtype
+                xi_shape = xi.shape
+            if not (np.issubdtype(arr_dtype, np.number) or np.issubdtype(arr_dtype, np.bool_)):
+                raise ValueError(
+                    f"The {what}must be numeric; got an array of dtype {np.dtype(arr_dtype)}.")
+            if len(xi_shape) != len(shape):
+                raise ValueError(
+                    f"The {what}has rank {len(xi_shape)} (shape {xi_shape}); the model expects "
+                    f"rank {len(shape)}: (batch, {', '.join(str(d) for d in shape[1:])}).")
+            for axis, (got, want) in enumerate(zip(xi_shape[1:], shape[1:]), start=1):
+                if want is not None and got != want:
+                    raise ValueError(
+                        f"The {what}has shape {xi_shape}; the model expects "
+                        f"(batch, {', '.join(str(d) for d in shape[1:])}): axis {axis} is {got}, "
+                        f"expected {want}.")
+            if xi_shape[0] == 0:
+                raise ValueError(f"The {what}is an empty batch (shape {xi_shape}).")
+            if n is not None and xi_shape[0] != n:
+                raise ValueError(
+                    f"All inputs must have the same number of samples; got {n} and {xi_shape[0]}.")
+            n = xi_shape[0]
+            tensors.append(tf.cast(tf.convert_to_tensor(xi), dtype))
+        return tensors
+
+    def _validate_selection(self, neuron_selection: Any, n: int) -> tf.Tensor:
+        mode = self.neuron_selection_mode
+        if mode != "index":
+            if neuron_selection is not None:
+                raise ValueError(
+                    f"neuron_selection is only used with neuron_selection_mode='index'; this "
+                    f"analyzer uses {mode!r}.")
+            return tf.zeros((n,), tf.int32)
+        if neuron_selection is None:
+            raise ValueError(
+                "neuron_selection_mode='index' needs neuron_selection: an int or one int per "
+                "sample.")
+        sel = np.asarray(neuron_selection)
+        if not np.issubdtype(sel.dtype, np.integer):
+            raise ValueError(f"neuron_selection must be integers, got {sel.dtype}: {sel!r}.")
+        if sel.ndim == 0:
+            sel = np.full((n,), int(sel))
+        if sel.shape != (n,):
+            raise ValueError(
+                f"neuron_selection must be an int or one int per sample ({n}); got shape "
+                f"{sel.shape}.")
+        bad = sel[(sel < 0) | (sel >= self.num_outputs)]
+        if bad.size:
+            raise ValueError(
+                f"neuron_selection {int(bad[0])} is out of range: the model has "
+                f"{self.num_outputs} output neurons (0 to {self.num_outputs - 1}).")
+        return tf.convert_to_tensor(sel, tf.int32)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(model={self.model.name!r}, "
+                f"neuron_selection_mode={self.neuron_selection_mode!r})")

@@ -1,0 +1,70 @@
+"""The gradient family: Gradient, InputTimesGradient, DeConvNet, GuidedBackprop.
+
+They differ only in how a backward signal crosses a ReLU (and in the seed):
+
+============================  =========================  ======
+analyzer                      ReLU rule                  seed
+============================  =========================  ======
+Gradient                      gate by forward pass       1
+InputTimesGradient            gate, then ``x ⊙ ·``       1
+DeConvNet                     ``max(g, 0)``              ``y``
+GuidedBackprop                gate and ``max(g, 0)``     ``y``
+============================  =========================  ======
+
+Linear layers pass the signal back through their own kernel ``W``.
+"""
+
+from __future__ import annotations
+
+from pattern_keras.analyzers.base import Analyzer
+from pattern_keras.rules import ActivationRule, Composite, LinearRule
+
+__all__ = ["Gradient", "InputTimesGradient", "DeConvNet", "GuidedBackprop"]
+
+
+class Gradient(Analyzer):
+    """The gradient of the selected output neuron with respect to the input (saliency).
+
+    Seeded with 1 at the selected neuron, so the result equals ``tf.GradientTape``'s gradient.
+    Shows how the network filters the input (the weights), not where the signal is.
+    """
+
+    seed_with_value = False
+
+    def _composite(self) -> Composite:
+        return Composite({"linear": LinearRule(), "activation": ActivationRule("gate")})
+
+
+class InputTimesGradient(Gradient):
+    """The input times the gradient, ``x ⊙ ∂y/∂x`` (seeded with 1).
+
+    Equals LRP-z on a bias-free ReLU network.
+    """
+
+    def _postprocess(self, inputs, signals):
+        return [x * g for x, g in zip(inputs, signals)]
+
+
+class DeConvNet(Analyzer):
+    """DeConvNet (Zeiler & Fergus 2014): ReLUs pass ``max(g, 0)`` regardless of the forward pass.
+
+    Seeded with the selected neuron's value ``y``.
+    """
+
+    seed_with_value = True
+
+    def _composite(self) -> Composite:
+        return Composite({"linear": LinearRule(), "activation": ActivationRule("rectify")})
+
+
+class GuidedBackprop(Analyzer):
+    """Guided Backpropagation (Springenberg et al. 2015): ReLUs gate by the forward pass and
+    pass only positive signals.
+
+    Seeded with the selected neuron's value ``y``.
+    """
+
+    seed_with_value = True
+
+    def _composite(self) -> Composite:
+        return Composite({"linear": LinearRule(), "activation": ActivationRule("gate_rectify")})

@@ -1,0 +1,237 @@
+"""Small data sets that need no download.
+
+``signal_distractor`` generates images with a known ground-truth signal, the setting of the
+PatternNet paper's toy example (Kindermans et al., ICLR 2018, section 2): every image is a
+class-carrying signal plus distractors that carry no class information but overlap the signal
+spatially and are louder than it. A good explanation recovers the signal direction ``a_s``; a
+naive one (the gradient, i.e. the classifier's weights) is bent away from it by the distractors.
+
+``load_digits`` wraps scikit-learn's bundled 8×8 digits, the only natural images that install
+with a package on an offline machine.
+
+Conventions: images are channels_last, ``(n, H, W, 1)``, float32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["SignalDistractorData", "signal_distractor", "load_digits"]
+
+
+@dataclass(frozen=True, eq=False)
+class SignalDistractorData:
+    """One draw of the signal/distractor model (see :func:`signal_distractor`).
+
+    Attributes
+    ----------
+    x : np.ndarray, shape (n, H, W, 1), float32
+        The images ``a_s·y + Σ_k a_dk·ε_k + noise``.
+    labels : np.ndarray, shape (n,), int64
+        Class of each image, 0 or 1.
+    signal : np.ndarray, shape (n, H, W, 1), float32
+        The true signal component ``a_s·y`` of each image.
+    signal_pattern : np.ndarray, shape (H, W, 1), float32
+        The signal direction ``a_s``; zero outside ``support``.
+    distractor_patterns : np.ndarray, shape (k, H, W, 1), float32
+        The distractor directions ``a_dk``.
+    support : np.ndarray, shape (H, W, 1), bool
+        Where ``a_s != 0``.
+    signal_amplitude : np.ndarray, shape (n,), float64
+        ``y = (2·label − 1)·u`` with ``u ~ U[0.5, 1.5]``, so ``signal = a_s·y``.
+    distractor_amplitude : np.ndarray, shape (n, k), float64
+        ``ε``, independent standard normal, independent of the labels.
+    """
+
+    x: np.ndarray
+    labels: np.ndarray
+    signal: np.ndarray
+    signal_pattern: np.ndarray
+    distractor_patterns: np.ndarray
+    support: np.ndarray
+    signal_amplitude: np.ndarray
+    distractor_amplitude: np.ndarray
+
+    @property
+    def distractors(self) -> np.ndarray:
+        """Distractor component ``Σ_k a_dk·ε_k`` of each image, shape (n, H, W, 1), float64."""
+        return np.tensordot(self.distractor_amplitude, self.distractor_patterns.astype(np.float64), axes=1)
+
+
+def signal_distractor(
+    n: int,
+    shape: tuple[int, int] = (16, 16),
+    n_distractors: int = 3,
+    noise: float = 0.05,
+    seed: int = 0,
+    signal_fraction: float = 0.12,
+    distractor_scale: float = 2.0,
+    pattern_seed: int = 0,
+) -> SignalDistractorData:
+    """Images of a class-carrying signal hidden under louder, overlapping distractors.
+
+    Each image is ``x = a_s·y + Σ_k a_dk·ε_k + σ·η`` where
+
+    - ``a_s`` (the signal pattern) is a compact round blob at the image centre covering about
+      ``signal_fraction`` of the pixels (ties in distance from the centre are all included, so
+      slightly more), with values from 1 at its centre down to 0.5 at its rim and exactly 0
+      outside;
+    - ``y = (2·label − 1)·u``, ``label ~ Bernoulli(0.5)``, ``u ~ U[0.5, 1.5]``: the sign of the
+      signal carries the class, its amplitude varies;
+    - ``a_dk`` (the distractor patterns) alternate between broad Gaussian blobs centred within the
+      signal's radius and sinusoidal stripes whose crest passes through the signal's centre, so
+      each overlaps the signal's support; each is scaled to a peak absolute value of
+      ``distractor_scale`` (twice the signal's by default);
+    - ``ε_k ~ N(0, 1)`` independent of each other and of the label;
+    - ``η ~ N(0, 1)`` iid per pixel, ``σ = noise``.
+
+    Parameters
+    ----------
+    n : int
+        Number of images, ``n >= 1``.
+    shape : tuple of int
+        Image size ``(H, W)``, each at least 2.
+    n_distractors : int
+        Number ``k >= 0`` of distractor patterns.
+    noise : float
+        Standard deviation ``σ >= 0`` of the pixel noise.
+    seed : int
+        Seed of the samples (labels, amplitudes, noise), drawn from
+        ``numpy.random.default_rng(seed)`` in that order.
+    signal_fraction : float
+        Target fraction of pixels in the signal's support, in (0, 1].
+    distractor_scale : float
+        Peak absolute value of each distractor pattern (the signal's peak is 1).
+    pattern_seed : int
+        Seed of the distractor patterns' random placement. Kept apart from ``seed`` so that a
+        training set and a test set drawn with different ``seed`` share the same patterns.
+
+    Returns
+    -------
+    SignalDistractorData
+        ``x`` and ``signal`` shaped (n, H, W, 1) float32, ``labels`` (n,) in {0, 1}, the patterns
+        and the support (see :class:`SignalDistractorData`).
+
+    Examples
+    --------
+    >>> data = signal_distractor(100, seed=1)
+    >>> data.x.shape, data.support.mean() > 0.1
+    ((100, 16, 16, 1), True)
+    """
+    _check_arguments(n, shape, n_distractors, noise, signal_fraction, distractor_scale)
+    h, w = int(shape[0]), int(shape[1])
+    signal_pattern, radius = _signal_blob(h, w, signal_fraction)
+    distractor_patterns = _distractor_patterns(h, w, n_distractors, radius, distractor_scale, pattern_seed)
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=n).astype(np.int64)
+    amplitude = (2 * labels - 1) * rng.uniform(0.5, 1.5, size=n)
+    epsilon = rng.standard_normal((n, n_distractors))
+    pixel_noise = noise * rng.standard_normal((n, h, w))
+
+    # Sum in float64, round once at the end, so that the parts returned add up to x to
+    # float32 precision.
+    signal = amplitude[:, None, None] * signal_pattern
+    distractors = np.tensordot(epsilon, distractor_patterns, axes=1)
+    x = signal + distractors + pixel_noise
+    return SignalDistractorData(
+        x=x[..., None].astype(np.float32),
+        labels=labels,
+        signal=signal[..., None].astype(np.float32),
+        signal_pattern=signal_pattern[..., None].astype(np.float32),
+        distractor_patterns=distractor_patterns[..., None].astype(np.float32),
+        support=(signal_pattern != 0)[..., None],
+        signal_amplitude=amplitude,
+        distractor_amplitude=epsilon,
+    )
+
+
+def _check_arguments(n, shape, n_distractors, noise, signal_fraction, distractor_scale) -> None:
+    if int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive integer; received {n!r}.")
+    if len(shape) != 2 or any(int(s) != s or s < 2 for s in shape):
+        raise ValueError(f"shape must be (H, W) with integers >= 2; received {shape!r}.")
+    if int(n_distractors) != n_distractors or n_distractors < 0:
+        raise ValueError(f"n_distractors must be an integer >= 0; received {n_distractors!r}.")
+    if not noise >= 0:
+        raise ValueError(f"noise must be >= 0; received {noise!r}.")
+    if not 0 < signal_fraction <= 1:
+        raise ValueError(f"signal_fraction must be in (0, 1]; received {signal_fraction!r}.")
+    if not distractor_scale > 0:
+        raise ValueError(f"distractor_scale must be > 0; received {distractor_scale!r}.")
+
+
+def _centre_distance(h: int, w: int) -> np.ndarray:
+    rows, cols = np.mgrid[0:h, 0:w]
+    return np.hypot(rows - (h - 1) / 2, cols - (w - 1) / 2)
+
+
+def _signal_blob(h: int, w: int, fraction: float) -> tuple[np.ndarray, float]:
+    """Round blob (H, W) at the centre, 1 at the centre, 0.5 at the rim, 0 outside; and its radius."""
+    distance = _centre_distance(h, w)
+    n_pixels = max(1, int(round(fraction * h * w)))
+    radius = float(np.sort(distance, axis=None)[n_pixels - 1])
+    inside = distance <= radius
+    # Falls off towards the rim but stays clear of 0, so the support is exactly the disc.
+    profile = 1.0 - 0.5 * (distance / radius) ** 2 if radius > 0 else np.ones_like(distance)
+    return np.where(inside, profile, 0.0), radius
+
+
+def _distractor_patterns(
+    h: int, w: int, k: int, radius: float, scale: float, seed: int
+) -> np.ndarray:
+    """(k, H, W): broad blobs (even k) and stripes (odd k), all overlapping the signal's disc."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    size = min(h, w)
+    patterns = np.empty((k, h, w))
+    for index in range(k):
+        if index % 2 == 0:
+            # Centred within the signal's radius, and far wider than it: covers the disc.
+            angle = rng.uniform(0, 2 * np.pi)
+            offset = rng.uniform(0, max(radius, 1.0))
+            cy, cx = centre + offset * np.array([np.sin(angle), np.cos(angle)])
+            sigma = rng.uniform(0.25, 0.4) * size
+            pattern = np.exp(-((rows - cy) ** 2 + (cols - cx) ** 2) / (2 * sigma**2))
+        else:
+            # Crest through the centre: the stripes are at their strongest on the signal.
+            theta = rng.uniform(0, np.pi)
+            period = rng.uniform(0.5, 1.0) * size
+            along = (rows - centre[0]) * np.sin(theta) + (cols - centre[1]) * np.cos(theta)
+            pattern = np.cos(2 * np.pi * along / period)
+        patterns[index] = scale * pattern / np.abs(pattern).max()
+    return patterns
+
+
+def load_digits(n_class: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled handwritten digits as images (no download).
+
+    Parameters
+    ----------
+    n_class : int
+        Keep the digits ``0 .. n_class − 1`` (1 to 10).
+
+    Returns
+    -------
+    x : np.ndarray, shape (n, 8, 8, 1), float32
+        Pixel values scaled from 0..16 to [0, 1]; n = 1797 for all ten classes.
+    labels : np.ndarray, shape (n,), int64
+        The digit of each image.
+
+    Raises
+    ------
+    ImportError
+        If scikit-learn is not installed.
+    """
+    try:
+        from sklearn import datasets as sklearn_datasets
+    except ImportError as error:  # optional dependency: only this loader needs it
+        raise ImportError(
+            "load_digits needs scikit-learn, which ships the digits data: "
+            "pip install scikit-learn"
+        ) from error
+    digits = sklearn_datasets.load_digits(n_class=n_class)
+    x = (digits.images / 16.0).astype(np.float32)[..., None]
+    return x, digits.target.astype(np.int64)

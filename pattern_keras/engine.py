@@ -1,0 +1,224 @@
+"""The reverse engine: a model as a program of ops, run forward, then backward by rules.
+
+This is the only traversal in pattern_keras. :class:`Program` turns a Keras model into a list
+of :class:`~pattern_keras.layers.Op` in topological order (fused activations split off, a final
+softmax stripped, optionally BatchNormalization folded into the preceding linear layer).
+:func:`forward` replays it and keeps every intermediate tensor; :func:`backward` walks it in
+reverse, asks a *rule* for each op how the backward signal crosses it, and sums the signals of
+tensors used by several ops (so residual connections and branches need no special code).
+
+Analyzers only choose rules (see :mod:`pattern_keras.rules` and :mod:`pattern_keras.analyzers`).
+Both functions are plain TensorFlow code meant to run inside one ``tf.function``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import tensorflow as tf
+
+from pattern_keras import graph as _graph
+from pattern_keras.layers import LinearPart, Op, ops_for_node
+
+__all__ = ["Program", "forward", "backward", "Rule"]
+
+# A rule: (op, op inputs, op outputs, backward signals at the outputs) -> signals at the inputs.
+Rule = Callable[[Op, Sequence[Any], Sequence[Any], Sequence[Any]], Sequence[Any]]
+
+
+class Program:
+    """A Keras model as a flat program of ops, ready to be run forward and backward.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A Functional or Sequential model (nested models allowed) with one output.
+    strip_softmax : bool
+        Drop a final softmax (a layer's fused activation, an ``Activation("softmax")`` or a
+        ``Softmax`` layer) so that explanations are of the pre-softmax value.
+    fold_batch_norm : bool
+        Fold every inference-mode BatchNormalization that directly follows a linear layer (and
+        is its only consumer) into that layer's kernel and bias: the canonization that makes
+        patterns belong to the effective kernel and the following ReLU gate the real one.
+
+    Attributes
+    ----------
+    ops : list of Op
+        Topologically ordered; only ops that lead to the output.
+    inputs : list of int
+        Input slots, in ``model.inputs`` order.
+    output : int
+        The output slot (after stripping a softmax).
+    input_specs : list of (shape, dtype)
+        The model's input shapes (batch axis ``None``) and dtypes.
+    output_shape : tuple
+        The model output's static shape (batch axis ``None``); a stripped softmax keeps it.
+
+    Raises
+    ------
+    ValueError
+        For an unsupported layer (named, with its class and the supported kinds), a softmax
+        anywhere but at the end, or a model with several outputs.
+    """
+
+    def __init__(self, model: Any, *, strip_softmax: bool = True,
+                 fold_batch_norm: bool = False) -> None:
+        graph = _graph.trace_model(model)
+        if len(graph.outputs) != 1:
+            raise ValueError(
+                f"Model '{model.name}' has {len(graph.outputs)} outputs; pattern_keras explains "
+                "models with one output. Build a sub-model with the output you want explained: "
+                "`keras.Model(model.inputs, model.outputs[i])`."
+            )
+        ops: list[Op] = []
+        for node in graph.nodes:
+            ops.extend(ops_for_node(node, node.input_shapes[0] if node.input_shapes else ()))
+        self.model = model
+        self.inputs = list(graph.inputs)
+        self.output = graph.outputs[0]
+        self.input_specs = graph.input_specs
+        self.output_shape = next(
+            (n.output_shapes[n.outputs.index(self.output)] for n in graph.nodes
+             if self.output in n.outputs),
+            graph.input_specs[graph.inputs.index(self.output)][0]
+            if self.output in graph.inputs else None)
+        self.ops = ops
+        if strip_softmax:
+            self._strip_final_softmax()
+        for op in self.ops:
+            if op.kind == "activation" and op.activation == "softmax":
+                raise ValueError(
+                    f"Layer '{op.key}' applies a softmax inside the model. A softmax is only "
+                    "supported as the model's last operation, where it is stripped."
+                )
+        if fold_batch_norm:
+            self._fold_batch_norms()
+        self._prune()
+        self._mark_rectified()
+
+    # -- construction ----------------------------------------------------------------------
+
+    def producer(self, slot: int) -> Op | None:
+        for op in self.ops:
+            if slot in op.outputs:
+                return op
+        return None
+
+    def consumers(self, slot: int) -> list[Op]:
+        return [op for op in self.ops if slot in op.inputs]
+
+    def _strip_final_softmax(self) -> None:
+        last = self.producer(self.output)
+        if last is not None and last.kind == "activation" and last.activation == "softmax":
+            self.ops.remove(last)
+            self.output = last.inputs[0]
+
+    def _prune(self) -> None:
+        """Keep only the ops whose outputs the model's output depends on."""
+        needed = {self.output}
+        kept = []
+        for op in reversed(self.ops):
+            if needed.intersection(op.outputs):
+                kept.append(op)
+                needed.update(op.inputs)
+        self.ops = kept[::-1]
+
+    def _mark_rectified(self) -> None:
+        for op in self.ops:
+            if op.kind != "linear" or op.outputs[0] == self.output:
+                continue
+            users = self.consumers(op.outputs[0])
+            op.rectified = (len(users) == 1 and users[0].kind == "activation"
+                            and users[0].activation == "relu")
+
+    def _fold_batch_norms(self) -> None:
+        for bn in [op for op in self.ops if op.kind == "affine"]:
+            linear = self.producer(bn.inputs[0])
+            if linear is None or linear.kind != "linear":
+                continue
+            if len(self.consumers(bn.inputs[0])) != 1 or bn.inputs[0] == self.output:
+                continue
+            part = linear.linear
+            if bn.affine()[2] % bn.rank != part.channel_axis % bn.rank:
+                continue  # normalizes another axis than the linear layer's neurons
+            folded = _fold(part, bn.affine)
+            index = self.ops.index(linear)
+            self.ops[index] = Op(
+                key=linear.key, kind="linear", layer=linear.layer, inputs=linear.inputs,
+                outputs=bn.outputs,
+                forward=lambda xs, p=folded: [p.add_bias(p.apply(xs[0], p.kernel))],
+                linear=folded, pattern_key=linear.pattern_key)
+            self.ops.remove(bn)
+
+    # -- introspection ---------------------------------------------------------------------
+
+    @property
+    def linear_ops(self) -> list[Op]:
+        return [op for op in self.ops if op.kind == "linear"]
+
+
+def _fold(part: LinearPart, affine: Callable[[], tuple[Any, Any, int]]) -> LinearPart:
+    """``BN(apply(x, K) + b)`` as one linear part: kernel ``K·s``, bias ``b·s + shift``."""
+    rank = len(part.kernel_shape)
+    kernel_scale_shape = [1] * rank
+    for axis, size in zip(part.out_axes, part.neuron_shape):
+        kernel_scale_shape[axis] = size
+
+    def kernel() -> Any:
+        scale = affine()[0]
+        k = tf.convert_to_tensor(part.kernel_fn())
+        return k * tf.cast(tf.reshape(scale, kernel_scale_shape), k.dtype)
+
+    def bias() -> Any:
+        scale, shift, _ = affine()
+        b = shift if part.bias_fn is None else part.bias * scale + shift
+        return b
+
+    return LinearPart(kernel, bias, part.apply, kernel_shape=part.kernel_shape,
+                      out_axes=part.out_axes, channel_axis=part.channel_axis,
+                      padded_apply=part.padded_apply)
+
+
+def forward(program: Program, inputs: Sequence[Any]) -> dict[int, Any]:
+    """Run the program; return every slot's tensor (inputs, intermediates, output)."""
+    values = dict(zip(program.inputs, inputs))
+    for op in program.ops:
+        outs = op.forward([values[s] for s in op.inputs])
+        values.update(zip(op.outputs, outs))
+    return values
+
+
+def backward(program: Program, values: dict[int, Any], seed: Any,
+             rule_for: Callable[[Op], Rule]) -> list[Any]:
+    """Walk the program in reverse from ``seed`` at the output; return signals at the inputs.
+
+    Parameters
+    ----------
+    program : Program
+    values : dict
+        The result of :func:`forward`.
+    seed : tensor
+        The backward signal at the output, shaped like the output.
+    rule_for : callable
+        ``rule_for(op) -> rule``; the rule maps the signals at an op's outputs to signals at
+        its inputs.
+
+    Returns
+    -------
+    list of tensor
+        One signal per model input, shaped like it (zeros for an input the output ignores).
+    """
+    signals: dict[int, Any] = {program.output: seed}
+    for op in reversed(program.ops):
+        upstream = [signals.pop(s, None) for s in op.outputs]
+        if all(g is None for g in upstream):
+            continue
+        upstream = [tf.zeros_like(values[s]) if g is None else g
+                    for s, g in zip(op.outputs, upstream)]
+        downstream = rule_for(op)(op, [values[s] for s in op.inputs],
+                                  [values[s] for s in op.outputs], upstream)
+        for slot, g in zip(op.inputs, downstream):
+            if g is None:
+                continue
+            signals[slot] = g if slot not in signals else signals[slot] + g
+    return [signals.get(s, tf.zeros_like(values[s])) for s in program.inputs]

@@ -1,0 +1,463 @@
+"""What each supported Keras layer *is*, seen by the reverse engine.
+
+Every call of a layer becomes one or more :class:`Op` objects of a small set of *kinds*; the
+backward rules are chosen per kind, never per layer class:
+
+``"linear"``
+    A kernel applied linearly, plus a bias (Dense, Conv1D/2D/3D, DepthwiseConv, the two halves of a
+    SeparableConv, ConvTranspose). Carries a :class:`LinearPart`. A fused activation
+    (``Dense(..., activation="relu")``) becomes a separate ``"activation"`` op after it.
+``"affine"``
+    An elementwise scale and shift (inference-mode BatchNormalization).
+``"activation"``
+    An elementwise nonlinearity: ``"relu"`` (ReLU, ReLU6, ``ReLU(max_value=...)``), ``"linear"``,
+    ``"softmax"`` (only as the model's last op, where it is stripped).
+``"max_pool"``
+    Max pooling: backward signals are routed to the winners.
+``"sum"``
+    A linear map without a learned kernel: average pooling, Add, Average.
+``"move"``
+    Data movement: Flatten, Reshape, padding, cropping, Concatenate, Dropout, Identity.
+
+A user's own layer joins one of these kinds with :func:`register_layer`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+import keras
+import tensorflow as tf
+from keras import layers as L
+
+from pattern_keras import graph as _graph
+
+__all__ = [
+    "KINDS",
+    "LinearPart",
+    "Op",
+    "register_layer",
+    "ops_for_node",
+    "supported_layer_names",
+]
+
+KINDS = ("linear", "affine", "activation", "max_pool", "sum", "move")
+
+
+@dataclasses.dataclass(eq=False)
+class LinearPart:
+    """A kernel applied linearly to one input tensor: ``z = apply(x, kernel) + bias``.
+
+    Attributes
+    ----------
+    kernel_fn : callable
+        Returns the kernel in Keras layout, e.g. ``(in, out)`` for Dense,
+        ``(kh, kw, in/groups, out)`` for Conv2D, ``(kh, kw, in, multiplier)`` for DepthwiseConv2D.
+        A callable, so a traced function reads the current weights (or a folded kernel).
+    bias_fn : callable or None
+        Returns the bias, added along the channel axis.
+    kernel_shape : tuple of int
+        The kernel's static shape.
+    apply : callable
+        ``apply(x, kernel) -> z`` without the bias; linear in ``x`` and in ``kernel``.
+    out_axes : tuple of int
+        The kernel axes that index output neurons (``(-1,)`` for Dense/Conv, ``(-2, -1)`` for a
+        depthwise kernel, ``(-2,)`` for a transposed convolution).
+    channel_axis : int
+        The axis of ``z`` that holds the neurons (``-1`` channels_last, ``1`` channels_first).
+    padded_apply : callable or None
+        ``(pad, apply_valid)``: an explicit zero padding of the input and the same map with
+        'valid' padding, used by the statistics to shift inputs without shifting the padding.
+        ``None`` where the map pads nothing.
+    """
+
+    kernel_fn: Callable[[], Any]
+    bias_fn: Callable[[], Any] | None
+    apply: Callable[[Any, Any], Any]
+    kernel_shape: tuple[int, ...]
+    out_axes: tuple[int, ...] = (-1,)
+    channel_axis: int = -1
+    padded_apply: tuple[Callable[[Any], Any], Callable[[Any, Any], Any]] | None = None
+
+    @property
+    def kernel(self) -> Any:
+        """The kernel as a tensor, read when called (so it follows the model's weights)."""
+        return tf.convert_to_tensor(self.kernel_fn())
+
+    @property
+    def bias(self) -> Any:
+        return None if self.bias_fn is None else tf.convert_to_tensor(self.bias_fn())
+
+    @property
+    def neuron_shape(self) -> tuple[int, ...]:
+        """Shape of the per-neuron statistics: the kernel's output axes."""
+        shape = self.kernel_shape
+        return tuple(shape[a] for a in self.out_axes)
+
+    @property
+    def input_axes(self) -> tuple[int, ...]:
+        """Kernel axes summed over by ``wᵀ(·)`` for each neuron."""
+        rank = len(self.kernel_shape)
+        outs = {a % rank for a in self.out_axes}
+        return tuple(a for a in range(rank) if a not in outs)
+
+    def add_bias(self, z: Any) -> Any:
+        if self.bias_fn is None:
+            return z
+        shape = [1] * len(z.shape)
+        shape[self.channel_axis] = -1
+        return z + tf.reshape(tf.cast(self.bias, z.dtype), shape)
+
+    def per_neuron_sum(self, t: Any) -> Any:
+        """Sum an output-shaped tensor over batch and positions; shaped like ``neuron_shape``."""
+        rank = len(t.shape)
+        axis = [a for a in range(rank) if a != self.channel_axis % rank]
+        return tf.reshape(tf.reduce_sum(t, axis=axis), self.neuron_shape)
+
+    def to_output(self, per_neuron: Any, rank: int) -> Any:
+        """Broadcast a ``neuron_shape`` tensor against an output tensor of the given rank."""
+        shape = [1] * rank
+        shape[self.channel_axis] = -1
+        return tf.reshape(per_neuron, shape)
+
+
+@dataclasses.dataclass(eq=False)
+class Op:
+    """One step of the canonical program the engine runs forward and backward.
+
+    Attributes
+    ----------
+    key : str
+        The layer key (``"name"`` or ``"outer/inner"``); patterns of a linear op are stored
+        under ``pattern_key``.
+    kind : str
+        One of :data:`KINDS`.
+    layer : keras.Operation
+        The layer this op comes from (for error messages and rules that need it).
+    inputs, outputs : tuple of int
+        Tensor slots.
+    forward : callable
+        ``forward(list_of_inputs) -> list_of_outputs`` in inference mode.
+    linear : LinearPart or None
+        For ``kind == "linear"``.
+    activation : str or None
+        For ``kind == "activation"``: ``"relu"``, ``"linear"`` or ``"softmax"``.
+    pattern_key : str or None
+        For linear ops: the key of its pattern (the layer key; ``key/part`` for a layer with two
+        kernels).
+    rectified : bool
+        For linear ops: the output goes straight (and only) into a ReLU, so only the positive
+        regime of its pattern matters.
+    affine : callable or None
+        For ``kind == "affine"``: returns ``(scale, shift, axis)`` with ``y = scale·x + shift``
+        (a callable, so traced code reads the current weights).
+    rank : int
+        Rank of the op's (first) output, batch axis included.
+    """
+
+    key: str
+    kind: str
+    layer: Any
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    forward: Callable[[Sequence[Any]], list[Any]]
+    linear: LinearPart | None = None
+    activation: str | None = None
+    pattern_key: str | None = None
+    rectified: bool = False
+    affine: Callable[[], tuple[Any, Any, int]] | None = None
+    rank: int = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations
+
+
+def _activation_name(fn: Any) -> str:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return {"relu6": "relu"}.get(name, name)
+
+
+_SUPPORTED_ACTIVATIONS = ("relu", "linear", "softmax")
+
+
+def _activation_op(key: str, layer: Any, name: str, fn: Callable[[Any], Any], slot_in: int,
+                   slot_out: int) -> Op:
+    if name not in _SUPPORTED_ACTIVATIONS:
+        raise ValueError(
+            f"Layer '{key}' ({type(layer).__name__}) uses the activation '{name}', which has no "
+            f"backward rule. Supported activations: {', '.join(_SUPPORTED_ACTIVATIONS)} "
+            "(softmax only as the model's last operation, where it is stripped)."
+        )
+    return Op(key=key, kind="activation", layer=layer, inputs=(slot_in,), outputs=(slot_out,),
+              forward=lambda xs: [fn(xs[0])], activation=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear layers
+
+
+def _same_padding(in_sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+                  dilation: Sequence[int]) -> list[tuple[int, int]]:
+    """TensorFlow's 'same' padding as explicit (before, after) amounts per spatial axis."""
+    pads = []
+    for n, k, s, d in zip(in_sizes, kernel, strides, dilation):
+        effective = (k - 1) * d + 1
+        total = max((math.ceil(n / s) - 1) * s + effective - n, 0)
+        pads.append((total // 2, total - total // 2))
+    return pads
+
+
+def _explicit_padding(layer: Any, x_shape: Sequence[Any], kernel_spatial: Sequence[int],
+                      strides: Sequence[int], dilation: Sequence[int]):
+    """A function padding ``x`` as the layer would, or ``None`` if the padding is unknown/none."""
+    padding = getattr(layer, "padding", "valid")
+    channels_last = getattr(layer, "data_format", "channels_last") == "channels_last"
+    spatial = list(x_shape[1:-1]) if channels_last else list(x_shape[2:])
+    if padding == "valid":
+        return None
+    if padding == "causal":
+        pads = [tuple(p) for p in _graph.causal_padding(layer)]
+        return lambda x: tf.pad(x, pads)
+    if any(n is None for n in spatial):
+        return None
+    spatial_pads = _same_padding(spatial, kernel_spatial, strides, dilation)
+    if not any(a or b for a, b in spatial_pads):
+        return None
+    pads = [(0, 0)] + spatial_pads + [(0, 0)] if channels_last else [(0, 0), (0, 0)] + spatial_pads
+    return lambda x: tf.pad(x, pads)
+
+
+def _conv_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPart]]:
+    """Linear parts of the convolution layers (each a ``(name suffix, part)``)."""
+    channel_axis = -1 if layer.data_format == "channels_last" else 1
+    strides = list(layer.strides)
+    dilation = list(layer.dilation_rate)
+    fmt = layer.data_format
+    padding = layer.padding
+
+    def conv(pad_mode, strides=strides, dilation=dilation):
+        def apply(x, k):
+            if pad_mode == "causal":
+                x = tf.pad(x, _graph.causal_padding(layer))
+                return keras.ops.conv(x, k, strides=strides, padding="valid",
+                                      dilation_rate=dilation, data_format=fmt)
+            return keras.ops.conv(x, k, strides=strides, padding=pad_mode, dilation_rate=dilation,
+                                  data_format=fmt)
+        return apply
+
+    def depthwise(pad_mode):
+        def apply(x, k):
+            return keras.ops.depthwise_conv(x, k, strides=strides, padding=pad_mode,
+                                            dilation_rate=dilation, data_format=fmt)
+        return apply
+
+    def part(variable, bias, apply, **kw):
+        return LinearPart(lambda: variable, (lambda: bias) if bias is not None else None, apply,
+                          kernel_shape=tuple(int(d) for d in variable.shape),
+                          channel_axis=channel_axis, **kw)
+
+    bias = layer.bias if layer.use_bias else None
+    if isinstance(layer, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)):
+        def apply_t(x, k):
+            return keras.ops.conv_transpose(
+                x, k, strides=strides, padding=padding, output_padding=layer.output_padding,
+                dilation_rate=dilation, data_format=fmt)
+        return [("", part(layer.kernel, bias, apply_t, out_axes=(-2,)))]
+
+    if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
+        dk, pk = layer.depthwise_kernel, layer.pointwise_kernel
+        pad = _explicit_padding(layer, x_shape, dk.shape[:-2], strides, dilation)
+        first = part(dk, None, depthwise(padding), out_axes=(-2, -1),
+                     padded_apply=(pad, depthwise("valid")) if pad else None)
+        ones = [1] * len(strides)
+        second = part(pk, bias, conv("valid", strides=ones, dilation=ones))
+        return [("depthwise_kernel", first), ("pointwise_kernel", second)]
+
+    k = layer.kernel
+    pad = _explicit_padding(layer, x_shape, k.shape[:-2], strides, dilation)
+    if isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
+        return [("", part(k, bias, depthwise(padding), out_axes=(-2, -1),
+                          padded_apply=(pad, depthwise("valid")) if pad else None))]
+    return [("", part(k, bias, conv(padding), padded_apply=(pad, conv("valid")) if pad else None))]
+
+
+def _dense_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPart]]:
+    kernel, bias = layer.kernel, (layer.bias if layer.use_bias else None)
+    return [("", LinearPart(lambda: kernel, (lambda: bias) if bias is not None else None,
+                            lambda x, k: tf.matmul(x, tf.cast(k, x.dtype)),
+                            kernel_shape=tuple(int(d) for d in kernel.shape)))]
+
+
+def _linear_ops(node: _graph.CallNode, x_shape: Sequence[Any], parts_fn) -> list[Op]:
+    layer = node.layer
+    parts = parts_fn(layer, x_shape)
+    ops: list[Op] = []
+    slot = node.inputs[0]
+    act = getattr(layer, "activation", None)
+    act_name = _activation_name(act) if act is not None else "linear"
+    for i, (suffix, part) in enumerate(parts):
+        last = i == len(parts) - 1
+        out = node.outputs[0] if (last and act_name == "linear") else -(id(part))
+        ops.append(Op(key=node.key, kind="linear", layer=layer, inputs=(slot,), outputs=(out,),
+                      forward=lambda xs, p=part: [p.add_bias(p.apply(xs[0], p.kernel))],
+                      linear=part,
+                      pattern_key=f"{node.key}/{suffix}" if suffix else node.key))
+        slot = out
+    if act_name != "linear":
+        ops.append(_activation_op(node.key, layer, act_name, act, slot, node.outputs[0]))
+    return ops
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry: layer class -> a function building its ops
+
+
+def _simple(kind: str) -> Callable[[_graph.CallNode, Sequence[Any]], list[Op]]:
+    def build(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
+        return [Op(key=node.key, kind=kind, layer=node.layer, inputs=node.inputs,
+                   outputs=node.outputs, forward=node.call)]
+    return build
+
+
+def _activation_layer(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
+    layer = node.layer
+    if isinstance(layer, L.ReLU):
+        if float(layer.negative_slope) != 0.0 or float(layer.threshold) != 0.0:
+            raise ValueError(
+                f"Layer '{node.key}' is a ReLU with negative_slope={layer.negative_slope} and "
+                f"threshold={layer.threshold}; only plain ReLUs (max_value allowed) are supported.")
+        name = "relu"
+    elif isinstance(layer, L.Softmax):
+        name = "softmax"
+    else:
+        name = _activation_name(layer.activation)
+    return [_activation_op(node.key, layer, name, lambda x: node.call([x])[0], node.inputs[0],
+                           node.outputs[0])]
+
+
+def _batch_norm(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
+    layer = node.layer
+    axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
+
+    def scale_and_shift():
+        inv = tf.math.rsqrt(tf.convert_to_tensor(layer.moving_variance) + layer.epsilon)
+        scale = inv * tf.convert_to_tensor(layer.gamma) if layer.scale else inv
+        shift = -tf.convert_to_tensor(layer.moving_mean) * scale
+        if layer.center:
+            shift = shift + tf.convert_to_tensor(layer.beta)
+        return scale, shift, axis
+
+    return [Op(key=node.key, kind="affine", layer=layer, inputs=node.inputs, outputs=node.outputs,
+               forward=node.call, affine=scale_and_shift)]
+
+
+_REGISTRY: dict[type, Callable[[_graph.CallNode, Sequence[Any]], list[Op]]] = {}
+
+
+def _register_builtin() -> None:
+    from keras.src.ops import numpy as knp  # `x + y` inside a functional model
+
+    def dense(node, shape):
+        return _linear_ops(node, shape, _dense_parts)
+
+    def conv(node, shape):
+        return _linear_ops(node, shape, _conv_parts)
+
+    _REGISTRY[L.Dense] = dense
+    for cls in (L.Conv1D, L.Conv2D, L.Conv3D, L.DepthwiseConv1D, L.DepthwiseConv2D,
+                L.SeparableConv1D, L.SeparableConv2D, L.Conv1DTranspose, L.Conv2DTranspose,
+                L.Conv3DTranspose):
+        _REGISTRY[cls] = conv
+    for cls in (L.Activation, L.ReLU, L.Softmax):
+        _REGISTRY[cls] = _activation_layer
+    _REGISTRY[L.BatchNormalization] = _batch_norm
+    for cls in (L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.GlobalMaxPooling1D,
+                L.GlobalMaxPooling2D, L.GlobalMaxPooling3D):
+        _REGISTRY[cls] = _simple("max_pool")
+    for cls in (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
+                L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
+                L.Add, L.Average, knp.Add):
+        _REGISTRY[cls] = _simple("sum")
+    for cls in (L.Flatten, L.Reshape, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D,
+                L.SpatialDropout3D, L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
+                L.Cropping1D, L.Cropping2D, L.Cropping3D, L.Concatenate, L.Identity,
+                L.InputLayer, L.Permute):
+        _REGISTRY[cls] = _simple("move")
+
+
+_register_builtin()
+
+_USER_KINDS = ("move", "sum", "max_pool", "relu", "linear_activation")
+
+
+def register_layer(layer_class: type, kind: str) -> None:
+    """Declare how the reverse engine treats a layer class of your own.
+
+    Every analyzer then handles the layer by the rules of that kind: no per-analyzer code.
+
+    Parameters
+    ----------
+    layer_class : type
+        A ``keras.layers.Layer`` subclass (subclasses of it are covered too).
+    kind : {"move", "sum", "max_pool", "relu", "linear_activation"}
+        ``"move"``: the layer only moves, copies or drops values (a reshape, a crop, a gather);
+        every method passes its backward signal as the gradient does.
+        ``"sum"``: a fixed linear map without a learned kernel (a scaling, a pooling, a sum of
+        inputs); LRP rules redistribute relevance in proportion to the contributions.
+        ``"max_pool"``: picks a maximum; signals go to the winners.
+        ``"relu"``: a rectifier; the pattern methods and Guided BackProp gate by its forward
+        pass with its own gradient, DeConvNet rectifies.
+        ``"linear_activation"``: an elementwise identity-like map whose gradient passes.
+
+    Examples
+    --------
+    >>> class Scale(keras.layers.Layer):
+    ...     def call(self, x):
+    ...         return 2.0 * x
+    >>> pk.register_layer(Scale, "sum")
+    """
+    if kind not in _USER_KINDS:
+        raise ValueError(f"kind must be one of {_USER_KINDS}, got {kind!r}.")
+    if not isinstance(layer_class, type):
+        raise TypeError(f"layer_class must be a class, got {layer_class!r}.")
+    if kind in ("relu", "linear_activation"):
+        name = "relu" if kind == "relu" else "linear"
+
+        def build(node, shape, name=name):
+            return [_activation_op(node.key, node.layer, name, lambda x: node.call([x])[0],
+                                   node.inputs[0], node.outputs[0])]
+        _REGISTRY[layer_class] = build
+    else:
+        _REGISTRY[layer_class] = _simple(kind)
+
+
+def _builder_for(layer: Any):
+    for cls in type(layer).__mro__:
+        if cls in _REGISTRY:
+            return _REGISTRY[cls]
+    return None
+
+
+def supported_layer_names() -> list[str]:
+    """Names of the layer classes the engine supports (including registered ones)."""
+    return sorted({cls.__name__ for cls in _REGISTRY})
+
+
+def ops_for_node(node: _graph.CallNode, input_shape: Sequence[Any]) -> list[Op]:
+    """The ops of one call node; raises ``ValueError`` naming an unsupported layer."""
+    builder = _builder_for(node.layer)
+    if builder is None:
+        raise ValueError(
+            f"Layer '{node.key}' of class {type(node.layer).__name__} is not supported: no "
+            f"backward rule exists for it, and pattern_keras never falls back to a silent "
+            f"gradient. Supported layers: {', '.join(supported_layer_names())}. For a layer of "
+            "your own, declare its kind with `pattern_keras.register_layer(cls, kind)`."
+        )
+    ops = builder(node, input_shape)
+    rank = len(node.output_shapes[0]) if node.output_shapes else 0
+    for op in ops:
+        op.rank = rank
+    return ops
