@@ -15,8 +15,21 @@ from pattern_keras.analyzers import (
     InputTimesGradient,
     LRPEpsilon,
     LRPZ,
+    NotFittedError,
+    PatternAttribution,
+    PatternNet,
+    analyzer_names,
+    create_analyzer,
+    register_analyzer,
 )
 from pattern_keras.layers import register_layer
+from pattern_keras.patterns import (
+    PatternComputer,
+    PatternFileError,
+    Patterns,
+    PatternStatistics,
+    model_fingerprint,
+)
 
 __all__ = [
     "__version__",
@@ -27,5 +40,16 @@ __all__ = [
     "GuidedBackprop",
     "LRPZ",
     "LRPEpsilon",
+    "PatternNet",
+    "PatternAttribution",
+    "NotFittedError",
+    "create_analyzer",
+    "analyzer_names",
+    "register_analyzer",
     "register_layer",
+    "PatternComputer",
+    "Patterns",
+    "PatternStatistics",
+    "PatternFileError",
+    "model_fingerprint",
 ]

@@ -176,7 +176,7 @@ def _fold(part: LinearPart, affine: Callable[[], tuple[Any, Any, int]]) -> Linea
 
     return LinearPart(kernel, bias, part.apply, kernel_shape=part.kernel_shape,
                       out_axes=part.out_axes, channel_axis=part.channel_axis,
-                      padded_apply=part.padded_apply)
+                      padded_apply=part.padded_apply, shiftable=part.shiftable)
 
 
 def forward(program: Program, inputs: Sequence[Any]) -> dict[int, Any]:

@@ -71,6 +71,10 @@ class LinearPart:
         ``(pad, apply_valid)``: an explicit zero padding of the input and the same map with
         'valid' padding, used by the statistics to shift inputs without shifting the padding.
         ``None`` where the map pads nothing.
+    shiftable : bool
+        Whether the statistics may subtract a constant from the input: true unless the map pads
+        in a way that cannot be made explicit (a transposed convolution, 'same' padding on an
+        input of unknown size).
     """
 
     kernel_fn: Callable[[], Any]
@@ -80,6 +84,7 @@ class LinearPart:
     out_axes: tuple[int, ...] = (-1,)
     channel_axis: int = -1
     padded_apply: tuple[Callable[[Any], Any], Callable[[Any, Any], Any]] | None = None
+    shiftable: bool = True
 
     @property
     def kernel(self) -> Any:
@@ -212,22 +217,23 @@ def _same_padding(in_sizes: Sequence[int], kernel: Sequence[int], strides: Seque
 
 def _explicit_padding(layer: Any, x_shape: Sequence[Any], kernel_spatial: Sequence[int],
                       strides: Sequence[int], dilation: Sequence[int]):
-    """A function padding ``x`` as the layer would, or ``None`` if the padding is unknown/none."""
+    """``(pad, known)``: a function padding ``x`` as the layer would (``None`` for no padding),
+    and whether the padding is known (false for 'same' padding on an input of unknown size)."""
     padding = getattr(layer, "padding", "valid")
     channels_last = getattr(layer, "data_format", "channels_last") == "channels_last"
     spatial = list(x_shape[1:-1]) if channels_last else list(x_shape[2:])
     if padding == "valid":
-        return None
+        return None, True
     if padding == "causal":
         pads = [tuple(p) for p in _graph.causal_padding(layer)]
-        return lambda x: tf.pad(x, pads)
+        return (lambda x: tf.pad(x, pads)), True
     if any(n is None for n in spatial):
-        return None
+        return None, False
     spatial_pads = _same_padding(spatial, kernel_spatial, strides, dilation)
     if not any(a or b for a, b in spatial_pads):
-        return None
+        return None, True
     pads = [(0, 0)] + spatial_pads + [(0, 0)] if channels_last else [(0, 0), (0, 0)] + spatial_pads
-    return lambda x: tf.pad(x, pads)
+    return (lambda x: tf.pad(x, pads)), True
 
 
 def _conv_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPart]]:
@@ -265,29 +271,30 @@ def _conv_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPar
             return keras.ops.conv_transpose(
                 x, k, strides=strides, padding=padding, output_padding=layer.output_padding,
                 dilation_rate=dilation, data_format=fmt)
-        return [("", part(layer.kernel, bias, apply_t, out_axes=(-2,)))]
+        return [("", part(layer.kernel, bias, apply_t, out_axes=(-2,), shiftable=False))]
 
     if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
         dk, pk = layer.depthwise_kernel, layer.pointwise_kernel
-        pad = _explicit_padding(layer, x_shape, dk.shape[:-2], strides, dilation)
-        first = part(dk, None, depthwise(padding), out_axes=(-2, -1),
+        pad, known = _explicit_padding(layer, x_shape, dk.shape[:-2], strides, dilation)
+        first = part(dk, None, depthwise(padding), out_axes=(-2, -1), shiftable=known,
                      padded_apply=(pad, depthwise("valid")) if pad else None)
         ones = [1] * len(strides)
         second = part(pk, bias, conv("valid", strides=ones, dilation=ones))
         return [("depthwise_kernel", first), ("pointwise_kernel", second)]
 
     k = layer.kernel
-    pad = _explicit_padding(layer, x_shape, k.shape[:-2], strides, dilation)
+    pad, known = _explicit_padding(layer, x_shape, k.shape[:-2], strides, dilation)
     if isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
-        return [("", part(k, bias, depthwise(padding), out_axes=(-2, -1),
+        return [("", part(k, bias, depthwise(padding), out_axes=(-2, -1), shiftable=known,
                           padded_apply=(pad, depthwise("valid")) if pad else None))]
-    return [("", part(k, bias, conv(padding), padded_apply=(pad, conv("valid")) if pad else None))]
+    return [("", part(k, bias, conv(padding), shiftable=known,
+                      padded_apply=(pad, conv("valid")) if pad else None))]
 
 
 def _dense_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPart]]:
     kernel, bias = layer.kernel, (layer.bias if layer.use_bias else None)
     return [("", LinearPart(lambda: kernel, (lambda: bias) if bias is not None else None,
-                            lambda x, k: tf.matmul(x, tf.cast(k, x.dtype)),
+                            lambda x, k: keras.ops.matmul(x, k),
                             kernel_shape=tuple(int(d) for d in kernel.shape)))]
 
 

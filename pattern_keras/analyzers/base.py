@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence, Union
 
@@ -105,11 +106,10 @@ class Analyzer:
                  for shape, dtype in self._program.input_specs],
                 tf.TensorSpec((None,), tf.int32),
             ]
-            # A fresh closure per analyzer, so TensorFlow counts its traces separately.
-            def explain(inputs, selection):
-                return self._explain(inputs, selection)
-
-            self._compiled = tf.function(explain, input_signature=signature)
+            # A partial (no __code__) makes TensorFlow count each analyzer's traces on their
+            # own: every analyzer traces once, which is not the "frequent retracing" it warns of.
+            self._compiled = tf.function(functools.partial(type(self)._explain, self),
+                                         input_signature=signature)
         return self._compiled
 
     def _reset_compiled(self) -> None:

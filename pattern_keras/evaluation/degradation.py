@@ -172,17 +172,22 @@ def image_degradation(
     order_rng, fill_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     if order == "random":
         if analyzer is not None:
-            _attributions(analyzer, x)  # still validated: a wrong analyzer is a bug worth hearing about
+            # Still validated: a wrong analyzer is a bug worth hearing about.
+            _attributions(analyzer, x)
         ranking = np.argsort(order_rng.random((n, n_patches)), axis=1)
     else:
         if analyzer is None:
-            raise ValueError(f"order={order!r} ranks patches by attribution, so analyzer cannot be None.")
+            raise ValueError(
+                f"order={order!r} ranks patches by attribution, so analyzer cannot be None."
+            )
         sums = _patch_sums(_attributions(analyzer, x), patch_size)
         ranking = np.argsort(-sums if order == "most_relevant" else sums, axis=1, kind="stable")
     # Step at which each pixel is replaced: pixel (i, j) of image m is perturbed from step
     # perturb_rank[m, i, j] + 1 on.
     perturb_rank = _patch_positions(ranking)[:, patch_ids]
-    fill_images = _fill_images(x, fill, fill_rng, blur_sigma if blur_sigma is not None else max(1.0, patch_size / 3))
+    if blur_sigma is None:
+        blur_sigma = max(1.0, patch_size / 3)
+    fill_images = _fill_images(x, fill, fill_rng, blur_sigma)
 
     clean_scores = _evaluate(model, x, batch_size)
     as_probabilities = _reads_probabilities(clean_scores, output)
@@ -252,7 +257,8 @@ def plot_degradation(
     else:
         figure = ax.figure
     for label, result in results.items():
-        ax.plot(np.arange(result.steps + 1), result.curve, label=f"{label} (AOPC {result.aopc:.3f})")
+        label = f"{label} (AOPC {result.aopc:.3f})"
+        ax.plot(np.arange(result.steps + 1), result.curve, label=label)
     ax.set_xlabel("patches perturbed")
     ax.set_ylabel("probability of initial class")
     if title is not None:
@@ -280,7 +286,8 @@ def _as_images(x: Any) -> np.ndarray:
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; received {value!r}.")
+        allowed = ", ".join(map(repr, choices))
+        raise ValueError(f"{name} must be one of {allowed}; received {value!r}.")
 
 
 def _check_positive_int(name: str, value: Any) -> int:
@@ -292,7 +299,8 @@ def _check_positive_int(name: str, value: Any) -> int:
 def _check_steps(steps: Any, n_patches: int) -> int:
     if steps is None:
         return n_patches
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 0 <= steps <= n_patches:
+    integer = isinstance(steps, numbers.Integral) and not isinstance(steps, bool)
+    if not integer or not 0 <= steps <= n_patches:
         raise ValueError(
             f"steps must be None or an integer in [0, {n_patches}] (the number of patches); "
             f"received {steps!r}."
@@ -348,17 +356,21 @@ def _patch_sums(attribution: np.ndarray, patch_size: int) -> np.ndarray:
 def _patch_positions(ranking: np.ndarray) -> np.ndarray:
     """Invert a ranking (n, P) of patch indices into each patch's position (n, P) in it."""
     positions = np.empty_like(ranking)
-    np.put_along_axis(positions, ranking, np.broadcast_to(np.arange(ranking.shape[1]), ranking.shape), axis=1)
+    places = np.broadcast_to(np.arange(ranking.shape[1]), ranking.shape)
+    np.put_along_axis(positions, ranking, places, axis=1)
     return positions
 
 
 # --- fills -----------------------------------------------------------------------------------
 
 
-def _fill_images(x: np.ndarray, fill: str, rng: np.random.Generator, blur_sigma: float) -> np.ndarray:
+def _fill_images(
+    x: np.ndarray, fill: str, rng: np.random.Generator, blur_sigma: float
+) -> np.ndarray:
     """(n, H, W, C) array (possibly a broadcast view) of the values perturbed pixels take."""
     if fill == "mean":
-        return np.broadcast_to(x.mean(axis=(1, 2), keepdims=True, dtype=np.float64).astype(x.dtype), x.shape)
+        mean = x.mean(axis=(1, 2), keepdims=True, dtype=np.float64)
+        return np.broadcast_to(mean.astype(x.dtype), x.shape)
     if fill == "zero":
         return np.broadcast_to(np.zeros((), dtype=x.dtype), x.shape)
     if fill == "uniform":
@@ -399,7 +411,9 @@ def _predict(model: Any, batch: np.ndarray) -> np.ndarray:
     elif callable(model):
         scores = model(batch)
     else:
-        raise TypeError(f"model must be a keras.Model or a callable; received {type(model).__name__}.")
+        raise TypeError(
+            f"model must be a keras.Model or a callable; received {type(model).__name__}."
+        )
     if isinstance(scores, (list, tuple, dict)):
         raise ValueError(
             "model must have a single output (batch, classes); received "
@@ -416,7 +430,8 @@ def _predict(model: Any, batch: np.ndarray) -> np.ndarray:
 
 
 def _evaluate(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate([_predict(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    batches = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
+    return np.concatenate([_predict(model, batch) for batch in batches])
 
 
 def _reads_probabilities(scores: np.ndarray, output: str) -> bool:

@@ -34,9 +34,9 @@ def signal_cosine(explanation: np.ndarray, signal: np.ndarray) -> np.ndarray:
     Returns
     -------
     np.ndarray, shape (n,), float64
-        ``|⟨e, s⟩| / (‖e‖·‖s‖)`` over the flattened features, in [0, 1]. The absolute value makes
-        the score blind to the sign, since ``a_s·y`` and ``−a_s·y`` carry the same direction. 0
-        where either map is all zero (never NaN).
+        ``|⟨e, s⟩| / (‖e‖·‖s‖)`` over the flattened features, in [0, 1]. The absolute value
+        makes the score blind to the sign, since ``a_s·y`` and ``−a_s·y`` carry the same
+        direction. 0 where either map is all zero (never NaN).
 
     Raises
     ------

@@ -1,0 +1,197 @@
+"""PatternNet and PatternAttribution (Kindermans et al., ICLR 2018).
+
+Both are one backward pass on the engine with the linear layers' kernels replaced: by the
+patterns ``A`` (PatternNet: the estimated signal) or by ``W ⊙ A`` (PatternAttribution: its
+contribution to the output). ReLUs and max pooling gate as the gradient does. A layer that keeps
+both regimes of the two-component estimator (one not followed by a ReLU, e.g. the logits) uses
+``A₊`` where its pre-activation is positive and ``A₋`` elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from pattern_keras.analyzers.base import Analyzer
+from pattern_keras.patterns import PatternComputer, Patterns
+from pattern_keras.patterns.fingerprint import first_mismatch, model_fingerprint
+from pattern_keras.rules import ActivationRule, Composite, LinearRule
+
+__all__ = ["PatternNet", "PatternAttribution", "NotFittedError"]
+
+
+class NotFittedError(RuntimeError):
+    """An analyzer that needs patterns was used before :meth:`fit` or :meth:`load_patterns`."""
+
+
+class _PatternAnalyzer(Analyzer):
+    """Shared machinery: patterns as variables, fit, save and load."""
+
+    seed_with_value = True
+    fold_batch_norm = True
+    #: "A" for PatternNet, "WA" for PatternAttribution.
+    kernel_choice = "A"
+
+    def __init__(self, model: Any, pattern_type: str | Mapping[str, str] = "relu",
+                 patterns: Patterns | str | None = None,
+                 neuron_selection_mode: str = "max_activation") -> None:
+        super().__init__(model, neuron_selection_mode=neuron_selection_mode)
+        self.pattern_type = pattern_type
+        self._computer = PatternComputer(model, pattern_type=pattern_type)
+        self._fingerprint = self._computer.fingerprint
+        self.patterns: Patterns | None = None
+        self.statistics = None
+        self._variables: dict[str, tuple[tf.Variable, tf.Variable | None]] = {}
+        if patterns is not None:
+            if isinstance(patterns, Patterns):
+                self.set_patterns(patterns)
+            else:
+                self.load_patterns(patterns)
+
+    # -- patterns -----------------------------------------------------------------------------
+
+    def fit(self, data: Any, batch_size: int = 32, steps: int | None = None, verbose: int = 1,
+            strategy: tf.distribute.Strategy | None = None, checkpoint_path: str | None = None,
+            checkpoint_every: int | None = None) -> "_PatternAnalyzer":
+        """Learn the patterns from ``data``; see :meth:`PatternComputer.compute_statistics`.
+
+        Returns
+        -------
+        self
+        """
+        self.statistics = self._computer.compute_statistics(
+            data, batch_size=batch_size, steps=steps, verbose=verbose, strategy=strategy,
+            checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every)
+        self.set_patterns(self.statistics.patterns())
+        return self
+
+    def set_patterns(self, patterns: Patterns) -> None:
+        """Use ``patterns`` (fitted on this model) from now on.
+
+        Raises
+        ------
+        ValueError
+            If they were fitted on another model (naming the first difference), miss a layer,
+            have another shape or another pattern type.
+        """
+        if patterns.fingerprint:
+            mismatch = first_mismatch(self._fingerprint, patterns.fingerprint)
+            if mismatch:
+                raise ValueError(f"These patterns were fitted on another model: {mismatch}.")
+        for key, plan in self._computer.plans.items():
+            if key not in patterns:
+                raise ValueError(f"The patterns have no entry for layer '{key}'.")
+            shape = tuple(patterns[key].shape)
+            if shape != plan.part.kernel_shape:
+                raise ValueError(f"The pattern of layer '{key}' has shape {shape}; its kernel "
+                                 f"has shape {plan.part.kernel_shape}.")
+            kind = patterns.pattern_types.get(key, plan.pattern_type)
+            if kind != plan.pattern_type:
+                raise ValueError(
+                    f"The pattern of layer '{key}' is of type {kind!r}; this analyzer was "
+                    f"built with pattern_type {plan.pattern_type!r}.")
+        rebuilt = False
+        for key in self._computer.plans:
+            positive = patterns[key]
+            negative = patterns.negative(key) if patterns.has_negative(key) else None
+            current = self._variables.get(key)
+            if current is not None and (current[1] is None) == (negative is None):
+                current[0].assign(positive)
+                if negative is not None:
+                    current[1].assign(negative)
+            else:
+                self._variables[key] = (
+                    tf.Variable(positive, trainable=False, name="pattern"),
+                    None if negative is None else tf.Variable(negative, trainable=False,
+                                                              name="pattern_negative"))
+                rebuilt = True
+        if rebuilt:
+            self._reset_compiled()
+        self.patterns = patterns
+
+    def save_patterns(self, path: str, include_statistics: bool = True) -> None:
+        """Write the patterns to an HDF5 file (with the fit's statistics, when there are any,
+        so the fit can later be merged or resumed)."""
+        self._check_ready()
+        stats = self.statistics if include_statistics else None
+        self.patterns.save(path, statistics=stats)
+
+    def load_patterns(self, path: str) -> "_PatternAnalyzer":
+        """Read patterns from an HDF5 file written by :meth:`save_patterns`.
+
+        Raises
+        ------
+        ValueError
+            If the file was written for another model (naming the first difference) or is
+            truncated or corrupt (:class:`~pattern_keras.patterns.PatternFileError`).
+        """
+        self.set_patterns(Patterns.load(path))
+        return self
+
+    def _check_ready(self) -> None:
+        if self.patterns is None:
+            raise NotFittedError(
+                f"{type(self).__name__} has no patterns yet: call `.fit(data)` to learn them, "
+                "or `.load_patterns(path)` to read fitted ones.")
+
+    # -- rules --------------------------------------------------------------------------------
+
+    def _kernels(self, op, z) -> list[tuple[Any, Any]]:
+        positive, negative = self._variables[op.pattern_key]
+        weights = op.linear.kernel if self.kernel_choice == "WA" else None
+
+        def kernel(pattern):
+            a = tf.convert_to_tensor(pattern)
+            return a if weights is None else weights * a
+
+        if negative is None:
+            return [(kernel(positive), None)]
+        is_positive = tf.cast(z > 0, z.dtype)
+        return [(kernel(positive), is_positive), (kernel(negative), 1.0 - is_positive)]
+
+    def _composite(self) -> Composite:
+        return Composite({"linear": LinearRule(self._kernels, name=self.kernel_choice),
+                          "activation": ActivationRule("gate")})
+
+    def __repr__(self) -> str:
+        state = "fitted" if self.patterns is not None else "not fitted"
+        return (f"{type(self).__name__}(model={self.model.name!r}, "
+                f"pattern_type={self.pattern_type!r}, {state})")
+
+
+class PatternNet(_PatternAnalyzer):
+    """PatternNet: the estimated signal in input space.
+
+    The backward pass replaces every kernel ``W`` by its pattern ``A`` and is seeded with the
+    selected neuron's value ``y``; for a linear model the result is ``a·y``.
+
+    Parameters
+    ----------
+    model : keras.Model
+    pattern_type : {"relu", "linear", "filter"} or dict
+        The signal estimator (see :class:`~pattern_keras.PatternComputer`).
+    patterns : Patterns or str, optional
+        Fitted patterns, or the path of a pattern file.
+    neuron_selection_mode : {"max_activation", "index", "all"}
+
+    Examples
+    --------
+    >>> analyzer = pk.PatternNet(model).fit(x_train)
+    >>> signal = analyzer.analyze(x_test)      # shaped like x_test
+    """
+
+    kernel_choice = "A"
+
+
+class PatternAttribution(_PatternAnalyzer):
+    """PatternAttribution: the signal's contribution to the output.
+
+    The backward pass replaces every kernel ``W`` by ``W ⊙ A`` and is seeded with the selected
+    neuron's value ``y``; for a linear model the result is ``w ⊙ a · y``.
+
+    Parameters are those of :class:`PatternNet`.
+    """
+
+    kernel_choice = "WA"

@@ -1,0 +1,45 @@
+"""``create_analyzer``: analyzers by name (iNNvestigate's names, where it had them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["create_analyzer", "analyzer_names", "register_analyzer"]
+
+_ANALYZERS: dict[str, type] = {}
+
+
+def register_analyzer(name: str, cls: type) -> None:
+    """Make ``cls`` available as ``create_analyzer(name, ...)``."""
+    _ANALYZERS[name] = cls
+
+
+def analyzer_names() -> list[str]:
+    """The names ``create_analyzer`` accepts."""
+    return list(_ANALYZERS)
+
+
+def create_analyzer(name: str, model: Any, **kwargs: Any):
+    """Build an analyzer by name.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`analyzer_names`, e.g. ``"gradient"``, ``"lrp.z"``,
+        ``"pattern.attribution"``.
+    model : keras.Model
+    **kwargs
+        Passed to the analyzer's constructor (``neuron_selection_mode``, ``epsilon``,
+        ``pattern_type``, ``patterns``, ...).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, listing the known ones.
+    """
+    try:
+        cls = _ANALYZERS[name]
+    except KeyError:
+        raise ValueError(f"Unknown analyzer {name!r}. Known analyzers: "
+                         f"{', '.join(_ANALYZERS)}.") from None
+    return cls(model, **kwargs)

@@ -1,0 +1,492 @@
+"""The PatternComputer: one streaming pass over the data, statistics summed on the device.
+
+Per batch, the model is replayed by the engine (:func:`pattern_keras.engine.forward`); for each
+linear layer its input ``x`` and pre-activation ``z`` give the statistics of
+:mod:`pattern_keras.patterns.statistics`. A convolution's per-neuron sums over batch and
+positions are kernel gradients (``Σ_{n,p} patch_p(x_n)·u_{n,p}`` is the gradient of
+``conv(x, K)`` with respect to ``K`` for upstream ``u``), so no image patch is ever
+materialized. The per-batch ops run in float32 on shifted values; the sums are cast to float64,
+all-reduced across replicas (``tf.distribute``), and accumulated in float64 variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import os
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+import keras
+
+from pattern_keras import engine
+from pattern_keras.layers import Op
+from pattern_keras.patterns.fingerprint import first_mismatch, model_fingerprint
+from pattern_keras.patterns.statistics import (
+    PATTERN_TYPES,
+    LayerStatistics,
+    PatternStatistics,
+    needed_statistics,
+)
+
+__all__ = ["PatternComputer"]
+
+_NEURON_NAMES = ("n", "sum_y", "n_pos", "sum_y_pos")
+
+
+@dataclasses.dataclass(eq=False)
+class _LayerPlan:
+    """What to accumulate for one pattern key (possibly several calls of one layer)."""
+
+    key: str
+    ops: list[Op]
+    pattern_type: str
+    rectified: bool
+    shiftable: bool
+    stats: tuple[str, ...]
+
+    @property
+    def part(self):
+        return self.ops[0].linear
+
+
+class PatternComputer:
+    """Fits patterns: the statistics of every linear layer's signal estimator, from data.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The Functional or Sequential model to fit patterns for (a final softmax is ignored).
+    pattern_type : {"relu", "linear", "filter"} or dict
+        The signal estimator: ``"relu"`` the two-component estimator (default), ``"linear"``,
+        or ``"filter"`` (``w/wᵀw``, the estimator behind DeConvNet/Guided BackProp, for
+        comparison). A dict ``{layer key: type}`` overrides it per layer (keys left out get
+        ``"relu"``).
+    strategy : tf.distribute.Strategy, optional
+        Spread the statistics over the strategy's replicas (and hosts); sums are all-reduced.
+    fold_batch_norm : bool
+        Fold inference-mode BatchNormalization into the preceding linear layer first, so
+        patterns belong to the effective kernel (default ``True``).
+
+    Attributes
+    ----------
+    keys : list of str
+        The pattern keys: every Dense/Conv layer on the path from input to output.
+    """
+
+    def __init__(self, model: Any, pattern_type: str | Mapping[str, str] = "relu",
+                 strategy: tf.distribute.Strategy | None = None,
+                 fold_batch_norm: bool = True) -> None:
+        self.model = model
+        self.strategy = strategy
+        self.program = engine.Program(model, fold_batch_norm=fold_batch_norm)
+        self.fingerprint = model_fingerprint(model)
+        grouped: dict[str, list[Op]] = {}
+        for op in self.program.linear_ops:
+            grouped.setdefault(op.pattern_key, []).append(op)
+        if not grouped:
+            raise ValueError(f"Model '{model.name}' has no Dense or convolution layer on the "
+                             "path from input to output: there is nothing to fit.")
+        types = _resolve_pattern_types(pattern_type, list(grouped))
+        self.plans = {}
+        for key, ops in grouped.items():
+            rectified = all(op.rectified for op in ops)
+            self.plans[key] = _LayerPlan(
+                key=key, ops=ops, pattern_type=types[key], rectified=rectified,
+                shiftable=all(op.linear.shiftable for op in ops),
+                stats=needed_statistics(types[key], rectified))
+        self.pattern_types = types
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.plans)
+
+    # -- public API -----------------------------------------------------------------------
+
+    def compute(self, data: Any, batch_size: int = 32, steps: int | None = None,
+                verbose: int = 1, strategy: tf.distribute.Strategy | None = None,
+                checkpoint_path: str | None = None, checkpoint_every: int | None = None):
+        """Fit the patterns on ``data``; see :meth:`compute_statistics` for the arguments.
+
+        Returns
+        -------
+        Patterns
+        """
+        return self.compute_statistics(
+            data, batch_size=batch_size, steps=steps, verbose=verbose, strategy=strategy,
+            checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every).patterns()
+
+    def compute_statistics(self, data: Any, batch_size: int = 32, steps: int | None = None,
+                           verbose: int = 1, strategy: tf.distribute.Strategy | None = None,
+                           checkpoint_path: str | None = None,
+                           checkpoint_every: int | None = None) -> PatternStatistics:
+        """One streaming pass over ``data``, returning the sufficient statistics.
+
+        Parameters
+        ----------
+        data : array, list of arrays, tf.data.Dataset, generator or keras.utils.PyDataset
+            A numpy array (batched here with ``batch_size``), a dataset of batches yielding
+            ``x``, ``(x, y)`` or ``(x, y, w)`` (only ``x`` is used), a Python generator of such
+            batches, or a ``PyDataset``.
+        batch_size : int
+            Global batch size for array data.
+        steps : int, optional
+            Number of batches to use (required for an endless generator).
+        verbose : int
+            1: a Keras progress bar; 0: silent.
+        strategy : tf.distribute.Strategy, optional
+            Overrides the constructor's strategy.
+        checkpoint_path : str, optional
+            Write the statistics there every ``checkpoint_every`` batches (atomically) and at
+            the end; if the file exists at start, resume from it, skipping the batches it
+            already counted. Refuses a checkpoint of another model or pattern type.
+        checkpoint_every : int, optional
+            Batches between checkpoints (default: only at the end).
+
+        Returns
+        -------
+        PatternStatistics
+        """
+        strategy = strategy or self.strategy or tf.distribute.get_strategy()
+        if checkpoint_every is not None and (checkpoint_every < 1 or not checkpoint_path):
+            raise ValueError("checkpoint_every needs a checkpoint_path and must be >= 1.")
+        dataset, target = self._as_dataset(data, batch_size, steps)
+        resumed = None
+        if checkpoint_path and os.path.exists(checkpoint_path):
+            resumed = self._load_checkpoint(checkpoint_path)
+            dataset = dataset.skip(resumed.n_batches)
+        state = _State(self, strategy, resumed)
+        progbar = keras.utils.Progbar(target, unit_name="batch") if verbose else None
+        done = resumed.n_batches if resumed else 0
+        if progbar is not None and done:
+            progbar.update(done)
+        chief = _is_chief(strategy)
+        iterator = iter(strategy.experimental_distribute_dataset(dataset))
+        for batch in iterator:
+            if not state.shifted:
+                state.init_shifts(batch)
+            state.step(batch)
+            done += 1
+            if progbar is not None:
+                progbar.update(done)
+            if checkpoint_every and done % checkpoint_every == 0 and chief:
+                state.statistics(done).save(checkpoint_path)
+        if done == 0:
+            raise ValueError("The data yielded no batches: nothing to fit patterns on.")
+        stats = state.statistics(done)
+        if checkpoint_path and chief:
+            stats.save(checkpoint_path)
+        return stats
+
+    # -- data -------------------------------------------------------------------------------
+
+    def _select_x(self, element: Any) -> Any:
+        """``x`` from a batch that is ``x``, ``(x, y)`` or ``(x, y, w)`` (Keras's convention)."""
+        if isinstance(element, dict):
+            raise ValueError("Dict-structured data is not supported: yield x or (x, y).")
+        if not isinstance(element, (tuple, list)):
+            return element
+        if len(self.program.inputs) == 1:
+            return element[0]
+        if isinstance(element[0], (tuple, list)):
+            return tuple(element[0])
+        return tuple(element[:len(self.program.inputs)])
+
+    def _as_dataset(self, data: Any, batch_size: int, steps: int | None):
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        n_inputs = len(self.program.inputs)
+        specs = self.program.input_specs
+        target = steps
+        if isinstance(data, tf.data.Dataset):
+            dataset = data.map(lambda *e: self._select_x(e if len(e) > 1 else e[0]))
+        elif isinstance(data, keras.utils.PyDataset):
+            length = len(data)
+            target = min(steps, length) if steps else length
+            dataset = _from_iterator((data[i] for i in range(target)), self._select_x)
+        elif isinstance(data, np.ndarray) or (
+                isinstance(data, (list, tuple)) and len(data) == n_inputs and n_inputs > 1
+                and all(isinstance(d, np.ndarray) for d in data)) or tf.is_tensor(data):
+            arrays = [data] if n_inputs == 1 else list(data)
+            arrays = [_check_array(a, spec, i if n_inputs > 1 else None)
+                      for i, (a, spec) in enumerate(zip(arrays, specs))]
+            n = arrays[0].shape[0]
+            if n == 0:
+                raise ValueError("The data is empty (0 samples): nothing to fit patterns on.")
+            dataset = tf.data.Dataset.from_tensor_slices(
+                arrays[0] if n_inputs == 1 else tuple(arrays)).batch(batch_size)
+            batches = -(-n // batch_size)
+            target = min(steps, batches) if steps else batches
+        elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, dict)):
+            dataset = _from_iterator(iter(data), self._select_x)
+        else:
+            raise ValueError(
+                f"Cannot read data of type {type(data).__name__}: pass a numpy array, a "
+                "tf.data.Dataset, a generator of batches, or a keras.utils.PyDataset.")
+        if steps is not None:
+            if steps < 1:
+                raise ValueError(f"steps must be >= 1, got {steps}.")
+            dataset = dataset.take(steps)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = \
+            tf.data.experimental.AutoShardPolicy.DATA
+        dataset = dataset.with_options(options)
+        dataset = dataset.map(lambda *x: self._cast(x if len(x) > 1 else x[0]))
+        return dataset, target
+
+    def _cast(self, x: Any) -> Any:
+        specs = self.program.input_specs
+        if len(specs) == 1:
+            self._check_batch_shape(x, specs[0], None)
+            return tf.cast(x, specs[0][1])
+        return tuple(tf.cast(t, spec[1]) for t, spec in zip(x, specs))
+
+    def _check_batch_shape(self, x: Any, spec, index) -> None:
+        shape = tuple(x.shape)
+        want = spec[0]
+        if len(shape) != len(want) or any(
+                w is not None and s is not None and s != w for s, w in zip(shape[1:], want[1:])):
+            raise ValueError(
+                f"Batches have shape {shape}; the model expects "
+                f"(batch, {', '.join(str(d) for d in want[1:])}). Is the dataset batched?")
+
+    def _load_checkpoint(self, path: str) -> PatternStatistics:
+        stats = PatternStatistics.load(path)
+        mismatch = first_mismatch(self.fingerprint, stats.fingerprint)
+        if mismatch:
+            raise ValueError(f"Checkpoint '{path}' was written for another model: {mismatch}.")
+        for key, plan in self.plans.items():
+            layer = stats.layers.get(key)
+            if layer is None or layer.pattern_type != plan.pattern_type:
+                raise ValueError(
+                    f"Checkpoint '{path}' was written with another pattern type for layer "
+                    f"'{key}': {getattr(layer, 'pattern_type', None)!r} instead of "
+                    f"{plan.pattern_type!r}.")
+        return stats
+
+
+class _State:
+    """The float64 accumulators and the compiled per-batch functions of one fit."""
+
+    def __init__(self, computer: PatternComputer, strategy, resumed: PatternStatistics | None):
+        self.computer = computer
+        self.strategy = strategy
+        plans = computer.plans
+        self.shift_x = {k: tf.Variable(0.0, dtype=tf.float32, trainable=False) for k in plans}
+        self.shift_y = {k: tf.Variable(tf.zeros(p.part.neuron_shape), trainable=False)
+                        for k, p in plans.items()}
+        self.sums = {}
+        self.n_samples = tf.Variable(tf.constant(0, tf.int64), trainable=False)
+        for key, plan in plans.items():
+            part = plan.part
+            self.sums[key] = {
+                name: tf.Variable(tf.zeros(part.neuron_shape if name in _NEURON_NAMES
+                                           else part.kernel_shape, tf.float64), trainable=False)
+                for name in plan.stats}
+        self.shifted = False
+        if resumed is not None:
+            for key, layer in resumed.layers.items():
+                self.shift_x[key].assign(layer.shift_x)
+                self.shift_y[key].assign(layer.shift_y.astype(np.float32))
+                for name, var in self.sums[key].items():
+                    var.assign(layer.sums[name])
+            self.n_samples.assign(resumed.n_samples)
+            self.shifted = True
+        # Partials (no __code__): each fit's traces are counted on their own by TensorFlow.
+        self._init_fn = tf.function(functools.partial(_State._init_step, self))
+        self._step_fn = tf.function(functools.partial(_State._step, self))
+
+    # -- per replica --------------------------------------------------------------------------
+
+    def _replica_moments(self, inputs):
+        inputs = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
+        values = engine.forward(self.computer.program, inputs)
+        out = {}
+        for key, plan in self.computer.plans.items():
+            op = plan.ops[0]
+            x = values[op.inputs[0]]
+            y = _without_bias(op, values[op.outputs[0]])
+            out[key] = (tf.reduce_sum(x), tf.cast(tf.size(x), tf.float32),
+                        op.linear.per_neuron_sum(y), _count_per_neuron(op, y))
+        return out
+
+    def _replica_sums(self, inputs):
+        inputs = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
+        values = engine.forward(self.computer.program, inputs)
+        out = {"__n__": tf.cast(tf.shape(inputs[0])[0], tf.int64)}
+        for key, plan in self.computer.plans.items():
+            total = None
+            for op in plan.ops:
+                sums = self._op_sums(plan, op, values)
+                total = sums if total is None else {n: total[n] + sums[n] for n in total}
+            out[key] = total
+        return out
+
+    def _op_sums(self, plan: _LayerPlan, op: Op, values) -> dict[str, Any]:
+        part = op.linear
+        x = values[op.inputs[0]]
+        z = values[op.outputs[0]]
+        y = _without_bias(op, z)
+        rank = len(z.shape)
+        ys = y - part.to_output(self.shift_y[plan.key], rank)
+        positive = tf.cast(z > 0, z.dtype)
+        kernel = part.kernel
+        if plan.shiftable and part.padded_apply is not None:
+            pad, apply = part.padded_apply
+            xs = pad(x) - self.shift_x[plan.key]
+        elif plan.shiftable:
+            apply = part.apply
+            xs = x - self.shift_x[plan.key]
+        else:
+            apply, xs = part.apply, x
+
+        def kernel_sum(u):
+            # Σ_{n,p} patch_p(x'_n) u_{n,p}: the kernel gradient of the linear map.
+            with tf.GradientTape() as tape:
+                tape.watch(kernel)
+                out = apply(xs, kernel)
+            return tape.gradient(out, kernel, output_gradients=u)
+
+        f64 = lambda t: tf.cast(t, tf.float64)  # noqa: E731
+        sums = {}
+        for name in plan.stats:
+            if name == "n":
+                value = _count_per_neuron(op, z)
+            elif name == "sum_y":
+                value = part.per_neuron_sum(ys)
+            elif name == "n_pos":
+                value = part.per_neuron_sum(positive)
+            elif name == "sum_y_pos":
+                value = part.per_neuron_sum(ys * positive)
+            elif name == "sum_x_pos":
+                value = kernel_sum(positive)
+            elif name == "sum_xy_pos":
+                value = kernel_sum(ys * positive)
+            elif name == "sum_x":
+                value = kernel_sum(tf.ones_like(z))
+            elif name == "sum_xy":
+                value = kernel_sum(ys)
+            sums[name] = f64(value)
+        return sums
+
+    # -- cross replica ------------------------------------------------------------------------
+
+    def _reduce(self, per_replica):
+        return tf.nest.map_structure(
+            lambda t: self.strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None), per_replica)
+
+    def _init_step(self, batch):
+        moments = self._reduce(self.strategy.run(self._replica_moments, args=(batch,)))
+        for key, plan in self.computer.plans.items():
+            sum_x, count_x, sum_y, count_y = moments[key]
+            if plan.shiftable:
+                self.shift_x[key].assign(tf.math.divide_no_nan(sum_x, count_x))
+            self.shift_y[key].assign(tf.math.divide_no_nan(sum_y, count_y))
+
+    def _step(self, batch):
+        sums = self._reduce(self.strategy.run(self._replica_sums, args=(batch,)))
+        self.n_samples.assign_add(sums.pop("__n__"))
+        for key, named in sums.items():
+            for name, value in named.items():
+                self.sums[key][name].assign_add(value)
+
+    def init_shifts(self, batch) -> None:
+        self._init_fn(batch)
+        self.shifted = True
+
+    def step(self, batch) -> None:
+        self._step_fn(batch)
+
+    def statistics(self, n_batches: int) -> PatternStatistics:
+        layers = {}
+        for key, plan in self.computer.plans.items():
+            part = plan.part
+            layers[key] = LayerStatistics(
+                pattern_type=plan.pattern_type, rectified=plan.rectified,
+                kernel=part.kernel.numpy(), out_axes=part.out_axes,
+                shift_x=float(self.shift_x[key].numpy()),
+                shift_y=self.shift_y[key].numpy().astype(np.float64),
+                sums={name: var.numpy() for name, var in self.sums[key].items()})
+        return PatternStatistics(layers, n_samples=int(self.n_samples.numpy()),
+                                 n_batches=n_batches, fingerprint=self.computer.fingerprint)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _without_bias(op: Op, z: Any) -> Any:
+    part = op.linear
+    if part.bias_fn is None:
+        return z
+    return z - part.to_output(tf.cast(part.bias, z.dtype), len(z.shape))
+
+
+def _count_per_neuron(op: Op, z: Any) -> Any:
+    """Samples × positions per neuron, as a float tensor shaped like the neurons."""
+    part = op.linear
+    per_neuron = tf.cast(tf.size(z), tf.float32) / float(np.prod(part.neuron_shape))
+    return tf.fill(part.neuron_shape, per_neuron)
+
+
+def _check_array(a: Any, spec, index) -> np.ndarray:
+    what = "The data" if index is None else f"Input {index} of the data"
+    if tf.is_tensor(a):
+        a = a.numpy()
+    a = np.asarray(a)
+    if not np.issubdtype(a.dtype, np.number):
+        raise ValueError(f"{what} must be numeric; got dtype {a.dtype}.")
+    shape = spec[0]
+    if a.ndim != len(shape) or any(w is not None and s != w for s, w in zip(a.shape[1:],
+                                                                             shape[1:])):
+        raise ValueError(
+            f"{what} has shape {a.shape}; the model expects "
+            f"(samples, {', '.join(str(d) for d in shape[1:])}).")
+    return a
+
+
+def _from_iterator(iterator, select) -> tf.data.Dataset:
+    """A dataset over the batches of a Python iterator (its first batch fixes the signature)."""
+    try:
+        first = next(iterator)
+    except StopIteration:
+        raise ValueError("The generator yielded no batches: nothing to fit patterns on.") from None
+    first_x = select(first)
+    structure = tf.nest.map_structure(
+        lambda t: tf.TensorSpec((None,) + tuple(np.shape(t))[1:], tf.as_dtype(np.asarray(t).dtype)
+                                if not tf.is_tensor(t) else t.dtype), first_x)
+
+    def generate():
+        for element in itertools.chain([first], iterator):
+            yield tf.nest.map_structure(np.asarray, select(element))
+
+    return tf.data.Dataset.from_generator(generate, output_signature=structure)
+
+
+def _is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    return resolver.task_type in ("chief", None) or (
+        resolver.task_type == "worker" and int(resolver.task_id or 0) == 0)
+
+
+def _resolve_pattern_types(pattern_type, keys: list[str]) -> dict[str, str]:
+    if isinstance(pattern_type, str):
+        if pattern_type not in PATTERN_TYPES:
+            raise ValueError(f"pattern_type must be one of {PATTERN_TYPES} or a dict, got "
+                             f"{pattern_type!r}.")
+        return {k: pattern_type for k in keys}
+    if not isinstance(pattern_type, Mapping):
+        raise ValueError(f"pattern_type must be a string or a dict, got {pattern_type!r}.")
+    unknown = [k for k in pattern_type if k not in keys]
+    if unknown:
+        raise ValueError(f"pattern_type names layers without patterns: {unknown}. Layers with "
+                         f"patterns: {keys}.")
+    bad = {k: v for k, v in pattern_type.items() if v not in PATTERN_TYPES}
+    if bad:
+        raise ValueError(f"Unknown pattern types {bad}; known: {PATTERN_TYPES}.")
+    return {k: pattern_type.get(k, "relu") for k in keys}

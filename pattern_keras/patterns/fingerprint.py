@@ -1,0 +1,65 @@
+"""Model fingerprints: which model a pattern file was fitted on.
+
+A fingerprint lists every layer call (key and class) with the shapes of its weights, and a
+SHA-256 of all weight values. It is taken from the *original* model (before any canonization),
+so patterns fitted on one model never load into another, nor into the same architecture with
+other weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Mapping
+
+import numpy as np
+
+from pattern_keras import graph as _graph
+
+__all__ = ["model_fingerprint", "first_mismatch"]
+
+
+def model_fingerprint(model: Any) -> dict[str, Any]:
+    """The fingerprint of a Keras model.
+
+    Returns
+    -------
+    dict
+        ``{"layers": [[key, class name, [weight shapes...]], ...], "weights_sha256": str}``
+        (JSON-serializable).
+    """
+    seen = set()
+    layers = []
+    for node in _graph.trace_model(model).nodes:
+        if node.key in seen:
+            continue
+        seen.add(node.key)
+        shapes = [list(int(d) for d in w.shape) for w in getattr(node.layer, "weights", [])]
+        layers.append([node.key, type(node.layer).__name__, shapes])
+    digest = hashlib.sha256()
+    for w in model.weights:
+        value = np.ascontiguousarray(np.asarray(w.numpy() if hasattr(w, "numpy") else w))
+        digest.update(str(value.dtype).encode())
+        digest.update(str(value.shape).encode())
+        digest.update(value.tobytes())
+    return {"layers": layers, "weights_sha256": digest.hexdigest()}
+
+
+def first_mismatch(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> str | None:
+    """A sentence naming the first difference between two fingerprints, or ``None``."""
+    a_layers = [list(x) for x in expected.get("layers", [])]
+    b_layers = [list(x) for x in actual.get("layers", [])]
+    for i, (a, b) in enumerate(zip(a_layers, b_layers)):
+        if a[0] != b[0]:
+            return f"layer {i} is named '{a[0]}' in one and '{b[0]}' in the other"
+        if a[1] != b[1]:
+            return f"layer '{a[0]}' is a {a[1]} in one and a {b[1]} in the other"
+        if [list(s) for s in a[2]] != [list(s) for s in b[2]]:
+            return f"layer '{a[0]}' has weights of shapes {a[2]} in one and {b[2]} in the other"
+    if len(a_layers) != len(b_layers):
+        longer = a_layers if len(a_layers) > len(b_layers) else b_layers
+        extra = longer[min(len(a_layers), len(b_layers))][0]
+        return (f"one has {len(a_layers)} layers and the other {len(b_layers)} "
+                f"(first extra layer: '{extra}')")
+    if expected.get("weights_sha256") != actual.get("weights_sha256"):
+        return "the architectures match but the weight values differ (another training run?)"
+    return None

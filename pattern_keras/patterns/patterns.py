@@ -1,0 +1,97 @@
+"""Fitted patterns: a mapping from layer key to an array shaped like that layer's kernel."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+__all__ = ["Patterns"]
+
+
+class Patterns(Mapping[str, np.ndarray]):
+    """Patterns of a model, one array per linear layer, shaped like its kernel.
+
+    ``patterns[key]`` is the linear pattern ``a`` (``pattern_type="linear"``), the positive
+    regime's ``a₊`` (``"relu"``) or ``w / wᵀw`` (``"filter"``). Keys are layer names
+    (``"outer/inner"`` inside a nested model; ``"name/depthwise_kernel"`` and
+    ``"name/pointwise_kernel"`` for the two kernels of a separable convolution).
+
+    Parameters
+    ----------
+    patterns : mapping of str to array
+    negative : mapping of str to array, optional
+        ``a₋`` for the layers that keep their negative regime (a ``"relu"`` layer whose output is
+        not rectified, e.g. the logits).
+    pattern_types : mapping of str to str, optional
+    n_samples : int
+        Samples the patterns were fitted on.
+    fingerprint : mapping, optional
+        The fingerprint of the model they were fitted on.
+    """
+
+    def __init__(self, patterns: Mapping[str, Any], negative: Mapping[str, Any] | None = None,
+                 pattern_types: Mapping[str, str] | None = None, n_samples: int = 0,
+                 fingerprint: Mapping[str, Any] | None = None) -> None:
+        self._positive = {k: np.asarray(v, np.float32) for k, v in patterns.items()}
+        self._negative = {k: np.asarray(v, np.float32) for k, v in (negative or {}).items()}
+        unknown = set(self._negative) - set(self._positive)
+        if unknown:
+            raise ValueError(f"Negative patterns for layers without a pattern: {sorted(unknown)}.")
+        self.pattern_types = dict(pattern_types or {k: "relu" for k in self._positive})
+        self.n_samples = int(n_samples)
+        self.fingerprint = dict(fingerprint or {})
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        try:
+            return self._positive[key]
+        except KeyError:
+            raise KeyError(f"No pattern for layer '{key}'. Layers with patterns: "
+                           f"{sorted(self._positive)}.") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._positive)
+
+    def __len__(self) -> int:
+        return len(self._positive)
+
+    def has_negative(self, key: str) -> bool:
+        """Whether layer ``key`` keeps its negative regime."""
+        return key in self._negative
+
+    def negative(self, key: str) -> np.ndarray:
+        """``a₋`` of layer ``key``.
+
+        Raises
+        ------
+        KeyError
+            Saying why: the layer has no pattern, or it keeps only one regime (it feeds a ReLU,
+            or its pattern type is not ``"relu"``).
+        """
+        if key not in self._positive:
+            raise KeyError(f"No pattern for layer '{key}'.")
+        if key not in self._negative:
+            raise KeyError(
+                f"Layer '{key}' has no negative-regime pattern: its pattern type is "
+                f"{self.pattern_types.get(key)!r} and "
+                + ("it feeds a ReLU, so only a₊ matters." if self.pattern_types.get(key) == "relu"
+                   else "only the two-component ('relu') estimator has two regimes."))
+        return self._negative[key]
+
+    def save(self, path: str, statistics: Any = None) -> None:
+        """Write the patterns (and optionally their statistics) to an HDF5 file."""
+        from pattern_keras.patterns import io
+
+        io.save(path, patterns=self, statistics=statistics)
+
+    @classmethod
+    def load(cls, path: str) -> "Patterns":
+        """Read a pattern file; see :func:`pattern_keras.patterns.io.load_patterns`."""
+        from pattern_keras.patterns import io
+
+        return io.load_patterns(path)
+
+    def __repr__(self) -> str:
+        types = sorted(set(self.pattern_types.values()))
+        return (f"Patterns({len(self)} layers, types={types}, n_samples={self.n_samples}, "
+                f"negative regimes: {sorted(self._negative)})")

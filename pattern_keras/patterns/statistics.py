@@ -1,0 +1,262 @@
+"""Sufficient statistics of the signal estimators, and the patterns they give.
+
+For every linear layer (pattern key) and every neuron, over all samples (and, for a
+convolution, all output positions), with ``x`` the neuron's input (patch), ``y = wᵀx`` its
+output without bias and ``z = y + b`` its pre-activation:
+
+=============  ======================  ==========================================
+name           shape                   sum of
+=============  ======================  ==========================================
+``n``          neurons                 1
+``sum_y``      neurons                 ``y'``
+``n_pos``      neurons                 ``[z > 0]``
+``sum_y_pos``  neurons                 ``y' [z > 0]``
+``sum_x_pos``  kernel                  ``x' [z > 0]``
+``sum_xy_pos`` kernel                  ``x' y' [z > 0]``
+``sum_x``      kernel                  ``x'``
+``sum_xy``     kernel                  ``x' y'``
+=============  ======================  ==========================================
+
+with shifted values ``x' = x − shift_x`` (a scalar per layer) and ``y' = y − shift_y`` (one per
+neuron), chosen from the first batch so that float32 products of large-offset data keep their
+covariance (MATH.md, "Numerics"). Sums are float64. Only what the layer's estimator needs is kept:
+``*_pos`` for ``"relu"``, ``sum_x``/``sum_xy`` for ``"linear"`` and for a ``"relu"`` layer that keeps
+its negative regime (the negative sums are the totals minus the positive ones).
+
+Everything here is numpy; :mod:`pattern_keras.patterns.computer` produces the sums.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = ["LayerStatistics", "PatternStatistics", "PATTERN_TYPES", "needed_statistics"]
+
+PATTERN_TYPES = ("relu", "linear", "filter")
+
+_NEURON_STATS = ("n", "sum_y", "n_pos", "sum_y_pos")
+_KERNEL_STATS = ("sum_x_pos", "sum_xy_pos", "sum_x", "sum_xy")
+
+
+def needed_statistics(pattern_type: str, rectified: bool) -> tuple[str, ...]:
+    """Names of the sums a layer's estimator needs."""
+    names = ["n", "sum_y"]
+    if pattern_type == "relu":
+        names += ["n_pos", "sum_y_pos", "sum_x_pos", "sum_xy_pos"]
+        if not rectified:
+            names += ["sum_x", "sum_xy"]
+    elif pattern_type == "linear":
+        names += ["sum_x", "sum_xy"]
+    elif pattern_type != "filter":
+        raise ValueError(f"Unknown pattern type {pattern_type!r}; known: {PATTERN_TYPES}.")
+    return tuple(names)
+
+
+@dataclasses.dataclass
+class LayerStatistics:
+    """The sums of one pattern key.
+
+    Attributes
+    ----------
+    pattern_type : str
+        ``"relu"``, ``"linear"`` or ``"filter"``.
+    rectified : bool
+        The layer feeds a ReLU: only the positive regime is kept.
+    kernel : numpy.ndarray
+        The (effective) kernel ``W`` the statistics belong to.
+    out_axes : tuple of int
+        Kernel axes that index neurons.
+    shift_x : float
+        The scalar subtracted from the layer's inputs.
+    shift_y : numpy.ndarray
+        The per-neuron value subtracted from ``y``.
+    sums : dict of numpy.ndarray
+        float64 sums, see the module docstring.
+    """
+
+    pattern_type: str
+    rectified: bool
+    kernel: np.ndarray
+    out_axes: tuple[int, ...]
+    shift_x: float
+    shift_y: np.ndarray
+    sums: dict[str, np.ndarray]
+
+    @property
+    def input_axes(self) -> tuple[int, ...]:
+        rank = self.kernel.ndim
+        outs = {a % rank for a in self.out_axes}
+        return tuple(a for a in range(rank) if a not in outs)
+
+    def to_kernel(self, per_neuron: np.ndarray) -> np.ndarray:
+        """Broadcast a per-neuron array against the kernel."""
+        shape = [1] * self.kernel.ndim
+        for axis, size in zip(self.out_axes, per_neuron.shape):
+            shape[axis] = size
+        return per_neuron.reshape(shape)
+
+    def reshift(self, shift_x: float, shift_y: np.ndarray) -> "LayerStatistics":
+        """The same statistics expressed with other shifts (exact: the sums are polynomial)."""
+        dx = float(self.shift_x) - float(shift_x)
+        dy = np.asarray(self.shift_y, np.float64) - np.asarray(shift_y, np.float64)
+        s = self.sums
+        k = self.to_kernel
+        new = dict(s)
+        new["sum_y"] = s["sum_y"] + s["n"] * dy
+        for suffix, count in (("_pos", "n_pos"), ("", "n")):
+            if "sum_x" + suffix not in s:
+                continue
+            n_r = s[count]
+            sum_y_r = s["sum_y" + suffix] if suffix else s["sum_y"]
+            new["sum_xy" + suffix] = (s["sum_xy" + suffix] + k(dy) * s["sum_x" + suffix]
+                                      + dx * k(sum_y_r) + dx * k(n_r * dy))
+            new["sum_x" + suffix] = s["sum_x" + suffix] + dx * k(n_r)
+        if "sum_y_pos" in s:
+            new["sum_y_pos"] = s["sum_y_pos"] + s["n_pos"] * dy
+        return dataclasses.replace(self, shift_x=float(shift_x),
+                                   shift_y=np.asarray(shift_y, np.float64).copy(), sums=new)
+
+    # -- the estimators ---------------------------------------------------------------------
+
+    def _regime(self, n_r: np.ndarray, sum_y_r: np.ndarray, sum_x_r: np.ndarray,
+                sum_xy_r: np.ndarray) -> np.ndarray:
+        """``(E_r[xy] − E_r[x]E[y]) / wᵀ(·)`` from shifted sums (MATH.md, eqs. 5–7)."""
+        s = self.sums
+        k = self.to_kernel
+        with np.errstate(divide="ignore", invalid="ignore"):
+            n_safe = np.where(n_r > 0, n_r, 1.0)
+            mean_y = s["sum_y"] / np.where(s["n"] > 0, s["n"], 1.0)
+            num = (sum_xy_r / k(n_safe) - sum_x_r / k(n_safe) * k(mean_y)
+                   + self.shift_x * k(sum_y_r / n_safe - mean_y))
+            w = self.kernel.astype(np.float64)
+            den = np.sum(w * num, axis=self.input_axes, keepdims=True)
+            scale = np.sum(np.abs(w * num), axis=self.input_axes, keepdims=True)
+            ok = (k(n_r) > 0) & (np.abs(den) > 1e-9 * scale) & (den != 0)
+            return np.where(ok, num / np.where(ok, den, 1.0), 0.0)
+
+    def patterns(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(a, a_negative)``: the pattern (``a₊`` for ``"relu"``) and, where the layer keeps
+        its negative regime, ``a₋`` (else ``None``). float64, shaped like the kernel."""
+        s = self.sums
+        if self.pattern_type == "filter":
+            w = self.kernel.astype(np.float64)
+            norm = np.sum(w * w, axis=self.input_axes, keepdims=True)
+            return np.where(norm > 0, w / np.where(norm > 0, norm, 1.0), 0.0), None
+        if self.pattern_type == "linear":
+            return self._regime(s["n"], s["sum_y"], s["sum_x"], s["sum_xy"]), None
+        positive = self._regime(s["n_pos"], s["sum_y_pos"], s["sum_x_pos"], s["sum_xy_pos"])
+        if self.rectified:
+            return positive, None
+        negative = self._regime(s["n"] - s["n_pos"], s["sum_y"] - s["sum_y_pos"],
+                                s["sum_x"] - s["sum_x_pos"], s["sum_xy"] - s["sum_xy_pos"])
+        return positive, negative
+
+
+class PatternStatistics(Mapping[str, LayerStatistics]):
+    """The sufficient statistics of a pattern fit, per pattern key.
+
+    Obtained from :meth:`PatternComputer.compute_statistics`; :meth:`patterns` derives the
+    patterns, :meth:`merge` adds another data set's statistics (fits on disjoint shards merge
+    into the fit on their union), :meth:`save`/:meth:`load` keep them in HDF5.
+
+    Attributes
+    ----------
+    layers : dict of LayerStatistics
+    n_samples : int
+        Number of samples seen.
+    n_batches : int
+        Number of batches seen (used to resume a fit).
+    fingerprint : dict
+        The model fingerprint (:func:`pattern_keras.patterns.fingerprint.model_fingerprint`).
+    """
+
+    def __init__(self, layers: Mapping[str, LayerStatistics], n_samples: int, n_batches: int,
+                 fingerprint: Mapping[str, Any]) -> None:
+        self.layers = dict(layers)
+        self.n_samples = int(n_samples)
+        self.n_batches = int(n_batches)
+        self.fingerprint = dict(fingerprint)
+
+    def __getitem__(self, key: str) -> LayerStatistics:
+        return self.layers[key]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def patterns(self):
+        """The patterns these statistics give (a :class:`~pattern_keras.patterns.Patterns`)."""
+        from pattern_keras.patterns.patterns import Patterns
+
+        positive, negative, types = {}, {}, {}
+        for key, stats in self.layers.items():
+            a, a_neg = stats.patterns()
+            positive[key] = a.astype(np.float32)
+            if a_neg is not None:
+                negative[key] = a_neg.astype(np.float32)
+            types[key] = stats.pattern_type
+        return Patterns(positive, negative=negative, pattern_types=types,
+                        n_samples=self.n_samples, fingerprint=self.fingerprint)
+
+    def merge(self, other: "PatternStatistics") -> "PatternStatistics":
+        """Statistics of both data sets together; a new object, both inputs unchanged.
+
+        Statistics taken with different shifts (each fit picks its own from its first batch)
+        are re-expressed with this object's shifts first, which is exact.
+
+        Raises
+        ------
+        ValueError
+            If ``other`` comes from another model (fingerprint), other layers, or other pattern
+            types.
+        """
+        if not isinstance(other, PatternStatistics):
+            raise TypeError(f"Can only merge PatternStatistics, got {type(other).__name__}.")
+        from pattern_keras.patterns.fingerprint import first_mismatch
+
+        mismatch = first_mismatch(self.fingerprint, other.fingerprint)
+        if mismatch:
+            raise ValueError(f"Cannot merge statistics of different models: {mismatch}.")
+        if set(self.layers) != set(other.layers):
+            raise ValueError(
+                "Cannot merge statistics of different layers: "
+                f"{sorted(set(self.layers) ^ set(other.layers))}.")
+        merged = {}
+        for key, mine in self.layers.items():
+            theirs = other.layers[key]
+            if (mine.pattern_type, mine.rectified) != (theirs.pattern_type, theirs.rectified):
+                raise ValueError(
+                    f"Cannot merge statistics of layer '{key}': pattern type "
+                    f"{mine.pattern_type!r} (rectified={mine.rectified}) against "
+                    f"{theirs.pattern_type!r} (rectified={theirs.rectified}).")
+            theirs = theirs.reshift(mine.shift_x, mine.shift_y)
+            sums = {name: mine.sums[name] + theirs.sums[name] for name in mine.sums}
+            merged[key] = dataclasses.replace(mine, sums=sums)
+        return PatternStatistics(merged, self.n_samples + other.n_samples,
+                                 self.n_batches + other.n_batches, self.fingerprint)
+
+    def save(self, path: str) -> None:
+        """Write the statistics (and the patterns they give) to an HDF5 file."""
+        from pattern_keras.patterns import io
+
+        io.save(path, patterns=self.patterns(), statistics=self)
+
+    @classmethod
+    def load(cls, path: str) -> "PatternStatistics":
+        """Read statistics written by :meth:`save` (or ``Patterns.save(..., statistics=...)``)."""
+        from pattern_keras.patterns import io
+
+        stats = io.load_statistics(path)
+        if stats is None:
+            raise ValueError(f"'{path}' holds patterns but no statistics: refit with "
+                             "`save_statistics=True` to be able to merge or resume.")
+        return stats
+
+    def __repr__(self) -> str:
+        return (f"PatternStatistics({len(self.layers)} layers, n_samples={self.n_samples}, "
+                f"n_batches={self.n_batches})")
