@@ -239,8 +239,8 @@ def _explicit_padding(layer: Any, x_shape: Sequence[Any], kernel_spatial: Sequen
 def _conv_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPart]]:
     """Linear parts of the convolution layers (each a ``(name suffix, part)``)."""
     channel_axis = -1 if layer.data_format == "channels_last" else 1
-    strides = list(layer.strides)
-    dilation = list(layer.dilation_rate)
+    strides = tuple(layer.strides)  # a tuple: keras.ops.depthwise_conv rejects lists
+    dilation = tuple(layer.dilation_rate)
     fmt = layer.data_format
     padding = layer.padding
 
@@ -278,7 +278,7 @@ def _conv_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPar
         pad, known = _explicit_padding(layer, x_shape, dk.shape[:-2], strides, dilation)
         first = part(dk, None, depthwise(padding), out_axes=(-2, -1), shiftable=known,
                      padded_apply=(pad, depthwise("valid")) if pad else None)
-        ones = [1] * len(strides)
+        ones = (1,) * len(strides)
         second = part(pk, bias, conv("valid", strides=ones, dilation=ones))
         return [("depthwise_kernel", first), ("pointwise_kernel", second)]
 

@@ -184,3 +184,141 @@ class Composite:
 
     def __repr__(self) -> str:
         return f"Composite({self.rules})"
+
+
+# ----------------------------------------------------------------------------------------------
+# Rules that split contributions by sign: LRP-αβ, z⁺ and the bounded (zᴮ) rule of deep Taylor
+# decomposition. They apply to linear ops only (``op.kind == "linear"``); an analyzer maps the
+# other kinds to other rules (see :mod:`pattern_keras.analyzers.lrp`).
+
+__all__ += ["AlphaBetaRule", "BoundedRule"]
+
+
+def _signed_parts(t: Any) -> tuple[Any, Any]:
+    """``(max(t, 0), min(t, 0))``."""
+    return tf.maximum(t, 0.0), tf.minimum(t, 0.0)
+
+
+def _input_vjp(op: Op, x: Any, kernel: Any, upstream: Any) -> Any:
+    """``VJP_x[apply(x, kernel)](upstream)``: the transposed linear map, bias excluded."""
+    (dx,) = vjp(lambda xs: [op.linear.apply(xs[0], kernel)], [x], [upstream])
+    return dx
+
+
+def _require_linear(op: Op, rule: Any) -> None:
+    if op.kind != "linear":
+        raise TypeError(f"{rule!r} applies to linear ops only; op '{op.key}' is of kind "
+                        f"{op.kind!r}. Map other kinds to another rule in the Composite.")
+
+
+class AlphaBetaRule:
+    """LRP-αβ (Bach et al. 2015) on a linear op; with ``alpha=1, beta=0, bias=False`` the z⁺ rule.
+
+    With contributions ``z_ij = x_i w_ij`` split by sign, ``z_j⁺ = Σ_i (z_ij)₊ (+ b_j⁺)`` and
+    ``z_j⁻ = Σ_i (z_ij)₋ (+ b_j⁻)``, relevance flows back as
+
+        ``R_i = Σ_j (α · (z_ij)₊ / z_j⁺ − β · (z_ij)₋ / z_j⁻) · R_j``.
+
+    The positive contributions are ``x⁺ w⁺ + x⁻ w⁻`` (so inputs of either sign are handled), and
+    each term is one transposed linear map: ``R⁺ = x⁺ ⊙ Wᵀ⁺(R/z⁺) + x⁻ ⊙ Wᵀ⁻(R/z⁺)``. A zero
+    ``z_j⁺`` (no positive contribution) passes nothing through its term instead of dividing by
+    zero. With ``α − β = 1`` relevance is conserved wherever both ``z_j⁺`` and ``z_j⁻`` are
+    non-zero and the biases take no share (``bias=False``, or bias-free layers).
+
+    Parameters
+    ----------
+    alpha, beta : float
+        Weights of the positive and negative contributions, ``α − β = 1`` (checked by the
+        analyzers, not here, so the rule can be studied with other values).
+    bias : bool
+        Count the bias as a contribution (``b⁺`` to ``z⁺``, ``b⁻`` to ``z⁻``; it absorbs its
+        share of relevance), as iNNvestigate's ``Alpha1Beta0Rule``/``Alpha2Beta1Rule`` do.
+        ``False`` ignores it (the z⁺ rule, iNNvestigate's ``ZPlusRule``).
+    nonnegative_input : callable, optional
+        ``nonnegative_input(op) -> bool``: the op's input is known to be ``≥ 0`` (it comes from a
+        ReLU), so the ``x⁻`` terms are skipped (they are zero): half the work.
+    """
+
+    def __init__(self, alpha: float = 1.0, beta: float = 0.0, bias: bool = True,
+                 nonnegative_input: Callable[[Op], bool] | None = None) -> None:
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}.")
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.bias = bool(bias)
+        self.nonnegative_input = nonnegative_input
+
+    def __call__(self, op: Op, inputs, outputs, upstream):
+        _require_linear(op, self)
+        part = op.linear
+        x, r = inputs[0], upstream[0]
+        kernel = tf.cast(part.kernel, x.dtype)
+        w_pos, w_neg = _signed_parts(kernel)
+        nonnegative = self.nonnegative_input is not None and self.nonnegative_input(op)
+        x_pos, x_neg = (x, None) if nonnegative else _signed_parts(x)
+        bias = None
+        if self.bias and part.bias_fn is not None:
+            bias = part.to_output(tf.cast(part.bias, x.dtype), len(r.shape))
+
+        def share(k_for_pos, k_for_neg, bias_part):
+            """Relevance through one sign regime: ``Σ_j z_ij^± / z_j^± · R_j``."""
+            z = part.apply(x_pos, k_for_pos)
+            if x_neg is not None:
+                z = z + part.apply(x_neg, k_for_neg)
+            if bias_part is not None:
+                z = z + bias_part
+            s = tf.math.divide_no_nan(r, z)
+            rel = x_pos * _input_vjp(op, x_pos, k_for_pos, s)
+            if x_neg is not None:
+                rel = rel + x_neg * _input_vjp(op, x_neg, k_for_neg, s)
+            return rel
+
+        relevance = self.alpha * share(w_pos, w_neg,
+                                       None if bias is None else tf.maximum(bias, 0.0))
+        if self.beta != 0.0:
+            relevance = relevance - self.beta * share(
+                w_neg, w_pos, None if bias is None else tf.minimum(bias, 0.0))
+        return [relevance]
+
+    def __repr__(self) -> str:
+        return f"AlphaBetaRule(alpha={self.alpha:g}, beta={self.beta:g}, bias={self.bias})"
+
+
+class BoundedRule:
+    """The zᴮ rule of deep Taylor decomposition (Montavon et al. 2017) for inputs in a box.
+
+    For inputs known to lie in ``[low, high]`` (pixels, say), each neuron's root point is searched
+    inside the box, which gives
+
+        ``R_i = Σ_j (x_i w_ij − l_i w_ij⁺ − h_i w_ij⁻) / Σ_i' (x_i' w_i'j − l_i' w_i'j⁺ − h_i' w_i'j⁻) · R_j``.
+
+    The bias is not a contribution. For ``x`` inside the box every term is ``≥ 0``, so non-negative
+    relevance stays non-negative and is conserved where the denominator is non-zero (a zero one
+    passes nothing).
+
+    Parameters
+    ----------
+    low, high : callable
+        ``low(op)``, ``high(op)``: the bounds of the op's input, tensors broadcastable to it.
+    """
+
+    def __init__(self, low: Callable[[Op], Any], high: Callable[[Op], Any]) -> None:
+        self.low = low
+        self.high = high
+
+    def __call__(self, op: Op, inputs, outputs, upstream):
+        _require_linear(op, self)
+        part = op.linear
+        x, r = inputs[0], upstream[0]
+        low = tf.broadcast_to(tf.cast(self.low(op), x.dtype), tf.shape(x))
+        high = tf.broadcast_to(tf.cast(self.high(op), x.dtype), tf.shape(x))
+        kernel = tf.cast(part.kernel, x.dtype)
+        w_pos, w_neg = _signed_parts(kernel)
+        z = part.apply(x, kernel) - part.apply(low, w_pos) - part.apply(high, w_neg)
+        s = tf.math.divide_no_nan(r, z)
+        relevance = (x * _input_vjp(op, x, kernel, s) - low * _input_vjp(op, low, w_pos, s)
+                     - high * _input_vjp(op, high, w_neg, s))
+        return [relevance]
+
+    def __repr__(self) -> str:
+        return "BoundedRule()"

@@ -244,12 +244,12 @@ def test_final_softmax_stripped(softmax):
     x = normal((5, 10), seed=11)
     if softmax == "fused":
         d3 = model.get_layer("d3")
-        hidden = keras.Model(model.inputs, model.get_layer("d2").output)
+        hidden = keras.Model(model.input, model.get_layer("d2").output)
 
         def logits(v):
             return tf.matmul(hidden(v), d3.kernel) + d3.bias
     else:
-        logits = keras.Model(model.inputs, model.get_layer("d3").output)
+        logits = keras.Model(model.input, model.get_layer("d3").output)
     z = np.asarray(logits(x))
     # The model really ends in a softmax.
     np.testing.assert_allclose(np.asarray(model(x)), tf.nn.softmax(z).numpy(), rtol=1e-5,
@@ -271,7 +271,10 @@ def test_final_softmax_stripped(softmax):
 
 
 def relu_rule(g, pre, method):
-    """DeConvNet: ``max(g, 0)``; Guided BackProp: ``1[pre > 0] · max(g, 0)``."""
+    """DeConvNet: ``max(g, 0)``; Guided BackProp: ``1[pre > 0] · max(g, 0)``; the gradient
+    (to check the references themselves): ``1[pre > 0] · g``."""
+    if method == "gradient":
+        return g * (pre > 0)
     g = np.maximum(g, 0)
     return g if method == "deconvnet" else g * (pre > 0)
 
@@ -375,18 +378,17 @@ def test_deconvnet_guided_backprop_cnn(cls, method, mode, sel):
     assert_close(got, want, rtol=1e-4, atol_rel=1e-5)
 
 
-def test_gradient_reference_agrees_with_tape():
-    """The hand-written CNN reference is itself right: with the gradient's ReLU rule (gate, no
-    rectification) and seed 1 it reproduces the tape gradient."""
+def test_references_agree_with_tape():
+    """The hand-written references are themselves right: with the gradient's ReLU rule (gate, no
+    rectification) they reproduce ``y ·`` the tape gradient."""
+    model = mlp()
+    x = normal((6, 10), seed=12)
+    y = selected_value(model(x), "max_activation")
+    assert_close(mlp_reference(model, x, "gradient", "max_activation"),
+                 tape_gradient(model_logits(model), x) * y[:, None], rtol=1e-4, atol_rel=1e-5)
     model = small_cnn()
     x = normal((5, 9, 9, 2), seed=15)
-    global relu_rule
-    saved = relu_rule
-    try:
-        relu_rule = lambda g, pre, method: g * (pre > 0)  # noqa: E731
-        ref = cnn_reference(model, x, "gradient", "max_activation")
-    finally:
-        relu_rule = saved
+    ref = cnn_reference(model, x, "gradient", "max_activation")
     y = selected_value(model(x), "max_activation")
     want = tape_gradient(model_logits(model), x) * y[:, None, None, None]
     assert_close(ref, want, rtol=1e-4, atol_rel=1e-5)
@@ -577,7 +579,7 @@ def application_images():
 
 
 def vgg16_logits(model):
-    hidden = keras.Model(model.inputs, model.get_layer("fc2").output)
+    hidden = keras.Model(model.input, model.get_layer("fc2").output)
     predictions = model.get_layer("predictions")
     return lambda x: tf.matmul(hidden(x, training=False), predictions.kernel) + predictions.bias
 

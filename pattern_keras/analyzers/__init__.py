@@ -2,9 +2,18 @@
 
 from pattern_keras.analyzers.base import NEURON_SELECTION_MODES, Analyzer
 from pattern_keras.analyzers.gradient import DeConvNet, Gradient, GuidedBackprop, InputTimesGradient
-from pattern_keras.analyzers.lrp import LRPEpsilon, LRPZ
+from pattern_keras.analyzers.lrp import (
+    LRPZ,
+    DeepTaylor,
+    LRPAlpha1Beta0,
+    LRPAlpha2Beta1,
+    LRPAlphaBeta,
+    LRPEpsilon,
+    LRPZPlus,
+)
 from pattern_keras.analyzers.pattern import NotFittedError, PatternAttribution, PatternNet
 from pattern_keras.analyzers.registry import analyzer_names, create_analyzer, register_analyzer
+from pattern_keras.analyzers.wrappers import IntegratedGradients, SmoothGrad
 
 for _name, _cls in [
     ("gradient", Gradient),
@@ -13,6 +22,13 @@ for _name, _cls in [
     ("guided_backprop", GuidedBackprop),
     ("lrp.z", LRPZ),
     ("lrp.epsilon", LRPEpsilon),
+    ("lrp.alpha_beta", LRPAlphaBeta),
+    ("lrp.alpha_1_beta_0", LRPAlpha1Beta0),
+    ("lrp.alpha_2_beta_1", LRPAlpha2Beta1),
+    ("lrp.z_plus", LRPZPlus),
+    ("deep_taylor.bounded", DeepTaylor),
+    ("integrated_gradients", IntegratedGradients),
+    ("smoothgrad", SmoothGrad),
     ("pattern.net", PatternNet),
     ("pattern.attribution", PatternAttribution),
 ]:
@@ -27,6 +43,13 @@ __all__ = [
     "GuidedBackprop",
     "LRPZ",
     "LRPEpsilon",
+    "LRPAlphaBeta",
+    "LRPAlpha1Beta0",
+    "LRPAlpha2Beta1",
+    "LRPZPlus",
+    "DeepTaylor",
+    "IntegratedGradients",
+    "SmoothGrad",
     "PatternNet",
     "PatternAttribution",
     "NotFittedError",

@@ -1,27 +1,47 @@
-"""Layer-wise relevance propagation: the z-rule and the ε-rule.
+"""Layer-wise relevance propagation: the z-, ε-, αβ- and z⁺-rules, and deep Taylor decomposition.
 
 Relevance starts as the selected neuron's value ``y`` and is redistributed at every linear
 layer, BatchNormalization, Add and average pooling in proportion to the contributions
 (``R_i = x_i · Σ_j ∂z_j/∂x_i · R_j / z_j``). ReLUs pass relevance unchanged; max pooling routes it
 to the winner; reshapes move it.
+
+The rules that split contributions by sign (:class:`LRPAlphaBeta`, :class:`LRPZPlus`,
+:class:`DeepTaylor`) apply at linear layers, with BatchNormalization folded into the preceding
+linear layer first. Ops that sum their inputs without a learned kernel (Add, Average, average
+pooling, and a BatchNormalization that follows no linear layer) keep the z-rule: a sum's
+summands are its contributions, each gets its share ``R·x_i/z``, whatever its sign.
+
+=================  =================================  =============================
+analyzer           linear layers                      Add / avg pool / lone BN
+=================  =================================  =============================
+LRPZ, LRPEpsilon   z (ε)                              z (ε)
+LRPAlphaBeta       αβ, ``α − β = 1``                  z
+LRPZPlus           z⁺                                 z
+DeepTaylor         zᴮ on the input, z⁺ elsewhere      z
+=================  =================================  =============================
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pattern_keras.analyzers.base import Analyzer
-from pattern_keras.rules import ActivationRule, Composite, ZRule
+import numpy as np
+import tensorflow as tf
 
-__all__ = ["LRPZ", "LRPEpsilon"]
+from pattern_keras.analyzers.base import Analyzer
+from pattern_keras.rules import ActivationRule, AlphaBetaRule, BoundedRule, Composite, ZRule
+
+__all__ = ["LRPZ", "LRPEpsilon", "LRPAlphaBeta", "LRPAlpha1Beta0", "LRPAlpha2Beta1", "LRPZPlus",
+           "DeepTaylor"]
 
 
 class LRPZ(Analyzer):
     """LRP with the z-rule (Bach et al. 2015), seeded with the selected neuron's value.
 
-    On a bias-free ReLU network relevance is conserved (``Σ_i R_i = y``) and, since LRP is
-    seeded with ``y`` and :class:`~pattern_keras.InputTimesGradient` with 1, the result equals
-    ``y · InputTimesGradient``.
+    On a ReLU network (biases or not) the result equals
+    :class:`~pattern_keras.InputTimesGradient`: the seed ``y`` is divided by ``z = y`` at the
+    output layer, so LRP seeded with ``y`` and input×gradient seeded with 1 agree. On a bias-free
+    ReLU network relevance is also conserved (``Σ_i R_i = y``).
     """
 
     seed_with_value = True
@@ -50,3 +70,228 @@ class LRPEpsilon(LRPZ):
             raise ValueError(f"epsilon must be >= 0, got {epsilon}.")
         self.epsilon = float(epsilon)
         super().__init__(model, neuron_selection_mode=neuron_selection_mode)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rules that split contributions by sign: αβ, z⁺, and deep Taylor decomposition
+
+
+def _nonnegative_slots(program) -> set[int]:
+    """Slots whose tensors are ``≥ 0`` by construction: outputs of a ReLU (ReLU6 included),
+    and what max pooling, data movement, or averaging/adding makes of such tensors only."""
+    from keras import layers as L
+    from keras.src.ops import numpy as knp  # `x + y` inside a functional model
+
+    averaging = (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
+                 L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
+                 L.Add, L.Average, knp.Add)
+    slots: set[int] = set()
+    for op in program.ops:
+        if op.kind == "activation" and op.activation == "relu":
+            slots.update(op.outputs)
+        elif (op.kind in ("move", "max_pool")
+              or (op.kind == "sum" and isinstance(op.layer, averaging))):
+            if op.inputs and all(s in slots for s in op.inputs):
+                slots.update(op.outputs)
+    return slots
+
+
+class _SignSplitLRP(Analyzer):
+    """Shared by the αβ, z⁺ and deep Taylor analyzers.
+
+    BatchNormalization is folded into the preceding linear layer first (the canonization that
+    makes the rule see the effective kernel ``W·γ/σ`` and bias); a BatchNormalization that
+    follows no linear layer (DenseNet's pre-activation blocks) stays an affine op. Ops that
+    are sums of contributions without a learned kernel (Add, Average, average pooling, those
+    left-over BatchNormalizations) take the z-rule, which splits relevance in proportion to the
+    summands, as :class:`LRPZ` does; ReLUs pass relevance, max pooling routes it to the winner.
+    """
+
+    seed_with_value = True
+    fold_batch_norm = True
+
+    def __init__(self, model: Any, neuron_selection_mode: str = "max_activation") -> None:
+        super().__init__(model, neuron_selection_mode=neuron_selection_mode)
+        nonnegative = _nonnegative_slots(self._program)
+        self._nonnegative_input = lambda op: op.inputs[0] in nonnegative
+
+    def _linear_rule(self) -> Any:
+        raise NotImplementedError
+
+    def _composite(self) -> Composite:
+        z = ZRule(0.0)
+        return Composite({"linear": self._linear_rule(), "affine": z, "sum": z,
+                          "activation": ActivationRule("pass")})
+
+
+class LRPAlphaBeta(_SignSplitLRP):
+    """LRP-αβ (Bach et al. 2015): positive and negative contributions weighted apart.
+
+    At every linear layer (BatchNormalization folded in) relevance flows back as
+    ``R_i = Σ_j (α·(x_i w_ij)₊ / z_j⁺ − β·(x_i w_ij)₋ / z_j⁻)·R_j`` (see
+    :class:`~pattern_keras.rules.AlphaBetaRule`); sum-like ops take the z-rule, ReLUs pass
+    relevance. Seeded with the selected neuron's value ``y``.
+
+    Parameters
+    ----------
+    model : keras.Model
+    alpha, beta : float
+        ``α ≥ 1``, ``β ≥ 0`` with ``α − β = 1``.
+    bias : bool
+        Whether biases take their share of relevance (``b⁺`` in ``z⁺``, ``b⁻`` in ``z⁻``;
+        default True, as iNNvestigate). On a bias-free network with ``β = 0`` and non-negative
+        inputs relevance is non-negative and conserved (``Σ_i R_i = y``).
+    neuron_selection_mode : str
+
+    Raises
+    ------
+    ValueError
+        If ``α − β ≠ 1`` or either is negative.
+    """
+
+    def __init__(self, model: Any, alpha: float = 1.0, beta: float = 0.0, bias: bool = True,
+                 neuron_selection_mode: str = "max_activation") -> None:
+        alpha, beta = float(alpha), float(beta)
+        if not (np.isfinite(alpha) and np.isfinite(beta)) or alpha < 0 or beta < 0:
+            raise ValueError(f"alpha and beta must be finite and >= 0, got alpha={alpha}, "
+                             f"beta={beta}.")
+        if abs(alpha - beta - 1.0) > 1e-9:
+            raise ValueError(
+                f"LRP-αβ requires alpha - beta = 1 (so that relevance is conserved); got "
+                f"alpha={alpha:g}, beta={beta:g} (alpha - beta = {alpha - beta:g}). For "
+                "example alpha=1, beta=0 or alpha=2, beta=1.")
+        self.alpha, self.beta, self.bias = alpha, beta, bool(bias)
+        super().__init__(model, neuron_selection_mode=neuron_selection_mode)
+
+    def _linear_rule(self) -> Any:
+        return AlphaBetaRule(self.alpha, self.beta, bias=self.bias,
+                             nonnegative_input=self._nonnegative_input)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(model={self.model.name!r}, alpha={self.alpha:g}, "
+                f"beta={self.beta:g}, neuron_selection_mode={self.neuron_selection_mode!r})")
+
+
+class LRPAlpha1Beta0(LRPAlphaBeta):
+    """LRP-α1β0: only positive contributions count (:class:`LRPAlphaBeta` with α=1, β=0)."""
+
+    def __init__(self, model: Any, bias: bool = True,
+                 neuron_selection_mode: str = "max_activation") -> None:
+        super().__init__(model, alpha=1.0, beta=0.0, bias=bias,
+                         neuron_selection_mode=neuron_selection_mode)
+
+
+class LRPAlpha2Beta1(LRPAlphaBeta):
+    """LRP-α2β1 (:class:`LRPAlphaBeta` with α=2, β=1)."""
+
+    def __init__(self, model: Any, bias: bool = True,
+                 neuron_selection_mode: str = "max_activation") -> None:
+        super().__init__(model, alpha=2.0, beta=1.0, bias=bias,
+                         neuron_selection_mode=neuron_selection_mode)
+
+
+class LRPZPlus(_SignSplitLRP):
+    """LRP with the z⁺ rule (Montavon et al. 2017): ``R_i = Σ_j (x_i w_ij)₊ / Σ_i' (x_i' w_i'j)₊ · R_j``.
+
+    Biases are ignored. Where inputs are non-negative (after a ReLU) this is the deep Taylor
+    decomposition's z⁺ rule with ``w⁺``; for inputs of either sign the positive contributions
+    ``x⁺w⁺ + x⁻w⁻`` are used (iNNvestigate's ``ZPlusRule``). Equal to
+    ``LRPAlpha1Beta0(bias=False)``. Seeded with ``y``.
+    """
+
+    def _linear_rule(self) -> Any:
+        return AlphaBetaRule(1.0, 0.0, bias=False, nonnegative_input=self._nonnegative_input)
+
+
+class DeepTaylor(_SignSplitLRP):
+    """Deep Taylor decomposition for bounded inputs (Montavon et al. 2017).
+
+    The linear layers that read the input (directly or through padding, reshapes, pooling)
+    take the zᴮ rule for inputs in the box ``[low, high]``
+    (:class:`~pattern_keras.rules.BoundedRule`); every deeper linear layer the z⁺ rule.
+    Seeded with ``y``.
+
+    Parameters
+    ----------
+    model : keras.Model
+    low, high : float, array, list or None
+        The input domain: a scalar, or an array broadcastable to one sample (or to the batch),
+        one per input for a model with several inputs. ``None`` (default) uses each sample's
+        own minimum (maximum) value. Padding the model adds is fixed at zero: both its bounds
+        are zero.
+    neuron_selection_mode : str
+
+    Examples
+    --------
+    >>> pk.DeepTaylor(model, low=-1.0, high=1.0).analyze(x)   # images scaled to [-1, 1]
+    """
+
+    def __init__(self, model: Any, low: Any = None, high: Any = None,
+                 neuron_selection_mode: str = "max_activation") -> None:
+        super().__init__(model, neuron_selection_mode=neuron_selection_mode)
+        n_inputs = len(self._program.inputs)
+        self.low = self._per_input(low, "low", n_inputs)
+        self.high = self._per_input(high, "high", n_inputs)
+        for lo, hi in zip(self.low, self.high):
+            if lo is not None and hi is not None and np.any(lo > hi):
+                raise ValueError("DeepTaylor needs low <= high everywhere.")
+        self._bounds: dict[int, tuple[Any, Any]] | None = None
+
+    @staticmethod
+    def _per_input(value: Any, name: str, n_inputs: int) -> list[Any]:
+        if n_inputs > 1 and isinstance(value, (list, tuple)):
+            if len(value) != n_inputs:
+                raise ValueError(f"{name} must be one value per input ({n_inputs}), got "
+                                 f"{len(value)}.")
+            values = list(value)
+        else:
+            values = [value] * n_inputs
+        out = []
+        for v in values:
+            if v is None:
+                out.append(None)
+                continue
+            arr = np.asarray(v, dtype=np.float32)
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"{name} must be finite, got {v!r}.")
+            out.append(arr)
+        return out
+
+    def _input_bounds(self, inputs: list[Any]) -> dict[int, tuple[Any, Any]]:
+        """Bounds of the input slots and of every tensor computed from them without a linear
+        layer (padding, reshapes, pooling): elementwise monotone maps of the input."""
+        bounds: dict[int, tuple[Any, Any]] = {}
+        for slot, x, lo, hi in zip(self._program.inputs, inputs, self.low, self.high):
+            axes = list(range(1, len(x.shape)))
+            lo = tf.reduce_min(x, axis=axes, keepdims=True) if lo is None else lo
+            hi = tf.reduce_max(x, axis=axes, keepdims=True) if hi is None else hi
+            bounds[slot] = (tf.broadcast_to(tf.cast(lo, x.dtype), tf.shape(x)),
+                            tf.broadcast_to(tf.cast(hi, x.dtype), tf.shape(x)))
+        for op in self._program.ops:
+            if op.kind == "linear" or not all(s in bounds for s in op.inputs):
+                continue
+            lows = op.forward([bounds[s][0] for s in op.inputs])
+            highs = op.forward([bounds[s][1] for s in op.inputs])
+            for slot, lo, hi in zip(op.outputs, lows, highs):
+                bounds[slot] = (tf.minimum(lo, hi), tf.maximum(lo, hi))
+        return bounds
+
+    def _explain(self, inputs, selection):
+        self._bounds = self._input_bounds(list(inputs))
+        try:
+            return super()._explain(inputs, selection)
+        finally:
+            self._bounds = None
+
+    def _linear_rule(self) -> Any:
+        bounds = self._bounds
+        bounded = BoundedRule(lambda op: bounds[op.inputs[0]][0],
+                              lambda op: bounds[op.inputs[0]][1])
+        z_plus = AlphaBetaRule(1.0, 0.0, bias=False, nonnegative_input=self._nonnegative_input)
+
+        def rule(op, inputs, outputs, upstream):
+            if bounds is not None and op.inputs[0] in bounds:
+                return bounded(op, inputs, outputs, upstream)
+            return z_plus(op, inputs, outputs, upstream)
+
+        return rule

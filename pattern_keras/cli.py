@@ -1,0 +1,655 @@
+"""The ``pattern-keras`` command line.
+
+::
+
+    pattern-keras fit MODEL DATA -o patterns.h5 [--pattern-type relu|linear|filter]
+                      [--batch-size N] [--steps N] [--key KEY] [--image-size H W]
+                      [--preprocess none|unit|caffe|tf|torch] [--unsafe]
+    pattern-keras analyze MODEL INPUTS --method NAME [--patterns patterns.h5]
+                      [--neuron INDEX] [--batch-size N] -o OUT_DIR [data options]
+    pattern-keras merge A.h5 B.h5 ... -o C.h5
+    pattern-keras methods
+    pattern-keras demo [--output DIR] [--quick] [--seed N]
+
+MODEL is a Keras ``.keras`` or ``.h5`` file, loaded with Keras's safe mode on (``--unsafe``
+turns it off, for models with ``Lambda`` layers that you trust). DATA and INPUTS are a ``.npy``
+file, a ``.npz`` file (the array ``x``, or its only array; ``--key`` picks another), or a folder
+of PNG/JPEG images (resized to ``--image-size H W`` or the model's input size).
+``--preprocess`` applies ``keras.applications``' input conventions to the values: ``none`` (as
+read; images are 0..255), ``unit`` (divide by 255), ``caffe`` (RGB to BGR, ImageNet means
+subtracted), ``tf`` (scaled to [-1, 1]), ``torch`` (to [0, 1], then ImageNet mean and standard
+deviation).
+
+Exit codes: 0 done; 2 a usage or input error (one line on stderr, no traceback); 1 anything
+else (one line; ``--traceback`` shows the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from typing import Any, Sequence
+
+__all__ = ["main", "UsageError", "load_data", "load_model", "PREPROCESS_MODES"]
+
+PROG = "pattern-keras"
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+PREPROCESS_MODES = ("none", "unit", "caffe", "tf", "torch")
+PATTERN_TYPES = ("relu", "linear", "filter")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+PATTERN_METHODS = ("pattern.net", "pattern.attribution")
+
+_IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class UsageError(Exception):
+    """A usage or input error: reported in one line, exit code 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# TensorFlow, quietly
+# --------------------------------------------------------------------------------------------
+
+
+def _quiet_tensorflow() -> None:
+    """Import TensorFlow without its start-up noise (unless TF_CPP_MIN_LOG_LEVEL asks for it).
+
+    TensorFlow 2.21 writes some C++ messages (CUDA probing on a machine without a GPU) before
+    its logging honours ``TF_CPP_MIN_LOG_LEVEL``; they go to file descriptor 2, silenced here
+    for the import and the device discovery only.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" not in sys.modules:
+        _import_tensorflow_silently()
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    tf.autograph.set_verbosity(0)
+
+
+def _import_tensorflow_silently() -> None:
+    try:
+        level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    except ValueError:
+        level = 2
+    silence = level >= 2
+    saved = devnull = None
+    if silence:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+        except OSError:  # no real fd 2 (embedded interpreters): import loudly
+            saved = None
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+        if devnull is not None:
+            os.close(devnull)
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+def load_model(path: str, unsafe: bool = False):
+    """Load a ``.keras`` or ``.h5`` model (safe mode unless ``unsafe``), uncompiled.
+
+    Raises
+    ------
+    UsageError
+        If the file is missing, has another extension, or cannot be read as a Keras model.
+    """
+    import keras
+
+    if not os.path.exists(path):
+        raise UsageError(f"model file '{path}' does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"'{path}' is a folder; MODEL must be a .keras or .h5 file "
+                         "(a TensorFlow SavedModel cannot be loaded by Keras 3)")
+    if not path.lower().endswith((".keras", ".h5", ".hdf5")):
+        raise UsageError(f"model file '{path}' must end in .keras or .h5")
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=not unsafe)
+    except Exception as err:  # Keras raises many types for unreadable files
+        message = _one_line(err)
+        if "safe_mode" in message or "unsafe" in message.lower():
+            raise UsageError(f"could not load model '{path}' in safe mode: {message} "
+                             "(if you trust this file, add --unsafe)") from None
+        raise UsageError(f"could not load model '{path}': {message}") from None
+
+
+def _one_line(err: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def load_data(path: str, key: str | None = None, image_size: Sequence[int] | None = None,
+              preprocess: str = "none", model: Any = None) -> tuple[Any, list[str]]:
+    """Read DATA/INPUTS: a ``.npy``, a ``.npz`` or a folder of images.
+
+    Parameters
+    ----------
+    path : str
+    key : str, optional
+        The array of a ``.npz`` (default: ``x``, or the file's only array).
+    image_size : (int, int), optional
+        Size images are resized to; default the model's input size (or their own, if all agree).
+    preprocess : {"none", "unit", "caffe", "tf", "torch"}
+    model : keras.Model, optional
+        Used for the image size and colour mode of a folder, and to check the data's shape.
+
+    Returns
+    -------
+    x : numpy.ndarray, float32
+    names : list of str
+        One name per sample (image file stems, or zero-padded indices), for output files.
+
+    Raises
+    ------
+    UsageError
+        For a missing or unreadable file, an unknown ``.npz`` key, a folder without images,
+        options that do not apply, or data whose shape does not fit the model.
+    """
+    import numpy as np
+
+    if preprocess not in PREPROCESS_MODES:
+        raise UsageError(f"--preprocess must be one of {', '.join(PREPROCESS_MODES)}; "
+                         f"got '{preprocess}'")
+    if not os.path.exists(path):
+        raise UsageError(f"data '{path}' does not exist")
+    if os.path.isdir(path):
+        if key is not None:
+            raise UsageError("--key applies to .npz files, not to a folder of images")
+        x, names = _load_image_folder(path, image_size, model)
+    else:
+        if image_size is not None:
+            raise UsageError("--image-size applies to a folder of images, not to array files")
+        x = _load_array_file(path, key)
+        width = len(str(max(len(x) - 1, 0)))
+        names = [f"{i:0{max(width, 5)}d}" for i in range(len(x))]
+    if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
+        raise UsageError(f"data '{path}' holds values of type {x.dtype}, not numbers")
+    x = x.astype(np.float32, copy=False)
+    x = _preprocess(x, preprocess)
+    if model is not None:
+        x = _fit_to_model(x, model, path)
+    if len(x) == 0:
+        raise UsageError(f"data '{path}' holds no samples (shape {x.shape})")
+    return x, names
+
+
+def _load_array_file(path: str, key: str | None):
+    import numpy as np
+
+    lower = path.lower()
+    try:
+        if lower.endswith(".npy"):
+            if key is not None:
+                raise UsageError("--key applies to .npz files, not to .npy")
+            return np.load(path, allow_pickle=False)
+        if lower.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as archive:
+                keys = list(archive.keys())
+                if key is None:
+                    if "x" in keys:
+                        key = "x"
+                    elif len(keys) == 1:
+                        key = keys[0]
+                    else:
+                        raise UsageError(
+                            f"'{path}' holds the arrays {', '.join(keys) or '(none)'} and none "
+                            "is called 'x': pick one with --key")
+                if key not in keys:
+                    raise UsageError(f"'{path}' has no array '{key}'; it holds "
+                                     f"{', '.join(keys) or '(none)'}")
+                return archive[key]
+    except UsageError:
+        raise
+    except (OSError, ValueError, EOFError) as err:
+        raise UsageError(f"could not read '{path}': {_one_line(err)}") from None
+    raise UsageError(f"data '{path}' must be a .npy or .npz file, or a folder of images")
+
+
+def _model_image_shape(model: Any) -> tuple[int | None, int | None, int | None] | None:
+    """(H, W, C) of a single channels_last image input, or None if the model has another kind."""
+    if model is None or len(model.inputs) != 1:
+        return None
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4:
+        return None
+    return shape[1], shape[2], shape[3]
+
+
+def _load_image_folder(path: str, image_size: Sequence[int] | None, model: Any):
+    import keras
+    import numpy as np
+
+    files = sorted(f for f in os.listdir(path)
+                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+    if not files:
+        raise UsageError(f"folder '{path}' holds no PNG or JPEG images")
+    image_shape = _model_image_shape(model)
+    if model is not None and image_shape is None:
+        raise UsageError(
+            f"a folder of images needs a model with one image input (batch, H, W, C); this "
+            f"model's input is {_input_signature(model)}")
+    channels = image_shape[2] if image_shape else 3
+    modes = {1: "grayscale", 3: "rgb", 4: "rgba"}
+    if channels not in modes:
+        raise UsageError(f"the model expects {channels} channels; images can give 1, 3 or 4")
+    if image_size is not None:
+        size = tuple(int(v) for v in image_size)
+        if any(v < 1 for v in size):
+            raise UsageError(f"--image-size must be positive; got {size[0]} {size[1]}")
+    elif image_shape and image_shape[0] and image_shape[1]:
+        size = (int(image_shape[0]), int(image_shape[1]))
+    else:
+        size = None
+    images = []
+    for name in files:
+        file = os.path.join(path, name)
+        try:
+            img = keras.utils.load_img(file, color_mode=modes[channels], target_size=size)
+        except Exception as err:  # PIL raises several types for broken files
+            raise UsageError(f"could not read image '{file}': {_one_line(err)}") from None
+        array = keras.utils.img_to_array(img, data_format="channels_last", dtype="float32")
+        if images and array.shape != images[0].shape:
+            raise UsageError(
+                f"images in '{path}' have different sizes ({files[0]}: "
+                f"{images[0].shape[1]}x{images[0].shape[0]}, {name}: "
+                f"{array.shape[1]}x{array.shape[0]}): give --image-size H W")
+        images.append(array)
+    stems = [os.path.splitext(f)[0] for f in files]
+    if len(set(stems)) != len(stems):
+        stems = [f.replace(".", "_") for f in files]
+    return np.stack(images), stems
+
+
+def _preprocess(x, mode: str):
+    import numpy as np
+
+    if mode == "none":
+        return x
+    if mode == "unit":
+        return x / 255.0
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    if x.ndim < 2 or x.shape[-1] != 3:
+        raise UsageError(f"--preprocess {mode} needs RGB data (3 channels last); the data has "
+                         f"shape {x.shape}")
+    if mode == "caffe":
+        return (x[..., ::-1] - np.asarray(_IMAGENET_MEAN_BGR, np.float32)).astype(np.float32)
+    # torch
+    return ((x / 255.0 - np.asarray(_IMAGENET_MEAN, np.float32))
+            / np.asarray(_IMAGENET_STD, np.float32)).astype(np.float32)
+
+
+def _input_signature(model: Any) -> str:
+    shapes = [tuple(t.shape) for t in model.inputs]
+    text = ", ".join("(" + ", ".join("batch" if d is None and i == 0 else str(d)
+                                      for i, d in enumerate(s)) + ")" for s in shapes)
+    return text
+
+
+def _fit_to_model(x, model: Any, path: str):
+    """Check x against the model's input; add a trailing channel axis of 1 where it is missing."""
+    if len(model.inputs) != 1:
+        raise UsageError(f"the command line handles models with one input; this model has "
+                         f"{len(model.inputs)} inputs: {_input_signature(model)}")
+    want = tuple(model.inputs[0].shape)
+    if x.ndim == len(want) - 1 and want[-1] == 1:
+        x = x[..., None]
+    ok = x.ndim == len(want) and all(w is None or w == s for s, w in zip(x.shape[1:], want[1:]))
+    if not ok:
+        raise UsageError(f"data '{path}' has shape {tuple(x.shape)}; the model expects "
+                         f"{_input_signature(model)}")
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    _check_positive("--batch-size", args.batch_size)
+    if args.steps is not None:
+        _check_positive("--steps", args.steps)
+    _check_output_file(args.output)
+    _quiet_tensorflow()
+    from pattern_keras.patterns import PatternComputer
+
+    model = load_model(args.model, args.unsafe)
+    x, _ = load_data(args.data, args.key, args.image_size, args.preprocess, model)
+    try:
+        computer = PatternComputer(model, pattern_type=args.pattern_type)
+    except ValueError as err:  # unsupported layers, no linear layer, ...
+        raise UsageError(f"cannot fit patterns for model '{args.model}': {_one_line(err)}") \
+            from None
+    _say(args, f"Fitting {args.pattern_type} patterns of {len(computer.keys)} layers on "
+               f"{len(x)} samples")
+    statistics = computer.compute_statistics(
+        x, batch_size=args.batch_size, steps=args.steps, verbose=0 if args.quiet else 1)
+    statistics.save(args.output)
+    _say(args, f"Wrote {args.output} ({statistics.n_samples} samples, layers: "
+               f"{', '.join(statistics)})")
+    return EXIT_OK
+
+
+def _load_patterns_for(path: str, model: Any):
+    from pattern_keras.patterns import PatternFileError, Patterns, model_fingerprint
+    from pattern_keras.patterns.fingerprint import first_mismatch
+
+    try:
+        patterns = Patterns.load(path)
+    except FileNotFoundError:
+        raise UsageError(f"pattern file '{path}' does not exist") from None
+    except PatternFileError as err:
+        raise UsageError(_one_line(err)) from None
+    if patterns.fingerprint:
+        mismatch = first_mismatch(model_fingerprint(model), patterns.fingerprint)
+        if mismatch:
+            raise UsageError(f"pattern file '{path}' was fitted on another model: {mismatch}")
+    return patterns
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    if args.patterns is not None and args.method not in PATTERN_METHODS:
+        raise UsageError(f"--patterns is only used by {' and '.join(PATTERN_METHODS)}, "
+                         f"not by '{args.method}'")
+    if args.patterns is None and args.method in PATTERN_METHODS:
+        raise UsageError(f"'{args.method}' needs fitted patterns: give --patterns FILE "
+                         "(fit them with 'pattern-keras fit MODEL DATA -o FILE')")
+    _check_positive("--batch-size", args.batch_size)
+    if args.neuron is not None and args.neuron < 0:
+        raise UsageError(f"--neuron must be >= 0; got {args.neuron}")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise UsageError(f"-o must be a folder; '{args.output}' is a file")
+    _quiet_tensorflow()
+    import numpy as np
+
+    import pattern_keras as pk
+
+    if args.method not in pk.analyzer_names():
+        raise UsageError(f"unknown method '{args.method}'; known: "
+                         f"{', '.join(pk.analyzer_names())} (see 'pattern-keras methods')")
+    model = load_model(args.model, args.unsafe)
+    x, names = load_data(args.inputs, args.key, args.image_size, args.preprocess, model)
+    kwargs: dict[str, Any] = {}
+    if args.neuron is not None:
+        kwargs["neuron_selection_mode"] = "index"
+    if args.method in PATTERN_METHODS:
+        patterns = _load_patterns_for(args.patterns, model)
+        kwargs["patterns"] = patterns
+        kwargs["pattern_type"] = dict(patterns.pattern_types)
+    try:
+        analyzer = pk.create_analyzer(args.method, model, **kwargs)
+    except ValueError as err:  # unsupported layers, patterns that do not fit, ...
+        raise UsageError(f"cannot analyze model '{args.model}' with '{args.method}': "
+                         f"{_one_line(err)}") from None
+    if args.neuron is not None and args.neuron >= analyzer.num_outputs:
+        raise UsageError(f"--neuron {args.neuron} is out of range: the model has "
+                         f"{analyzer.num_outputs} output neurons (0 to "
+                         f"{analyzer.num_outputs - 1})")
+    _say(args, f"Explaining {len(x)} inputs with {args.method}")
+    explanations = analyzer.analyze(x, neuron_selection=args.neuron,
+                                    batch_size=args.batch_size)
+    explanations = np.asarray(explanations, dtype=np.float32)
+    os.makedirs(args.output, exist_ok=True)
+    np.save(os.path.join(args.output, "explanations.npy"), explanations)
+    written = _write_pngs(args.output, names, explanations, args.method)
+    if written:
+        kind = "signal images" if args.method == "pattern.net" else "heatmaps"
+        _say(args, f"Wrote {written} {kind} and explanations.npy {explanations.shape} "
+                   f"to {args.output}")
+    else:
+        _say(args, f"Wrote explanations.npy {explanations.shape} to {args.output} (no PNGs: "
+                   "the inputs are not images)")
+    return EXIT_OK
+
+
+def _write_pngs(folder: str, names: list[str], explanations, method: str) -> int:
+    """One PNG per input at the input's size: a heatmap, or the projected signal (pattern.net).
+
+    Returns the number written (0 for inputs that are not images).
+    """
+    import numpy as np
+    from matplotlib import image as mpimg
+
+    from pattern_keras import plot
+
+    if explanations.ndim not in (3, 4):
+        return 0
+    batch = explanations if explanations.ndim == 4 else explanations[..., None]
+    if method == "pattern.net" and batch.shape[-1] in (1, 3):
+        rgb = plot.project(batch)
+        if rgb.shape[-1] == 1:
+            rgb = np.repeat(rgb, 3, axis=-1)
+    else:
+        rgb = plot.heatmap(batch)
+    for name, image in zip(names, rgb):
+        mpimg.imsave(os.path.join(folder, f"{name}.png"), np.clip(image, 0.0, 1.0))
+    return len(rgb)
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    if len(args.files) < 2:
+        raise UsageError("merge needs at least two statistics files")
+    _check_output_file(args.output)
+    for path in args.files:
+        if not os.path.exists(path):
+            raise UsageError(f"statistics file '{path}' does not exist")
+    _quiet_tensorflow()
+    from pattern_keras.patterns import PatternFileError, PatternStatistics
+
+    merged = None
+    for path in args.files:
+        try:
+            stats = PatternStatistics.load(path)
+        except FileNotFoundError:
+            raise UsageError(f"statistics file '{path}' does not exist") from None
+        except (PatternFileError, ValueError) as err:
+            raise UsageError(_one_line(err)) from None
+        if merged is None:
+            merged = stats
+            continue
+        try:
+            merged = merged.merge(stats)
+        except ValueError as err:
+            raise UsageError(f"cannot merge '{path}': {_one_line(err)}") from None
+    merged.save(args.output)
+    _say(args, f"Merged {len(args.files)} files ({merged.n_samples} samples) into {args.output}")
+    return EXIT_OK
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    _quiet_tensorflow()
+    import pattern_keras as pk
+    from pattern_keras.analyzers import registry
+
+    names = pk.analyzer_names()
+    width = max(len(n) for n in names)
+    for name in names:
+        cls = registry._ANALYZERS[name]
+        summary = _first_sentence(cls.__doc__)
+        needs = "  [needs --patterns]" if name in PATTERN_METHODS else ""
+        print(f"{name:<{width}}  {summary}{needs}")
+    return EXIT_OK
+
+
+def _first_sentence(doc: str | None) -> str:
+    if not doc:
+        return ""
+    first = " ".join(doc.strip().split("\n\n")[0].split())
+    return first
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    _quiet_tensorflow()
+    from pattern_keras.demo import run_demo
+
+    run_demo(args.output, quick=True if args.quick else None, seed=args.seed,
+             verbose=0 if args.quiet else 1)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# Argument parsing
+# --------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with errors in one line (and a pointer to --help) instead of the usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _check_positive(option: str, value: int) -> None:
+    if value < 1:
+        raise UsageError(f"{option} must be a positive integer; got {value}")
+
+
+def _check_output_file(path: str) -> None:
+    if os.path.isdir(path):
+        raise UsageError(f"-o must be a file; '{path}' is a folder")
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(message)
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data options")
+    g.add_argument("--key", help="array of a .npz file (default: 'x', or its only array)")
+    g.add_argument("--image-size", nargs=2, type=int, metavar=("H", "W"),
+                   help="resize the images of a folder to H x W (default: the model's input "
+                        "size)")
+    g.add_argument("--preprocess", choices=PREPROCESS_MODES, default="none",
+                   help="input convention, as in keras.applications: none (values as read, "
+                        "images 0..255), unit (/255), caffe (BGR, ImageNet means subtracted), "
+                        "tf ([-1, 1]), torch (ImageNet mean/std); default none")
+    g.add_argument("--unsafe", action="store_true",
+                   help="load the model with Keras's safe mode off (only for files you trust: "
+                        "Lambda layers run code)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``pattern-keras`` (all subcommands)."""
+    from pattern_keras._version import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        description="PatternNet, PatternAttribution and the gradient/LRP family for Keras "
+                    "models.",
+        epilog="Exit codes: 0 done, 2 usage or input error, 1 anything else.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the full traceback of an unexpected error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("fit", help="fit patterns for a model on data",
+                       description="Fit the patterns (and keep their statistics, for 'merge') "
+                                   "of MODEL on DATA and save them to an HDF5 file.")
+    p.add_argument("model", metavar="MODEL", help="a .keras or .h5 model file")
+    p.add_argument("data", metavar="DATA", help="a .npy, a .npz, or a folder of images")
+    p.add_argument("-o", "--output", required=True, metavar="PATTERNS.h5",
+                   help="the pattern file to write")
+    p.add_argument("--pattern-type", choices=PATTERN_TYPES, default="relu",
+                   help="signal estimator: relu (two-component, default), linear, filter")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
+    p.add_argument("--steps", type=int, help="use only the first STEPS batches")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_data_options(p)
+    p.set_defaults(handler=_cmd_fit)
+
+    p = sub.add_parser("analyze", help="explain a model's outputs for inputs",
+                       description="Explain MODEL's output for each input: writes one PNG per "
+                                   "input (a heatmap; the projected signal for pattern.net) and "
+                                   "explanations.npy with the raw explanations, shaped like the "
+                                   "inputs.")
+    p.add_argument("model", metavar="MODEL", help="a .keras or .h5 model file")
+    p.add_argument("inputs", metavar="INPUTS", help="a .npy, a .npz, or a folder of images")
+    p.add_argument("-m", "--method", required=True, metavar="NAME",
+                   help="analyzer name, e.g. gradient, lrp.z, pattern.attribution "
+                        "(see 'pattern-keras methods')")
+    p.add_argument("--patterns", metavar="PATTERNS.h5",
+                   help="fitted patterns (required by pattern.net and pattern.attribution)")
+    p.add_argument("--neuron", type=int, metavar="INDEX",
+                   help="output neuron to explain (default: the largest output per input)")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_data_options(p)
+    p.set_defaults(handler=_cmd_analyze)
+
+    p = sub.add_parser("merge", help="merge pattern statistics fitted on parts of the data",
+                       description="Merge statistics files (written by 'fit') of the same "
+                                   "model into one, as if fitted on all the data at once.")
+    p.add_argument("files", nargs="+", metavar="FILE.h5", help="statistics files to merge")
+    p.add_argument("-o", "--output", required=True, metavar="C.h5", help="the file to write")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(handler=_cmd_merge)
+
+    p = sub.add_parser("methods", help="list the analyzers",
+                       description="List the analyzer names with a one-line description.")
+    p.set_defaults(handler=_cmd_methods)
+
+    p = sub.add_parser("demo", help="train a small CNN on generated data and explain it",
+                       description="Train a small CNN on generated signal/distractor images, "
+                                   "fit patterns, and write explanations, image degradation "
+                                   "curves, signal estimator quality, the patterns and a "
+                                   "summary (about a minute on a CPU).")
+    p.add_argument("-o", "--output", default="pattern-keras-demo", metavar="DIR",
+                   help="output folder (default ./pattern-keras-demo)")
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny run in seconds (also: PATTERN_KERAS_DEMO_QUICK=1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 done, 2 usage error, 1 other error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, or a parse error (already printed)
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.handler(args)
+    except UsageError as err:
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the last line of defence, reported in one line
+        if args.traceback or os.environ.get("PATTERN_KERAS_TRACEBACK"):
+            import traceback
+
+            traceback.print_exc()
+        print(f"{PROG} {args.command}: error: {type(err).__name__}: {_one_line(err)}"
+              + ("" if args.traceback else " (run with --traceback for details)"),
+              file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

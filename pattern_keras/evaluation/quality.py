@@ -1,0 +1,657 @@
+"""How good is a signal estimator? The measure ρ(S) of the PatternNet paper (eq. 1, figure 3).
+
+For one linear neuron ``y = wᵀx`` and a signal estimator ``S``, the distractor estimate is
+``d̂ = x − S(x)``. A good estimator leaves no information about ``y`` in ``d̂``::
+
+    ρ(S) = 1 − max_v |corr(wᵀx, vᵀ(x − S(x)))|
+
+Higher is better, ``ρ ∈ [0, 1]``. The maximizing ``v`` is the least-squares regression of ``y`` on
+``d̂`` (with intercept), so ``max_v corr`` is the multiple correlation of ``y`` with ``d̂``. The
+protocol is the paper's: patterns are fitted on the first half of the training data, ``v`` on the
+second half, and the correlation is measured on held-out test data.
+
+Everything is a second moment of ``(x, y)`` per layer, so ρ comes in closed form
+(see :func:`signal_estimator_quality` for the details and the choices made).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import warnings
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from pattern_keras import engine
+from pattern_keras.layers import Op
+from pattern_keras.patterns.computer import PatternComputer
+from pattern_keras.patterns.statistics import LayerStatistics
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["ESTIMATORS", "QualityResult", "signal_estimator_quality",
+           "plot_signal_estimator_quality"]
+
+#: The estimators :func:`signal_estimator_quality` knows, in the paper's order.
+ESTIMATORS = ("random", "filter", "linear", "relu")
+
+# Images per patch-extraction call are chosen so that one call holds at most this many values.
+_CHUNK_VALUES = 1 << 24
+
+
+class QualityResult(dict):
+    """``{layer key: {estimator: mean ρ}}``, layers in network order; more on attributes.
+
+    A plain ``dict`` (so it prints, compares and serializes like one) with extra attributes.
+
+    Attributes
+    ----------
+    per_neuron : dict
+        ``{layer key: {estimator: np.ndarray}}``: ρ of every neuron, shaped like the layer's
+        neurons (its kernel's output axes). NaN for a neuron whose ``y`` does not vary on the
+        test data (ρ is undefined there); the means leave those out.
+    estimators : tuple of str
+        The estimators evaluated, in the order asked for.
+    estimator_patterns : dict
+        ``{layer key: {estimator: (a_pos, a_neg)}}``: the patterns each estimator used, float64
+        arrays of shape ``(D, neurons)`` (``D`` the neuron's input size, flattened in the kernel's
+        order). ``a_pos`` and ``a_neg`` are the same array for the one-regime estimators.
+    n_samples : dict
+        ``{layer key: (rows for v, rows for ρ)}``: how many input vectors (patches, for a
+        convolution) the regression and the evaluation used.
+    """
+
+    def __init__(self, means: Mapping[str, Mapping[str, float]],
+                 per_neuron: Mapping[str, Mapping[str, np.ndarray]],
+                 estimators: Sequence[str],
+                 estimator_patterns: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+                 n_samples: Mapping[str, tuple[int, int]]) -> None:
+        super().__init__({k: dict(v) for k, v in means.items()})
+        self.per_neuron = {k: dict(v) for k, v in per_neuron.items()}
+        self.estimators = tuple(estimators)
+        self.estimator_patterns = {k: dict(v) for k, v in estimator_patterns.items()}
+        self.n_samples = dict(n_samples)
+
+    def __repr__(self) -> str:
+        return f"QualityResult({dict.__repr__(self)})"
+
+
+def signal_estimator_quality(
+    model: Any,
+    x_train: Any,
+    x_test: Any,
+    estimators: Sequence[str] = ESTIMATORS,
+    batch_size: int = 256,
+    seed: int = 0,
+    *,
+    layers: Sequence[str] | None = None,
+    max_patches: int = 20000,
+    max_dim: int = 4096,
+    ridge: float = 1e-6,
+) -> QualityResult:
+    """ρ(S) of each signal estimator for every Dense/convolution layer (the paper's figure 3).
+
+    Protocol (the paper's): the patterns are fitted with :class:`PatternComputer` on the first
+    half of ``x_train``; the regression ``v`` of ``y`` on ``d̂`` on the second half; the
+    correlation is measured on ``x_test``. ``y = wᵀx`` is every neuron's pre-activation without
+    its bias, over all samples (and, for a convolution, output positions).
+
+    Parameters
+    ----------
+    model : keras.Model
+        The model (any model :class:`~pattern_keras.engine.Program` accepts). Inference-mode
+        BatchNormalization is folded into the preceding layer, as for the patterns.
+    x_train : array or list of arrays
+        Training inputs (a list with one array per model input for several inputs); at least
+        4 samples. The first half fits the patterns, the second the regression.
+    x_test : array or list of arrays
+        Held-out inputs on which ρ is measured.
+    estimators : sequence of str
+        Any of ``"random"`` (a random direction ``u`` per neuron with ``wᵀu = 1``, seeded),
+        ``"filter"`` (``w / wᵀw``, the estimator behind DeConvNet and Guided BackProp),
+        ``"linear"`` (``a = cov[x, y] / σ²_y``) and ``"relu"`` (the two-component estimator).
+    batch_size : int
+        Samples per forward pass.
+    seed : int
+        Seeds the random directions and the choice of patches.
+    layers : sequence of str, optional
+        Evaluate only these layer (pattern) keys; default every Dense/convolution layer, in
+        network order.
+    max_patches : int
+        At most about this many input vectors per layer and split enter the moments. A Dense
+        layer has one per sample; a convolution one receptive-field patch per sample and output
+        position, of which a uniformly random subset is kept (drawn per batch, in proportion to
+        the batch's size) when there are more. Keep it well above ``D``: the regression has
+        ``D`` coefficients.
+    max_dim : int
+        Refuse layers whose neurons have more than ``max_dim`` inputs ``D`` (the closed form holds
+        ``D × D`` float64 matrices). Raise it, or leave the layer out with ``layers``.
+    ridge : float
+        Tikhonov regularization of the regression, relative to the mean variance of the layer's
+        inputs (``λ = ridge · trace(Σ_xx) / D``), for inputs that never vary (image corners,
+        dead units, padding) and for the direction ``w`` that ``d̂`` never has (``wᵀd̂ = 0`` for
+        every estimator here).
+
+    Returns
+    -------
+    QualityResult
+        A dict ``{layer key: {estimator: mean ρ}}`` in network order, with ``per_neuron``
+        (``{layer: {estimator: array of ρ per neuron}}``), ``estimator_patterns`` and
+        ``n_samples`` as attributes (see :class:`QualityResult`).
+
+    Raises
+    ------
+    ValueError
+        For unknown estimators, too few samples, inputs that do not match the model, a layer
+        named in ``layers`` that is not evaluated, or a layer with ``D > max_dim``.
+
+    Notes
+    -----
+    *Estimators.* ``"linear"`` and ``"relu"`` come from :class:`PatternComputer` fits on the first
+    half (``pattern_type="linear"`` and ``"relu"``); ``"filter"`` is the library's filter
+    estimator (no data needed). The two-component estimator is evaluated with both regimes,
+    ``S(x) = a₊·y`` where the layer's real gate ``z = wᵀx + b`` is ``> 0`` and ``a₋·y`` elsewhere
+    (the split the patterns are fitted with). The ``"relu"`` fit keeps only ``a₊`` for a layer that
+    feeds a ReLU, so ``a₋`` is derived from the ``"linear"`` fit's sums (all samples) minus the
+    ``"relu"`` fit's (positive regime), with the library's own estimator formula. Every pattern
+    is rescaled in float64 so that ``wᵀa = 1`` exactly (it is 1 up to float32 rounding): a
+    rounding error ``δ`` would leave ``δ·y`` in ``d̂``, an exact copy of ``y`` that an
+    unregularized regression finds. A neuron whose pattern is 0 (no variance in its regime)
+    keeps ``d̂ = x`` there, so ρ is low: the estimator failed.
+
+    *Closed form.* ``d̂ = x − a₊y₊ − a₋y₋`` with ``y₊ = y·[z > 0]``, ``y₋ = y − y₊`` (one regime:
+    ``a₊ = a₋``). So ``cov(d̂) = Σ_xx + U S Uᵀ`` with ``U = [a₊, a₋, cov(x, y₊), cov(x, y₋)]`` and a
+    fixed 4×4 ``S`` made of the variances of ``y₊``, ``y₋``. The per-layer ``Σ_xx`` (``D × D``) is
+    shared by all neurons: one eigendecomposition per layer, then a Woodbury update per neuron
+    gives ``v = (cov(d̂) + λI)⁻¹ cov(d̂, y)`` in ``O(D²)``. On the test split the same moments give
+    ``corr(y, vᵀd̂)``. ``y`` is recomputed in float64 as ``wᵀx`` from the gathered input vectors
+    (it equals the forward pass's pre-activation minus the bias up to float32 rounding); the
+    gate comes from the forward pass. Moments are accumulated in float64 around the first
+    batch's means.
+
+    *Patches.* A convolution's receptive-field patches are extracted by running the layer's own
+    linear map with an identity kernel (``D`` output channels, one per kernel entry), so they
+    follow the layer's padding, strides, dilation and flattening order exactly. Supported: Dense
+    and the ordinary (ungrouped) convolutions, including a separable convolution's pointwise
+    kernel; layers whose neurons do not share one input vector (depthwise and grouped
+    convolutions, transposed convolutions) are skipped with a warning.
+
+    *Undefined ρ.* A neuron whose ``y`` has (numerically) zero variance on the test data gets
+    ``ρ = NaN`` and is left out of the layer's mean (``NaN`` if all are). A ``d̂`` from which the
+    regression predicts nothing (``vᵀd̂`` constant) gives ``corr = 0``, ``ρ = 1``.
+
+    Examples
+    --------
+    >>> result = signal_estimator_quality(model, x_train, x_test)
+    >>> result["dense"]["linear"], result.per_neuron["dense"]["linear"].shape
+    (0.93..., (16,))
+    >>> fig = plot_signal_estimator_quality(result)
+    """
+    estimators = _check_estimators(estimators)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    max_patches = _check_positive_int("max_patches", max_patches)
+    max_dim = _check_positive_int("max_dim", max_dim)
+    if not (isinstance(ridge, numbers.Real) and ridge >= 0):
+        raise ValueError(f"ridge must be a number >= 0; received {ridge!r}.")
+
+    program = engine.Program(model, fold_batch_norm=True)
+    train = _as_inputs(x_train, program, "x_train")
+    test = _as_inputs(x_test, program, "x_test")
+    n_train = len(train[0])
+    if n_train < 4:
+        raise ValueError(f"x_train needs at least 4 samples (two halves of 2); got {n_train}.")
+    if len(test[0]) < 2:
+        raise ValueError(f"x_test needs at least 2 samples; got {len(test[0])}.")
+    half = n_train // 2
+    fit_part = [a[:half] for a in train]
+    reg_part = [a[half:] for a in train]
+
+    plans = _layer_plans(program, layers, max_dim)
+    seeds = np.random.SeedSequence(seed).spawn(3)
+    patterns = _estimator_patterns(model, program, plans, fit_part, estimators, batch_size,
+                                   np.random.default_rng(seeds[0]))
+    forward = _compiled_forward(program, plans)
+    reg = _gather_moments(forward, plans, reg_part, batch_size, max_patches,
+                          np.random.default_rng(seeds[1]))
+    tst = _gather_moments(forward, plans, test, batch_size, max_patches,
+                          np.random.default_rng(seeds[2]))
+
+    means: dict[str, dict[str, float]] = {}
+    per_neuron: dict[str, dict[str, np.ndarray]] = {}
+    for key, plan in plans.items():
+        means[key], per_neuron[key] = {}, {}
+        for name in estimators:
+            a_pos, a_neg = patterns[key][name]
+            rho = _rho(reg[key], tst[key], plan.w, a_pos, a_neg, ridge)
+            per_neuron[key][name] = rho.reshape(plan.neuron_shape)
+            means[key][name] = float(np.nanmean(rho)) if np.any(np.isfinite(rho)) else math.nan
+    n_samples = {key: (reg[key].n, tst[key].n) for key in plans}
+    return QualityResult(means, per_neuron, estimators, patterns, n_samples)
+
+
+def plot_signal_estimator_quality(
+    result: Mapping[str, Mapping[str, float]],
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Draw ρ(S) per layer (x axis, network order), one line with markers per estimator.
+
+    The paper's figure 3.
+
+    Parameters
+    ----------
+    result : QualityResult or mapping
+        ``{layer: {estimator: mean ρ}}``, e.g. from :func:`signal_estimator_quality`.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; by default a new ``matplotlib.figure.Figure`` with one axes (no pyplot
+        state, nothing displayed).
+    title : str, optional
+        Axes title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure holding ``ax``; save it with ``fig.savefig(path)``.
+    """
+    if not result:
+        raise ValueError("result is empty: pass {layer: {estimator: rho}}.")
+    from matplotlib.figure import Figure  # imported here: plotting is optional
+
+    layer_keys = list(result)
+    names = list(getattr(result, "estimators", ()))
+    for per_layer in result.values():
+        names += [n for n in per_layer if n not in names]
+    if ax is None:
+        figure = Figure(figsize=(max(4.0, 0.6 * len(layer_keys) + 2.5), 3.5), layout="constrained")
+        ax = figure.add_subplot()
+    else:
+        figure = ax.figure
+    positions = np.arange(len(layer_keys))
+    markers = {"random": "x", "filter": "s", "linear": "o", "relu": "^"}
+    for name in names:
+        values = [result[k].get(name, math.nan) for k in layer_keys]
+        ax.plot(positions, values, marker=markers.get(name, "."), label=_LABELS.get(name, name))
+    ax.set_xticks(positions)
+    ax.set_xticklabels(layer_keys, rotation=45 if len(layer_keys) > 4 else 0, ha="right"
+                       if len(layer_keys) > 4 else "center")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("ρ(S)")
+    ax.set_ylim(-0.02, 1.02)
+    if title is not None:
+        ax.set_title(title)
+    ax.legend()
+    return figure
+
+
+_LABELS = {"random": "random (S_rand)", "filter": "filter (S_w)", "linear": "linear (S_a)",
+           "relu": "two-component (S_a±)"}
+
+
+# --- layers ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class _Plan:
+    key: str
+    ops: list[Op]
+    w: np.ndarray  # (D, N) float64, the kernel flattened in its own order
+    kernel_shape: tuple[int, ...]
+    neuron_shape: tuple[int, ...]
+
+    @property
+    def dim(self) -> int:
+        return self.w.shape[0]
+
+
+def _unsupported_reason(op: Op) -> str | None:
+    part = op.linear
+    rank = len(part.kernel_shape)
+    if tuple(a % rank for a in part.out_axes) != (rank - 1,):
+        return ("its neurons do not share one input vector (a depthwise or transposed "
+                "convolution)")
+    if int(getattr(op.layer, "groups", 1) or 1) > 1:
+        return "it is a grouped convolution (each neuron sees only its group's channels)"
+    return None
+
+
+def _layer_plans(program: engine.Program, layers: Sequence[str] | None,
+                 max_dim: int) -> dict[str, _Plan]:
+    grouped: dict[str, list[Op]] = {}
+    for op in program.linear_ops:
+        grouped.setdefault(op.pattern_key, []).append(op)
+    if layers is not None:
+        if isinstance(layers, str):
+            layers = [layers]
+        unknown = [k for k in layers if k not in grouped]
+        if unknown:
+            raise ValueError(f"layers names {unknown}, which are not Dense/convolution layers of "
+                             f"the model. Layers: {list(grouped)}.")
+    plans: dict[str, _Plan] = {}
+    for key, ops in grouped.items():
+        if layers is not None and key not in layers:
+            continue
+        reason = _unsupported_reason(ops[0])
+        if reason is not None:
+            if layers is not None:
+                raise ValueError(f"Layer '{key}' cannot be evaluated: {reason}.")
+            warnings.warn(f"signal_estimator_quality skips layer '{key}': {reason}.",
+                          stacklevel=3)
+            continue
+        part = ops[0].linear
+        dim = int(np.prod(part.kernel_shape[:-1]))
+        if dim > max_dim:
+            gib = 3 * dim * dim * 8 / 2**30
+            raise ValueError(
+                f"Layer '{key}' has D = {dim} inputs per neuron, above max_dim = {max_dim}: the "
+                f"closed form holds D × D float64 matrices (about {gib:.1f} GiB here). Raise "
+                f"max_dim, or leave the layer out with layers=[...] (layers: {list(grouped)}).")
+        kernel = part.kernel.numpy().astype(np.float64)
+        plans[key] = _Plan(key=key, ops=ops, w=kernel.reshape(dim, -1),
+                           kernel_shape=tuple(part.kernel_shape),
+                           neuron_shape=tuple(part.neuron_shape))
+    if not plans:
+        raise ValueError(f"Model '{program.model.name}' has no Dense/convolution layer that "
+                         "signal_estimator_quality can evaluate.")
+    return plans
+
+
+# --- patterns --------------------------------------------------------------------------------
+
+
+def _estimator_patterns(model, program, plans, fit_part, estimators, batch_size, rng):
+    """{key: {estimator: (a_pos, a_neg)}}, each (D, N) float64 with wᵀa = 1 where defined."""
+    data = fit_part[0] if len(fit_part) == 1 else list(fit_part)
+    linear_stats = relu_stats = None
+    if "linear" in estimators or "relu" in estimators:
+        linear_stats = PatternComputer(model, pattern_type="linear").compute_statistics(
+            data, batch_size=batch_size, verbose=0)
+    if "relu" in estimators:
+        relu_stats = PatternComputer(model, pattern_type="relu").compute_statistics(
+            data, batch_size=batch_size, verbose=0)
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for key, plan in plans.items():
+        w = plan.w
+        out[key] = {}
+        for name in estimators:
+            if name == "random":
+                a = _random_directions(w, rng)
+                pair = (a, a)
+            elif name == "filter":
+                a = _flat(_filter_statistics(plan).patterns()[0], plan)
+                pair = (a, a)
+            elif name == "linear":
+                a = _flat(linear_stats[key].patterns()[0], plan)
+                pair = (a, a)
+            else:
+                pair = tuple(_flat(p, plan) for p in _two_regimes(relu_stats[key],
+                                                                  linear_stats[key]))
+            out[key][name] = tuple(_normalized(a, w) for a in pair)
+    return out
+
+
+def _flat(pattern: np.ndarray, plan: _Plan) -> np.ndarray:
+    return np.asarray(pattern, np.float64).reshape(plan.dim, -1)
+
+
+def _filter_statistics(plan: _Plan) -> LayerStatistics:
+    """The library's filter estimator, which needs no data: ``w / wᵀw``."""
+    n = plan.w.shape[1]
+    return LayerStatistics(pattern_type="filter", rectified=False,
+                           kernel=plan.w.reshape(plan.kernel_shape), out_axes=(-1,), shift_x=0.0,
+                           shift_y=np.zeros(n), sums={})
+
+
+def _two_regimes(relu: LayerStatistics, linear: LayerStatistics) -> tuple[np.ndarray, np.ndarray]:
+    """``(a₊, a₋)``: the relu fit gives the positive regime; for a rectified layer the negative
+    regime's sums are the linear fit's totals minus the positive ones."""
+    if not relu.rectified:
+        a_pos, a_neg = relu.patterns()
+        return a_pos, a_neg
+    linear = linear.reshift(relu.shift_x, relu.shift_y)
+    sums = dict(relu.sums, sum_x=linear.sums["sum_x"], sum_xy=linear.sums["sum_xy"])
+    both = dataclasses.replace(relu, rectified=False, sums=sums)
+    a_pos, a_neg = both.patterns()
+    return a_pos, a_neg
+
+
+def _random_directions(w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per neuron an isotropic random direction ``r``, scaled to ``wᵀu = 1`` (redrawn in the
+    unlikely case it is almost orthogonal to ``w``, where the scaling would blow up)."""
+    dim, n = w.shape
+    out = np.zeros_like(w)
+    for j in range(n):
+        wj = w[:, j]
+        norm = np.linalg.norm(wj)
+        if norm == 0:
+            continue
+        for _ in range(100):
+            r = rng.standard_normal(dim)
+            dot = wj @ r
+            if abs(dot) > 1e-3 * norm * np.linalg.norm(r) / math.sqrt(dim):
+                break
+        out[:, j] = r / dot
+    return out
+
+
+def _normalized(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Rescale each pattern so that ``wᵀa = 1`` in float64 (it is 1 up to float32 rounding)."""
+    dots = np.sum(w * a, axis=0)
+    close = np.abs(dots - 1.0) < 1e-3
+    return np.where(close, a / np.where(close, dots, 1.0), a)
+
+
+# --- moments ---------------------------------------------------------------------------------
+
+
+class _Moments:
+    """Float64 sums of one split's ``x`` (D), ``y₊`` and ``y₋`` (N), around fixed shifts."""
+
+    def __init__(self, dim: int, n_neurons: int) -> None:
+        self.n = 0
+        self.shift_x = self.shift_p = self.shift_m = None
+        self.sx = np.zeros(dim)
+        self.sxx = np.zeros((dim, dim))
+        self.sp = np.zeros(n_neurons)
+        self.sm = np.zeros(n_neurons)
+        self.sxp = np.zeros((dim, n_neurons))
+        self.sxm = np.zeros((dim, n_neurons))
+        self.spp = np.zeros(n_neurons)
+        self.smm = np.zeros(n_neurons)
+        self.spm = np.zeros(n_neurons)
+
+    def add(self, x: np.ndarray, y_pos: np.ndarray, y_neg: np.ndarray) -> None:
+        if not len(x):
+            return
+        if self.shift_x is None:
+            self.shift_x, self.shift_p, self.shift_m = x.mean(0), y_pos.mean(0), y_neg.mean(0)
+        x = x - self.shift_x
+        p = y_pos - self.shift_p
+        m = y_neg - self.shift_m
+        self.n += len(x)
+        self.sx += x.sum(0)
+        self.sxx += x.T @ x
+        self.sp += p.sum(0)
+        self.sm += m.sum(0)
+        self.sxp += x.T @ p
+        self.sxm += x.T @ m
+        self.spp += np.einsum("ij,ij->j", p, p)
+        self.smm += np.einsum("ij,ij->j", m, m)
+        self.spm += np.einsum("ij,ij->j", p, m)
+
+    def covariances(self) -> dict[str, np.ndarray]:
+        """Population covariances (shift-invariant, so the shifts need no undoing)."""
+        n = self.n
+        if n == 0:
+            raise ValueError("No samples reached the moments.")
+        mx, mp, mm = self.sx / n, self.sp / n, self.sm / n
+        return {
+            "xx": self.sxx / n - np.outer(mx, mx),
+            "xp": self.sxp / n - np.outer(mx, mp),
+            "xm": self.sxm / n - np.outer(mx, mm),
+            "pp": self.spp / n - mp * mp,
+            "mm": self.smm / n - mm * mm,
+            "pm": self.spm / n - mp * mm,
+        }
+
+
+def _compiled_forward(program: engine.Program, plans: Mapping[str, _Plan]):
+    signature = [tf.TensorSpec((None,) + tuple(shape[1:]), dtype)
+                 for shape, dtype in program.input_specs]
+
+    def run(*inputs):
+        values = engine.forward(program, list(inputs))
+        return {key: [(values[op.inputs[0]], values[op.outputs[0]]) for op in plan.ops]
+                for key, plan in plans.items()}
+
+    return tf.function(run, input_signature=signature)
+
+
+def _channels_last(t: np.ndarray, channel_axis: int) -> np.ndarray:
+    return np.moveaxis(t, channel_axis % t.ndim, -1)
+
+
+def _patches(op: Op, x: tf.Tensor, dim: int, rows_per_image: int) -> np.ndarray:
+    """Every input vector of the layer for a batch, shape (batch·positions, D), float32."""
+    part = op.linear
+    if len(part.kernel_shape) == 2:  # Dense: the input vectors themselves
+        return np.reshape(x.numpy(), (-1, dim))
+    eye = tf.reshape(tf.eye(dim, dtype=x.dtype), tuple(part.kernel_shape[:-1]) + (dim,))
+    per_call = max(1, _CHUNK_VALUES // max(1, rows_per_image * dim))
+    chunks = []
+    for start in range(0, int(x.shape[0]), per_call):
+        out = part.apply(x[start:start + per_call], eye)
+        out = _channels_last(np.asarray(out), part.channel_axis)
+        chunks.append(out.reshape(-1, dim))
+    return np.concatenate(chunks)
+
+
+def _gather_moments(forward, plans: Mapping[str, _Plan], inputs: list[np.ndarray],
+                    batch_size: int, max_patches: int, rng: np.random.Generator):
+    moments = {key: _Moments(plan.dim, plan.w.shape[1]) for key, plan in plans.items()}
+    n = len(inputs[0])
+    for start in range(0, n, batch_size):
+        batch = [tf.constant(a[start:start + batch_size]) for a in inputs]
+        b = int(batch[0].shape[0])
+        outputs = forward(*batch)
+        for key, plan in plans.items():
+            for op, (x, z) in zip(plan.ops, outputs[key]):
+                part = op.linear
+                z = _channels_last(z.numpy(), part.channel_axis).reshape(-1, plan.w.shape[1])
+                rows_per_image = len(z) // b
+                total = n * rows_per_image * len(plan.ops)
+                take = len(z) if total <= max_patches else min(
+                    len(z), math.ceil(max_patches * len(z) / total))
+                rows = (np.arange(len(z)) if take == len(z)
+                        else np.sort(rng.choice(len(z), size=take, replace=False)))
+                patches = _patches(op, x, plan.dim, rows_per_image)[rows].astype(np.float64)
+                y = patches @ plan.w
+                gate = z[rows] > 0
+                y_pos = np.where(gate, y, 0.0)
+                moments[key].add(patches, y_pos, y - y_pos)
+    return moments
+
+
+# --- ρ ---------------------------------------------------------------------------------------
+
+
+def _low_rank(cov: Mapping[str, np.ndarray], a_pos: np.ndarray, a_neg: np.ndarray):
+    """``U`` (N, D, 4) and ``S`` (N, 4, 4) with ``cov(d̂) = Σ_xx + U S Uᵀ`` per neuron, and
+    ``cov(d̂, y)`` (N, D), for ``d̂ = x − a₊y₊ − a₋y₋``."""
+    n_neurons = a_pos.shape[1]
+    u = np.stack([a_pos.T, a_neg.T, cov["xp"].T, cov["xm"].T], axis=-1)
+    s = np.zeros((n_neurons, 4, 4))
+    s[:, 0, 0] = cov["pp"]
+    s[:, 1, 1] = cov["mm"]
+    s[:, 0, 1] = s[:, 1, 0] = cov["pm"]
+    s[:, 0, 2] = s[:, 2, 0] = -1.0
+    s[:, 1, 3] = s[:, 3, 1] = -1.0
+    cov_py = cov["pp"] + cov["pm"]  # cov(y₊, y)
+    cov_my = cov["mm"] + cov["pm"]  # cov(y₋, y)
+    dy = (cov["xp"] + cov["xm"] - a_pos * cov_py - a_neg * cov_my).T
+    return u, s, dy
+
+
+def _rho(reg: _Moments, test: _Moments, w: np.ndarray, a_pos: np.ndarray, a_neg: np.ndarray,
+         ridge: float) -> np.ndarray:
+    """ρ per neuron: ``v`` from the regression split, the correlation on the test split."""
+    dim = w.shape[0]
+    c = reg.covariances()
+    u, s, dy = _low_rank(c, a_pos, a_neg)
+    # (Σ_xx + λI)⁻¹ once per layer, then Woodbury per neuron:
+    # (A + U S Uᵀ)⁻¹ = A⁻¹ − A⁻¹U (I + S UᵀA⁻¹U)⁻¹ S UᵀA⁻¹ (needs no inverse of S).
+    evals, evecs = np.linalg.eigh(c["xx"])
+    evals = np.clip(evals, 0.0, None)
+    lam = ridge * max(float(evals.sum()) / dim, np.finfo(float).tiny)
+    inv = (evecs / (evals + lam)) @ evecs.T if lam > 0 else np.linalg.pinv(c["xx"])
+    b = dy @ inv  # (N, D): A⁻¹ cov(d̂, y), A symmetric
+    inv_u = np.einsum("de,nek->ndk", inv, u)
+    k = np.einsum("ndi,ndj->nij", u, inv_u)
+    inner = np.eye(4) + s @ k
+    rhs = np.einsum("nij,nj->ni", s, np.einsum("ndk,nd->nk", u, b))
+    v = b - np.einsum("ndk,nk->nd", inv_u, np.linalg.solve(inner, rhs[..., None])[..., 0])
+
+    t = test.covariances()
+    u_t, s_t, dy_t = _low_rank(t, a_pos, a_neg)
+    cov_yd = np.einsum("nd,nd->n", v, dy_t)
+    uv = np.einsum("ndk,nd->nk", u_t, v)
+    var_d = (np.einsum("nd,de,ne->n", v, t["xx"], v)
+             + np.einsum("ni,nij,nj->n", uv, s_t, uv))
+    var_y = t["pp"] + t["mm"] + 2 * t["pm"]
+    scale_y = np.sum(w * w, axis=0) * max(float(np.trace(t["xx"])), np.finfo(float).tiny)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corr = np.where(var_d > 0, cov_yd / np.sqrt(np.maximum(var_y, 0) * var_d), 0.0)
+    corr = np.clip(np.abs(np.nan_to_num(corr)), 0.0, 1.0)
+    return np.where(var_y > 1e-12 * scale_y, 1.0 - corr, np.nan)
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def _check_estimators(estimators: Any) -> tuple[str, ...]:
+    if isinstance(estimators, str):
+        estimators = (estimators,)
+    estimators = tuple(estimators)
+    unknown = [e for e in estimators if e not in ESTIMATORS]
+    if unknown or not estimators:
+        raise ValueError(f"estimators must be a non-empty selection of {ESTIMATORS}; "
+                         f"received {estimators!r}.")
+    if len(set(estimators)) != len(estimators):
+        raise ValueError(f"estimators lists one twice: {estimators!r}.")
+    return estimators
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1; received {value!r}.")
+    return int(value)
+
+
+def _as_inputs(x: Any, program: engine.Program, name: str) -> list[np.ndarray]:
+    specs = program.input_specs
+    if len(specs) == 1:
+        if isinstance(x, (list, tuple)) and len(x) == 1:
+            x = x[0]
+        xs = [x]
+    else:
+        if not isinstance(x, (list, tuple)) or len(x) != len(specs):
+            raise ValueError(f"The model has {len(specs)} inputs: {name} must be a list of "
+                             f"{len(specs)} arrays.")
+        xs = list(x)
+    arrays = []
+    for i, (a, (shape, dtype)) in enumerate(zip(xs, specs)):
+        a = np.asarray(a.numpy() if tf.is_tensor(a) else a)
+        what = name if len(specs) == 1 else f"{name}[{i}]"
+        if not np.issubdtype(a.dtype, np.number):
+            raise ValueError(f"{what} must be numeric; received dtype {a.dtype}.")
+        if a.ndim != len(shape) or any(want is not None and got != want
+                                       for got, want in zip(a.shape[1:], shape[1:])):
+            raise ValueError(f"{what} has shape {a.shape}; the model expects "
+                             f"(samples, {', '.join(str(d) for d in shape[1:])}).")
+        arrays.append(a.astype(tf.as_dtype(dtype).as_numpy_dtype, copy=False))
+    if len({len(a) for a in arrays}) != 1:
+        raise ValueError(f"The arrays of {name} have different numbers of samples.")
+    return arrays

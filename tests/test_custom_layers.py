@@ -1,0 +1,158 @@
+"""Layers without a rule are refused when an analyzer is built (recurrent layers, attention, a
+user's own layer), and ``register_layer`` makes a user's layer work with every analyzer."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import pattern_keras as pk
+
+L = keras.layers
+
+EVERY_ANALYZER = [
+    pk.Gradient, pk.InputTimesGradient, pk.DeConvNet, pk.GuidedBackprop, pk.LRPZ,
+    pk.LRPEpsilon, pk.LRPAlpha1Beta0, pk.LRPAlpha2Beta1, pk.LRPZPlus, pk.DeepTaylor,
+    pk.IntegratedGradients, pk.SmoothGrad, pk.PatternNet, pk.PatternAttribution,
+]
+
+
+class Unregistered(keras.layers.Layer):
+    def call(self, x):
+        return x * 3.0
+
+
+class Scale(keras.layers.Layer):
+    """An elementwise scaling with a learned per-feature factor: a fixed linear map at
+    inference, registered as "sum" below."""
+
+    def build(self, input_shape):
+        self.factor = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="f")
+
+    def call(self, x):
+        return x * self.factor
+
+
+class TakeHalf(keras.layers.Layer):
+    """Keeps the first half of the features: pure data movement ("move")."""
+
+    def call(self, x):
+        return x[..., : x.shape[-1] // 2]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[:-1] + (input_shape[-1] // 2,)
+
+
+class Rectifier(keras.layers.Layer):
+    def call(self, x):
+        return tf.nn.relu(x)
+
+
+pk.register_layer(Scale, "sum")
+pk.register_layer(TakeHalf, "move")
+pk.register_layer(Rectifier, "relu")
+
+
+def lstm_model():
+    x = keras.Input((5, 3))
+    return keras.Model(x, L.Dense(2)(L.LSTM(4, name="my_lstm")(x)))
+
+
+def attention_model():
+    x = keras.Input((5, 8))
+    h = L.MultiHeadAttention(num_heads=2, key_dim=4, name="my_attention")(x, x)
+    return keras.Model(x, L.Dense(2)(L.Flatten()(h)))
+
+
+def unregistered_model():
+    x = keras.Input((6,))
+    h = Unregistered(name="my_custom")(L.Dense(4)(x))
+    return keras.Model(x, L.Dense(2)(h))
+
+
+@pytest.mark.parametrize("build, name, cls_name", [
+    (lstm_model, "my_lstm", "LSTM"),
+    (attention_model, "my_attention", "MultiHeadAttention"),
+    (unregistered_model, "my_custom", "Unregistered"),
+])
+def test_unsupported_layers_are_refused_at_construction(build, name, cls_name):
+    model = build()
+    for analyzer in EVERY_ANALYZER:
+        with pytest.raises(ValueError, match=rf"'{name}' of class {cls_name} is not supported"
+                                             r".*register_layer"):
+            analyzer(model)
+    with pytest.raises(ValueError, match=rf"'{name}'.*not supported"):
+        pk.PatternComputer(model)
+    with pytest.raises(ValueError, match=rf"'{name}'.*not supported"):
+        pk.create_analyzer("smoothgrad", model)
+
+
+def scale_model():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6,))
+    h = L.Dense(8, activation="relu", use_bias=False, name="d1")(x)
+    h = Scale(name="scale")(h)
+    h = TakeHalf(name="half")(h)
+    h = Rectifier(name="rect")(L.Dense(5, use_bias=False, name="d2")(h))
+    model = keras.Model(x, L.Dense(3, use_bias=False, name="out")(h))
+    model.get_layer("scale").factor.assign(
+        np.random.default_rng(1).uniform(0.5, 2.0, 8).astype("float32"))
+    return model
+
+
+def test_registered_layers_gradient_equals_tape():
+    model = scale_model()
+    x = np.random.default_rng(2).normal(size=(6, 6)).astype("float32")
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = model(xt)
+        score = tf.reduce_sum(y * tf.one_hot(tf.argmax(y, 1), 3))
+    want = tape.gradient(score, xt).numpy()
+    np.testing.assert_allclose(pk.Gradient(model).analyze(x), want, rtol=1e-5, atol=1e-7)
+
+
+def test_registered_layers_lrp_conserves_relevance():
+    """Bias-free ReLU net through Scale ("sum"), TakeHalf ("move", drops half of the features)
+    and Rectifier ("relu"): the z-rule crosses Scale with R unchanged per feature, so LRP
+    conserves relevance; so do α1β0 and z⁺ on positive inputs."""
+    model = scale_model()
+    x = np.random.default_rng(3).uniform(0, 1, size=(64, 6)).astype("float32")
+    y = model(x).numpy().max(1)
+    x, y = x[y > 0], y[y > 0]
+    assert len(x) >= 4
+    for analyzer in (pk.LRPZ(model), pk.LRPAlpha1Beta0(model), pk.LRPZPlus(model)):
+        r = analyzer.analyze(x)
+        np.testing.assert_allclose(r.sum(1), y, rtol=1e-5, err_msg=type(analyzer).__name__)
+    # LRP-z (seeded with y) equals input × gradient (seeded with 1), here too.
+    np.testing.assert_allclose(pk.LRPZ(model).analyze(x), pk.InputTimesGradient(model).analyze(x),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_registered_layers_every_analyzer_runs():
+    model = scale_model()
+    x = np.random.default_rng(4).normal(size=(8, 6)).astype("float32")
+    for cls in EVERY_ANALYZER:
+        analyzer = cls(model)
+        if isinstance(analyzer, (pk.PatternNet, pk.PatternAttribution)):
+            analyzer.fit(x, verbose=0)
+        r = analyzer.analyze(x)
+        assert r.shape == x.shape and np.all(np.isfinite(r)), cls.__name__
+
+
+def test_registered_subclass_is_covered():
+    class DoubleScale(Scale):
+        def call(self, x):
+            return 2.0 * x * self.factor
+
+    x_in = keras.Input((4,))
+    model = keras.Model(x_in, L.Dense(2)(DoubleScale()(x_in)))
+    pk.Gradient(model)  # no error: Scale's registration covers it
+
+
+def test_register_layer_errors():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        pk.register_layer(Unregistered, "linear")
+    with pytest.raises(TypeError, match="must be a class"):
+        pk.register_layer(Unregistered(), "sum")

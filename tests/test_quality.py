@@ -1,0 +1,316 @@
+"""Tests of pattern_keras.evaluation.quality: the signal estimator measure ρ(S).
+
+The closed form is checked against a brute-force computation in numpy (float64, explicit patches,
+patterns from MATH.md's formulas, an explicit least-squares fit with intercept), and on a linear
+generative model where the answer is known: the linear estimator recovers the signal exactly, so
+its residual carries nothing about ``y`` (ρ ≈ 1), while the filter and a random direction do not.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from pattern_keras.evaluation import (
+    QualityResult,
+    plot_signal_estimator_quality,
+    signal_estimator_quality,
+)
+
+L = keras.layers
+ESTIMATORS = ("random", "filter", "linear", "relu")
+
+
+# ---------------------------------------------------------------------------------------------
+# The brute-force reference
+
+
+def correlated(shape, seed):
+    """Non-isotropic, non-zero-mean data: a common factor per sample plus noise and an offset."""
+    rng = np.random.default_rng(seed)
+    common = rng.normal(size=(shape[0],) + (1,) * (len(shape) - 1))
+    return (0.3 + rng.normal(size=shape) + 0.7 * common).astype("float32")
+
+
+def randomize_weights(model, seed):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32")
+                               for w in layer.get_weights()])
+    return model
+
+
+def reference_patterns(x, w, b):
+    """MATH.md's estimators in float64 from explicit input vectors ``x`` (n, D)."""
+    y = x @ w
+    gate = (y + b) > 0
+    out = {"filter": (w / np.sum(w * w, axis=0),) * 2}
+    cov_xy = (x - x.mean(0)).T @ (y - y.mean(0)) / len(x)
+    a = cov_xy / np.sum(w * cov_xy, axis=0)
+    out["linear"] = (a, a)
+    regimes = []
+    for mask in (gate, ~gate):
+        n_r = np.maximum(mask.sum(0), 1)
+        e_xy = x.T @ (y * mask) / n_r
+        e_x = x.T @ mask / n_r
+        num = e_xy - e_x * y.mean(0)
+        den = np.sum(w * num, axis=0)
+        # A regime without samples has no pattern: 0 (MATH.md), never NaN.
+        regimes.append(np.where(mask.any(0), num / np.where(mask.any(0), den, 1.0), 0.0))
+    out["relu"] = tuple(regimes)
+    return out
+
+
+def reference_rho(x_reg, x_test, w, b, a_pos, a_neg):
+    """ρ per neuron by explicit least squares (with intercept) and an explicit correlation."""
+    rho = []
+    for j in range(w.shape[1]):
+        def residual(x):
+            y = x @ w[:, j]
+            gate = (y + b[j]) > 0
+            scale = np.where(gate, 1.0, 0.0)[:, None]
+            return y, x - scale * y[:, None] * a_pos[:, j] - (1 - scale) * y[:, None] * a_neg[:, j]
+
+        y_reg, d_reg = residual(x_reg)
+        design = np.column_stack([d_reg, np.ones(len(d_reg))])
+        coef = np.linalg.lstsq(design, y_reg, rcond=1e-10)[0]
+        y_test, d_test = residual(x_test)
+        rho.append(1 - abs(np.corrcoef(y_test, d_test @ coef[:-1])[0, 1]))
+    return np.array(rho)
+
+
+def conv_patches(x, kernel_size, padding, strides):
+    """Receptive-field patches of a 2-D convolution, flattened in the kernel's (kh, kw, c) order."""
+    x = np.asarray(x, np.float64)
+    kh, kw = kernel_size
+    sh, sw = strides
+    if padding == "same":
+        h, w = x.shape[1:3]
+        out_h, out_w = -(-h // sh), -(-w // sw)
+        ph = max((out_h - 1) * sh + kh - h, 0)
+        pw = max((out_w - 1) * sw + kw - w, 0)
+        x = np.pad(x, [(0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)])
+    h, w = x.shape[1:3]
+    rows = []
+    for n in range(len(x)):
+        for i in range(0, h - kh + 1, sh):
+            for j in range(0, w - kw + 1, sw):
+                rows.append(x[n, i:i + kh, j:j + kw, :].reshape(-1))
+    return np.array(rows)
+
+
+def check_against_reference(result, key, inputs, w, b):
+    """Patterns and ρ of ``key`` agree with the brute force; ``inputs`` = (fit, reg, test)."""
+    fit, reg, test = inputs
+    want_patterns = reference_patterns(fit, w, b)
+    for name in ESTIMATORS:
+        got = result.estimator_patterns[key][name]
+        if name == "random":
+            np.testing.assert_allclose(np.sum(w * got[0], axis=0), 1.0, rtol=1e-10)
+            pair = got
+        else:
+            for g, want in zip(got, want_patterns[name]):
+                np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+            pair = want_patterns[name]
+        want_rho = reference_rho(reg, test, w, b, *pair)
+        np.testing.assert_allclose(result.per_neuron[key][name].reshape(-1), want_rho,
+                                   atol=1e-4, err_msg=f"{key}/{name}")
+        assert result[key][name] == pytest.approx(np.mean(want_rho), abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed form = brute force
+
+
+def test_dense_layers_match_brute_force():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    hidden = L.Dense(4, activation="relu", name="hidden")(inp)
+    out = L.Dense(3, name="logits")(hidden)
+    model = randomize_weights(keras.Model(inp, out), seed=1)
+    x_train, x_test = correlated((800, 6), seed=2), correlated((400, 6), seed=3)
+    result = signal_estimator_quality(model, x_train, x_test, batch_size=128)
+
+    assert isinstance(result, QualityResult) and isinstance(result, dict)
+    assert list(result) == ["hidden", "logits"]
+    assert result.estimators == ESTIMATORS
+    assert result.n_samples == {"hidden": (400, 400), "logits": (400, 400)}
+    x64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    w1, b1 = (x64(v) for v in model.get_layer("hidden").get_weights())
+    w2, b2 = (x64(v) for v in model.get_layer("logits").get_weights())
+    splits = (x_train[:400], x_train[400:], x_test)
+    check_against_reference(result, "hidden", [x64(s) for s in splits], w1, b1)
+    hidden = [np.maximum(x64(s) @ w1 + b1, 0) for s in splits]
+    check_against_reference(result, "logits", hidden, w2, b2)
+
+
+@pytest.mark.parametrize("padding,strides", [("same", (1, 1)), ("valid", (2, 1))])
+def test_conv_layer_matches_brute_force(padding, strides):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 5, 2))
+    h = L.Conv2D(3, (3, 2), padding=padding, strides=strides, activation="relu", name="conv")(inp)
+    out = L.Dense(2, name="logits")(L.Flatten()(h))
+    model = randomize_weights(keras.Model(inp, out), seed=4)
+    x_train, x_test = correlated((300, 6, 5, 2), seed=5), correlated((150, 6, 5, 2), seed=6)
+    result = signal_estimator_quality(model, x_train, x_test, batch_size=64, layers=["conv"],
+                                      max_patches=10**6)
+    assert list(result) == ["conv"]
+    assert result.per_neuron["conv"]["relu"].shape == (3,)
+    kernel, bias = (np.asarray(v, np.float64) for v in model.get_layer("conv").get_weights())
+    w = kernel.reshape(-1, 3)
+    splits = (x_train[:150], x_train[150:], x_test)
+    patches = [conv_patches(s, (3, 2), padding, strides) for s in splits]
+    assert result.n_samples["conv"] == (len(patches[1]), len(patches[2]))
+    check_against_reference(result, "conv", patches, w, bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# A known answer: the linear generative model
+
+
+def generative(n, seed, a_s, a_d, noise=0.1):
+    rng = np.random.default_rng(seed)
+    y = rng.uniform(-1, 1, size=n)
+    eps = rng.normal(size=(n, a_d.shape[1]))
+    return (np.outer(y, a_s) + eps @ a_d.T + noise * rng.normal(size=(n, len(a_s)))).astype(
+        "float32")
+
+
+def test_linear_estimator_is_right_on_a_linear_generative_model():
+    """x = a_s·y + A_d·ε + noise, explained by the optimal filter (wᵀa_s = 1, wᵀA_d = 0). The
+    linear estimator leaves cov(d̂, y) = 0, so ρ → 1 up to sampling error (which shrinks like
+    1/√n: about 0.04 at n = 20,000 here, hence the large n). The filter's residual keeps
+    (a_s − w/wᵀw)·y, hidden only partly among the distractors; a random direction's keeps ``y``."""
+    rng = np.random.default_rng(7)
+    dim = 8
+    a_s = rng.normal(size=dim)
+    a_d = 0.5 * rng.normal(size=(dim, 3))
+    w = np.linalg.pinv(np.column_stack([a_s, a_d]).T)[:, 0]
+    inp = keras.Input((dim,))
+    out = L.Dense(1, use_bias=False, name="filter")(inp)
+    model = keras.Model(inp, out)
+    model.get_layer("filter").set_weights([w[:, None].astype("float32")])
+    x_train = generative(60000, 8, a_s, a_d)
+    x_test = generative(20000, 9, a_s, a_d)
+    result = signal_estimator_quality(model, x_train, x_test, batch_size=4096,
+                                      max_patches=10**6)
+    rho = result["filter"]
+    assert rho["linear"] > 0.97, rho
+    assert rho["relu"] > 0.97, rho  # zero-mean distractors: both regimes find a_s too
+    assert rho["linear"] > rho["filter"] + 0.2, rho
+    assert rho["random"] < 0.2, rho
+    # The linear pattern is a_s (up to the noise the filter lets through).
+    a = result.estimator_patterns["filter"]["linear"][0][:, 0]
+    cosine = a @ a_s / np.linalg.norm(a) / np.linalg.norm(a_s)
+    assert cosine > 0.99
+
+
+# ---------------------------------------------------------------------------------------------
+# Range, options, errors
+
+
+@pytest.fixture(scope="module")
+def relu_net():
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 8, 1))
+    h = L.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    h = L.MaxPooling2D()(h)
+    h = L.Dense(6, activation="relu", name="fc")(L.Flatten()(h))
+    model = keras.Model(inp, L.Dense(2, name="logits")(h))
+    return model, correlated((400, 8, 8, 1), seed=10), correlated((200, 8, 8, 1), seed=11)
+
+
+def test_values_in_unit_interval_and_shapes(relu_net):
+    model, x_train, x_test = relu_net
+    result = signal_estimator_quality(model, x_train, x_test, max_patches=2000)
+    assert list(result) == ["conv", "fc", "logits"]
+    for key, per_layer in result.items():
+        assert list(per_layer) == list(ESTIMATORS)
+        for name, value in per_layer.items():
+            rho = result.per_neuron[key][name]
+            finite = rho[np.isfinite(rho)]
+            assert np.all((finite >= 0) & (finite <= 1)), (key, name, rho)
+            assert 0 <= value <= 1
+    assert result.per_neuron["conv"]["linear"].shape == (4,)
+    assert result.per_neuron["fc"]["relu"].shape == (6,)
+    # The conv layer has 36 positions × 200 samples per split: subsampled to about 2000.
+    n_reg, n_test = result.n_samples["conv"]
+    assert 2000 <= n_reg <= 2000 + 10 and 2000 <= n_test <= 2000 + 10
+
+
+def test_seeded_and_estimator_subset(relu_net):
+    model, x_train, x_test = relu_net
+    first = signal_estimator_quality(model, x_train, x_test, estimators=["random", "linear"],
+                                     seed=5, max_patches=1500)
+    again = signal_estimator_quality(model, x_train, x_test, estimators=("random", "linear"),
+                                     seed=5, max_patches=1500)
+    assert first == again
+    assert first.estimators == ("random", "linear")
+    assert all(list(v) == ["random", "linear"] for v in first.values())
+
+
+def test_dead_neuron_is_nan_and_left_out_of_the_mean():
+    inp = keras.Input((4,))
+    out = L.Dense(2, name="d")(inp)
+    model = keras.Model(inp, out)
+    # Neuron 1 looks only at an input that never varies: y is constant.
+    model.get_layer("d").set_weights([np.array([[1, 0], [0.5, 0], [0, 0], [0, 1]], "float32"),
+                                      np.zeros(2, "float32")])
+    x = correlated((400, 4), seed=1)
+    x[:, 3] = 2.0
+    result = signal_estimator_quality(model, x[:300], x[300:], estimators=("linear", "filter"))
+    rho = result.per_neuron["d"]["linear"]
+    assert np.isfinite(rho[0]) and np.isnan(rho[1])
+    assert result["d"]["linear"] == pytest.approx(rho[0])
+
+
+def test_errors(relu_net):
+    model, x_train, x_test = relu_net
+    with pytest.raises(ValueError, match="estimators"):
+        signal_estimator_quality(model, x_train, x_test, estimators=("gradient",))
+    with pytest.raises(ValueError, match="max_dim"):
+        signal_estimator_quality(model, x_train, x_test, max_dim=20)
+    with pytest.raises(ValueError, match="not Dense/convolution"):
+        signal_estimator_quality(model, x_train, x_test, layers=["nope"])
+    with pytest.raises(ValueError, match="shape"):
+        signal_estimator_quality(model, x_train[:, :4], x_test)
+    with pytest.raises(ValueError, match="at least 4"):
+        signal_estimator_quality(model, x_train[:3], x_test)
+
+
+def test_depthwise_layer_is_skipped_with_a_warning():
+    inp = keras.Input((6, 6, 2))
+    h = L.DepthwiseConv2D(3, activation="relu", name="dw")(inp)
+    out = L.Dense(2, name="logits")(L.Flatten()(h))
+    model = keras.Model(inp, out)
+    x = correlated((60, 6, 6, 2), seed=0)
+    with pytest.warns(UserWarning, match="skips layer 'dw'"):
+        result = signal_estimator_quality(model, x[:40], x[40:], estimators=("filter",))
+    assert list(result) == ["logits"]
+    with pytest.raises(ValueError, match="'dw' cannot be evaluated"):
+        signal_estimator_quality(model, x[:40], x[40:], layers=["dw"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The plot
+
+
+def test_plot_returns_a_figure(relu_net):
+    result = QualityResult(
+        {"conv": {"random": 0.1, "filter": 0.3, "linear": 0.8, "relu": 0.9},
+         "fc": {"random": 0.05, "filter": 0.2, "linear": 0.6, "relu": 0.85}},
+        per_neuron={}, estimators=ESTIMATORS, estimator_patterns={}, n_samples={})
+    fig = plot_signal_estimator_quality(result, title="ρ")
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 4
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["conv", "fc"]
+    np.testing.assert_allclose(ax.lines[3].get_ydata(), [0.9, 0.85])
+
+    other = Figure()
+    ax = other.add_subplot()
+    assert plot_signal_estimator_quality({"a": {"linear": 0.5}}, ax=ax) is other
+    with pytest.raises(ValueError, match="empty"):
+        plot_signal_estimator_quality({})
