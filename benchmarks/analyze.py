@@ -119,11 +119,10 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float]:
 
 
 def compare(analyze: Callable[[], Any], baseline: Callable[[], Any], repeats: int):
-    """Median times of ``analyze`` and ``baseline``, run alternately after a warm-up of each, and
-    the medians of the per-repeat ratios (wall and CPU): alternating keeps a drifting machine
-    load out of the ratio."""
+    """Median times of ``analyze`` and ``baseline``, run alternately after a warm-up of
+    ``analyze`` (``baseline`` is warm already), and the medians of the per-repeat ratios (wall and
+    CPU): alternating keeps a drifting machine load out of the ratio."""
     analyze()
-    baseline()
     walls, bases, ratios, cpu_ratios = [], [], [], []
     for _ in range(repeats):
         b_wall, b_cpu = timed(baseline)
@@ -161,6 +160,8 @@ def bench_network(label: str, model, x: np.ndarray, repeats: int,
     def baseline():
         return grad(xt).numpy()
 
+    baseline()  # warm-up: trace and first run
+
     for spec in ANALYZERS:
         if only and spec.label not in only:
             continue
@@ -188,9 +189,13 @@ def bench_network(label: str, model, x: np.ndarray, repeats: int,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-vgg16", action="store_true", help="only the VGG-style network")
+    parser.add_argument("--skip-vgg-style", action="store_true", help="only VGG16")
     parser.add_argument("--quick", action="store_true",
                         help="16 images, 3 repeats, VGG-style network only")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed repeats on the VGG-style network (default 5, --quick 3)")
+    parser.add_argument("--vgg16-repeats", type=int, default=2,
+                        help="timed repeats on VGG16 (default 2: one pass takes seconds)")
     parser.add_argument("--only", nargs="*", default=None, help="analyzer labels to run")
     args = parser.parse_args(argv)
 
@@ -201,11 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs", file=sys.stderr)
     rows = []
     n_small = 16 if args.quick else 64
-    rows += bench_network(f"VGG-style 64×64, {n_small} images", vgg_style(),
-                          images(n_small, 64), repeats, only)
+    if not args.skip_vgg_style:
+        rows += bench_network(f"VGG-style 64×64, {n_small} images", vgg_style(),
+                              images(n_small, 64), repeats, only)
     if not (args.skip_vgg16 or args.quick):
         rows += bench_network("VGG16 224×224, 8 images", vgg16(), images(8, 224),
-                              min(repeats, 3), only)
+                              args.vgg16_repeats, only)
 
     print("| network | analyzer | analyze (s) | tape gradient (s) | ratio (wall) | ratio (CPU) |")
     print("|---|---|---:|---:|---:|---:|")

@@ -49,6 +49,10 @@ class UsageError(Exception):
     """A usage or input error: reported in one line, exit code 2."""
 
 
+class _Failure(Exception):
+    """A failure explained in one line (exit code 1, no exception type shown)."""
+
+
 # --------------------------------------------------------------------------------------------
 # TensorFlow, quietly
 # --------------------------------------------------------------------------------------------
@@ -124,8 +128,9 @@ def load_model(path: str, unsafe: bool = False):
     except Exception as err:  # Keras raises many types for unreadable files
         message = _one_line(err)
         if "safe_mode" in message or "unsafe" in message.lower():
-            raise UsageError(f"could not load model '{path}' in safe mode: {message} "
-                             "(if you trust this file, add --unsafe)") from None
+            reason = message.split(". ")[0].rstrip(".")
+            raise UsageError(f"could not load model '{path}' in safe mode: {reason}; if you "
+                             "trust this file, add --unsafe") from None
         raise UsageError(f"could not load model '{path}': {message}") from None
 
 
@@ -327,6 +332,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if args.steps is not None:
         _check_positive("--steps", args.steps)
     _check_output_file(args.output)
+    _check_exists(args.model, "model file")
+    _check_exists(args.data, "data")
     _quiet_tensorflow()
     from pattern_keras.patterns import PatternComputer
 
@@ -376,6 +383,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise UsageError(f"--neuron must be >= 0; got {args.neuron}")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise UsageError(f"-o must be a folder; '{args.output}' is a file")
+    _check_exists(args.model, "model file")
+    _check_exists(args.inputs, "inputs")
+    if args.patterns is not None:
+        _check_exists(args.patterns, "pattern file")
     _quiet_tensorflow()
     import numpy as np
 
@@ -408,7 +419,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     explanations = np.asarray(explanations, dtype=np.float32)
     os.makedirs(args.output, exist_ok=True)
     np.save(os.path.join(args.output, "explanations.npy"), explanations)
-    written = _write_pngs(args.output, names, explanations, args.method)
+    finite = np.isfinite(explanations).reshape(len(explanations), -1).all(axis=1)
+    written = _write_pngs(args.output, names, np.where(np.isfinite(explanations),
+                                                       explanations, 0.0), args.method)
+    if not finite.all():
+        hint = (" (patterns fitted on too little data? fit on more samples)"
+                if args.method in PATTERN_METHODS else "")
+        raise _Failure(f"{int((~finite).sum())} of {len(finite)} explanations contain NaN or "
+                       f"inf values{hint}; they are in {args.output}/explanations.npy as "
+                       "computed and shown as 0 in the PNGs")
     if written:
         kind = "signal images" if args.method == "pattern.net" else "heatmaps"
         _say(args, f"Wrote {written} {kind} and explanations.npy {explanations.shape} "
@@ -519,6 +538,11 @@ class _Parser(argparse.ArgumentParser):
 def _check_positive(option: str, value: int) -> None:
     if value < 1:
         raise UsageError(f"{option} must be a positive integer; got {value}")
+
+
+def _check_exists(path: str, what: str) -> None:
+    if not os.path.exists(path):
+        raise UsageError(f"{what} '{path}' does not exist")
 
 
 def _check_output_file(path: str) -> None:
@@ -637,6 +661,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except _Failure as err:
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BrokenPipeError:  # output piped into a program that stopped reading (| head)
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -244,10 +244,12 @@ def run_demo(
             analyzers[label] = pk.create_analyzer(name, model)
     explanations = {label: a.analyze(test.x) for label, a in analyzers.items()}
     grid_index = _grid_rows(test.labels, s.n_grid)
+    columns = {label: e[grid_index] for label, e in explanations.items()}
+    columns["true signal"] = test.signal[grid_index]
     figure = plot.explanation_grid(
         test.x[grid_index],
-        {label: e[grid_index] for label, e in explanations.items()},
-        kinds={"PatternNet": "project"},
+        columns,
+        kinds={"PatternNet": "project", "true signal": "project"},
         row_labels=[f"class {int(test.labels[i])}" for i in grid_index],
         title="signal/distractor test images: explanations of the predicted class",
     )
@@ -273,6 +275,8 @@ def run_demo(
                                           order="random", seed=seed)
     figure = plot_degradation(
         results, title=f"image degradation ({patch}x{patch} patches, most relevant first)")
+    figure.set_size_inches(6.5, 4.5)
+    figure.tight_layout()
     plot.save_figure(figure, files["degradation"])
     aopc = {label: float(r.aopc) for label, r in results.items()}
 
@@ -288,10 +292,18 @@ def run_demo(
     else:
         say("[6/6] Measuring the signal estimators' quality rho(S) per layer")
         signal_estimator_quality, plot_signal_estimator_quality = quality
-        rho = signal_estimator_quality(model, train.x, test.x)
-        plot.save_figure(plot_signal_estimator_quality(rho), files["signal_quality"])
-        rho = {str(layer): {str(k): float(v) for k, v in values.items()}
-               for layer, values in rho.items()}
+        try:
+            rho = signal_estimator_quality(model, train.x, test.x)
+            plot.save_figure(plot_signal_estimator_quality(rho), files["signal_quality"])
+        except Exception as err:  # an optional step: report it, keep the other results
+            rho = None
+            files.pop("signal_quality")
+            notes.append(f"signal_quality.png not written: signal_estimator_quality failed "
+                         f"({type(err).__name__}: {' '.join(str(err).split())[:300]})")
+            say(f"      failed: {type(err).__name__}: {err}")
+        else:
+            rho = {str(layer): {str(k): float(v) for k, v in values.items()}
+                   for layer, values in rho.items()}
 
     seconds = time.perf_counter() - started
     metrics = {
@@ -308,7 +320,7 @@ def run_demo(
     say("")
     say(f"Done in {seconds:.0f} s. Wrote to {os.path.abspath(output)}:")
     descriptions = {
-        "explanations": "inputs and six explanations per test image",
+        "explanations": "inputs, six explanations and the true signal per test image",
         "degradation": "image degradation curves (AOPC in the legend)",
         "signal_quality": "signal estimator quality rho(S) per layer",
         "patterns": "fitted patterns + statistics (load with pattern_keras.Patterns.load)",
@@ -352,7 +364,7 @@ def _write_summary(path, s, seed, metrics, notes, patch, steps, n_deg, train) ->
     lines += [f"aopc[{label}]: {value:.4f}" for label, value in metrics["aopc"].items()]
     lines += ["", "# signal estimator quality rho(S) per layer (higher is better)"]
     if metrics["rho"] is None:
-        lines.append("rho: not computed (pattern_keras.evaluation.quality not available)")
+        lines.append("rho: not computed (see the notes at the end)")
     else:
         for layer, values in metrics["rho"].items():
             parts = " ".join(f"{k}={v:.4f}" for k, v in values.items())

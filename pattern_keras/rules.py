@@ -153,8 +153,10 @@ class ZRule:
             if self.epsilon == 0.0:
                 ratios.append(tf.math.divide_no_nan(r, z))
             else:
-                sign = tf.where(z >= 0, tf.ones_like(z), -tf.ones_like(z))
-                ratios.append(r / (z + self.epsilon * sign))
+                # ε·sign(z) with sign(0) = +1, as one select of two scalars: fewer passes over
+                # the (large) tensor than building a ±1 sign tensor and scaling it.
+                eps = tf.constant(self.epsilon, z.dtype)
+                ratios.append(r / (z + tf.where(z >= 0, eps, -eps)))
         contributions = vjp(op.forward, inputs, ratios)
         return [x * c for x, c in zip(inputs, contributions)]
 

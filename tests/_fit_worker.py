@@ -25,6 +25,7 @@ the ``analyzer`` cases, and ``"<case>::n_samples"``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -35,12 +36,13 @@ BATCH_SIZE = 32
 INPUT_SHAPE = (10, 10, 3)
 
 
-#: (model built inside/outside strategy.scope(), input kind, PatternComputer or analyzer.fit):
-#: every input kind and both entry points, for a model built either way.
+#: (where, input kind, PatternComputer or analyzer.fit): every input kind and both entry
+#: points, for a model built inside or outside ``strategy.scope()`` ("scope": built inside,
+#: and fitted inside the scope too).
 MIRRORED_CASES = (
     ("inside", "numpy", "computer"),
     ("inside", "dataset", "analyzer"),
-    ("inside", "generator", "computer"),
+    ("scope", "generator", "computer"),
     ("outside", "numpy", "analyzer"),
     ("outside", "dataset", "computer"),
     ("outside", "generator", "computer"),
@@ -137,18 +139,17 @@ def run_mirrored(args) -> None:
     assert strategy.num_replicas_in_sync == args.replicas, strategy.num_replicas_in_sync
     x = np.load(args.data)["x"]
     results = {"replicas": strategy.num_replicas_in_sync}
-    for where in ("inside", "outside"):
-        if where == "inside":
-            with strategy.scope():
-                model = build_cnn()
-                model.load_weights(args.weights)
-        else:
-            model = build_cnn()
-            model.load_weights(args.weights)
-        for case_where, kind, how in MIRRORED_CASES:
-            if case_where != where:
-                continue
-            data = _inputs(x)[kind]()
+    with strategy.scope():
+        inside = build_cnn()
+        inside.load_weights(args.weights)
+        assert isinstance(inside.weights[0].value, tf.distribute.DistributedValues)
+    outside = build_cnn()
+    outside.load_weights(args.weights)
+    assert not isinstance(outside.weights[0].value, tf.distribute.DistributedValues)
+    for where, kind, how in MIRRORED_CASES:
+        model = outside if where == "outside" else inside
+        data = _inputs(x)[kind]()
+        with strategy.scope() if where == "scope" else contextlib.nullcontext():
             if how == "computer":  # the strategy given to the constructor
                 stats = PatternComputer(model, strategy=strategy).compute_statistics(
                     data, batch_size=BATCH_SIZE, verbose=0)

@@ -260,6 +260,12 @@ def test_toy_with_distractor_mean_documented_bias():
     np.testing.assert_allclose(relu["dense"][:, 0], [1 + 1.5 * mu, 1.5 * mu], atol=0.03)
     np.testing.assert_allclose(relu.negative("dense")[:, 0], [1 - 1.5 * mu, -1.5 * mu], atol=0.03)
     np.testing.assert_allclose(linear["dense"][:, 0], [1, 0], atol=0.02)
+    # PatternNet uses a₊ where the (unrectified) output is positive and a₋ elsewhere.
+    xs = x[:300]
+    value = xs.astype(np.float64) @ W_TOY
+    a = np.where(value[:, None] > 0, [1 + 1.5 * mu, 1.5 * mu], [1 - 1.5 * mu, -1.5 * mu])
+    out = pk.PatternNet(model, patterns=relu).analyze(xs)
+    assert np.all(np.abs(out - a * value[:, None]) <= 0.03 * np.abs(value)[:, None] + 1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,6 +298,13 @@ def test_64d_patternnet_recovers_the_signal_direction(pattern_type):
     cos_grad = cosine_rows(pk.Gradient(model).analyze(x[test], batch_size=500), truth)
     assert cos_net.mean() > 0.99 and cos_net.min() > 0.99, (cos_net.mean(), cos_net.min())
     assert np.abs(cos_grad).max() < 0.5, np.abs(cos_grad).max()
+    # PatternAttribution: w ⊙ a·y, whose sum is the output (wᵀa = 1 by construction).
+    attribution = pk.PatternAttribution(model, pattern_type=pattern_type,
+                                        patterns=net.patterns).analyze(x[test], batch_size=500)
+    cos_attr = cosine_rows(attribution.astype(np.float64), np.outer(y[test], w * a_s))
+    assert cos_attr.min() > 0.99, cos_attr.min()
+    output = x[test].astype(np.float64) @ w
+    close(attribution.sum(1), output, rtol=1e-4, atol_rel=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,6 +409,26 @@ def test_patterns_equal_numpy_reference(fitted_models, kind, pattern_type):
                 assert not patterns.has_negative(name)
                 with pytest.raises(KeyError, match="ReLU"):
                     patterns.negative(name)
+
+
+@pytest.mark.parametrize("pattern_type", ["relu", "linear"])
+def test_large_offset_data_keeps_its_covariance(pattern_type):
+    # Data around 1000 ± 1: float32 products of unshifted values lose the covariance (MATH.md,
+    # "Numerics"); the shifted statistics must not. (The model's own float32 pre-activation is
+    # only accurate to ~1e-4 of its spread here, which bounds the agreement.)
+    x_in = keras.Input((6,))
+    model = keras.Model(x_in, L.Dense(4, name="d")(x_in))
+    init_kernels(model, seed=11)
+    x = np.random.default_rng(12).normal(1000.0, 1.0, (1000, 6)).astype(np.float32)
+    center_biases(model, ["d"], x, seed=13)
+    _, ref, _ = layer_reference(model.get_layer("d"), x)
+    patterns = pk.PatternComputer(model, pattern_type=pattern_type).compute(
+        x, batch_size=100, verbose=0)
+    if pattern_type == "linear":
+        close(patterns["d"], ref["linear"], rtol=1e-4, atol_rel=1e-5)
+    else:
+        close(patterns["d"], ref["pos"], rtol=1e-4, atol_rel=1e-5)
+        close(patterns.negative("d"), ref["neg"], rtol=1e-4, atol_rel=1e-5)
 
 
 def test_gate_uses_the_bias(fitted_models):

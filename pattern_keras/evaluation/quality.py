@@ -131,7 +131,7 @@ def signal_estimator_quality(
         Refuse layers whose neurons have more than ``max_dim`` inputs ``D`` (the closed form holds
         ``D × D`` float64 matrices). Raise it, or leave the layer out with ``layers``.
     ridge : float
-        Tikhonov regularization of the regression, relative to the mean variance of the layer's
+        Tikhonov regularization (> 0) of the regression, relative to the mean variance of the layer's
         inputs (``λ = ridge · trace(Σ_xx) / D``), for inputs that never vary (image corners,
         dead units, padding) and for the direction ``w`` that ``d̂`` never has (``wᵀd̂ = 0`` for
         every estimator here).
@@ -195,8 +195,8 @@ def signal_estimator_quality(
     batch_size = _check_positive_int("batch_size", batch_size)
     max_patches = _check_positive_int("max_patches", max_patches)
     max_dim = _check_positive_int("max_dim", max_dim)
-    if not (isinstance(ridge, numbers.Real) and ridge >= 0):
-        raise ValueError(f"ridge must be a number >= 0; received {ridge!r}.")
+    if isinstance(ridge, bool) or not (isinstance(ridge, numbers.Real) and ridge > 0):
+        raise ValueError(f"ridge must be a number > 0; received {ridge!r}.")
 
     program = engine.Program(model, fold_batch_norm=True)
     train = _as_inputs(x_train, program, "x_train")
@@ -586,7 +586,7 @@ def _rho(reg: _Moments, test: _Moments, w: np.ndarray, a_pos: np.ndarray, a_neg:
     evals, evecs = np.linalg.eigh(c["xx"])
     evals = np.clip(evals, 0.0, None)
     lam = ridge * max(float(evals.sum()) / dim, np.finfo(float).tiny)
-    inv = (evecs / (evals + lam)) @ evecs.T if lam > 0 else np.linalg.pinv(c["xx"])
+    inv = (evecs / (evals + lam)) @ evecs.T
     b = dy @ inv  # (N, D): A⁻¹ cov(d̂, y), A symmetric
     inv_u = np.einsum("de,nek->ndk", inv, u)
     k = np.einsum("ndi,ndj->nij", u, inv_u)

@@ -158,13 +158,14 @@ class PatternComputer:
         if checkpoint_path and os.path.exists(checkpoint_path):
             resumed = self._load_checkpoint(checkpoint_path)
             dataset = dataset.skip(resumed.n_batches)
-        state = _State(self, strategy, resumed)
+        distributed = strategy.experimental_distribute_dataset(dataset)
+        state = _State(self, strategy, resumed, distributed.element_spec)
         progbar = keras.utils.Progbar(target, unit_name="batch") if verbose else None
         done = resumed.n_batches if resumed else 0
         if progbar is not None and done:
             progbar.update(done)
         chief = _is_chief(strategy)
-        iterator = iter(strategy.experimental_distribute_dataset(dataset))
+        iterator = iter(distributed)
         for batch in iterator:
             if not state.shifted:
                 state.init_shifts(batch)
@@ -174,6 +175,9 @@ class PatternComputer:
                 progbar.update(done)
             if checkpoint_every and done % checkpoint_every == 0 and chief:
                 state.statistics(done).save(checkpoint_path)
+        # Free the (multi-worker) iterator now, while the workers are still in step: deleting
+        # it waits on the other workers, so the chief's final write must come after.
+        del iterator
         if done == 0:
             raise ValueError("The data yielded no batches: nothing to fit patterns on.")
         stats = state.statistics(done)
@@ -271,7 +275,8 @@ class PatternComputer:
 class _State:
     """The float64 accumulators and the compiled per-batch functions of one fit."""
 
-    def __init__(self, computer: PatternComputer, strategy, resumed: PatternStatistics | None):
+    def __init__(self, computer: PatternComputer, strategy, resumed: PatternStatistics | None,
+                 element_spec=None):
         self.computer = computer
         self.strategy = strategy
         plans = computer.plans
@@ -296,8 +301,13 @@ class _State:
             self.n_samples.assign(resumed.n_samples)
             self.shifted = True
         # Partials (no __code__): each fit's traces are counted on their own by TensorFlow.
-        self._init_fn = tf.function(functools.partial(_State._init_step, self))
-        self._step_fn = tf.function(functools.partial(_State._step, self))
+        # Traced once for the data's element spec (batch axis None): a final partial batch
+        # does not trace the step a second time.
+        signature = None if element_spec is None else [element_spec]
+        self._init_fn = tf.function(functools.partial(_State._init_step, self),
+                                    input_signature=signature)
+        self._step_fn = tf.function(functools.partial(_State._step, self),
+                                    input_signature=signature)
 
     # -- per replica --------------------------------------------------------------------------
 
@@ -374,12 +384,36 @@ class _State:
 
     # -- cross replica ------------------------------------------------------------------------
 
-    def _reduce(self, per_replica):
-        return tf.nest.map_structure(
-            lambda t: self.strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None), per_replica)
+    def _run_and_sum(self, fn, batch):
+        """``fn(batch)`` on every replica, summed over replicas (and hosts).
+
+        With several replicas the outputs travel as one float64 vector, so a step costs one
+        all-reduce, not one per tensor: per-tensor collectives made a step many times slower
+        and left a multi-worker iterator slow to delete (a stall, up to a deadlock, when the
+        workers leave a fit at different times).
+        """
+        if self.strategy.num_replicas_in_sync == 1:
+            return tf.nest.map_structure(
+                lambda t: self.strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None),
+                self.strategy.run(fn, args=(batch,)))
+        specs = []
+
+        def packed(replica_batch):
+            out = fn(replica_batch)
+            flat = tf.nest.flatten(out)
+            specs[:] = [out, [(t.shape, t.dtype) for t in flat]]
+            return tf.concat([tf.reshape(tf.cast(t, tf.float64), [-1]) for t in flat], 0)
+
+        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                     self.strategy.run(packed, args=(batch,)), axis=None)
+        structure, shapes = specs
+        parts = tf.split(total, [int(np.prod(shape)) for shape, _ in shapes])
+        flat = [tf.cast(tf.reshape(part, shape), dtype)
+                for part, (shape, dtype) in zip(parts, shapes)]
+        return tf.nest.pack_sequence_as(structure, flat)
 
     def _init_step(self, batch):
-        moments = self._reduce(self.strategy.run(self._replica_moments, args=(batch,)))
+        moments = self._run_and_sum(self._replica_moments, batch)
         for key, plan in self.computer.plans.items():
             sum_x, count_x, sum_y, count_y = moments[key]
             if plan.shiftable:
@@ -387,7 +421,7 @@ class _State:
             self.shift_y[key].assign(tf.math.divide_no_nan(sum_y, count_y))
 
     def _step(self, batch):
-        sums = self._reduce(self.strategy.run(self._replica_sums, args=(batch,)))
+        sums = self._run_and_sum(self._replica_sums, batch)
         self.n_samples.assign_add(sums.pop("__n__"))
         for key, named in sums.items():
             for name, value in named.items():

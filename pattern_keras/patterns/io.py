@@ -88,11 +88,21 @@ def save(path: str, patterns: Any, statistics: Any = None) -> None:
                     g.create_dataset("shift_y", data=np.asarray(layer.shift_y, np.float64))
                     for name, value in layer.sums.items():
                         g.create_dataset(name, data=np.asarray(value, np.float64))
+        # mkstemp makes the file private (0600): give it the permissions of any new file.
+        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb+") as handle:  # on disk before the rename (a host may go down)
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _open(path: str):

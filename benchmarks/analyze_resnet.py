@@ -1,0 +1,128 @@
+"""ResNet50 at 224×224: each analyzer's cost relative to a plain gradient.
+
+``keras.applications.ResNet50(weights=None, classifier_activation=None)``, 8 images, BatchNorm
+statistics randomized (as a trained network's would be, so that folding is not trivial). Times
+``analyzer.analyze(x, batch_size=8)`` against a compiled ``tf.GradientTape`` gradient of the max
+logit on the same 8 images, alternately after a warm-up, and gives the median of the per-repeat
+ratios (wall clock and process CPU time), with the timing helpers of ``benchmarks/analyze.py``.
+
+IntegratedGradients and SmoothGrad evaluate the gradient at ``steps`` (``samples``) points per
+image: their ratio is given per step, i.e. divided by that number. With ``inner_batch_size=32``
+one engine pass takes 4 points of each of the 8 images.
+
+Usage::
+
+    python benchmarks/analyze_resnet.py                  # every analyzer, 2 repeats
+    python benchmarks/analyze_resnet.py --only Gradient LRPZPlus --repeats 3
+    python benchmarks/analyze_resnet.py --size 64        # a quick run at 64×64
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+
+def _helpers():
+    """``benchmarks/analyze.py`` as a module (the folder is not a package)."""
+    path = Path(__file__).with_name("analyze.py")
+    spec = importlib.util.spec_from_file_location("_bench_analyze", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _helpers()
+Spec = bench.Spec
+
+#: The analyzers timed, in table order, and the number of gradient evaluations per image that
+#: the ratio is divided by (1: one backward pass).
+ANALYZERS: list[tuple[Spec, int]] = [(spec, 1) for spec in bench.ANALYZERS] + [
+    (Spec("IntegratedGradients (per step, 16 steps)", "IntegratedGradients",
+          {"steps": 16, "inner_batch_size": 32}), 16),
+    (Spec("SmoothGrad (per sample, 16 samples)", "SmoothGrad",
+          {"samples": 16, "inner_batch_size": 32}), 16),
+]
+
+
+def resnet50(size: int, seed: int = 0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = keras.applications.ResNet50(weights=None, input_shape=(size, size, 3),
+                                        classifier_activation=None)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+            layer.gamma.assign(rng.uniform(0.7, 1.3, n).astype("float32"))
+            layer.beta.assign(rng.normal(0, 0.1, n).astype("float32"))
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=224, help="image size (default 224)")
+    parser.add_argument("--images", type=int, default=8, help="images per pass (default 8)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed repeats (default 2)")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="analyzer labels (or class names) to run")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs", file=sys.stderr)
+    model = resnet50(args.size)
+    x = bench.images(args.images, args.size)
+    xt = tf.constant(x)
+    grad = bench.gradient_baseline(model)
+
+    def baseline():
+        return grad(xt).numpy()
+
+    baseline()
+    label = f"ResNet50 {args.size}×{args.size}, {args.images} images"
+    rows = []
+    for spec, points in ANALYZERS:
+        if args.only and spec.label not in args.only and spec.name not in args.only:
+            continue
+        cls = bench.load_analyzer(spec)
+        if cls is None:
+            rows.append((label, spec.label, "–", "–", "–", "–"))
+            continue
+        analyzer = cls(model, **spec.kwargs)
+        if spec.fit:
+            start = time.perf_counter()
+            analyzer.fit(x, batch_size=len(x), verbose=0)
+            print(f"[{label}] {spec.label}: fit {time.perf_counter() - start:.1f} s (not timed)",
+                  file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        t, base, ratio, cpu_ratio = bench.compare(
+            lambda: analyzer.analyze(x, batch_size=len(x)), baseline, args.repeats)
+        total = time.perf_counter() - start
+        rows.append((label, spec.label, f"{t:.2f}", f"{base:.2f}", f"{ratio / points:.2f}",
+                     f"{cpu_ratio / points:.2f}"))
+        print(f"[{label}] {spec.label}: {t:.2f} s, gradient {base:.2f} s, ratio "
+              f"{ratio / points:.2f} (CPU {cpu_ratio / points:.2f}); {total:.0f} s with the "
+              "trace", file=sys.stderr, flush=True)
+        del analyzer
+    print("| network | analyzer | analyze (s) | tape gradient (s) | ratio (wall) | ratio (CPU) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
