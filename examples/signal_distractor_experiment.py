@@ -27,7 +27,18 @@ Usage::
     python examples/signal_distractor_experiment.py --seeds 0  # one run
 
 The tables go to stdout as markdown; with several seeds each entry is the mean ± standard
-deviation over the seeds (each seed draws its own training/test data and initialization).
+deviation over the seeds (each seed draws its own training/test data and initialization). A last
+table counts the seeds in which each of the paper's two claims holds.
+
+What to expect (seeds 0–7 while writing it): PatternAttribution beats LRP-z in top-k precision in
+every run, by a wide margin with linear patterns and a small one with two-component patterns;
+PatternNet with linear patterns recovers the signal better than Gradient, DeConvNet and Guided
+BackProp on average but not for every trained network; with the two-component ("relu") patterns
+it does not, here. The paper's two-component formula is not invariant to the mean of a layer's
+input, and the inputs of layers after a ReLU have a large mean (see
+``tests/test_signal_distractor_experiment.py`` for the numbers and the diagnosis). ρ ranks the
+estimators as the paper does: linear and two-component far above filter and random, in every
+layer, with the two-component estimator no better than the linear one on this network.
 """
 from __future__ import annotations
 
@@ -119,7 +130,7 @@ def run_experiment(seed: int = 0, n_train: int = 3000, n_test: int = 500, epochs
     model.fit(train.x, train.labels.astype("float32"), epochs=epochs, batch_size=batch_size,
               shuffle=True, verbose=0)
     train_seconds = time.perf_counter() - start
-    logit = model.predict(test.x, batch_size=256, verbose=0)[:, 0]
+    logit = np.asarray(model(test.x, training=False))[:, 0]
     accuracy = float(np.mean((logit > 0) == (test.labels == 1)))
 
     # Orient every explanation towards the true class (see the module docstring).

@@ -292,7 +292,7 @@ class BoundedRule:
     For inputs known to lie in ``[low, high]`` (pixels, say), each neuron's root point is searched
     inside the box, which gives
 
-        ``R_i = Σ_j (x_i w_ij − l_i w_ij⁺ − h_i w_ij⁻) / Σ_i' (x_i' w_i'j − l_i' w_i'j⁺ − h_i' w_i'j⁻) · R_j``.
+        ``R_i = Σ_j z_ij / Σ_i' z_i'j · R_j``  with  ``z_ij = x_i w_ij − l_i w_ij⁺ − h_i w_ij⁻``.
 
     The bias is not a contribution. For ``x`` inside the box every term is ``≥ 0``, so non-negative
     relevance stays non-negative and is conserved where the denominator is non-zero (a zero one

@@ -1,6 +1,6 @@
-"""BatchNormalization folding (``engine.Program(fold_batch_norm=True)``): the folded program computes
-what the model computes, folds only what it may, leaves the model untouched, and makes patterns
-belong to the effective kernel of a layer that the following ReLU makes rectified."""
+"""BatchNormalization folding (``engine.Program(fold_batch_norm=True)``): the folded program
+computes what the model computes, folds only what it may, leaves the model untouched, and makes
+patterns belong to the effective kernel of a layer that the following ReLU makes rectified."""
 from __future__ import annotations
 
 import keras

@@ -22,7 +22,8 @@ def _safe_ratio(r, z):
 
 
 def ref_alpha_beta(x, w, b, r, alpha, beta, bias=True):
-    """``R_i = Σ_j (α (z_ij)₊ / z_j⁺ − β (z_ij)₋ / z_j⁻) R_j``, ``z_j^± = Σ_i (z_ij)_± (+ b_j^±)``."""
+    """``R_i = Σ_j (α (z_ij)₊ / z_j⁺ − β (z_ij)₋ / z_j⁻) R_j``,
+    ``z_j^± = Σ_i (z_ij)_± (+ b_j^±)``."""
     z = x[:, :, None] * w[None]                         # (n, i, j)
     zp, zn = np.maximum(z, 0), np.minimum(z, 0)
     bp = np.maximum(b, 0) if bias else 0.0

@@ -191,7 +191,9 @@ class LRPAlpha2Beta1(LRPAlphaBeta):
 
 
 class LRPZPlus(_SignSplitLRP):
-    """LRP with the z⁺ rule (Montavon et al. 2017): ``R_i = Σ_j (x_i w_ij)₊ / Σ_i' (x_i' w_i'j)₊ · R_j``.
+    """LRP with the z⁺ rule (Montavon et al. 2017).
+
+    ``R_i = Σ_j (x_i w_ij)₊ / Σ_i' (x_i' w_i'j)₊ · R_j`` at every linear layer.
 
     Biases are ignored. Where inputs are non-negative (after a ReLU) this is the deep Taylor
     decomposition's z⁺ rule with ``w⁺``; for inputs of either sign the positive contributions

@@ -131,10 +131,10 @@ def signal_estimator_quality(
         Refuse layers whose neurons have more than ``max_dim`` inputs ``D`` (the closed form holds
         ``D × D`` float64 matrices). Raise it, or leave the layer out with ``layers``.
     ridge : float
-        Tikhonov regularization (> 0) of the regression, relative to the mean variance of the layer's
-        inputs (``λ = ridge · trace(Σ_xx) / D``), for inputs that never vary (image corners,
-        dead units, padding) and for the direction ``w`` that ``d̂`` never has (``wᵀd̂ = 0`` for
-        every estimator here).
+        Tikhonov regularization (> 0) of the regression, relative to the mean variance of the
+        layer's inputs (``λ = ridge · trace(Σ_xx) / D``), for inputs that never vary (image
+        corners, dead units, padding) and for the direction ``w`` that ``d̂`` never has
+        (``wᵀd̂ = 0`` for every estimator here).
 
     Returns
     -------

