@@ -108,8 +108,9 @@ class Analyzer:
             ]
             # A partial (no __code__) makes TensorFlow count each analyzer's traces on their
             # own: every analyzer traces once, which is not the "frequent retracing" it warns of.
+            # No AutoGraph: the pass has no tensor-dependent Python control flow to convert.
             self._compiled = tf.function(functools.partial(type(self)._explain, self),
-                                         input_signature=signature)
+                                         input_signature=signature, autograph=False)
         return self._compiled
 
     def _reset_compiled(self) -> None:

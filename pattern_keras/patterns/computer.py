@@ -305,9 +305,9 @@ class _State:
         # does not trace the step a second time.
         signature = None if element_spec is None else [element_spec]
         self._init_fn = tf.function(functools.partial(_State._init_step, self),
-                                    input_signature=signature)
+                                    input_signature=signature, autograph=False)
         self._step_fn = tf.function(functools.partial(_State._step, self),
-                                    input_signature=signature)
+                                    input_signature=signature, autograph=False)
 
     # -- per replica --------------------------------------------------------------------------
 
