@@ -18,6 +18,7 @@ Usage::
     python benchmarks/analyze.py                 # both networks
     python benchmarks/analyze.py --skip-vgg16    # the VGG-style network only
     python benchmarks/analyze.py --quick         # fewer images and repeats, VGG-style only
+    python benchmarks/analyze.py --skip-vgg-style --only LRPZ PatternNet   # a selection
 
 Analyzers are listed in :data:`ANALYZERS`: each is imported lazily by name from
 ``pattern_keras.analyzers``, and skipped with a note where it does not exist (yet).
@@ -170,14 +171,20 @@ def bench_network(label: str, model, x: np.ndarray, repeats: int,
             rows.append((label, spec.label, "–", "–", "–",
                          f"skipped: no pattern_keras.analyzers.{spec.name}"))
             continue
-        analyzer = cls(model, **spec.kwargs)
-        if spec.fit:
-            start = time.perf_counter()
-            analyzer.fit(x, batch_size=len(x), verbose=0)
-            print(f"[{label}] {spec.label}: fit {time.perf_counter() - start:.1f} s (not timed)",
-                  file=sys.stderr, flush=True)
-        t, base, ratio, cpu_ratio = compare(
-            lambda: analyzer.analyze(x, batch_size=len(x)), baseline, repeats)
+        try:
+            analyzer = cls(model, **spec.kwargs)
+            if spec.fit:
+                start = time.perf_counter()
+                analyzer.fit(x, batch_size=len(x), verbose=0)
+                print(f"[{label}] {spec.label}: fit {time.perf_counter() - start:.1f} s "
+                      "(not timed)", file=sys.stderr, flush=True)
+            t, base, ratio, cpu_ratio = compare(
+                lambda: analyzer.analyze(x, batch_size=len(x)), baseline, repeats)
+        except Exception as err:  # one broken analyzer must not hide the others' numbers
+            message = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:120]}"
+            rows.append((label, spec.label, "–", "–", "–", f"failed: {message}"))
+            print(f"[{label}] {spec.label}: failed: {err}", file=sys.stderr, flush=True)
+            continue
         rows.append((label, spec.label, f"{t:.3f}", f"{base:.3f}", f"{ratio:.2f}",
                      f"{cpu_ratio:.2f}"))
         print(f"[{label}] {spec.label}: {t:.3f} s, gradient {base:.3f} s, ratio {ratio:.2f} "

@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 from pattern_keras.evaluation.degradation import (
     DegradationResult,
@@ -350,6 +351,8 @@ def test_plot_degradation_returns_a_figure_with_one_line_per_result(tmp_path):
     }
     figure = plot_degradation(results, title="degradation")
     assert isinstance(figure, Figure)
+    # Constrained layout, so the axis labels are not cut off.
+    assert isinstance(figure.get_layout_engine(), ConstrainedLayoutEngine)
     (ax,) = figure.axes
     assert [len(line.get_xdata()) for line in ax.get_lines()] == [5, 3]
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), results["a"].curve)

@@ -84,7 +84,7 @@ def model_logits(model):
 
 
 def mlp(use_bias=True, softmax=None, seed=0):
-    """Input(10) → Dense 16 relu → Dense 12 relu → Dense 5 (+ a final softmax in three forms)."""
+    """Input(10) → Dense 16 relu → Dense 12 relu → Dense 5 (+ a final softmax, three ways)."""
     keras.utils.set_random_seed(seed)
     x = keras.Input((10,))
     h = L.Dense(16, activation="relu", use_bias=use_bias, name="d1")(x)
@@ -301,7 +301,8 @@ def mlp_reference(model, x, method, mode, sel=None):
 
 
 @pytest.mark.parametrize("cls, method", [(DeConvNet, "deconvnet"), (GuidedBackprop, "gbp")])
-@pytest.mark.parametrize("mode, sel", [("max_activation", None), ("index", 1), ("index", [4, 0, 2, 3, 1, 1])])
+@pytest.mark.parametrize("mode, sel", [("max_activation", None), ("index", 1),
+                                       ("index", [4, 0, 2, 3, 1, 1])])
 def test_deconvnet_guided_backprop_mlp(cls, method, mode, sel):
     model = mlp()
     x = normal((6, 10), seed=12)
@@ -440,8 +441,8 @@ def test_lrp_z_equals_input_times_gradient_with_biases(built_models):
 
 
 def lrp_epsilon_reference(model, x, epsilon, mode="max_activation", sel=None):
-    """LRP-ε for the MLP of :func:`mlp` in float64: ``R_i = x_i Σ_j W_ij R_j / (z_j + ε sign z_j)``
-    with ``sign(0) = 1``; ReLUs pass relevance."""
+    """LRP-ε for the MLP of :func:`mlp` in float64:
+    ``R_i = x_i Σ_j W_ij R_j / (z_j + ε sign z_j)`` with ``sign(0) = 1``; ReLUs pass relevance."""
     ws = [(model.get_layer(n).kernel.numpy().astype("float64"),
            model.get_layer(n).bias.numpy().astype("float64")) for n in ("d1", "d2", "d3")]
     acts, a = [], x.astype("float64")
@@ -700,7 +701,6 @@ def two_input_model():
 def test_multi_input_returns_one_explanation_per_input():
     model = two_input_model()
     xa, xb = normal((5, 6), seed=41), normal((5, 4, 4, 1), seed=42)
-    want = tape_gradient(lambda v: model(v, training=False), [xa, xb])
     for mode, sel in [("max_activation", None), ("index", [2, 1, 0, 0, 1]), ("all", None)]:
         want = tape_gradient(lambda v: model(v, training=False), [xa, xb], mode, sel)
         got = Gradient(model, mode).analyze([xa, xb], sel)

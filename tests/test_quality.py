@@ -17,6 +17,7 @@ from pattern_keras.evaluation import (
     plot_signal_estimator_quality,
     signal_estimator_quality,
 )
+from pattern_keras.evaluation import quality
 
 L = keras.layers
 ESTIMATORS = ("random", "filter", "linear", "relu")
@@ -264,6 +265,97 @@ def test_dead_neuron_is_nan_and_left_out_of_the_mean():
     rho = result.per_neuron["d"]["linear"]
     assert np.isfinite(rho[0]) and np.isnan(rho[1])
     assert result["d"]["linear"] == pytest.approx(rho[0])
+
+
+def reference_ridge_rho(x_reg, x_test, w, b, a_pos, a_neg, ridge):
+    """ρ per neuron with the closed form's own regression: ridge ``λ = ridge · trace(Σ_xx) / D``,
+    solved stably as an augmented least-squares problem on explicit residuals."""
+    dim = x_reg.shape[1]
+    lam = ridge * np.trace(np.cov(x_reg.T, bias=True)) / dim
+    rho = []
+    for j in range(w.shape[1]):
+        def residual(x):
+            y = x @ w[:, j]
+            gate = ((y + b[j]) > 0)[:, None]
+            return y, x - np.where(gate, y[:, None] * a_pos[:, j], y[:, None] * a_neg[:, j])
+
+        y_reg, d_reg = residual(x_reg)
+        n = len(y_reg)
+        design = np.vstack([(d_reg - d_reg.mean(0)) / np.sqrt(n), np.sqrt(lam) * np.eye(dim)])
+        target = np.concatenate([(y_reg - y_reg.mean()) / np.sqrt(n), np.zeros(dim)])
+        v = np.linalg.lstsq(design, target, rcond=None)[0]
+        y_test, d_test = residual(x_test)
+        rho.append(1 - abs(np.corrcoef(y_test, d_test @ v)[0, 1]))
+    return np.array(rho)
+
+
+@pytest.fixture(scope="module")
+def dead_unit_net():
+    """A Dense layer whose input has constant-zero features: 4 of the 10 ReLU units before it
+    never fire, so Σ_xx is singular (the ridge is all that stands in those directions)."""
+    rng = np.random.default_rng(0)
+    inp = keras.Input((6,))
+    h = L.Dense(10, activation="relu", name="hidden")(inp)
+    model = keras.Model(inp, L.Dense(4, name="d")(h))
+    w1, b1 = rng.normal(size=(6, 10)).astype("float32"), np.zeros(10, "float32")
+    b1[:4] = -100.0  # dead units
+    w2 = rng.normal(size=(10, 4)).astype("float32")
+    b2 = np.array([0.5, 0.0, -0.5, 0.0], "float32")
+    model.get_layer("hidden").set_weights([w1, b1])
+    model.get_layer("d").set_weights([w2, b2])
+    x = correlated((600, 6), seed=0)
+    hidden = np.maximum(x.astype(np.float64) @ w1 + b1, 0.0)
+    assert np.all(hidden[:, :4] == 0)
+    return model, x, hidden, w2.astype(np.float64), b2.astype(np.float64)
+
+
+def test_constant_zero_inputs_match_the_ridge_regression(dead_unit_net):
+    model, x, hidden, w, b = dead_unit_net
+    result = signal_estimator_quality(model, x[:400], x[400:], layers=["d"])
+    for name in ESTIMATORS:
+        rho = result.per_neuron["d"][name]
+        assert np.all(np.isfinite(rho)) and np.all((rho >= 0) & (rho <= 1)), (name, rho)
+        want = reference_ridge_rho(hidden[200:400], hidden[400:], w, b,
+                                   *result.estimator_patterns["d"][name], ridge=1e-6)
+        np.testing.assert_allclose(rho, want, atol=1e-4, err_msg=name)
+
+
+def test_numerically_singular_update_does_not_raise(dead_unit_net):
+    """Regression: with constant-zero inputs and a ridge too small to register in float64, the
+    4 × 4 Woodbury systems are numerically singular and ``np.linalg.solve`` raised
+    ``LinAlgError: Singular matrix`` (as on a trained model with dead ReLU units). The values at
+    such a ridge are not accurate; what is checked is that the solve survives with ρ ∈ [0, 1]."""
+    model, x, _, _, _ = dead_unit_net
+    result = signal_estimator_quality(model, x[:400], x[400:], layers=["d"], ridge=1e-17)
+    for name in ESTIMATORS:
+        rho = result.per_neuron["d"][name]
+        assert np.all(np.isfinite(rho)) and np.all((rho >= 0) & (rho <= 1)), (name, rho)
+
+
+def test_small_solve_falls_back_to_least_squares_only_where_singular():
+    rng = np.random.default_rng(0)
+    inner = np.eye(4) + 0.3 * rng.normal(size=(3, 4, 4))
+    inner[1] = [[1, 0, 0, 0], [4.4, 5.4, 0, 0], [-2, -2, 1, -1], [-2, -2, 0, 0]]  # rank 3
+    rhs = rng.normal(size=(3, 4))
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.solve(inner, rhs[..., None])
+    got = quality._solve_small(inner, rhs)
+    for j in (0, 2):  # the regular systems: exactly as before
+        np.testing.assert_array_equal(got[j], np.linalg.solve(inner[j], rhs[j]))
+    np.testing.assert_allclose(got[1], np.linalg.lstsq(inner[1], rhs[1], rcond=None)[0])
+    regular = inner[[0, 2]]
+    np.testing.assert_array_equal(quality._solve_small(regular, rhs[[0, 2]]),
+                                  np.linalg.solve(regular, rhs[[0, 2], :, None])[..., 0])
+
+
+def test_layer_decomposition_is_computed_once_per_layer(relu_net, monkeypatch):
+    model, x_train, x_test = relu_net
+    calls = []
+    eigh = np.linalg.eigh
+    monkeypatch.setattr(np.linalg, "eigh", lambda a, *args, **kw: calls.append(a.shape)
+                        or eigh(a, *args, **kw))
+    signal_estimator_quality(model, x_train, x_test, max_patches=500)
+    assert calls == [(9, 9), (36, 36), (6, 6)]  # one per layer, not per layer and estimator
 
 
 def test_errors(relu_net):

@@ -238,3 +238,22 @@ def test_merge_refuses_other_models_and_pattern_types(setup):
         mine.merge(other)
     with pytest.raises(TypeError):
         mine.merge({"dense": None})
+
+
+# -- refits ------------------------------------------------------------------------------------
+
+
+def test_refit_reuses_the_traced_step_and_starts_from_zero(setup):
+    """A second fit with the same computer traces nothing and counts only its own data."""
+    computer = PatternComputer(setup["model"])
+    x = setup["x"]
+    first = computer.compute_statistics(x[:100], verbose=0)
+    state = computer._cached_state
+    whole = computer.compute_statistics(worker.batches(x), verbose=0)
+    assert computer._cached_state is state
+    assert state._step_fn.experimental_get_tracing_count() == 1
+    assert whole.n_samples == N_SAMPLES
+    assert_same_patterns(whole, setup["whole"])
+    again = computer.compute_statistics(x[:100], verbose=0)
+    assert_same_patterns(again, first)
+    assert again[list(again)[0]].shift_x == first[list(first)[0]].shift_x

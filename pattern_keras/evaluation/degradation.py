@@ -252,7 +252,7 @@ def plot_degradation(
     from matplotlib.figure import Figure  # imported here: plotting is optional
 
     if ax is None:
-        figure = Figure(figsize=(5, 3.5))
+        figure = Figure(figsize=(5, 3.5), layout="constrained")
         ax = figure.add_subplot()
     else:
         figure = ax.figure

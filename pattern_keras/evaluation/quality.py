@@ -134,7 +134,9 @@ def signal_estimator_quality(
         Tikhonov regularization (> 0) of the regression, relative to the mean variance of the
         layer's inputs (``λ = ridge · trace(Σ_xx) / D``), for inputs that never vary (image
         corners, dead units, padding) and for the direction ``w`` that ``d̂`` never has
-        (``wᵀd̂ = 0`` for every estimator here).
+        (``wᵀd̂ = 0`` for every estimator here). Far below the default (about ``1e-10`` and
+        under) float64 no longer resolves the regularized directions and the closed form loses
+        accuracy (it still returns rather than raising).
 
     Returns
     -------
@@ -167,7 +169,10 @@ def signal_estimator_quality(
     ``a₊ = a₋``). So ``cov(d̂) = Σ_xx + U S Uᵀ`` with ``U = [a₊, a₋, cov(x, y₊), cov(x, y₋)]`` and a
     fixed 4×4 ``S`` made of the variances of ``y₊``, ``y₋``. The per-layer ``Σ_xx`` (``D × D``) is
     shared by all neurons: one eigendecomposition per layer, then a Woodbury update per neuron
-    gives ``v = (cov(d̂) + λI)⁻¹ cov(d̂, y)`` in ``O(D²)``. On the test split the same moments give
+    gives ``v = (cov(d̂) + λI)⁻¹ cov(d̂, y)`` in ``O(D²)``. Where a neuron's 4×4 Woodbury system
+    is numerically singular (a pattern made huge by a neuron that hardly varies, or a ridge too
+    small to register), its minimum-norm least-squares solution is used instead; a neuron whose
+    system overflows gets ``ρ = NaN``. On the test split the same moments give
     ``corr(y, vᵀd̂)``. ``y`` is recomputed in float64 as ``wᵀx`` from the gathered input vectors
     (it equals the forward pass's pre-activation minus the bias up to float32 rounding); the
     gate comes from the forward pass. Moments are accumulated in float64 around the first
@@ -224,9 +229,12 @@ def signal_estimator_quality(
     per_neuron: dict[str, dict[str, np.ndarray]] = {}
     for key, plan in plans.items():
         means[key], per_neuron[key] = {}, {}
+        # Σ_xx and its decomposition are the layer's, shared by every estimator.
+        reg_cov, test_cov = reg[key].covariances(), tst[key].covariances()
+        inv = _ridge_inverse(reg_cov["xx"], ridge)
         for name in estimators:
             a_pos, a_neg = patterns[key][name]
-            rho = _rho(reg[key], tst[key], plan.w, a_pos, a_neg, ridge)
+            rho = _rho(reg_cov, test_cov, inv, plan.w, a_pos, a_neg)
             per_neuron[key][name] = rho.reshape(plan.neuron_shape)
             means[key][name] = float(np.nanmean(rho)) if np.any(np.isfinite(rho)) else math.nan
     n_samples = {key: (reg[key].n, tst[key].n) for key in plans}
@@ -575,26 +583,55 @@ def _low_rank(cov: Mapping[str, np.ndarray], a_pos: np.ndarray, a_neg: np.ndarra
     return u, s, dy
 
 
-def _rho(reg: _Moments, test: _Moments, w: np.ndarray, a_pos: np.ndarray, a_neg: np.ndarray,
-         ridge: float) -> np.ndarray:
-    """ρ per neuron: ``v`` from the regression split, the correlation on the test split."""
-    dim = w.shape[0]
-    c = reg.covariances()
-    u, s, dy = _low_rank(c, a_pos, a_neg)
-    # (Σ_xx + λI)⁻¹ once per layer, then Woodbury per neuron:
-    # (A + U S Uᵀ)⁻¹ = A⁻¹ − A⁻¹U (I + S UᵀA⁻¹U)⁻¹ S UᵀA⁻¹ (needs no inverse of S).
-    evals, evecs = np.linalg.eigh(c["xx"])
+def _ridge_inverse(cov_xx: np.ndarray, ridge: float) -> np.ndarray:
+    """``(Σ_xx + λI)⁻¹`` with ``λ = ridge · trace(Σ_xx) / D``, from one eigendecomposition.
+
+    Computed once per layer: it is the same for every estimator and neuron."""
+    dim = cov_xx.shape[0]
+    evals, evecs = np.linalg.eigh(cov_xx)
     evals = np.clip(evals, 0.0, None)
     lam = ridge * max(float(evals.sum()) / dim, np.finfo(float).tiny)
-    inv = (evecs / (evals + lam)) @ evecs.T
+    return (evecs / (evals + lam)) @ evecs.T
+
+
+def _solve_small(inner: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """``inner⁻¹ rhs`` per neuron (``inner`` (N, 4, 4), ``rhs`` (N, 4)).
+
+    ``inner`` is singular in exact arithmetic only if ``cov(d̂) + λI`` is, which it is not. In
+    float64 it can be: the update must cancel all of ``Σ_xx``'s variance along ``w`` down to
+    ``λ``, which fails when ``λ`` is below rounding (a tiny ``ridge``) or when a neuron that hardly
+    varies has a huge pattern (the float32 fit's noise on inputs that never vary, amplified by
+    ``1/λ``). Those neurons get the minimum-norm least-squares solution instead of an error
+    (``NaN`` if the system is not even finite); every other neuron is solved exactly as by one
+    batched ``np.linalg.solve``."""
+    try:
+        return np.linalg.solve(inner, rhs[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        pass
+    out = np.full_like(rhs, np.nan)  # NaN (ρ undefined) where even that fails: non-finite input
+    for j in range(len(inner)):
+        try:
+            out[j] = np.linalg.solve(inner[j], rhs[j])
+        except np.linalg.LinAlgError:
+            if np.all(np.isfinite(inner[j])) and np.all(np.isfinite(rhs[j])):
+                out[j] = np.linalg.lstsq(inner[j], rhs[j], rcond=None)[0]
+    return out
+
+
+def _rho(c: Mapping[str, np.ndarray], t: Mapping[str, np.ndarray], inv: np.ndarray,
+         w: np.ndarray, a_pos: np.ndarray, a_neg: np.ndarray) -> np.ndarray:
+    """ρ per neuron: ``v`` from the regression split's covariances ``c`` (``inv`` is its
+    :func:`_ridge_inverse`), the correlation on the test split's ``t``."""
+    u, s, dy = _low_rank(c, a_pos, a_neg)
+    # (Σ_xx + λI)⁻¹ once per layer (inv), then Woodbury per neuron:
+    # (A + U S Uᵀ)⁻¹ = A⁻¹ − A⁻¹U (I + S UᵀA⁻¹U)⁻¹ S UᵀA⁻¹ (needs no inverse of S).
     b = dy @ inv  # (N, D): A⁻¹ cov(d̂, y), A symmetric
     inv_u = np.einsum("de,nek->ndk", inv, u)
     k = np.einsum("ndi,ndj->nij", u, inv_u)
     inner = np.eye(4) + s @ k
     rhs = np.einsum("nij,nj->ni", s, np.einsum("ndk,nd->nk", u, b))
-    v = b - np.einsum("ndk,nk->nd", inv_u, np.linalg.solve(inner, rhs[..., None])[..., 0])
+    v = b - np.einsum("ndk,nk->nd", inv_u, _solve_small(inner, rhs))
 
-    t = test.covariances()
     u_t, s_t, dy_t = _low_rank(t, a_pos, a_neg)
     cov_yd = np.einsum("nd,nd->n", v, dy_t)
     uv = np.einsum("ndk,nd->nk", u_t, v)
@@ -605,7 +642,9 @@ def _rho(reg: _Moments, test: _Moments, w: np.ndarray, a_pos: np.ndarray, a_neg:
     with np.errstate(divide="ignore", invalid="ignore"):
         corr = np.where(var_d > 0, cov_yd / np.sqrt(np.maximum(var_y, 0) * var_d), 0.0)
     corr = np.clip(np.abs(np.nan_to_num(corr)), 0.0, 1.0)
-    return np.where(var_y > 1e-12 * scale_y, 1.0 - corr, np.nan)
+    # A regression that overflowed says nothing (and must not read as corr = 0, ρ = 1).
+    defined = (var_y > 1e-12 * scale_y) & np.all(np.isfinite(v), axis=1)
+    return np.where(defined, 1.0 - corr, np.nan)
 
 
 # --- validation ------------------------------------------------------------------------------
