@@ -189,7 +189,7 @@ def forward(program: Program, inputs: Sequence[Any]) -> dict[int, Any]:
 
 
 def backward(program: Program, values: dict[int, Any], seed: Any,
-             rule_for: Callable[[Op], Rule]) -> list[Any]:
+             rule_for: Callable[[Op], Rule], renormalize: bool = False) -> list[Any]:
     """Walk the program in reverse from ``seed`` at the output; return signals at the inputs.
 
     Parameters
@@ -202,6 +202,13 @@ def backward(program: Program, values: dict[int, Any], seed: Any,
     rule_for : callable
         ``rule_for(op) -> rule``; the rule maps the signals at an op's outputs to signals at
         its inputs.
+    renormalize : bool
+        After every linear op, divide *all* pending signals by one common per-sample factor
+        (their largest magnitude). For rules that are linear in the signal (the gradient and the
+        pattern rules, whose gates come from the forward pass) this changes only each sample's
+        overall scale, never the explanation's direction or the relative weight of branches,
+        and it keeps float32 from overflowing where every layer amplifies the signal (patterns
+        of random-weight networks). The result's scale is then arbitrary.
 
     Returns
     -------
@@ -221,4 +228,17 @@ def backward(program: Program, values: dict[int, Any], seed: Any,
             if g is None:
                 continue
             signals[slot] = g if slot not in signals else signals[slot] + g
+        if renormalize and op.kind == "linear":
+            signals = _renormalized(signals)
     return [signals.get(s, tf.zeros_like(values[s])) for s in program.inputs]
+
+
+def _renormalized(signals: dict[int, Any]) -> dict[int, Any]:
+    """All signals divided by their common per-sample largest magnitude (1 where it is 0)."""
+    def per_sample_max(t):
+        return tf.reduce_max(tf.abs(tf.reshape(t, [tf.shape(t)[0], -1])), axis=1)
+
+    scale = tf.reduce_max(tf.stack([per_sample_max(t) for t in signals.values()]), axis=0)
+    scale = tf.where(scale > 0, scale, tf.ones_like(scale))
+    return {slot: t / tf.reshape(tf.cast(scale, t.dtype), [-1] + [1] * (len(t.shape) - 1))
+            for slot, t in signals.items()}

@@ -145,7 +145,9 @@ def test_patternnet_and_patternattribution(apps, name):
     is not, in float32, on these random-weight networks with the two-component estimator: its
     patterns are far from the filters (median ‖w‖·‖a‖ ≈ 17 per layer on ResNet50, where
     wᵀa = 1), so the signal grows by about that factor per layer and overflows after some
-    50 layers. With the filter estimator (‖w‖·‖a‖ = 1) PatternNet's output is finite."""
+    50 layers. With the filter estimator (‖w‖·‖a‖ = 1) PatternNet's output is finite, and
+    with ``renormalize=True`` (one common scale for all pending signals after every linear
+    layer) the two-component PatternNet's is finite too."""
     model, x, _ = apps(name)
     data = np.random.default_rng(13).uniform(-1, 1, (4,) + x.shape[1:]).astype("float32")
     with eagerly():
@@ -160,6 +162,8 @@ def test_patternnet_and_patternattribution(apps, name):
         attribution = pk.PatternAttribution(model, patterns=net.patterns)
         check_result(attribution.analyze(x), x, "PatternAttribution")
         assert net.analyze(x).shape == x.shape
+        renormalized = pk.PatternNet(model, patterns=net.patterns, renormalize=True)
+        check_result(renormalized.analyze(x), x, "PatternNet (renormalized)")
         # The filter estimator a = w / wᵀw needs no data: set it directly.
         filtered = pk.PatternNet(model, pattern_type="filter")
         filters = {}
@@ -421,6 +425,12 @@ def test_pattern_analyzers_through_add_and_concatenate(cls):
     g_h1 = g_s + (g_s * (z2 > 0)) @ K("d2").T
     want = (g_h1 * (z1 > 0)) @ K("d1").T
     assert_close(got, want, rtol=1e-5, atol_rel=1e-6)
+    # Renormalizing changes each sample's scale only, branches keep their relative weight.
+    again = cls(model, patterns=patterns, renormalize=True).analyze(x)
+    want_flat, again_flat = want.reshape(8, -1), np.float64(again).reshape(8, -1)
+    scale = (want_flat * again_flat).sum(1) / (again_flat * again_flat).sum(1)
+    assert_close(again_flat * scale[:, None], want_flat, rtol=1e-5, atol_rel=1e-6)
+    assert np.abs(again).max() <= 1.0 + 1e-6
 
 
 # ---------------------------------------------------------------------------------------------

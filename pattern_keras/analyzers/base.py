@@ -51,6 +51,8 @@ class Analyzer:
     seed_with_value: bool = False
     #: Fold BatchNormalization into the preceding linear layer before explaining.
     fold_batch_norm: bool = False
+    #: Keep the backward signal at a common per-sample scale (see ``engine.backward``).
+    _renormalize: bool = False
 
     def __init__(self, model: Any, neuron_selection_mode: str = "max_activation") -> None:
         if neuron_selection_mode not in NEURON_SELECTION_MODES:
@@ -96,7 +98,8 @@ class Analyzer:
             mask = tf.one_hot(selection, depth=self.num_outputs, dtype=flat.dtype)
         seed = mask * flat if self.seed_with_value else mask
         composite = self._composite()
-        signals = engine.backward(program, values, tf.reshape(seed, tf.shape(y)), composite)
+        signals = engine.backward(program, values, tf.reshape(seed, tf.shape(y)), composite,
+                                  renormalize=self._renormalize)
         return self._postprocess(inputs, signals)
 
     def _compiled_fn(self):

@@ -36,7 +36,9 @@ class _PatternAnalyzer(Analyzer):
 
     def __init__(self, model: Any, pattern_type: str | Mapping[str, str] = "relu",
                  patterns: Patterns | str | None = None,
-                 neuron_selection_mode: str = "max_activation") -> None:
+                 neuron_selection_mode: str = "max_activation",
+                 renormalize: bool = False) -> None:
+        self._renormalize = bool(renormalize)
         super().__init__(model, neuron_selection_mode=neuron_selection_mode)
         self.pattern_type = pattern_type
         self._computer = PatternComputer(model, pattern_type=pattern_type)
@@ -175,6 +177,12 @@ class PatternNet(_PatternAnalyzer):
     patterns : Patterns or str, optional
         Fitted patterns, or the path of a pattern file.
     neuron_selection_mode : {"max_activation", "index", "all"}
+    renormalize : bool
+        Rescale the backward signal to a common per-sample scale after every linear layer
+        (default ``False``). The explanation's direction is unchanged, its scale becomes
+        arbitrary (like iNNvestigate's per-layer projection). Use it where patterns amplify
+        the signal layer after layer until float32 overflows: deep networks with random or
+        poorly fitted weights, where ``‖a‖·‖w‖ ≫ 1``.
 
     Examples
     --------
