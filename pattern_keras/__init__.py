@@ -36,39 +36,45 @@ LRP splits relevance in proportion to the contributions), ``"max_pool"`` (signal
 winners), ``"relu"`` (a rectifier: gated by the forward pass, rectified by DeConvNet) and
 ``"linear_activation"`` (an elementwise identity). A layer with a learned kernel that the
 patterns should replace is not a kind one can register: Dense and convolutions only.
+
+The public names are imported on first use (PEP 562): ``import pattern_keras`` and the
+``pattern-keras`` command line start without importing TensorFlow.
 """
 
+import importlib as _importlib
+
 from pattern_keras._version import __version__
-from pattern_keras.analyzers import (
-    Analyzer,
-    DeConvNet,
-    DeepTaylor,
-    Gradient,
-    GuidedBackprop,
-    InputTimesGradient,
-    IntegratedGradients,
-    LRPAlpha1Beta0,
-    LRPAlpha2Beta1,
-    LRPAlphaBeta,
-    LRPEpsilon,
-    LRPZ,
-    LRPZPlus,
-    NotFittedError,
-    PatternAttribution,
-    PatternNet,
-    SmoothGrad,
-    analyzer_names,
-    create_analyzer,
-    register_analyzer,
-)
-from pattern_keras.layers import register_layer
-from pattern_keras.patterns import (
-    PatternComputer,
-    PatternFileError,
-    Patterns,
-    PatternStatistics,
-    model_fingerprint,
-)
+
+_EXPORTS = {
+    "Analyzer": "pattern_keras.analyzers",
+    "DeConvNet": "pattern_keras.analyzers",
+    "DeepTaylor": "pattern_keras.analyzers",
+    "Gradient": "pattern_keras.analyzers",
+    "GuidedBackprop": "pattern_keras.analyzers",
+    "InputTimesGradient": "pattern_keras.analyzers",
+    "IntegratedGradients": "pattern_keras.analyzers",
+    "LRPAlpha1Beta0": "pattern_keras.analyzers",
+    "LRPAlpha2Beta1": "pattern_keras.analyzers",
+    "LRPAlphaBeta": "pattern_keras.analyzers",
+    "LRPEpsilon": "pattern_keras.analyzers",
+    "LRPZ": "pattern_keras.analyzers",
+    "LRPZPlus": "pattern_keras.analyzers",
+    "NotFittedError": "pattern_keras.analyzers",
+    "PatternAttribution": "pattern_keras.analyzers",
+    "PatternNet": "pattern_keras.analyzers",
+    "SmoothGrad": "pattern_keras.analyzers",
+    "analyzer_names": "pattern_keras.analyzers",
+    "create_analyzer": "pattern_keras.analyzers",
+    "register_analyzer": "pattern_keras.analyzers",
+    "register_layer": "pattern_keras.layers",
+    "PatternComputer": "pattern_keras.patterns",
+    "PatternFileError": "pattern_keras.patterns",
+    "Patterns": "pattern_keras.patterns",
+    "PatternStatistics": "pattern_keras.patterns",
+    "model_fingerprint": "pattern_keras.patterns",
+}
+_SUBMODULES = ("analyzers", "datasets", "demo", "engine", "evaluation", "graph", "layers",
+               "patterns", "plot", "rules")
 
 __all__ = [
     "__version__",
@@ -99,3 +105,18 @@ __all__ = [
     "PatternFileError",
     "model_fingerprint",
 ]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(_importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = _importlib.import_module(f"pattern_keras.{name}")
+    else:
+        raise AttributeError(f"module 'pattern_keras' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBMODULES))
