@@ -138,18 +138,6 @@ def _quick_from_env() -> bool:
     return os.environ.get(QUICK_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _load_quality():
-    """``(signal_estimator_quality, plot_signal_estimator_quality)`` or ``None``."""
-    try:
-        from pattern_keras.evaluation.quality import (  # noqa: F401
-            plot_signal_estimator_quality,
-            signal_estimator_quality,
-        )
-    except ImportError:
-        return None
-    return signal_estimator_quality, plot_signal_estimator_quality
-
-
 def run_demo(
     output: str | os.PathLike = DEFAULT_OUTPUT,
     quick: bool | None = None,
@@ -186,6 +174,10 @@ def run_demo(
     from pattern_keras.datasets import signal_distractor
     from pattern_keras.evaluation.degradation import image_degradation, plot_degradation
     from pattern_keras.evaluation.groundtruth import signal_cosine, topk_precision
+    from pattern_keras.evaluation.quality import (
+        plot_signal_estimator_quality,
+        signal_estimator_quality,
+    )
 
     if settings is None:
         if quick is None:
@@ -275,35 +267,16 @@ def run_demo(
                                           order="random", seed=seed)
     figure = plot_degradation(
         results, title=f"image degradation ({patch}x{patch} patches, most relevant first)")
-    figure.set_size_inches(6.5, 4.5)
-    figure.tight_layout()
+    figure.set_size_inches(6.5, 4.5)  # plot_degradation lays the figure out itself
     plot.save_figure(figure, files["degradation"])
     aopc = {label: float(r.aopc) for label, r in results.items()}
 
     # 6. signal estimator quality
-    rho = None
-    quality = _load_quality()
-    if quality is None:
-        notes.append("signal_quality.png not written: pattern_keras.evaluation.quality is not "
-                      "available in this version.")
-        files.pop("signal_quality")
-        say("[6/6] Signal estimator quality: skipped (pattern_keras.evaluation.quality "
-            "is not available)")
-    else:
-        say("[6/6] Measuring the signal estimators' quality rho(S) per layer")
-        signal_estimator_quality, plot_signal_estimator_quality = quality
-        try:
-            rho = signal_estimator_quality(model, train.x, test.x)
-            plot.save_figure(plot_signal_estimator_quality(rho), files["signal_quality"])
-        except Exception as err:  # an optional step: report it, keep the other results
-            rho = None
-            files.pop("signal_quality")
-            notes.append(f"signal_quality.png not written: signal_estimator_quality failed "
-                         f"({type(err).__name__}: {' '.join(str(err).split())[:300]})")
-            say(f"      failed: {type(err).__name__}: {err}")
-        else:
-            rho = {str(layer): {str(k): float(v) for k, v in values.items()}
-                   for layer, values in rho.items()}
+    say("[6/6] Measuring the signal estimators' quality rho(S) per layer")
+    quality = signal_estimator_quality(model, train.x, test.x)
+    plot.save_figure(plot_signal_estimator_quality(quality), files["signal_quality"])
+    rho = {str(layer): {str(k): float(v) for k, v in values.items()}
+           for layer, values in quality.items()}
 
     seconds = time.perf_counter() - started
     metrics = {
@@ -363,12 +336,9 @@ def _write_summary(path, s, seed, metrics, notes, patch, steps, n_deg, train) ->
     ]
     lines += [f"aopc[{label}]: {value:.4f}" for label, value in metrics["aopc"].items()]
     lines += ["", "# signal estimator quality rho(S) per layer (higher is better)"]
-    if metrics["rho"] is None:
-        lines.append("rho: not computed (see the notes at the end)")
-    else:
-        for layer, values in metrics["rho"].items():
-            parts = " ".join(f"{k}={v:.4f}" for k, v in values.items())
-            lines.append(f"rho[{layer}]: {parts}")
+    for layer, values in metrics["rho"].items():
+        parts = " ".join(f"{k}={v:.4f}" for k, v in values.items())
+        lines.append(f"rho[{layer}]: {parts}")
     lines += ["", "# against the true signal, mean over the test images (higher is better):",
               "# |cosine| with the signal a_s*y; precision of the top-k pixels (k = support "
               "size, by |value|) on the signal's support"]

@@ -139,6 +139,10 @@ def run_mirrored(args) -> None:
     assert strategy.num_replicas_in_sync == args.replicas, strategy.num_replicas_in_sync
     x = np.load(args.data)["x"]
     results = {"replicas": strategy.num_replicas_in_sync}
+    # How the last global batch is split: with 4·32 + 1 samples, one replica gets nothing.
+    *_, last = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices(x).batch(BATCH_SIZE))
+    results["last_shards"] = [int(t.shape[0]) for t in strategy.experimental_local_results(last)]
     with strategy.scope():
         inside = build_cnn()
         inside.load_weights(args.weights)
@@ -168,8 +172,11 @@ def run_multiworker(args) -> None:
     import tensorflow as tf
 
     from pattern_keras import PatternNet
-    from pattern_keras.patterns import PatternComputer
+    from pattern_keras.patterns import PatternComputer, PatternStatistics
 
+    saves = []  # which processes write the checkpoint
+    real_save = PatternStatistics.save
+    PatternStatistics.save = lambda self, path: (saves.append(path), real_save(self, path))
     task = json.loads(os.environ["TF_CONFIG"])["task"]
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
@@ -182,6 +189,7 @@ def run_multiworker(args) -> None:
     results.update(stats_results("numpy-computer", stats))
     analyzer = PatternNet(model).fit(batches(x), verbose=0, strategy=strategy)
     results.update(patterns_results("generator-analyzer", analyzer.patterns))
+    results["checkpoint_writes"] = len(saves)
     np.savez(args.out, **results)
 
 

@@ -16,10 +16,6 @@ from pattern_keras.patterns import Patterns, PatternStatistics
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _quality_available() -> bool:
-    return demo._load_quality() is not None
-
-
 def _summary(path) -> dict[str, str]:
     """``key: value`` lines of summary.txt (comments and blank lines left out)."""
     entries = {}
@@ -30,7 +26,7 @@ def _summary(path) -> dict[str, str]:
     return entries
 
 
-def check_outputs(folder: pathlib.Path, n_train: int, quality_expected: bool) -> dict[str, str]:
+def check_outputs(folder: pathlib.Path, n_train: int) -> dict[str, str]:
     """Every file the demo promises exists and is valid; returns the summary's entries."""
     for name in ("explanations.png", "degradation.png"):
         image = mpimg.imread(folder / name)
@@ -53,17 +49,12 @@ def check_outputs(folder: pathlib.Path, n_train: int, quality_expected: bool) ->
             value = float(entries[f"{measure}[{label}]"])
             assert 0.0 <= value <= 1.0, (measure, label, value)
     rho_lines = {k: v for k, v in entries.items() if k.startswith("rho[")}
-    if quality_expected:
-        assert (folder / "signal_quality.png").exists()
-        assert mpimg.imread(folder / "signal_quality.png").ndim == 3
-        assert set(rho_lines) == {"rho[conv1]", "rho[conv2]", "rho[dense1]", "rho[logits]"}
-        for value in rho_lines.values():
-            for item in value.split():
-                estimator, rho = item.split("=")
-                assert 0.0 <= float(rho) <= 1.0 + 1e-9, (estimator, rho)
-    else:
-        assert not (folder / "signal_quality.png").exists()
-        assert entries["rho"].startswith("not computed")
+    assert mpimg.imread(folder / "signal_quality.png").ndim == 3
+    assert set(rho_lines) == {"rho[conv1]", "rho[conv2]", "rho[dense1]", "rho[logits]"}
+    for value in rho_lines.values():
+        for item in value.split():
+            estimator, rho = item.split("=")
+            assert 0.0 <= float(rho) <= 1.0 + 1e-9, (estimator, rho)
     return entries
 
 
@@ -72,7 +63,7 @@ def test_quick_demo_in_process(tmp_path, capsys):
     result = demo.run_demo(tmp_path / "out", settings=settings, seed=0)
     out = capsys.readouterr().out
     folder = tmp_path / "out"
-    check_outputs(folder, settings.n_train, _quality_available())
+    check_outputs(folder, settings.n_train)
     # What it printed: the steps and where everything went.
     assert "[1/6]" in out and "[6/6]" in out
     assert str(folder.resolve()) in out
@@ -81,8 +72,7 @@ def test_quick_demo_in_process(tmp_path, capsys):
         assert os.path.exists(path)
     assert result.metrics["fit_samples"] == settings.n_train
     assert set(result.metrics["aopc"]) == {*demo.DEGRADATION_METHODS, "random"}
-    if _quality_available():
-        assert not result.notes, result.notes
+    assert not result.notes, result.notes
 
 
 def test_quick_setting_from_the_environment(monkeypatch):
@@ -115,4 +105,4 @@ def test_demo_command_line(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert re.search(r"Done in \d+ s\. Wrote to .*demo", result.stdout)
-    check_outputs(out, demo.DemoSettings.quick().n_train, _quality_available())
+    check_outputs(out, demo.DemoSettings.quick().n_train)

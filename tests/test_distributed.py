@@ -124,6 +124,7 @@ def test_mirrored_strategy_equals_single_device(cnn, tmp_path):
     assert code == 0, tails([log])
     results = np.load(out)
     assert int(results["replicas"]) == 2
+    assert sorted(results["last_shards"]) == [0, 1]  # the last batch leaves a replica empty
     cases = sorted({k.split("::")[0] for k in results.files if "::" in k})
     assert cases == sorted(f"{where}-{kind}-{how}" for where, kind, how in worker.MIRRORED_CASES)
     for case in cases:
@@ -156,7 +157,8 @@ def test_multi_worker_mirrored_strategy_equals_single_device(cnn, tmp_path):
         assert int(results["replicas"]) == 2 and int(results["task_index"]) == index
         for case in ("numpy-computer", "generator-analyzer"):
             assert_same_patterns(results, cnn["reference"], case)
-    # Only the chief (worker 0) writes the statistics; they are the whole data set's.
+        # Only the chief (worker 0) writes the checkpoint (once, at the end).
+        assert int(results["checkpoint_writes"]) == (1 if index == 0 else 0)
     saved = PatternStatistics.load(checkpoint)
     assert saved.n_samples == N_SAMPLES and saved.n_batches == 5
     assert_same_patterns(worker.stats_results("chief", saved), cnn["reference"], "chief")
