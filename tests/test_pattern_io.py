@@ -343,3 +343,22 @@ def test_reference_patterns_and_analyses(reference, pattern_type):
         close(out3[rows], expected3[rows], rtol=1e-4, atol_rel=1e-5, err_msg=f"{name} index3")
         if pattern_type == "relu":
             assert not np.allclose(out3[~positive3], expected3[~positive3], rtol=1e-2)
+
+
+def test_patterns_of_the_model_before_further_training_are_refused():
+    """The fingerprint is taken when patterns are set, not when the analyzer was built: after
+    the model's weights change, patterns fitted on the old weights no longer load."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu"),
+                              keras.layers.Dense(2)])
+    x = np.random.default_rng(3).normal(size=(64, 4)).astype("float32")
+    analyzer = pk.PatternNet(model).fit(x, verbose=0)
+    old = analyzer.patterns
+    kernel, bias = model.layers[0].get_weights()
+    model.layers[0].set_weights([kernel + 0.5, bias])        # "trained further"
+    with pytest.raises(ValueError, match="weight values differ"):
+        analyzer.set_patterns(old)
+    analyzer.fit(x, verbose=0)                               # a new fit is accepted
+    assert analyzer.patterns.fingerprint == pk.model_fingerprint(model)

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from pattern_keras.analyzers.base import Analyzer
 from pattern_keras.patterns import PatternComputer, Patterns
-from pattern_keras.patterns.fingerprint import first_mismatch, model_fingerprint
+from pattern_keras.patterns.fingerprint import first_mismatch
 from pattern_keras.rules import ActivationRule, Composite, LinearRule
 
 __all__ = ["PatternNet", "PatternAttribution", "NotFittedError"]
@@ -42,7 +42,6 @@ class _PatternAnalyzer(Analyzer):
         super().__init__(model, neuron_selection_mode=neuron_selection_mode)
         self.pattern_type = pattern_type
         self._computer = PatternComputer(model, pattern_type=pattern_type)
-        self._fingerprint = self._computer.fingerprint
         self.patterns: Patterns | None = None
         self.statistics = None
         self._variables: dict[str, tuple[tf.Variable, tf.Variable | None]] = {}
@@ -79,7 +78,7 @@ class _PatternAnalyzer(Analyzer):
             have another shape or another pattern type.
         """
         if patterns.fingerprint:
-            mismatch = first_mismatch(self._fingerprint, patterns.fingerprint)
+            mismatch = first_mismatch(self._computer.fingerprint, patterns.fingerprint)
             if mismatch:
                 raise ValueError(f"These patterns were fitted on another model: {mismatch}.")
         for key, plan in self._computer.plans.items():

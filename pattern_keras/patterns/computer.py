@@ -83,7 +83,6 @@ class PatternComputer:
         self.model = model
         self.strategy = strategy
         self.program = engine.Program(model, fold_batch_norm=fold_batch_norm)
-        self.fingerprint = model_fingerprint(model)
         grouped: dict[str, list[Op]] = {}
         for op in self.program.linear_ops:
             grouped.setdefault(op.pattern_key, []).append(op)
@@ -100,6 +99,12 @@ class PatternComputer:
                 stats=needed_statistics(types[key], rectified))
         self.pattern_types = types
         self._cached_state: _State | None = None
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """The model's fingerprint now: taken afresh, since the model may have been trained
+        since this computer was built."""
+        return model_fingerprint(self.model)
 
     @property
     def keys(self) -> list[str]:
