@@ -220,11 +220,16 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_network("VGG16 224×224, 8 images", vgg16(), images(8, 224),
                               args.vgg16_repeats, only)
 
+    print_table(rows)
+    return 0
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    """The rows as a markdown table (what the README shows)."""
     print("| network | analyzer | analyze (s) | tape gradient (s) | ratio (wall) | ratio (CPU) |")
     print("|---|---|---:|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    return 0
 
 
 if __name__ == "__main__":

@@ -117,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{ratio / points:.2f} (CPU {cpu_ratio / points:.2f}); {total:.0f} s with the "
               "trace", file=sys.stderr, flush=True)
         del analyzer
-    print("| network | analyzer | analyze (s) | tape gradient (s) | ratio (wall) | ratio (CPU) |")
-    print("|---|---|---:|---:|---:|---:|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    bench.print_table(rows)
     return 0
 
 

@@ -301,18 +301,8 @@ def test_merge_refuses_other_models_and_types():
 
 
 @pytest.fixture(scope="module")
-def reference():
-    ref = np.load(DATA / "innvestigate-1.0.9-mlp.npz")
-    x = keras.Input((64,))
-    h = L.Dense(32, activation="relu", name="dense1")(x)
-    h = L.Dense(16, activation="relu", name="dense2")(h)
-    model = keras.Model(x, L.Dense(10, name="dense3")(h))
-    for name in ("dense1", "dense2", "dense3"):
-        model.get_layer(name).set_weights([ref[f"weights/{name}/kernel"],
-                                           ref[f"weights/{name}/bias"]])
-    np.testing.assert_allclose(model.predict(ref["x_analyze"], verbose=0), ref["logits"],
-                               rtol=1e-5, atol=1e-5)
-    return model, ref
+def reference(reference_mlp):
+    return reference_mlp
 
 
 @pytest.mark.parametrize("pattern_type", ["linear", "relu"])

@@ -322,6 +322,8 @@ class _State:
 
     def reset(self, resumed: PatternStatistics | None = None) -> None:
         """Start a new fit: zero sums and no shifts, or the state of a resumed checkpoint."""
+        # Hashed once per fit, not per checkpoint: the weights do not change during a fit.
+        self.fingerprint = self.computer.fingerprint
         self.shifted = False
         self.n_samples.assign(0)
         for key in self.sums:
@@ -479,7 +481,7 @@ class _State:
                 shift_y=self.shift_y[key].numpy().astype(np.float64),
                 sums={name: var.numpy() for name, var in self.sums[key].items()})
         return PatternStatistics(layers, n_samples=int(self.n_samples.numpy()),
-                                 n_batches=n_batches, fingerprint=self.computer.fingerprint)
+                                 n_batches=n_batches, fingerprint=self.fingerprint)
 
 
 # ----------------------------------------------------------------------------------------------
