@@ -1,0 +1,54 @@
+"""Today's outputs against the frozen baseline (``tests/data/baseline-<commit>.npz``).
+
+Every analyzer of the registry, on the reference MLP, the VGG-style benchmark network and a small
+residual CNN, in every stored neuron-selection mode, must give what it gave at the commit the
+baseline was taken at, within ``1e-6`` of the largest value of the stored explanation: a refactor
+may regroup float32 arithmetic, not change a result. A key of the baseline that today's registry
+no longer produces fails too (an analyzer silently dropped); an analyzer added since is not in the
+baseline and is skipped by design. See ``tests/data/make_baseline.py`` for how it was made.
+"""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+DATA = pathlib.Path(__file__).parent / "data"
+BASELINE = DATA / "baseline-0d5bfa3.npz"
+RTOL_OF_MAX = 1e-6
+
+
+def _maker():
+    spec = importlib.util.spec_from_file_location("make_baseline", DATA / "make_baseline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    data = np.load(BASELINE)
+    return {k: data[k] for k in data.files}
+
+
+@pytest.mark.parametrize("network", ["mlp", "vgg_style", "resnet"])
+def test_outputs_equal_frozen_baseline(network, baseline):
+    make = _maker()
+    spec = make.networks(stored=baseline)[network]
+    np.testing.assert_allclose(make.weight_checksum(spec[0]), baseline[f"{network}/weights/checksum"],
+                               rtol=1e-12, err_msg=f"{network} was not rebuilt as frozen")
+    names = sorted({k.split("/")[1] for k in baseline
+                    if k.startswith(f"{network}/") and k.split("/")[1] not in ("inputs", "weights")})
+    assert len(names) >= 15, names
+    now = make.outputs(network, spec, analyzers=names)
+    expected = {k: v for k, v in baseline.items() if k.startswith(f"{network}/")
+                and k.split("/")[1] not in ("inputs", "weights")}
+    assert sorted(now) == sorted(expected)
+    for key, ref in expected.items():
+        got = now[key]
+        assert got.shape == ref.shape and got.dtype == ref.dtype, key
+        scale = float(np.abs(ref).max())
+        assert scale > 0, f"{key}: the frozen explanation is all zeros"
+        np.testing.assert_allclose(got, ref, rtol=0, atol=RTOL_OF_MAX * scale, err_msg=key)
