@@ -508,10 +508,25 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _first_sentence(doc: str | None) -> str:
+    """The docstring's first paragraph on one line, as plain text (no reST markup)."""
     if not doc:
         return ""
-    first = " ".join(doc.strip().split("\n\n")[0].split())
-    return first
+    return _plain_text(" ".join(doc.strip().split("\n\n")[0].split()))
+
+
+def _plain_text(text: str) -> str:
+    """Strip the reST markup the docstrings use: ``:class:`~a.b.C``` -> ``C``,
+    ``:meth:`text``` -> ``text``, double and single backquotes -> nothing."""
+    import re
+
+    def role(match: re.Match) -> str:
+        target = match.group(1)
+        if target.startswith("~"):
+            target = target[1:].rsplit(".", 1)[-1]
+        return target
+
+    text = re.sub(r":[a-z]+(?::[a-z]+)?:`([^`]+)`", role, text)
+    return text.replace("``", "").replace("`", "")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -449,7 +449,13 @@ def _builder_for(layer: Any):
 
 
 def supported_layer_names() -> list[str]:
-    """Names of the layer classes the engine supports (including registered ones)."""
+    """Names of the layer classes the engine supports (including registered ones).
+
+    Returns
+    -------
+    list of str
+        Sorted class names.
+    """
     return sorted({cls.__name__ for cls in _REGISTRY})
 
 

@@ -104,6 +104,9 @@ def test_methods_lists_every_analyzer_with_a_description(capsys):
     for line in lines:
         assert len(line.split(None, 1)) == 2  # a name and a description
     assert "needs --patterns" in next(l for l in lines if l.startswith("pattern.attribution"))
+    # Plain text: none of the docstrings' reST markup.
+    assert "`" not in out and ":class:" not in out
+    assert "x ⊙ ∂y/∂x" in next(l for l in lines if l.startswith("input_t_gradient"))
 
 
 def test_help_of_every_subcommand(capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Any, Sequence, Union
 
 import numpy as np
@@ -166,6 +167,7 @@ class Analyzer:
             for i, o in enumerate(out):
                 parts[i].append(o.numpy())
         results = [np.concatenate(p, axis=0) for p in parts]
+        self._warn_if_zero(results)
         return results if self._multi_input else results[0]
 
     def _analyze_dataset(self, dataset: tf.data.Dataset, neuron_selection: Any):
@@ -192,7 +194,28 @@ class Analyzer:
         if parts is None:
             raise ValueError("The dataset yielded no batches: nothing to analyze.")
         results = [np.concatenate(p, axis=0) for p in parts]
+        self._warn_if_zero(results)
         return results if self._multi_input else results[0]
+
+    def _warn_if_zero(self, results: list[np.ndarray]) -> None:
+        """One warning naming the samples whose explanation is zero everywhere (all inputs)."""
+        zero = np.ones(results[0].shape[0], dtype=bool)
+        for r in results:
+            zero &= ~np.any(r.reshape(r.shape[0], -1) != 0, axis=1)
+        if not zero.any():
+            return
+        indices = np.flatnonzero(zero)
+        shown = ", ".join(str(i) for i in indices[:10]) + (", ..." if len(indices) > 10 else "")
+        seed = ("the selected output's value is 0 (this method starts the backward pass from "
+                "it), " if self.seed_with_value else "")
+        warnings.warn(
+            f"{type(self).__name__}: the explanation is zero everywhere for "
+            f"{len(indices)} of {len(zero)} samples (indices {shown}). This happens when the "
+            f"backward signal dies on the way: {seed}every ReLU between the input and the "
+            "selected output is inactive for that sample (a dead or untrained network, an "
+            "input far from the training data), or a rule that rectifies the signal (Guided "
+            "BackProp, DeConvNet, LRP-αβ) removes all of it. Check the model's output for these "
+            "samples, or try another method.", RuntimeWarning, stacklevel=3)
 
     @property
     def _multi_input(self) -> bool:

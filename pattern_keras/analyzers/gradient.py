@@ -27,6 +27,13 @@ class Gradient(Analyzer):
 
     Seeded with 1 at the selected neuron, so the result equals ``tf.GradientTape``'s gradient.
     Shows how the network filters the input (the weights), not where the signal is.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A Functional or Sequential model with one output (see :class:`Analyzer`).
+    neuron_selection_mode : {"max_activation", "index", "all"}
+        Which output neuron is explained (see :class:`Analyzer`).
     """
 
     seed_with_value = False
@@ -39,6 +46,13 @@ class InputTimesGradient(Gradient):
     """The input times the gradient, ``x ⊙ ∂y/∂x`` (seeded with 1).
 
     Equals LRP-z on a bias-free ReLU network.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A Functional or Sequential model with one output (see :class:`Analyzer`).
+    neuron_selection_mode : {"max_activation", "index", "all"}
+        Which output neuron is explained (see :class:`Analyzer`).
     """
 
     def _postprocess(self, inputs, signals):
@@ -49,6 +63,13 @@ class DeConvNet(Analyzer):
     """DeConvNet (Zeiler & Fergus 2014): ReLUs pass ``max(g, 0)`` regardless of the forward pass.
 
     Seeded with the selected neuron's value ``y``.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A Functional or Sequential model with one output (see :class:`Analyzer`).
+    neuron_selection_mode : {"max_activation", "index", "all"}
+        Which output neuron is explained (see :class:`Analyzer`).
     """
 
     seed_with_value = True
@@ -62,6 +83,13 @@ class GuidedBackprop(Analyzer):
     pass only positive signals.
 
     Seeded with the selected neuron's value ``y``.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A Functional or Sequential model with one output (see :class:`Analyzer`).
+    neuron_selection_mode : {"max_activation", "index", "all"}
+        Which output neuron is explained (see :class:`Analyzer`).
     """
 
     seed_with_value = True

@@ -42,6 +42,13 @@ class LRPZ(Analyzer):
     :class:`~pattern_keras.InputTimesGradient`: the seed ``y`` is divided by ``z = y`` at the
     output layer, so LRP seeded with ``y`` and input×gradient seeded with 1 agree. On a bias-free
     ReLU network relevance is also conserved (``Σ_i R_i = y``).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A Functional or Sequential model with one output (see :class:`Analyzer`).
+    neuron_selection_mode : {"max_activation", "index", "all"}
+        Which output neuron is explained (see :class:`Analyzer`).
     """
 
     seed_with_value = True
@@ -173,7 +180,18 @@ class LRPAlphaBeta(_SignSplitLRP):
 
 
 class LRPAlpha1Beta0(LRPAlphaBeta):
-    """LRP-α1β0: only positive contributions count (:class:`LRPAlphaBeta` with α=1, β=0)."""
+    """LRP-α1β0: only positive contributions count (:class:`LRPAlphaBeta` with α=1, β=0).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A Functional or Sequential model with one output (see :class:`Analyzer`).
+    bias : bool
+        Whether biases take their share of relevance (default True; see
+        :class:`LRPAlphaBeta`).
+    neuron_selection_mode : {"max_activation", "index", "all"}
+        Which output neuron is explained (see :class:`Analyzer`).
+    """
 
     def __init__(self, model: Any, bias: bool = True,
                  neuron_selection_mode: str = "max_activation") -> None:
@@ -182,7 +200,18 @@ class LRPAlpha1Beta0(LRPAlphaBeta):
 
 
 class LRPAlpha2Beta1(LRPAlphaBeta):
-    """LRP-α2β1 (:class:`LRPAlphaBeta` with α=2, β=1)."""
+    """LRP-α2β1 (:class:`LRPAlphaBeta` with α=2, β=1).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A Functional or Sequential model with one output (see :class:`Analyzer`).
+    bias : bool
+        Whether biases take their share of relevance (default True; see
+        :class:`LRPAlphaBeta`).
+    neuron_selection_mode : {"max_activation", "index", "all"}
+        Which output neuron is explained (see :class:`Analyzer`).
+    """
 
     def __init__(self, model: Any, bias: bool = True,
                  neuron_selection_mode: str = "max_activation") -> None:
@@ -199,6 +228,13 @@ class LRPZPlus(_SignSplitLRP):
     decomposition's z⁺ rule with ``w⁺``; for inputs of either sign the positive contributions
     ``x⁺w⁺ + x⁻w⁻`` are used (iNNvestigate's ``ZPlusRule``). Equal to
     ``LRPAlpha1Beta0(bias=False)``. Seeded with ``y``.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A Functional or Sequential model with one output (see :class:`Analyzer`).
+    neuron_selection_mode : {"max_activation", "index", "all"}
+        Which output neuron is explained (see :class:`Analyzer`).
     """
 
     def _linear_rule(self) -> Any:

@@ -56,11 +56,44 @@ class _PatternAnalyzer(Analyzer):
     def fit(self, data: Any, batch_size: int = 32, steps: int | None = None, verbose: int = 1,
             strategy: tf.distribute.Strategy | None = None, checkpoint_path: str | None = None,
             checkpoint_every: int | None = None) -> "_PatternAnalyzer":
-        """Learn the patterns from ``data``; see :meth:`PatternComputer.compute_statistics`.
+        """Learn the patterns from ``data`` in one streaming pass, and use them from now on.
+
+        The fit's sufficient statistics are kept in :attr:`statistics` (float64 sums, see
+        :class:`~pattern_keras.PatternStatistics`), so that :meth:`save_patterns` can store
+        them for a later merge or resume.
+
+        Parameters
+        ----------
+        data : array, list of arrays, tf.data.Dataset, generator or keras.utils.PyDataset
+            A numpy array (batched here with ``batch_size``), a dataset of batches yielding
+            ``x``, ``(x, y)`` or ``(x, y, w)`` (only ``x`` is used), a Python generator of such
+            batches, or a ``PyDataset``.
+        batch_size : int
+            Global batch size for array data (default 32).
+        steps : int, optional
+            Number of batches to use (required for an endless generator).
+        verbose : int
+            1: a Keras progress bar (default); 0: silent.
+        strategy : tf.distribute.Strategy, optional
+            Run the fit under this strategy (several GPUs or hosts); ``batch_size`` is then the
+            global batch.
+        checkpoint_path : str, optional
+            Write the statistics there every ``checkpoint_every`` batches (atomically) and at
+            the end; if the file exists at start, resume from it, skipping the batches it
+            already counted. Refuses a checkpoint of another model or pattern type.
+        checkpoint_every : int, optional
+            Batches between checkpoints (default: only at the end).
 
         Returns
         -------
-        self
+        PatternNet or PatternAttribution
+            ``self``, fitted, so that ``pk.PatternAttribution(model).fit(x)`` can be chained.
+
+        Raises
+        ------
+        ValueError
+            If the data yields no batch, or a checkpoint belongs to another model or pattern
+            type.
         """
         self.statistics = self._computer.compute_statistics(
             data, batch_size=batch_size, steps=steps, verbose=verbose, strategy=strategy,
@@ -70,6 +103,12 @@ class _PatternAnalyzer(Analyzer):
 
     def set_patterns(self, patterns: Patterns) -> None:
         """Use ``patterns`` (fitted on this model) from now on.
+
+        Parameters
+        ----------
+        patterns : Patterns
+            Patterns fitted on this model with this analyzer's pattern type (from
+            :meth:`fit`, :meth:`PatternComputer.compute` or :meth:`Patterns.load`).
 
         Raises
         ------
@@ -113,14 +152,39 @@ class _PatternAnalyzer(Analyzer):
         self.patterns = patterns
 
     def save_patterns(self, path: str, include_statistics: bool = True) -> None:
-        """Write the patterns to an HDF5 file (with the fit's statistics, when there are any,
-        so the fit can later be merged or resumed)."""
+        """Write the patterns to an HDF5 file.
+
+        Parameters
+        ----------
+        path : str
+            The file to write (replaced if it exists); the layout is described in the README,
+            "The pattern file".
+        include_statistics : bool
+            Also store the fit's float64 sufficient statistics, when there are any (default
+            ``True``), so that the fit can later be merged with another or resumed.
+            Patterns set or loaded without a fit have none.
+
+        Raises
+        ------
+        NotFittedError
+            If the analyzer has no patterns yet.
+        """
         self._check_ready()
         stats = self.statistics if include_statistics else None
         self.patterns.save(path, statistics=stats)
 
     def load_patterns(self, path: str) -> "_PatternAnalyzer":
         """Read patterns from an HDF5 file written by :meth:`save_patterns`.
+
+        Parameters
+        ----------
+        path : str
+            A pattern file fitted on this model (its fingerprint is checked).
+
+        Returns
+        -------
+        PatternNet or PatternAttribution
+            ``self``, with the patterns set.
 
         Raises
         ------
@@ -171,11 +235,14 @@ class PatternNet(_PatternAnalyzer):
     Parameters
     ----------
     model : keras.Model
+        A Functional or Sequential model with one output (see :class:`Analyzer`).
     pattern_type : {"relu", "linear", "filter"} or dict
-        The signal estimator (see :class:`~pattern_keras.PatternComputer`).
+        The signal estimator (see :class:`~pattern_keras.PatternComputer`); a dict
+        ``{layer name: type}`` overrides it per layer.
     patterns : Patterns or str, optional
         Fitted patterns, or the path of a pattern file.
     neuron_selection_mode : {"max_activation", "index", "all"}
+        Which output neuron is explained (see :class:`Analyzer`).
     renormalize : bool
         Rescale the backward signal to a common per-sample scale after every linear layer
         (default ``False``). The explanation's direction is unchanged, its scale becomes
@@ -198,7 +265,24 @@ class PatternAttribution(_PatternAnalyzer):
     The backward pass replaces every kernel ``W`` by ``W ⊙ A`` and is seeded with the selected
     neuron's value ``y``; for a linear model the result is ``w ⊙ a · y``.
 
-    Parameters are those of :class:`PatternNet`.
+    Parameters
+    ----------
+    model : keras.Model
+        A Functional or Sequential model with one output (see :class:`Analyzer`).
+    pattern_type : {"relu", "linear", "filter"} or dict
+        The signal estimator (see :class:`~pattern_keras.PatternComputer`); a dict
+        ``{layer name: type}`` overrides it per layer.
+    patterns : Patterns or str, optional
+        Fitted patterns, or the path of a pattern file.
+    neuron_selection_mode : {"max_activation", "index", "all"}
+        Which output neuron is explained (see :class:`Analyzer`).
+    renormalize : bool
+        Keep the backward signal at a common per-sample scale (see :class:`PatternNet`).
+
+    Examples
+    --------
+    >>> analyzer = pk.PatternAttribution(model).fit(x_train)
+    >>> heatmaps = analyzer.analyze(x_test)    # shaped like x_test
     """
 
     kernel_choice = "WA"

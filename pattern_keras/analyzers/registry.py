@@ -10,12 +10,26 @@ _ANALYZERS: dict[str, type] = {}
 
 
 def register_analyzer(name: str, cls: type) -> None:
-    """Make ``cls`` available as ``create_analyzer(name, ...)``."""
+    """Make ``cls`` available as ``create_analyzer(name, ...)``.
+
+    Parameters
+    ----------
+    name : str
+        The name to register (replaces an analyzer already registered under it).
+    cls : type
+        An :class:`~pattern_keras.Analyzer` subclass, called as ``cls(model, **kwargs)``.
+    """
     _ANALYZERS[name] = cls
 
 
 def analyzer_names() -> list[str]:
-    """The names ``create_analyzer`` accepts."""
+    """The names ``create_analyzer`` accepts.
+
+    Returns
+    -------
+    list of str
+        In registration order.
+    """
     return list(_ANALYZERS)
 
 
@@ -31,6 +45,11 @@ def create_analyzer(name: str, model: Any, **kwargs: Any):
     **kwargs
         Passed to the analyzer's constructor (``neuron_selection_mode``, ``epsilon``,
         ``pattern_type``, ``patterns``, ...).
+
+    Returns
+    -------
+    Analyzer
+        A new analyzer of the registered class.
 
     Raises
     ------

@@ -115,11 +115,34 @@ class PatternComputer:
     def compute(self, data: Any, batch_size: int = 32, steps: int | None = None,
                 verbose: int = 1, strategy: tf.distribute.Strategy | None = None,
                 checkpoint_path: str | None = None, checkpoint_every: int | None = None):
-        """Fit the patterns on ``data``; see :meth:`compute_statistics` for the arguments.
+        """Fit the patterns on ``data``: :meth:`compute_statistics`, then the estimators.
+
+        Parameters
+        ----------
+        data : array, list of arrays, tf.data.Dataset, generator or keras.utils.PyDataset
+            A numpy array (batched here with ``batch_size``), a dataset of batches yielding
+            ``x``, ``(x, y)`` or ``(x, y, w)`` (only ``x`` is used), a Python generator of such
+            batches, or a ``PyDataset``.
+        batch_size : int
+            Global batch size for array data (default 32).
+        steps : int, optional
+            Number of batches to use (required for an endless generator).
+        verbose : int
+            1: a Keras progress bar (default); 0: silent.
+        strategy : tf.distribute.Strategy, optional
+            Run the fit under this strategy (several GPUs or hosts); ``batch_size`` is then the
+            global batch.
+        checkpoint_path : str, optional
+            Write the statistics there every ``checkpoint_every`` batches (atomically) and at
+            the end; if the file exists at start, resume from it, skipping the batches it
+            already counted. Refuses a checkpoint of another model or pattern type.
+        checkpoint_every : int, optional
+            Batches between checkpoints (default: only at the end).
 
         Returns
         -------
         Patterns
+            One pattern per linear layer, shaped like its kernel.
         """
         return self.compute_statistics(
             data, batch_size=batch_size, steps=steps, verbose=verbose, strategy=strategy,

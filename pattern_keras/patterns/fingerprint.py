@@ -21,6 +21,11 @@ __all__ = ["model_fingerprint", "first_mismatch"]
 def model_fingerprint(model: Any) -> dict[str, Any]:
     """The fingerprint of a Keras model.
 
+    Parameters
+    ----------
+    model : keras.Model
+        A built model. Its weights are read (hashed), not changed.
+
     Returns
     -------
     dict

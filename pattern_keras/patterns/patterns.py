@@ -56,11 +56,32 @@ class Patterns(Mapping[str, np.ndarray]):
         return len(self._positive)
 
     def has_negative(self, key: str) -> bool:
-        """Whether layer ``key`` keeps its negative regime."""
+        """Whether layer ``key`` keeps its negative regime.
+
+        Parameters
+        ----------
+        key : str
+            A layer key, as in ``patterns[key]``.
+
+        Returns
+        -------
+        bool
+            ``True`` when :meth:`negative` has an ``a₋`` for this layer.
+        """
         return key in self._negative
 
     def negative(self, key: str) -> np.ndarray:
         """``a₋`` of layer ``key``.
+
+        Parameters
+        ----------
+        key : str
+            A layer key, as in ``patterns[key]``.
+
+        Returns
+        -------
+        numpy.ndarray
+            The negative-regime pattern, float32, shaped like the layer's kernel.
 
         Raises
         ------
@@ -79,14 +100,39 @@ class Patterns(Mapping[str, np.ndarray]):
         return self._negative[key]
 
     def save(self, path: str, statistics: Any = None) -> None:
-        """Write the patterns (and optionally their statistics) to an HDF5 file."""
+        """Write the patterns (and optionally their statistics) to an HDF5 file.
+
+        Parameters
+        ----------
+        path : str
+            The file to write (replaced if it exists). The layout is described in the README,
+            "The pattern file".
+        statistics : PatternStatistics, optional
+            The fit's sufficient statistics, stored beside the patterns so that the fit can be
+            merged with another or resumed.
+        """
         from pattern_keras.patterns import io
 
         io.save(path, patterns=self, statistics=statistics)
 
     @classmethod
     def load(cls, path: str) -> "Patterns":
-        """Read a pattern file; see :func:`pattern_keras.patterns.io.load_patterns`."""
+        """Read a pattern file written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str
+            An HDF5 pattern file. Only arrays and attributes are read; nothing is unpickled.
+
+        Returns
+        -------
+        Patterns
+
+        Raises
+        ------
+        PatternFileError
+            If the file is not a pattern file, or is truncated or corrupt.
+        """
         from pattern_keras.patterns import io
 
         return io.load_patterns(path)

@@ -92,14 +92,38 @@ class LayerStatistics:
         return tuple(a for a in range(rank) if a not in outs)
 
     def to_kernel(self, per_neuron: np.ndarray) -> np.ndarray:
-        """Broadcast a per-neuron array against the kernel."""
+        """Broadcast a per-neuron array against the kernel.
+
+        Parameters
+        ----------
+        per_neuron : numpy.ndarray
+            One value per output neuron, shaped like the kernel's :attr:`out_axes`.
+
+        Returns
+        -------
+        numpy.ndarray
+            The same values reshaped with size-1 axes where the kernel has input axes.
+        """
         shape = [1] * self.kernel.ndim
         for axis, size in zip(self.out_axes, per_neuron.shape):
             shape[axis] = size
         return per_neuron.reshape(shape)
 
     def reshift(self, shift_x: float, shift_y: np.ndarray) -> "LayerStatistics":
-        """The same statistics expressed with other shifts (exact: the sums are polynomial)."""
+        """The same statistics expressed with other shifts (exact: the sums are polynomial).
+
+        Parameters
+        ----------
+        shift_x : float
+            The new scalar subtracted from the layer's inputs.
+        shift_y : numpy.ndarray
+            The new per-neuron values subtracted from the layer's outputs.
+
+        Returns
+        -------
+        LayerStatistics
+            A new object; this one is unchanged.
+        """
         dx = float(self.shift_x) - float(shift_x)
         dy = np.asarray(self.shift_y, np.float64) - np.asarray(shift_y, np.float64)
         s = self.sums
@@ -138,8 +162,14 @@ class LayerStatistics:
             return np.where(ok, num / np.where(ok, den, 1.0), 0.0)
 
     def patterns(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(a, a_negative)``: the pattern (``a₊`` for ``"relu"``) and, where the layer keeps
-        its negative regime, ``a₋`` (else ``None``). float64, shaped like the kernel."""
+        """The patterns these sums give.
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            ``(a, a_negative)``: the pattern (``a₊`` for ``"relu"``) and, where the layer keeps
+            its negative regime, ``a₋`` (else ``None``). float64, shaped like the kernel.
+        """
         s = self.sums
         if self.pattern_type == "filter":
             w = self.kernel.astype(np.float64)
@@ -190,7 +220,14 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
         return len(self.layers)
 
     def patterns(self):
-        """The patterns these statistics give (a :class:`~pattern_keras.patterns.Patterns`)."""
+        """The patterns these statistics give.
+
+        Returns
+        -------
+        Patterns
+            One pattern per layer (float32), with the pattern types, the number of samples
+            and the model's fingerprint.
+        """
         from pattern_keras.patterns.patterns import Patterns
 
         positive, negative, types = {}, {}, {}
@@ -208,6 +245,17 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
 
         Statistics taken with different shifts (each fit picks its own from its first batch)
         are re-expressed with this object's shifts first, which is exact.
+
+        Parameters
+        ----------
+        other : PatternStatistics
+            Statistics of another data set, taken on the same model with the same pattern
+            types.
+
+        Returns
+        -------
+        PatternStatistics
+            The statistics of both data sets together.
 
         Raises
         ------
@@ -241,14 +289,36 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
                                  self.n_batches + other.n_batches, self.fingerprint)
 
     def save(self, path: str) -> None:
-        """Write the statistics (and the patterns they give) to an HDF5 file."""
+        """Write the statistics (and the patterns they give) to an HDF5 file.
+
+        Parameters
+        ----------
+        path : str
+            The file to write (replaced if it exists); a pattern file that
+            :meth:`Patterns.load` also reads.
+        """
         from pattern_keras.patterns import io
 
         io.save(path, patterns=self.patterns(), statistics=self)
 
     @classmethod
     def load(cls, path: str) -> "PatternStatistics":
-        """Read statistics written by :meth:`save` (or ``Patterns.save(..., statistics=...)``)."""
+        """Read statistics written by :meth:`save` (or ``Patterns.save(..., statistics=...)``).
+
+        Parameters
+        ----------
+        path : str
+            A pattern file that holds statistics.
+
+        Returns
+        -------
+        PatternStatistics
+
+        Raises
+        ------
+        ValueError
+            If the file holds patterns only.
+        """
         from pattern_keras.patterns import io
 
         stats = io.load_statistics(path)
