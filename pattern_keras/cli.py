@@ -309,16 +309,18 @@ def _input_signature(model: Any) -> str:
 
 def _fit_to_model(x, model: Any, path: str):
     """Check x against the model's input; add a trailing channel axis of 1 where it is missing."""
+    from pattern_keras import _checks
+
     if len(model.inputs) != 1:
         raise UsageError(f"the command line handles models with one input; this model has "
                          f"{len(model.inputs)} inputs: {_input_signature(model)}")
     want = tuple(model.inputs[0].shape)
     if x.ndim == len(want) - 1 and want[-1] == 1:
         x = x[..., None]
-    ok = x.ndim == len(want) and all(w is None or w == s for s, w in zip(x.shape[1:], want[1:]))
-    if not ok:
-        raise UsageError(f"data '{path}' has shape {tuple(x.shape)}; the model expects "
-                         f"{_input_signature(model)}")
+    try:
+        _checks.model_inputs(x, [(want, "float32")], name=f"data '{path}'", as_numpy=True)
+    except ValueError as err:
+        raise UsageError(_one_line(err).rstrip(".")) from None
     return x
 
 
@@ -551,8 +553,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _check_positive(option: str, value: int) -> None:
-    if value < 1:
-        raise UsageError(f"{option} must be a positive integer; got {value}")
+    from pattern_keras import _checks
+
+    try:
+        _checks.positive_int(value, option)
+    except ValueError as err:
+        raise UsageError(_one_line(err).rstrip(".")) from None
 
 
 def _check_exists(path: str, what: str) -> None:

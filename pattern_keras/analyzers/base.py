@@ -10,12 +10,12 @@ from typing import Any, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-from pattern_keras import engine
+from pattern_keras import _checks, engine
+from pattern_keras._checks import NEURON_SELECTION_MODES
 from pattern_keras.rules import Composite
 
 __all__ = ["Analyzer", "NEURON_SELECTION_MODES"]
 
-NEURON_SELECTION_MODES = ("max_activation", "index", "all")
 DEFAULT_BATCH_SIZE = 32
 
 ArrayLike = Union[np.ndarray, tf.Tensor, Sequence[np.ndarray], tf.data.Dataset]
@@ -56,11 +56,7 @@ class Analyzer:
     _renormalize: bool = False
 
     def __init__(self, model: Any, neuron_selection_mode: str = "max_activation") -> None:
-        if neuron_selection_mode not in NEURON_SELECTION_MODES:
-            raise ValueError(
-                f"neuron_selection_mode must be one of {NEURON_SELECTION_MODES}, "
-                f"got {neuron_selection_mode!r}."
-            )
+        _checks.selection_mode(neuron_selection_mode)
         self.model = model
         self.neuron_selection_mode = neuron_selection_mode
         self._program = engine.Program(model, fold_batch_norm=self.fold_batch_norm)
@@ -90,13 +86,8 @@ class Analyzer:
         program = self._program
         values = engine.forward(program, inputs)
         y = values[program.output]
-        flat = tf.reshape(y, [tf.shape(y)[0], -1])
-        if self.neuron_selection_mode == "all":
-            mask = tf.ones_like(flat)
-        else:
-            if self.neuron_selection_mode == "max_activation":
-                selection = tf.argmax(flat, axis=1, output_type=tf.int32)
-            mask = tf.one_hot(selection, depth=self.num_outputs, dtype=flat.dtype)
+        flat, mask = _checks.selection_mask(y, self.neuron_selection_mode, selection,
+                                            self.num_outputs)
         seed = mask * flat if self.seed_with_value else mask
         composite = self._composite()
         signals = engine.backward(program, values, tf.reshape(seed, tf.shape(y)), composite,
@@ -155,10 +146,8 @@ class Analyzer:
         inputs = self._validate_inputs(x)
         n = int(inputs[0].shape[0])
         selection = self._validate_selection(neuron_selection, n)
-        if batch_size is None:
-            batch_size = DEFAULT_BATCH_SIZE
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        batch_size = _checks.positive_int(
+            DEFAULT_BATCH_SIZE if batch_size is None else batch_size, "batch_size")
         fn = self._compiled_fn()
         parts: list[list[np.ndarray]] = [[] for _ in inputs]
         for start in range(0, n, batch_size):
@@ -222,83 +211,11 @@ class Analyzer:
         return len(self._program.inputs) > 1
 
     def _validate_inputs(self, x: Any) -> list[tf.Tensor]:
-        specs = self._program.input_specs
-        if self._multi_input:
-            if not isinstance(x, (list, tuple)) or len(x) != len(specs):
-                got = f"a {type(x).__name__}" if not isinstance(x, (list, tuple)) \
-                    else f"{len(x)} arrays"
-                raise ValueError(
-                    f"Model '{self.model.name}' has {len(specs)} inputs: pass a list of "
-                    f"{len(specs)} arrays, got {got}.")
-            xs = list(x)
-        else:
-            if isinstance(x, (list, tuple)) and len(x) == 1 and not np.isscalar(x[0]) \
-                    and np.ndim(x[0]) == len(specs[0][0]):
-                x = x[0]
-            xs = [x]
-        tensors = []
-        n = None
-        for i, (xi, (shape, dtype)) in enumerate(zip(xs, specs)):
-            what = f"input {i} " if self._multi_input else "input "
-            if isinstance(xi, tf.Tensor):
-                arr_dtype = xi.dtype.as_numpy_dtype
-                xi_shape = tuple(xi.shape)
-            else:
-                try:
-                    xi = np.asarray(xi)
-                except (ValueError, TypeError) as err:
-                    raise ValueError(f"The {what}could not be read as an array: {err}") from None
-                arr_dtype = xi.dtype
-                xi_shape = xi.shape
-            if not (np.issubdtype(arr_dtype, np.number) or np.issubdtype(arr_dtype, np.bool_)):
-                raise ValueError(
-                    f"The {what}must be numeric; got an array of dtype {np.dtype(arr_dtype)}.")
-            if len(xi_shape) != len(shape):
-                raise ValueError(
-                    f"The {what}has rank {len(xi_shape)} (shape {xi_shape}); the model expects "
-                    f"rank {len(shape)}: (batch, {', '.join(str(d) for d in shape[1:])}).")
-            for axis, (got, want) in enumerate(zip(xi_shape[1:], shape[1:]), start=1):
-                if want is not None and got != want:
-                    raise ValueError(
-                        f"The {what}has shape {xi_shape}; the model expects "
-                        f"(batch, {', '.join(str(d) for d in shape[1:])}): axis {axis} is {got}, "
-                        f"expected {want}.")
-            if xi_shape[0] == 0:
-                raise ValueError(f"The {what}is an empty batch (shape {xi_shape}).")
-            if n is not None and xi_shape[0] != n:
-                raise ValueError(
-                    f"All inputs must have the same number of samples; got {n} and {xi_shape[0]}.")
-            n = xi_shape[0]
-            tensors.append(tf.cast(tf.convert_to_tensor(xi), dtype))
-        return tensors
+        return _checks.model_inputs(x, self._program.input_specs, name="input")
 
     def _validate_selection(self, neuron_selection: Any, n: int) -> tf.Tensor:
-        mode = self.neuron_selection_mode
-        if mode != "index":
-            if neuron_selection is not None:
-                raise ValueError(
-                    f"neuron_selection is only used with neuron_selection_mode='index'; this "
-                    f"analyzer uses {mode!r}.")
-            return tf.zeros((n,), tf.int32)
-        if neuron_selection is None:
-            raise ValueError(
-                "neuron_selection_mode='index' needs neuron_selection: an int or one int per "
-                "sample.")
-        sel = np.asarray(neuron_selection)
-        if not np.issubdtype(sel.dtype, np.integer):
-            raise ValueError(f"neuron_selection must be integers, got {sel.dtype}: {sel!r}.")
-        if sel.ndim == 0:
-            sel = np.full((n,), int(sel))
-        if sel.shape != (n,):
-            raise ValueError(
-                f"neuron_selection must be an int or one int per sample ({n}); got shape "
-                f"{sel.shape}.")
-        bad = sel[(sel < 0) | (sel >= self.num_outputs)]
-        if bad.size:
-            raise ValueError(
-                f"neuron_selection {int(bad[0])} is out of range: the model has "
-                f"{self.num_outputs} output neurons (0 to {self.num_outputs - 1}).")
-        return tf.convert_to_tensor(sel, tf.int32)
+        return _checks.neuron_selection(neuron_selection, self.neuron_selection_mode, n,
+                                        self.num_outputs)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(model={self.model.name!r}, "

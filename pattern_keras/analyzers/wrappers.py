@@ -17,17 +17,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from pattern_keras import engine
+from pattern_keras import _checks, engine
 from pattern_keras.analyzers.base import Analyzer
 from pattern_keras.rules import ActivationRule, Composite, LinearRule
 
 __all__ = ["IntegratedGradients", "SmoothGrad"]
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
 
 
 class _PointwiseGradients(Analyzer):
@@ -42,7 +36,7 @@ class _PointwiseGradients(Analyzer):
 
     def __init__(self, model: Any, neuron_selection_mode: str = "max_activation",
                  inner_batch_size: int = 32) -> None:
-        self.inner_batch_size = _positive_int(inner_batch_size, "inner_batch_size")
+        self.inner_batch_size = _checks.positive_int(inner_batch_size, "inner_batch_size")
         super().__init__(model, neuron_selection_mode=neuron_selection_mode)
 
     def _composite(self) -> Composite:
@@ -59,13 +53,10 @@ class _PointwiseGradients(Analyzer):
 
     def _selection_mask(self, inputs: list[Any], selection: Any) -> Any:
         values = engine.forward(self._program, inputs)
-        y = values[self._program.output]
-        flat = tf.reshape(y, [tf.shape(y)[0], -1])
-        if self.neuron_selection_mode == "all":
-            return tf.ones_like(flat)
-        if self.neuron_selection_mode == "max_activation":
-            selection = tf.argmax(flat, axis=1, output_type=tf.int32)
-        return tf.one_hot(selection, depth=self.num_outputs, dtype=flat.dtype)
+        _, mask = _checks.selection_mask(values[self._program.output],
+                                         self.neuron_selection_mode, selection,
+                                         self.num_outputs)
+        return mask
 
     def _explain(self, inputs, selection):
         program = self._program
@@ -137,7 +128,7 @@ class IntegratedGradients(_PointwiseGradients):
     def __init__(self, model: Any, steps: int = 64, baseline: Any = 0.0,
                  method: str = "midpoint", neuron_selection_mode: str = "max_activation",
                  inner_batch_size: int = 32) -> None:
-        self.steps = _positive_int(steps, "steps")
+        self.steps = _checks.positive_int(steps, "steps")
         if method not in self.METHODS:
             raise ValueError(f"method must be one of {self.METHODS}, got {method!r}.")
         if method == "trapezoid" and self.steps < 2:
@@ -240,7 +231,7 @@ class SmoothGrad(_PointwiseGradients):
     def __init__(self, model: Any, samples: int = 64, noise_scale: float = 0.1, seed: int = 0,
                  neuron_selection_mode: str = "max_activation",
                  inner_batch_size: int = 32) -> None:
-        self.samples = _positive_int(samples, "samples")
+        self.samples = _checks.positive_int(samples, "samples")
         noise_scale = float(noise_scale)
         if not np.isfinite(noise_scale) or noise_scale < 0:
             raise ValueError(f"noise_scale must be finite and >= 0, got {noise_scale}.")

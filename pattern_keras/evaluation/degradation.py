@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
 import keras
 import numpy as np
 
+from pattern_keras import _checks
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -162,8 +164,8 @@ def image_degradation(
     _check_choice("fill", fill, FILLS)
     _check_choice("order", order, ORDERS)
     _check_choice("output", output, OUTPUTS)
-    patch_size = _check_positive_int("patch_size", patch_size)
-    batch_size = _check_positive_int("batch_size", batch_size)
+    patch_size = _checks.positive_int(patch_size, "patch_size")
+    batch_size = _checks.positive_int(batch_size, "batch_size")
     n, height, width, _ = x.shape
     patch_ids = _patch_ids(height, width, patch_size)
     n_patches = int(patch_ids.max()) + 1
@@ -288,12 +290,6 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         allowed = ", ".join(map(repr, choices))
         raise ValueError(f"{name} must be one of {allowed}; received {value!r}.")
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; received {value!r}.")
-    return int(value)
 
 
 def _check_steps(steps: Any, n_patches: int) -> int:

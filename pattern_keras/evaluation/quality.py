@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from pattern_keras import engine
+from pattern_keras import _checks, engine
 from pattern_keras.layers import Op
 from pattern_keras.patterns.computer import PatternComputer
 from pattern_keras.patterns.statistics import LayerStatistics
@@ -197,15 +197,15 @@ def signal_estimator_quality(
     >>> fig = plot_signal_estimator_quality(result)
     """
     estimators = _check_estimators(estimators)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    max_patches = _check_positive_int("max_patches", max_patches)
-    max_dim = _check_positive_int("max_dim", max_dim)
+    batch_size = _checks.positive_int(batch_size, "batch_size")
+    max_patches = _checks.positive_int(max_patches, "max_patches")
+    max_dim = _checks.positive_int(max_dim, "max_dim")
     if isinstance(ridge, bool) or not (isinstance(ridge, numbers.Real) and ridge > 0):
         raise ValueError(f"ridge must be a number > 0; received {ridge!r}.")
 
     program = engine.Program(model, fold_batch_norm=True)
-    train = _as_inputs(x_train, program, "x_train")
-    test = _as_inputs(x_test, program, "x_test")
+    train = _checks.model_inputs(x_train, program.input_specs, "x_train", as_numpy=True)
+    test = _checks.model_inputs(x_test, program.input_specs, "x_test", as_numpy=True)
     n_train = len(train[0])
     if n_train < 4:
         raise ValueError(f"x_train needs at least 4 samples (two halves of 2); got {n_train}.")
@@ -662,35 +662,3 @@ def _check_estimators(estimators: Any) -> tuple[str, ...]:
         raise ValueError(f"estimators lists one twice: {estimators!r}.")
     return estimators
 
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; received {value!r}.")
-    return int(value)
-
-
-def _as_inputs(x: Any, program: engine.Program, name: str) -> list[np.ndarray]:
-    specs = program.input_specs
-    if len(specs) == 1:
-        if isinstance(x, (list, tuple)) and len(x) == 1:
-            x = x[0]
-        xs = [x]
-    else:
-        if not isinstance(x, (list, tuple)) or len(x) != len(specs):
-            raise ValueError(f"The model has {len(specs)} inputs: {name} must be a list of "
-                             f"{len(specs)} arrays.")
-        xs = list(x)
-    arrays = []
-    for i, (a, (shape, dtype)) in enumerate(zip(xs, specs)):
-        a = np.asarray(a.numpy() if tf.is_tensor(a) else a)
-        what = name if len(specs) == 1 else f"{name}[{i}]"
-        if not np.issubdtype(a.dtype, np.number):
-            raise ValueError(f"{what} must be numeric; received dtype {a.dtype}.")
-        if a.ndim != len(shape) or any(want is not None and got != want
-                                       for got, want in zip(a.shape[1:], shape[1:])):
-            raise ValueError(f"{what} has shape {a.shape}; the model expects "
-                             f"(samples, {', '.join(str(d) for d in shape[1:])}).")
-        arrays.append(a.astype(tf.as_dtype(dtype).as_numpy_dtype, copy=False))
-    if len({len(a) for a in arrays}) != 1:
-        raise ValueError(f"The arrays of {name} have different numbers of samples.")
-    return arrays

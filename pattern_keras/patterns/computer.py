@@ -22,7 +22,7 @@ import tensorflow as tf
 
 import keras
 
-from pattern_keras import engine
+from pattern_keras import _checks, engine
 from pattern_keras.layers import Op
 from pattern_keras.patterns.fingerprint import first_mismatch, model_fingerprint
 from pattern_keras.patterns.statistics import (
@@ -229,8 +229,9 @@ class PatternComputer:
         return tuple(element[:len(self.program.inputs)])
 
     def _as_dataset(self, data: Any, batch_size: int, steps: int | None):
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        batch_size = _checks.positive_int(batch_size, "batch_size")
+        if steps is not None:
+            steps = _checks.positive_int(steps, "steps")
         n_inputs = len(self.program.inputs)
         specs = self.program.input_specs
         target = steps
@@ -243,12 +244,8 @@ class PatternComputer:
         elif isinstance(data, np.ndarray) or (
                 isinstance(data, (list, tuple)) and len(data) == n_inputs and n_inputs > 1
                 and all(isinstance(d, np.ndarray) for d in data)) or tf.is_tensor(data):
-            arrays = [data] if n_inputs == 1 else list(data)
-            arrays = [_check_array(a, spec, i if n_inputs > 1 else None)
-                      for i, (a, spec) in enumerate(zip(arrays, specs))]
+            arrays = _checks.model_inputs(data, specs, name="data", as_numpy=True)
             n = arrays[0].shape[0]
-            if n == 0:
-                raise ValueError("The data is empty (0 samples): nothing to fit patterns on.")
             dataset = tf.data.Dataset.from_tensor_slices(
                 arrays[0] if n_inputs == 1 else tuple(arrays)).batch(batch_size)
             batches = -(-n // batch_size)
@@ -260,8 +257,6 @@ class PatternComputer:
                 f"Cannot read data of type {type(data).__name__}: pass a numpy array, a "
                 "tf.data.Dataset, a generator of batches, or a keras.utils.PyDataset.")
         if steps is not None:
-            if steps < 1:
-                raise ValueError(f"steps must be >= 1, got {steps}.")
             dataset = dataset.take(steps)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = \
@@ -273,18 +268,9 @@ class PatternComputer:
     def _cast(self, x: Any) -> Any:
         specs = self.program.input_specs
         if len(specs) == 1:
-            self._check_batch_shape(x, specs[0], None)
+            _checks.batch_shape(x.shape, specs[0])
             return tf.cast(x, specs[0][1])
         return tuple(tf.cast(t, spec[1]) for t, spec in zip(x, specs))
-
-    def _check_batch_shape(self, x: Any, spec, index) -> None:
-        shape = tuple(x.shape)
-        want = spec[0]
-        if len(shape) != len(want) or any(
-                w is not None and s is not None and s != w for s, w in zip(shape[1:], want[1:])):
-            raise ValueError(
-                f"Batches have shape {shape}; the model expects "
-                f"(batch, {', '.join(str(d) for d in want[1:])}). Is the dataset batched?")
 
     def _state(self, strategy, element_spec, resumed) -> "_State":
         """The accumulators and traced step of the last fit, reset, when this fit has the same
@@ -523,22 +509,6 @@ def _count_per_neuron(op: Op, z: Any) -> Any:
     part = op.linear
     per_neuron = tf.cast(tf.size(z), tf.float32) / float(np.prod(part.neuron_shape))
     return tf.fill(part.neuron_shape, per_neuron)
-
-
-def _check_array(a: Any, spec, index) -> np.ndarray:
-    what = "The data" if index is None else f"Input {index} of the data"
-    if tf.is_tensor(a):
-        a = a.numpy()
-    a = np.asarray(a)
-    if not np.issubdtype(a.dtype, np.number):
-        raise ValueError(f"{what} must be numeric; got dtype {a.dtype}.")
-    shape = spec[0]
-    if a.ndim != len(shape) or any(w is not None and s != w for s, w in zip(a.shape[1:],
-                                                                             shape[1:])):
-        raise ValueError(
-            f"{what} has shape {a.shape}; the model expects "
-            f"(samples, {', '.join(str(d) for d in shape[1:])}).")
-    return a
 
 
 def _from_iterator(iterator, select) -> tf.data.Dataset:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import pathlib
 import subprocess
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -1,0 +1,185 @@
+"""The one place where arguments and data are checked (analyze, fit, evaluation, command line).
+
+Every public entry point that takes user data or a counted option goes through these functions,
+so a wrong input gets the same plain message wherever it is passed, at the first moment it can
+be known. Add a new kind of check here, as a function that returns the checked value (or raises
+``ValueError`` with what was expected and what came), and call it from the entry points.
+
+TensorFlow is imported inside the functions that need it: the command line checks its options
+before it imports TensorFlow.
+
+``specs`` below is a model's input specification as :attr:`pattern_keras.engine.Program.
+input_specs` gives it: one ``(shape, dtype)`` per model input, the batch axis ``None``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+__all__ = ["positive_int", "model_inputs", "batch_shape", "neuron_selection", "selection_mask",
+           "NEURON_SELECTION_MODES"]
+
+NEURON_SELECTION_MODES = ("max_activation", "index", "all")
+
+Spec = tuple[tuple[Any, ...], Any]
+
+
+# --- counted options ------------------------------------------------------------------------
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as an ``int`` if it is an integer ``>= 1`` (not a bool), else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1; received {value!r}.")
+    return int(value)
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def _expected(shape: Sequence[Any], batch: str = "batch") -> str:
+    return f"({batch}, {', '.join(str(d) for d in shape[1:])})"
+
+
+def model_inputs(x: Any, specs: Sequence[Spec], name: str = "input",
+                 as_numpy: bool = False) -> list[Any]:
+    """Check ``x`` against the model's inputs and return one array per input.
+
+    Parameters
+    ----------
+    x : array, tensor, or list of them
+        The samples with a batch axis; a list with one array per input for a model with several
+        inputs (a single-input model also takes a one-element list).
+    specs : list of (shape, dtype)
+        The model's inputs (``Program.input_specs``).
+    name : str
+        What ``x`` is called in messages (``"input"``, ``"data"``, ``"x_train"``, ...).
+    as_numpy : bool
+        Return numpy arrays (default: tensors), cast to the inputs' dtypes either way.
+
+    Raises
+    ------
+    ValueError
+        For the wrong number of arrays, a non-numeric array, the wrong rank or shape (naming the
+        axis), an empty batch, or inputs with different numbers of samples.
+    """
+    import tensorflow as tf
+
+    multi = len(specs) > 1
+    if multi:
+        if not isinstance(x, (list, tuple)) or len(x) != len(specs):
+            got = f"a {type(x).__name__}" if not isinstance(x, (list, tuple)) \
+                else f"{len(x)} arrays"
+            raise ValueError(f"The model has {len(specs)} inputs: pass a list of {len(specs)} "
+                             f"arrays as {name}, got {got}.")
+        xs = list(x)
+    else:
+        if isinstance(x, (list, tuple)) and len(x) == 1 and not np.isscalar(x[0]) \
+                and np.ndim(x[0]) == len(specs[0][0]):
+            x = x[0]
+        xs = [x]
+    out = []
+    n = None
+    for i, (xi, (shape, dtype)) in enumerate(zip(xs, specs)):
+        what = f"{name}[{i}]" if multi else name
+        if tf.is_tensor(xi):
+            arr_dtype = np.dtype(xi.dtype.as_numpy_dtype)
+            xi_shape = tuple(xi.shape)
+        else:
+            try:
+                xi = np.asarray(xi)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"The {what} could not be read as an array: {err}") from None
+            arr_dtype = xi.dtype
+            xi_shape = xi.shape
+        if not (np.issubdtype(arr_dtype, np.number) or np.issubdtype(arr_dtype, np.bool_)):
+            raise ValueError(f"The {what} must be numeric; got an array of dtype {arr_dtype}.")
+        if len(xi_shape) != len(shape):
+            raise ValueError(f"The {what} has rank {len(xi_shape)} (shape {xi_shape}); the model "
+                             f"expects rank {len(shape)}: {_expected(shape)}.")
+        for axis, (got, want) in enumerate(zip(xi_shape[1:], shape[1:]), start=1):
+            if want is not None and got != want:
+                raise ValueError(f"The {what} has shape {xi_shape}; the model expects "
+                                 f"{_expected(shape)}: axis {axis} is {got}, expected {want}.")
+        if xi_shape[0] == 0:
+            raise ValueError(f"The {what} is an empty batch (shape {xi_shape}).")
+        if n is not None and xi_shape[0] != n:
+            raise ValueError(f"All inputs must have the same number of samples; got {n} and "
+                             f"{xi_shape[0]}.")
+        n = xi_shape[0]
+        if as_numpy:
+            a = xi.numpy() if tf.is_tensor(xi) else xi
+            out.append(a.astype(tf.as_dtype(dtype).as_numpy_dtype, copy=False))
+        else:
+            out.append(tf.cast(tf.convert_to_tensor(xi), dtype))
+    return out
+
+
+def batch_shape(shape: Sequence[Any], spec: Spec, name: str = "Batches") -> None:
+    """Check a batch's (possibly partly unknown) shape inside a data pipeline against ``spec``."""
+    shape, want = tuple(shape), spec[0]
+    if len(shape) != len(want) or any(
+            w is not None and s is not None and s != w for s, w in zip(shape[1:], want[1:])):
+        raise ValueError(f"{name} have shape {shape}; the model expects {_expected(want)}. "
+                         "Is the dataset batched?")
+
+
+# --- neuron selection -----------------------------------------------------------------------
+
+
+def selection_mode(mode: Any) -> str:
+    """``mode`` if it is one of :data:`NEURON_SELECTION_MODES`, else ``ValueError``."""
+    if mode not in NEURON_SELECTION_MODES:
+        raise ValueError(f"neuron_selection_mode must be one of {NEURON_SELECTION_MODES}, "
+                         f"got {mode!r}.")
+    return mode
+
+
+def neuron_selection(selection: Any, mode: str, n: int, num_outputs: int) -> tf.Tensor:
+    """The per-sample output indices ``(n,)`` int32 for ``analyze(x, neuron_selection)``.
+
+    Only mode ``"index"`` takes a selection (one int for all samples, or one per sample, each in
+    ``[0, num_outputs)``); the other modes choose inside the compiled pass and get zeros here.
+    """
+    import tensorflow as tf
+
+    if mode != "index":
+        if selection is not None:
+            raise ValueError(f"neuron_selection is only used with neuron_selection_mode='index'; "
+                             f"this analyzer uses {mode!r}.")
+        return tf.zeros((n,), tf.int32)
+    if selection is None:
+        raise ValueError("neuron_selection_mode='index' needs neuron_selection: an int or one "
+                         "int per sample.")
+    sel = np.asarray(selection)
+    if not np.issubdtype(sel.dtype, np.integer):
+        raise ValueError(f"neuron_selection must be integers, got {sel.dtype}: {sel!r}.")
+    if sel.ndim == 0:
+        sel = np.full((n,), int(sel))
+    if sel.shape != (n,):
+        raise ValueError(f"neuron_selection must be an int or one int per sample ({n}); got "
+                         f"shape {sel.shape}.")
+    bad = sel[(sel < 0) | (sel >= num_outputs)]
+    if bad.size:
+        raise ValueError(f"neuron_selection {int(bad[0])} is out of range: the model has "
+                         f"{num_outputs} output neurons (0 to {num_outputs - 1}).")
+    return tf.convert_to_tensor(sel, tf.int32)
+
+
+def selection_mask(y: Any, mode: str, selection: Any, num_outputs: int) -> tuple[Any, Any]:
+    """Inside the compiled pass: the flattened output ``(n, num_outputs)`` and the 0/1 mask of
+    the neurons explained (per sample the largest, the selected one, or all)."""
+    import tensorflow as tf
+
+    flat = tf.reshape(y, [tf.shape(y)[0], -1])
+    if mode == "all":
+        return flat, tf.ones_like(flat)
+    if mode == "max_activation":
+        selection = tf.argmax(flat, axis=1, output_type=tf.int32)
+    return flat, tf.one_hot(selection, depth=num_outputs, dtype=flat.dtype)
