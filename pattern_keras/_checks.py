@@ -48,7 +48,7 @@ def _expected(shape: Sequence[Any], batch: str = "batch") -> str:
 
 
 def model_inputs(x: Any, specs: Sequence[Spec], name: str = "input",
-                 as_numpy: bool = False) -> list[Any]:
+                 as_numpy: bool = False, allow_empty: bool = False) -> list[Any]:
     """Check ``x`` against the model's inputs and return one array per input.
 
     Parameters
@@ -62,12 +62,15 @@ def model_inputs(x: Any, specs: Sequence[Spec], name: str = "input",
         What ``x`` is called in messages (``"input"``, ``"data"``, ``"x_train"``, ...).
     as_numpy : bool
         Return numpy arrays (default: tensors), cast to the inputs' dtypes either way.
+    allow_empty : bool
+        Accept a batch of 0 samples (one batch of a dataset, which may end with an empty one).
 
     Raises
     ------
     ValueError
         For the wrong number of arrays, a non-numeric array, the wrong rank or shape (naming the
-        axis), an empty batch, or inputs with different numbers of samples.
+        axis), an empty batch (unless ``allow_empty``), or inputs with different numbers of
+        samples.
     """
     import tensorflow as tf
 
@@ -107,7 +110,7 @@ def model_inputs(x: Any, specs: Sequence[Spec], name: str = "input",
             if want is not None and got != want:
                 raise ValueError(f"The {what} has shape {xi_shape}; the model expects "
                                  f"{_expected(shape)}: axis {axis} is {got}, expected {want}.")
-        if xi_shape[0] == 0:
+        if xi_shape[0] == 0 and not allow_empty:
             raise ValueError(f"The {what} is an empty batch (shape {xi_shape}).")
         if n is not None and xi_shape[0] != n:
             raise ValueError(f"All inputs must have the same number of samples; got {n} and "

@@ -20,7 +20,7 @@ import tensorflow as tf
 from pattern_keras import graph as _graph
 from pattern_keras.layers import LinearPart, Op, ops_for_node
 
-__all__ = ["Program", "forward", "backward", "Rule"]
+__all__ = ["Program", "forward", "backward", "if_samples", "Rule"]
 
 # A rule: (op, op inputs, op outputs, backward signals at the outputs) -> signals at the inputs.
 Rule = Callable[[Op, Sequence[Any], Sequence[Any], Sequence[Any]], Sequence[Any]]
@@ -186,6 +186,30 @@ def forward(program: Program, inputs: Sequence[Any]) -> dict[int, Any]:
         outs = op.forward([values[s] for s in op.inputs])
         values.update(zip(op.outputs, outs))
     return values
+
+
+def if_samples(batch: Any, fn: Callable[[], Any], empty: Callable[[], Any]) -> Any:
+    """``fn()`` when ``batch`` has samples, ``empty()`` when it has none.
+
+    No model op may run on an empty batch: some TensorFlow kernels get its shape wrong (on
+    AMD EPYC CPUs with oneDNN, a convolution of 0 images returns its *input's* channel count,
+    and the next op fails). Empty batches are ordinary: a last global batch smaller than the
+    number of replicas leaves some replicas without samples, and a dataset may end with an
+    empty batch. ``empty`` gives what the batch contributes instead (zeros of the same
+    structure, dtypes and static shapes as ``fn``'s result) without calling the model, which
+    is also cheaper.
+
+    A ``tf.cond`` on the batch size: it works eagerly, inside a ``tf.function`` (no retrace
+    per batch) and in a replica function under ``tf.distribute``.
+
+    Parameters
+    ----------
+    batch : tensor
+        Any tensor with the batch axis first (e.g. the first model input).
+    fn, empty : callable
+        Without arguments; only the chosen one runs.
+    """
+    return tf.cond(tf.shape(batch)[0] > 0, fn, empty)
 
 
 def backward(program: Program, values: dict[int, Any], seed: Any,

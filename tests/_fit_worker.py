@@ -49,17 +49,52 @@ MIRRORED_CASES = (
 )
 
 
+_NO_EMPTY_BATCH = []
+
+
+def no_empty_batch_layer():
+    """The class ``NoEmptyBatch``: passes its input through, and fails on an empty batch.
+
+    It stands for TensorFlow on the CPUs where a convolution of 0 images returns the wrong
+    shape (AMD EPYC with oneDNN): a model holding it fails wherever pattern_keras would run a
+    model op on an empty batch or an empty replica shard, on every machine. Registered with
+    the engine as data movement ("move"), so every analyzer and the pattern fit call it.
+    """
+    if not _NO_EMPTY_BATCH:
+        import keras
+        import tensorflow as tf
+
+        import pattern_keras as pk
+
+        @keras.saving.register_keras_serializable("pattern_keras_tests")
+        class NoEmptyBatch(keras.layers.Layer):
+            def call(self, x):
+                check = tf.debugging.assert_positive(
+                    tf.shape(x)[0], message="NoEmptyBatch: a model op ran on an empty batch")
+                with tf.control_dependencies([check]):
+                    return tf.identity(x)
+
+            def compute_output_shape(self, input_shape):
+                return input_shape
+
+        pk.register_layer(NoEmptyBatch, "move")
+        _NO_EMPTY_BATCH.append(NoEmptyBatch)
+    return _NO_EMPTY_BATCH[0]
+
+
 def build_cnn(seed: int = 0):
     """The small CNN of the distributed tests: padded and strided convolutions, pooling, dense.
 
-    Deterministic for a given ``seed`` (the tests still pass the weights by file).
+    Its first layer fails on an empty batch (:func:`no_empty_batch_layer`). Deterministic for
+    a given ``seed`` (the tests still pass the weights by file).
     """
     import keras
     from keras import layers
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(INPUT_SHAPE)
-    h = layers.Conv2D(4, 3, padding="same", activation="relu", name="conv_same")(inputs)
+    h = no_empty_batch_layer()(name="no_empty_batch")(inputs)
+    h = layers.Conv2D(4, 3, padding="same", activation="relu", name="conv_same")(h)
     h = layers.Conv2D(6, 3, strides=2, padding="valid", name="conv_strided")(h)
     h = layers.ReLU(name="relu")(h)
     h = layers.MaxPooling2D(2, name="pool")(h)

@@ -94,6 +94,13 @@ class Analyzer:
                                   renormalize=self._renormalize)
         return self._postprocess(inputs, signals)
 
+    def _explain_batch(self, inputs: list[Any], selection: Any) -> list[Any]:
+        """:meth:`_explain`, or zeros for an empty batch without running the model (see
+        :func:`pattern_keras.engine.if_samples`)."""
+        inputs = list(inputs)
+        return engine.if_samples(inputs[0], lambda: list(self._explain(inputs, selection)),
+                                 lambda: [tf.zeros_like(x) for x in inputs])
+
     def _compiled_fn(self):
         if self._compiled is None:
             signature = [
@@ -104,7 +111,7 @@ class Analyzer:
             # A partial (no __code__) makes TensorFlow count each analyzer's traces on their
             # own: every analyzer traces once, which is not the "frequent retracing" it warns of.
             # No AutoGraph: the pass has no tensor-dependent Python control flow to convert.
-            self._compiled = tf.function(functools.partial(type(self)._explain, self),
+            self._compiled = tf.function(functools.partial(type(self)._explain_batch, self),
                                          input_signature=signature, autograph=False)
         return self._compiled
 
@@ -168,7 +175,9 @@ class Analyzer:
             elif isinstance(element, tuple) and self._multi_input and len(element) > 0 \
                     and isinstance(element[0], (tuple, list)):
                 element = element[0]
-            inputs = self._validate_inputs(element)
+            # An empty batch (a dataset may end with one) adds no rows; the compiled pass
+            # returns them without running the model.
+            inputs = self._validate_inputs(element, allow_empty=True)
             n = int(inputs[0].shape[0])
             sel = neuron_selection
             if sel is not None and np.ndim(sel) == 1:
@@ -182,6 +191,8 @@ class Analyzer:
             offset += n
         if parts is None:
             raise ValueError("The dataset yielded no batches: nothing to analyze.")
+        if offset == 0:
+            raise ValueError("The dataset yielded only empty batches: nothing to analyze.")
         results = [np.concatenate(p, axis=0) for p in parts]
         self._warn_if_zero(results)
         return results if self._multi_input else results[0]
@@ -210,8 +221,9 @@ class Analyzer:
     def _multi_input(self) -> bool:
         return len(self._program.inputs) > 1
 
-    def _validate_inputs(self, x: Any) -> list[tf.Tensor]:
-        return _checks.model_inputs(x, self._program.input_specs, name="input")
+    def _validate_inputs(self, x: Any, allow_empty: bool = False) -> list[tf.Tensor]:
+        return _checks.model_inputs(x, self._program.input_specs, name="input",
+                                    allow_empty=allow_empty)
 
     def _validate_selection(self, neuron_selection: Any, n: int) -> tf.Tensor:
         return _checks.neuron_selection(neuron_selection, self.neuron_selection_mode, n,

@@ -209,6 +209,9 @@ class PatternComputer:
         del iterator
         if done == 0:
             raise ValueError("The data yielded no batches: nothing to fit patterns on.")
+        if int(state.n_samples.numpy()) == 0:
+            raise ValueError(f"The data yielded {done} batch(es) but no samples: nothing to "
+                             "fit patterns on.")
         stats = state.statistics(done)
         if checkpoint_path and chief:
             stats.save(checkpoint_path)
@@ -351,28 +354,60 @@ class _State:
 
     # -- per replica --------------------------------------------------------------------------
 
+    # A replica (or a whole step) without samples contributes zeros without running the
+    # model: see engine.if_samples.
+
     def _replica_moments(self, inputs):
         inputs = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
-        values = engine.forward(self.computer.program, inputs)
-        out = {}
-        for key, plan in self.computer.plans.items():
-            op = plan.ops[0]
-            x = values[op.inputs[0]]
-            y = _without_bias(op, values[op.outputs[0]])
-            out[key] = (tf.reduce_sum(x), tf.cast(tf.size(x), tf.float32),
-                        op.linear.per_neuron_sum(y), _count_per_neuron(op, y))
+        plans = self.computer.plans
+
+        def moments():
+            values = engine.forward(self.computer.program, inputs)
+            out = {}
+            for key, plan in plans.items():
+                op = plan.ops[0]
+                x = values[op.inputs[0]]
+                y = _without_bias(op, values[op.outputs[0]])
+                out[key] = (tf.cast(tf.reduce_sum(x), tf.float32),
+                            tf.cast(tf.size(x), tf.float32),
+                            tf.cast(op.linear.per_neuron_sum(y), tf.float32),
+                            _count_per_neuron(op, y))
+            return out
+
+        def nothing():
+            zero = tf.zeros((), tf.float32)
+            return {key: (zero, zero, tf.zeros(plan.part.neuron_shape, tf.float32),
+                          tf.zeros(plan.part.neuron_shape, tf.float32))
+                    for key, plan in plans.items()}
+
+        out = engine.if_samples(inputs[0], moments, nothing)
+        out["__n__"] = tf.cast(tf.shape(inputs[0])[0], tf.int64)
         return out
 
     def _replica_sums(self, inputs):
         inputs = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
-        values = engine.forward(self.computer.program, inputs)
-        out = {"__n__": tf.cast(tf.shape(inputs[0])[0], tf.int64)}
-        for key, plan in self.computer.plans.items():
-            total = None
-            for op in plan.ops:
-                sums = self._op_sums(plan, op, values)
-                total = sums if total is None else {n: total[n] + sums[n] for n in total}
-            out[key] = total
+        plans = self.computer.plans
+
+        def sums():
+            values = engine.forward(self.computer.program, inputs)
+            out = {}
+            for key, plan in plans.items():
+                total = None
+                for op in plan.ops:
+                    op_sums = self._op_sums(plan, op, values)
+                    total = op_sums if total is None else {
+                        n: total[n] + op_sums[n] for n in total}
+                out[key] = total
+            return out
+
+        def nothing():
+            return {key: {name: tf.zeros(plan.part.neuron_shape if name in _NEURON_NAMES
+                                         else plan.part.kernel_shape, tf.float64)
+                          for name in plan.stats}
+                    for key, plan in plans.items()}
+
+        out = engine.if_samples(inputs[0], sums, nothing)
+        out["__n__"] = tf.cast(tf.shape(inputs[0])[0], tf.int64)
         return out
 
     def _op_sums(self, plan: _LayerPlan, op: Op, values) -> dict[str, Any]:
@@ -459,11 +494,13 @@ class _State:
 
     def _init_step(self, batch):
         moments = self._run_and_sum(self._replica_moments, batch)
+        n = moments.pop("__n__")
         for key, plan in self.computer.plans.items():
             sum_x, count_x, sum_y, count_y = moments[key]
             if plan.shiftable:
                 self.shift_x[key].assign(tf.math.divide_no_nan(sum_x, count_x))
             self.shift_y[key].assign(tf.math.divide_no_nan(sum_y, count_y))
+        return n
 
     def _step(self, batch):
         sums = self._run_and_sum(self._replica_sums, batch)
@@ -473,8 +510,10 @@ class _State:
                 self.sums[key][name].assign_add(value)
 
     def init_shifts(self, batch) -> None:
-        self._init_fn(batch)
-        self.shifted = True
+        """Take the shifts from this batch's means; a batch without samples (on any replica)
+        leaves them for the next one."""
+        # Every worker reads the same all-reduced count, so all of them agree on it.
+        self.shifted = int(self._init_fn(batch)) > 0
 
     def step(self, batch) -> None:
         self._step_fn(batch)
