@@ -208,6 +208,10 @@ def if_samples(batch: Any, fn: Callable[[], Any], empty: Callable[[], Any]) -> A
         Any tensor with the batch axis first (e.g. the first model input).
     fn, empty : callable
         Without arguments; only the chosen one runs.
+
+    Returns
+    -------
+    The chosen function's result.
     """
     return tf.cond(tf.shape(batch)[0] > 0, fn, empty)
 

@@ -9,11 +9,11 @@ in the evaluation code.
 """
 from __future__ import annotations
 
+import _fit_worker as worker
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import _fit_worker as worker
 import pattern_keras as pk
 from pattern_keras.evaluation import image_degradation, signal_estimator_quality
 from pattern_keras.patterns import PatternComputer
