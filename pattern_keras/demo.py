@@ -238,12 +238,14 @@ def run_demo(
     grid_index = _grid_rows(test.labels, s.n_grid)
     columns = {label: e[grid_index] for label, e in explanations.items()}
     columns["true signal"] = test.signal[grid_index]
+    predicted = np.argmax(logits, axis=1)
     figure = plot.explanation_grid(
         test.x[grid_index],
         columns,
-        kinds={"PatternNet": "project", "true signal": "project"},
-        row_labels=[f"class {int(test.labels[i])}" for i in grid_index],
-        title="signal/distractor test images: explanations of the predicted class",
+        row_labels=[f"true {int(test.labels[i])} / predicted {int(predicted[i])}"
+                    for i in grid_index],
+        title="signal/distractor test images (rows: true class / predicted class); "
+              "each method explains the predicted class's logit",
     )
     plot.save_figure(figure, files["explanations"])
 
@@ -267,7 +269,6 @@ def run_demo(
                                           order="random", seed=seed)
     figure = plot_degradation(
         results, title=f"image degradation ({patch}x{patch} patches, most relevant first)")
-    figure.set_size_inches(6.5, 4.5)  # plot_degradation lays the figure out itself
     plot.save_figure(figure, files["degradation"])
     aopc = {label: float(r.aopc) for label, r in results.items()}
 

@@ -29,7 +29,9 @@ project
 overlay
     Blend of an input image and the heatmap of its attribution.
 explanation_grid
-    Figure with one row per image and one column per method.
+    Figure with one row per image and one column per method, and a colour bar.
+add_sign_colorbar
+    The colour bar of signed maps, with the "red = positive, blue = negative" key.
 save_figure
     ``fig.savefig`` that first creates the parent folders.
 """
@@ -52,6 +54,8 @@ __all__ = [
     "overlay",
     "explanation_grid",
     "save_figure",
+    "add_sign_colorbar",
+    "SIGN_KEY",
     "CHANNEL_REDUCTIONS",
     "KINDS",
 ]
@@ -436,9 +440,18 @@ def overlay(
 
 
 def _default_kind(name: str) -> str:
-    """``"project"`` for PatternNet-like names, else ``"heatmap"``."""
-    key = "".join(ch for ch in name.lower() if ch.isalnum())
-    return "project" if "patternnet" in key else "heatmap"
+    """``"heatmap"`` for every method, PatternNet included.
+
+    A PatternNet signal is signed like an attribution: drawn on the same diverging scale, its
+    sign (which flips with the class of the signal) is visible, where the grey input-space
+    projection of ``"project"`` made rows look alike. ``kinds={"PatternNet": "project"}``
+    asks for the projection explicitly.
+    """
+    return "heatmap"
+
+
+#: The colour bar's key under the grid and the overlays.
+SIGN_KEY = "red = positive, blue = negative"
 
 
 def _explanation_batch(
@@ -497,12 +510,17 @@ def explanation_grid(
     title: str | None = None,
     cmap: str | Colormap = "seismic",
     percentile: float = 99.5,
+    colorbar: bool = True,
 ) -> Figure:
     """Lay out inputs and their explanations in a grid.
 
     Row ``i`` shows image ``i``: the (min-max normalised) input in the first
     column, then one column per method in the order of ``explanations``.
     Column titles are ``"Input"`` and the method names; axes carry no ticks.
+    Signed maps (``"heatmap"``) share one symmetric colour scale: each map is
+    divided by its own ``percentile`` of ``|value|``, so ``0`` is white and
+    ``±1`` the colour bar's ends, with the key "red = positive, blue =
+    negative".
 
     Parameters
     ----------
@@ -516,8 +534,8 @@ def explanation_grid(
         Method name -> ``"heatmap"`` (signed, diverging colormap),
         ``"graymap"`` (magnitude) or ``"project"`` (PatternNet signal, shown
         in input space; needs 1 or 3 channels). Missing names default to
-        ``"project"`` if the name contains "PatternNet"/"pattern.net" (case
-        and punctuation insensitive), else ``"heatmap"``.
+        ``"heatmap"``, PatternNet included: its signal is signed too, and its
+        sign flips with the class.
     row_labels : sequence of str, optional
         One label per image, shown left of each row.
     figsize : (float, float), optional
@@ -527,12 +545,16 @@ def explanation_grid(
     cmap, percentile
         Colormap and scaling percentile for the ``"heatmap"`` and
         ``"graymap"`` renderings.
+    colorbar : bool, default True
+        Add a colour bar for the signed maps (when there is one) right of the
+        grid, labelled with the sign key.
 
     Returns
     -------
     matplotlib.figure.Figure
-        Figure with ``N x (1 + len(explanations))`` axes; save it with
-        ``fig.savefig(path)`` or :func:`save_figure`.
+        Figure whose first ``N x (1 + len(explanations))`` axes are the grid
+        (row by row), followed by the colour bar's axes when there is one;
+        save it with ``fig.savefig(path)`` or :func:`save_figure`.
 
     Raises
     ------
@@ -564,17 +586,21 @@ def explanation_grid(
             )
 
     columns: list[tuple[str, np.ndarray]] = []
+    signed = False
     for name, value in explanations.items():
         kind = kinds.get(name, _default_kind(str(name)))
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r} for {name!r}; expected one of {KINDS}.")
+        signed = signed or kind == "heatmap"
         arr = _explanation_batch(str(name), value, n, (h, w), imgs_batched, images_shape)
         columns.append((str(name), _render(kind, str(name), arr, cmap, percentile)))
 
     inputs = _normalize_images(imgs)
     ncols = 1 + len(columns)
+    with_colorbar = colorbar and signed
     if figsize is None:
-        figsize = (2.0 * ncols, 2.0 * n + (0.4 if title else 0.0))
+        figsize = (2.0 * ncols + (1.0 if with_colorbar else 0.0),
+                   2.0 * n + (0.4 if title else 0.0))
     fig = Figure(figsize=figsize, layout="constrained")
     axes = fig.subplots(n, ncols, squeeze=False)
     for i in range(n):
@@ -593,9 +619,44 @@ def explanation_grid(
     axes[0, 0].set_title("Input")
     for j, (name, _) in enumerate(columns, start=1):
         axes[0, j].set_title(name)
+    if with_colorbar:
+        add_sign_colorbar(fig, axes, cmap=cmap, percentile=percentile)
     if title:
         fig.suptitle(title)
     return fig
+
+
+def add_sign_colorbar(fig: Figure, axes, cmap: str | Colormap = "seismic",
+                      percentile: float = 99.5):
+    """Add the colour bar of the signed maps, with the "red = positive, blue = negative" key.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure to draw in.
+    axes : matplotlib.axes.Axes or array of Axes
+        The axes the bar belongs to (it is placed right of them).
+    cmap : str or matplotlib.colors.Colormap, default "seismic"
+        The colormap the maps were rendered with.
+    percentile : float, default 99.5
+        The scaling percentile they were rendered with (named in the bar's label).
+
+    Returns
+    -------
+    matplotlib.colorbar.Colorbar
+        Ticks at ``-1, 0, +1``: each map's own ``percentile`` of ``|value|``, negated, zero,
+        and positive.
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    mappable = ScalarMappable(norm=Normalize(-1.0, 1.0), cmap=_get_cmap(cmap))
+    bar = fig.colorbar(mappable, ax=axes, shrink=0.9 if np.size(axes) > 2 else 1.0,
+                       ticks=[-1.0, 0.0, 1.0], aspect=30)
+    bar.ax.set_yticklabels(["−max", "0", "+max"])
+    scale = "max" if float(percentile) >= 100 else f"{float(percentile):g}th pct."
+    bar.set_label(f"{SIGN_KEY}\n(each map scaled to its own {scale} of |value|)")
+    return bar
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> str:

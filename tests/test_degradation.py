@@ -356,6 +356,7 @@ def test_plot_degradation_returns_a_figure_with_one_line_per_result(tmp_path):
     (ax,) = figure.axes
     assert [len(line.get_xdata()) for line in ax.get_lines()] == [5, 3]
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), results["a"].curve)
+
     assert "AOPC 0.625" in ax.get_legend().get_texts()[0].get_text()
     assert ax.get_title() == "degradation"
     figure.savefig(tmp_path / "curve.png")
@@ -368,3 +369,17 @@ def test_plot_degradation_returns_a_figure_with_one_line_per_result(tmp_path):
     with pytest.raises(TypeError, match="DegradationResult"):
         plot_degradation({"a": results["a"].curve})
     assert isinstance(results["a"], DegradationResult)
+
+
+def test_plot_degradation_legend_is_outside_the_curves():
+    x = np.ones((1, 2, 2, 1), np.float32)
+    results = {"a": image_degradation(Recorder(), x, x, patch_size=1, fill="zero"),
+               "random": image_degradation(Recorder(), x, x, patch_size=1, fill="zero",
+                                           order="random", seed=0)}
+    figure = plot_degradation(results)
+    figure.canvas.draw()
+    (ax,) = figure.axes
+    legend = ax.get_legend().get_window_extent()
+    axes_box = ax.get_window_extent()
+    assert legend.x0 >= axes_box.x1  # beside the axes, hiding no curve
+    assert ax.get_lines()[1].get_linestyle() == "--"  # the random baseline stands apart

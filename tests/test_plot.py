@@ -285,18 +285,20 @@ def test_grid_rgb_layout_titles_and_savefig(rng, tmp_path):
         images, expl, kinds={"gradient": "graymap"}, row_labels=["a", "b", "c"], title="T"
     )
     assert isinstance(fig, Figure)
-    assert len(fig.axes) == 3 * 4
-    assert _titles(fig)[:4] == ["Input", "gradient", "pattern.net", "pattern.attribution"]
-    assert all(t == "" for t in _titles(fig)[4:])
-    for ax in fig.axes:
+    assert len(fig.axes) == 3 * 4 + 1  # the grid, then the colour bar
+    grid = fig.axes[:12]
+    assert [ax.get_title() for ax in grid[:4]] == [
+        "Input", "gradient", "pattern.net", "pattern.attribution"]
+    assert all(ax.get_title() == "" for ax in grid[4:])
+    for ax in grid:
         assert len(ax.get_xticks()) == 0 and len(ax.get_yticks()) == 0
-    assert [fig.axes[i * 4].get_ylabel() for i in range(3)] == ["a", "b", "c"]
+    assert [grid[i * 4].get_ylabel() for i in range(3)] == ["a", "b", "c"]
     assert fig.get_suptitle() == "T"
 
-    # Rendered data per column: graymap, project (default for pattern.net), heatmap.
-    shown = [ax.get_images()[0].get_array() for ax in fig.axes[:4]]
+    # Rendered data per column: graymap, heatmap (PatternNet is signed like the others too).
+    shown = [ax.get_images()[0].get_array() for ax in grid[:4]]
     np.testing.assert_allclose(shown[1], graymap(expl["gradient"])[0])
-    np.testing.assert_allclose(shown[2], project(expl["pattern.net"])[0])
+    np.testing.assert_allclose(shown[2], heatmap(expl["pattern.net"])[0])
     np.testing.assert_allclose(shown[3], heatmap(expl["pattern.attribution"])[0])
 
     path = tmp_path / "sub" / "dir" / "grid.png"
@@ -312,8 +314,8 @@ def test_grid_grayscale_inputs(rng, tmp_path):
         "PatternNet": rng.normal(size=(2, 6, 6, 1)),
         "PatternAttribution": rng.normal(size=(2, 6, 6)),
     }
-    fig = explanation_grid(images, expl)
-    assert len(fig.axes) == 2 * 3
+    fig = explanation_grid(images, expl, kinds={"PatternNet": "project"})
+    assert len(fig.axes) == 2 * 3 + 1
     assert _titles(fig)[:3] == ["Input", "PatternNet", "PatternAttribution"]
     shown = fig.axes[1].get_images()[0].get_array()
     assert shown.shape == (6, 6, 3)  # grayscale signal shown as gray RGB
@@ -323,14 +325,31 @@ def test_grid_grayscale_inputs(rng, tmp_path):
 
 
 def test_grid_single_image(rng):
-    fig = explanation_grid(rng.uniform(size=(5, 5, 3)), {"m": rng.normal(size=(5, 5, 3))})
+    fig = explanation_grid(rng.uniform(size=(5, 5, 3)), {"m": rng.normal(size=(5, 5, 3))},
+                           colorbar=False)
     assert len(fig.axes) == 2
 
 
+def test_grid_colorbar_is_symmetric_and_keyed(rng):
+    """Signed maps: one colour bar from -max to +max with white at 0 and the sign key."""
+    images = rng.uniform(size=(2, 5, 5, 1))
+    fig = explanation_grid(images, {"m": rng.normal(size=(2, 5, 5, 1))})
+    bar_ax = fig.axes[-1]
+    bar = bar_ax._colorbar
+    assert (bar.norm.vmin, bar.norm.vmax) == (-1.0, 1.0)
+    assert list(bar.get_ticks()) == [-1.0, 0.0, 1.0]
+    assert "red = positive, blue = negative" in bar_ax.get_ylabel()
+    # Zero is the colormap's centre (white for seismic), as in heatmap().
+    np.testing.assert_allclose(bar.cmap(bar.norm(0.0))[:3], heatmap(np.zeros((2, 2)))[0, 0])
+    # Magnitude-only maps get no signed colour bar.
+    fig = explanation_grid(images, {"m": rng.normal(size=(2, 5, 5, 1))}, kinds={"m": "graymap"})
+    assert len(fig.axes) == 2 * 2
+
+
 def test_default_kind_names():
-    assert plot._default_kind("pattern.net") == "project"
-    assert plot._default_kind("PatternNet") == "project"
-    assert plot._default_kind("pattern_net") == "project"
+    # PatternNet is signed and drawn like every other method (its sign flips with the class).
+    assert plot._default_kind("pattern.net") == "heatmap"
+    assert plot._default_kind("PatternNet") == "heatmap"
     assert plot._default_kind("pattern.attribution") == "heatmap"
     assert plot._default_kind("gradient") == "heatmap"
 

@@ -394,12 +394,19 @@ def test_plot_returns_a_figure(relu_net):
         {"conv": {"random": 0.1, "filter": 0.3, "linear": 0.8, "relu": 0.9},
          "fc": {"random": 0.05, "filter": 0.2, "linear": 0.6, "relu": 0.85}},
         per_neuron={}, estimators=ESTIMATORS, estimator_patterns={}, n_samples={})
-    fig = plot_signal_estimator_quality(result, title="ρ")
+    fig = plot_signal_estimator_quality(result)
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
-    assert len(ax.lines) == 4
+    # Bars per layer (layers are categories: no line joins them), one group per layer.
+    assert len(ax.lines) == 0 and len(ax.containers) == 4
     assert [t.get_text() for t in ax.get_xticklabels()] == ["conv", "fc"]
-    np.testing.assert_allclose(ax.lines[3].get_ydata(), [0.9, 0.85])
+    np.testing.assert_allclose([b.get_height() for b in ax.containers[3]], [0.9, 0.85])
+    # The two-component bar of each layer sits inside that layer's group.
+    centres = [b.get_x() + b.get_width() / 2 for b in ax.containers[3]]
+    assert abs(centres[0] - 0) < 0.5 and abs(centres[1] - 1) < 0.5
+    # Titled, and ρ(S) explained under the axes.
+    assert "ρ(S)" in ax.get_title()
+    assert any("x − S(x)" in t.get_text() for t in fig.texts)
 
     other = Figure()
     ax = other.add_subplot()

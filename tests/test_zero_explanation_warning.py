@@ -47,5 +47,6 @@ def test_warning_for_a_dataset_too(gated_model):
     import tensorflow as tf
 
     x = -np.ones((3, 3), np.float32)
-    with pytest.warns(RuntimeWarning, match=r"3 of 3 samples \(indices 0, 1, 2\)"):
+    with pytest.warns(RuntimeWarning, match=r"3 of 3 samples \(indices 0, 1, 2\)") as caught:
         pk.LRPZ(gated_model).analyze(tf.data.Dataset.from_tensor_slices(x).batch(2))
+    assert caught[0].filename == __file__

@@ -194,10 +194,10 @@ class Analyzer:
         if offset == 0:
             raise ValueError("The dataset yielded only empty batches: nothing to analyze.")
         results = [np.concatenate(p, axis=0) for p in parts]
-        self._warn_if_zero(results)
+        self._warn_if_zero(results, stacklevel=4)  # analyze's caller, past this method
         return results if self._multi_input else results[0]
 
-    def _warn_if_zero(self, results: list[np.ndarray]) -> None:
+    def _warn_if_zero(self, results: list[np.ndarray], stacklevel: int = 3) -> None:
         """One warning naming the samples whose explanation is zero everywhere (all inputs)."""
         zero = np.ones(results[0].shape[0], dtype=bool)
         for r in results:
@@ -215,7 +215,7 @@ class Analyzer:
             "selected output is inactive for that sample (a dead or untrained network, an "
             "input far from the training data), or a rule that rectifies the signal (Guided "
             "BackProp, DeConvNet, LRP-αβ) removes all of it. Check the model's output for these "
-            "samples, or try another method.", RuntimeWarning, stacklevel=3)
+            "samples, or try another method.", RuntimeWarning, stacklevel=stacklevel)
 
     @property
     def _multi_input(self) -> bool:

@@ -227,7 +227,10 @@ def plot_degradation(
     ax: Axes | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Draw degradation curves, one line per method, AOPC in the legend.
+    """Draw degradation curves, one line per method, AOPC in the legend (right of the axes).
+
+    A curve that falls fast means the method ranked the patches the model needs first; a
+    method label ``"random"`` is drawn dashed grey as the baseline.
 
     Parameters
     ----------
@@ -254,18 +257,23 @@ def plot_degradation(
     from matplotlib.figure import Figure  # imported here: plotting is optional
 
     if ax is None:
-        figure = Figure(figsize=(5, 3.5), layout="constrained")
+        figure = Figure(figsize=(7.5, 3.8), layout="constrained")
         ax = figure.add_subplot()
     else:
         figure = ax.figure
     for label, result in results.items():
-        label = f"{label} (AOPC {result.aopc:.3f})"
-        ax.plot(np.arange(result.steps + 1), result.curve, label=label)
-    ax.set_xlabel("patches perturbed")
+        # The random baseline is the reference every method should fall below: dashed grey.
+        style = ({"linestyle": "--", "color": "0.45"} if str(label).lower() == "random"
+                 else {"marker": "."})
+        ax.plot(np.arange(result.steps + 1), result.curve,
+                label=f"{label} (AOPC {result.aopc:.3f})", **style)
+    ax.set_xlabel("patches perturbed (most relevant first)")
     ax.set_ylabel("probability of initial class")
     if title is not None:
         ax.set_title(title)
-    ax.legend()
+    # Outside the axes, right of the curves, so that no curve is hidden behind it.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+              fontsize="small", title="AOPC: higher is better", title_fontsize="small")
     return figure
 
 

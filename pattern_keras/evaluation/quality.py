@@ -244,11 +244,14 @@ def signal_estimator_quality(
 def plot_signal_estimator_quality(
     result: Mapping[str, Mapping[str, float]],
     ax: Axes | None = None,
-    title: str | None = None,
+    title: str | None = "Signal estimator quality ρ(S) per layer (higher is better)",
 ) -> Figure:
-    """Draw ρ(S) per layer (x axis, network order), one line with markers per estimator.
+    """Draw ρ(S) as grouped bars: one group per layer (network order), one bar per estimator.
 
-    The paper's figure 3.
+    The paper's figure 3. Layers are categories, so they get bars, not a line joining them. A
+    note under the axes says what ρ(S) is: ``1 − max_v |corr(wᵀx, vᵀ(x − S(x)))|``, 1 when
+    the distractor ``x − S(x)`` left by the estimator ``S`` holds no trace of the output, 0
+    when some projection of it predicts the output perfectly.
 
     Parameters
     ----------
@@ -257,8 +260,9 @@ def plot_signal_estimator_quality(
     ax : matplotlib.axes.Axes, optional
         Where to draw; by default a new ``matplotlib.figure.Figure`` with one axes (no pyplot
         state, nothing displayed).
-    title : str, optional
-        Axes title.
+    title : str or None, optional
+        Axes title (default: "Signal estimator quality ρ(S) per layer (higher is better)");
+        ``None`` for none.
 
     Returns
     -------
@@ -273,26 +277,44 @@ def plot_signal_estimator_quality(
     names = list(getattr(result, "estimators", ()))
     for per_layer in result.values():
         names += [n for n in per_layer if n not in names]
-    if ax is None:
-        figure = Figure(figsize=(max(4.0, 0.6 * len(layer_keys) + 2.5), 3.5), layout="constrained")
+    own_figure = ax is None
+    if own_figure:
+        figure = Figure(figsize=(max(6.5, 1.0 * len(layer_keys) + 3.5), 4.4),
+                        layout="constrained")
         ax = figure.add_subplot()
     else:
         figure = ax.figure
-    positions = np.arange(len(layer_keys))
-    markers = {"random": "x", "filter": "s", "linear": "o", "relu": "^"}
-    for name in names:
+    positions = np.arange(len(layer_keys), dtype=float)
+    width = 0.8 / max(1, len(names))
+    colors = {"random": "0.6", "filter": "tab:orange", "linear": "tab:blue", "relu": "tab:green"}
+    for i, name in enumerate(names):
         values = [result[k].get(name, math.nan) for k in layer_keys]
-        ax.plot(positions, values, marker=markers.get(name, "."), label=_LABELS.get(name, name))
+        bars = ax.bar(positions + (i - (len(names) - 1) / 2) * width, values, width,
+                      label=_LABELS.get(name, name), color=colors.get(name))
+        # The value on every bar: a ρ of 0 has no bar to see.
+        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
     ax.set_xticks(positions)
     ax.set_xticklabels(layer_keys, rotation=45 if len(layer_keys) > 4 else 0, ha="right"
                        if len(layer_keys) > 4 else "center")
-    ax.set_xlabel("layer")
+    ax.set_xlabel("layer (network order)")
     ax.set_ylabel("ρ(S)")
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylim(0.0, 1.1)
     if title is not None:
         ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+              fontsize="small", title="signal estimator S", title_fontsize="small")
+    if own_figure:
+        figure.text(0.01, 0.0, _RHO_NOTE, fontsize="small", ha="left", va="bottom",
+                    wrap=True)
+        figure.get_layout_engine().set(rect=(0, 0.14, 1, 0.86))
     return figure
+
+
+#: What ρ(S) measures, under the figure.
+_RHO_NOTE = ("ρ(S) = 1 − max_v |corr(wᵀx, vᵀ(x − S(x)))| on held-out data: how little of a "
+             "neuron's output y = wᵀx\ncan still be predicted from the distractor x − S(x) that "
+             "the signal estimator S leaves.\n1: the estimator took all of the signal; 0: the "
+             "signal is still in the distractor. Mean over each layer's neurons.")
 
 
 _LABELS = {"random": "random (S_rand)", "filter": "filter (S_w)", "linear": "linear (S_a)",
