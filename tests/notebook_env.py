@@ -64,9 +64,11 @@ def make_fresh_env(path: pathlib.Path) -> str:
     return str(python)
 
 
-def _notebook_env(workdir: pathlib.Path, quick: bool) -> dict[str, str]:
-    env = {"PK_NB_WORKDIR": str(workdir), "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PYTHONNOUSERSITE": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+def _notebook_env(workdir: pathlib.Path | None, quick: bool) -> dict[str, str]:
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONNOUSERSITE": "1",
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    if workdir is not None:
+        env["PK_NB_WORKDIR"] = str(workdir)
     if quick:
         env["PK_NB_QUICK"] = "1"
     return env
@@ -101,10 +103,14 @@ def fresh_kernel(tmp: pathlib.Path, pip_spec: str, quick: bool = True):
 
 @contextlib.contextmanager
 def repo_kernel(tmp: pathlib.Path, quick: bool = False):
-    """Yield ``(kernel name, workdir)`` for this interpreter with the checkout on its path."""
+    """Yield ``(kernel name, workdir)`` for this interpreter with the checkout on its path.
+
+    The kernel runs in ``workdir`` with the notebooks' default output folder (a relative path),
+    so that the saved outputs name no temporary folder.
+    """
     workdir = tmp / "work"
     workdir.mkdir(parents=True, exist_ok=True)
-    env = _notebook_env(workdir, quick)
+    env = _notebook_env(None, quick)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     _write_kernelspec(tmp / "jupyter", sys.executable, env)

@@ -92,12 +92,11 @@ def _strip_volatile(nb) -> None:
         cell.metadata.pop("execution", None)
         if cell.cell_type != "code":
             continue
-        for output in cell.get("outputs", []):
-            if output.get("name") == "stderr":
-                # Keras progress bars and TensorFlow's start-up lines: noise in a saved file.
-                output["text"] = ""
+        # TensorFlow's start-up lines (stderr) and Keras progress-bar redraws (stdout, with
+        # terminal escapes): noise in a saved file, and different on every run.
         cell["outputs"] = [o for o in cell.get("outputs", [])
-                           if not (o.get("name") == "stderr" and not o["text"])]
+                           if not (o.get("name") == "stderr"
+                                   or (o.get("name") == "stdout" and "\x1b[" in o["text"]))]
 
 
 def main(argv=None) -> None:
