@@ -8,6 +8,7 @@
     pattern-keras analyze MODEL INPUTS --method NAME [--patterns patterns.h5]
                       [--neuron INDEX] [--batch-size N] -o OUT_DIR [data options]
     pattern-keras merge A.h5 B.h5 ... -o C.h5
+    pattern-keras import-patterns MODEL FILE.npz -o patterns.h5 [--pattern-type relu|linear]
     pattern-keras methods
     pattern-keras demo [--output DIR] [--quick] [--seed N]
 
@@ -494,6 +495,27 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_import_patterns(args: argparse.Namespace) -> int:
+    _check_output_file(args.output)
+    _check_exists(args.model, "model file")
+    _check_exists(args.file, "iNNvestigate pattern file")
+    _quiet_tensorflow()
+    from pattern_keras.patterns import Patterns
+
+    model = load_model(args.model, args.unsafe)
+    try:
+        patterns = Patterns.from_innvestigate(args.file, model, pattern_type=args.pattern_type)
+    except ValueError as err:  # PatternFileError included: the file, or its fit to the model
+        raise UsageError(_one_line(err)) from None
+    patterns.save(args.output)
+    both = [k for k in patterns if patterns.has_negative(k)]
+    _say(args, f"Wrote {args.output} ({args.pattern_type} patterns of {len(patterns)} layers: "
+               f"{', '.join(patterns)}"
+               + (f"; the pattern of {', '.join(both)} serves both regimes" if both else "")
+               + ")")
+    return EXIT_OK
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     _quiet_tensorflow()
     import pattern_keras as pk
@@ -647,6 +669,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="C.h5", help="the file to write")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=_cmd_merge)
+
+    p = sub.add_parser("import-patterns", help="convert an iNNvestigate 1.x pattern file",
+                       description="Read patterns saved by iNNvestigate 1.x (an .npz of arr_0 "
+                                   "... arr_N, one array per layer with a kernel, in layer "
+                                   "order; e.g. the published VGG16 ImageNet patterns), check "
+                                   "them against MODEL, and save them as a pattern_keras "
+                                   "pattern file for 'analyze --patterns'.")
+    p.add_argument("model", metavar="MODEL", help="a .keras or .h5 model file")
+    p.add_argument("file", metavar="FILE.npz", help="the iNNvestigate pattern file")
+    p.add_argument("-o", "--output", required=True, metavar="PATTERNS.h5",
+                   help="the pattern file to write")
+    p.add_argument("--pattern-type", choices=("relu", "linear"), default="relu",
+                   help="the estimator the file was fitted with (the file does not say): relu "
+                        "(default) or linear")
+    p.add_argument("--unsafe", action="store_true",
+                   help="load the model with Keras's safe mode off (only for files you trust)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no output")
+    p.set_defaults(handler=_cmd_import_patterns)
 
     p = sub.add_parser("methods", help="list the analyzers",
                        description="List the analyzer names with a one-line description.")

@@ -137,6 +137,56 @@ class Patterns(Mapping[str, np.ndarray]):
 
         return io.load_patterns(path)
 
+    @classmethod
+    def from_innvestigate(cls, path: str, model: Any, pattern_type: str = "relu") -> "Patterns":
+        """Read the patterns of iNNvestigate 1.x (an ``.npz`` of ``arr_0 … arr_N``) for ``model``.
+
+        iNNvestigate saves one pattern per layer with a kernel (Dense, convolutions), in the
+        order of the model's layers, each shaped like that kernel: ``np.savez(path,
+        *analyzer._patterns)``, and the published VGG16/VGG19 ImageNet pattern files. Array
+        ``arr_i`` goes to the ``i``-th layer with a kernel of ``model.layers`` (a nested
+        model's layers flattened in place). Save the result with :meth:`save` (it carries
+        ``model``'s fingerprint) so the import is done once.
+
+        A layer that keeps both regimes here (the two-component estimator on a layer whose
+        output is not rectified, e.g. the logits; see ``design/MATH.md``) gets the file's single
+        pattern for both: ``negative(key)`` equals ``self[key]``. That is what iNNvestigate
+        computes, so explanations equal its own, also where the selected logit is negative.
+
+        Parameters
+        ----------
+        path : str
+            The ``.npz`` file. It is read with ``allow_pickle=False``.
+        model : keras.Model
+            The model the patterns were fitted for (same architecture, layer order and
+            weights).
+        pattern_type : {"relu", "linear"}
+            The estimator the file was fitted with (the file does not say): ``"relu"`` for
+            iNNvestigate's ``pattern_type="relu"`` (its default, and the published files named
+            ``..._pattern_type_relu_...``), ``"linear"`` for ``"linear"``.
+
+        Returns
+        -------
+        Patterns
+            ``n_samples`` is 0 (unknown: the file does not record it).
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` does not exist.
+        PatternFileError
+            If the file is not an ``.npz`` of ``arr_0 … arr_N``, or holds anything but plain
+            floating-point arrays (a pickled object array is refused, never unpickled).
+        ValueError
+            If the number of arrays differs from the number of layers with a kernel, or an
+            array's shape differs from its kernel's (naming the first layer that differs, its
+            expected and found shapes); for NaN/inf values, a separable convolution (two
+            kernels here, one array there), or an unsupported layer.
+        """
+        from pattern_keras.patterns.innvestigate import from_innvestigate
+
+        return from_innvestigate(path, model, pattern_type=pattern_type)
+
     def __repr__(self) -> str:
         types = sorted(set(self.pattern_types.values()))
         return (f"Patterns({len(self)} layers, types={types}, n_samples={self.n_samples}, "
