@@ -308,3 +308,31 @@ def test_import_patterns_command(reference_mlp, npz_files, tmp_path, capsys):
 
     code = cli.main(["import-patterns", "--help"])
     assert code == 0 and "pattern-keras import-patterns" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# The example: VGG16 with published patterns (smoke test: random weights, stand-in .npz)
+
+
+def test_vgg16_published_patterns_example_smoke(tmp_path, capsys):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "vgg16_published_patterns.py"
+    spec = importlib.util.spec_from_file_location("vgg16_published_patterns", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = tmp_path / "out"
+    assert example.main(["--output", str(out), "--image-size", "32"]) == 0
+    assert "Imported 16 relu patterns" in capsys.readouterr().out
+    stand_in = np.load(out / "stand_in.npz")
+    saved = Patterns.load(str(out / "patterns.h5"))
+    assert len(stand_in.files) == len(saved) == 16  # 13 convolutions, 3 Dense
+    for i, key in enumerate(saved):
+        assert np.array_equal(saved[key], stand_in[f"arr_{i}"])
+    assert [k for k in saved if saved.has_negative(k)] == ["predictions"]
+    for name in ("pattern_net.npy", "pattern_attribution.npy"):
+        value = np.load(out / name)
+        assert value.shape == (4, 32, 32, 3) and np.isfinite(value).all() and value.any()
+    assert (out / "explanations.png").stat().st_size > 0
+    assert len(list(out.glob("generated*.png"))) == 4
