@@ -114,7 +114,6 @@ class _Detonator:
 
 def _detonate():
     _Detonator.unpickled = True
-    return None
 
 
 def _write(path, arrays=None, **named):

@@ -20,7 +20,7 @@ import numpy as np
 
 from pattern_keras.patterns.io import PatternFileError
 
-__all__ = ["from_innvestigate", "kernel_layers", "INNVESTIGATE_PATTERN_TYPES"]
+__all__ = ["INNVESTIGATE_PATTERN_TYPES", "from_innvestigate", "kernel_layers"]
 
 #: The pattern types iNNvestigate 1.x computes that have an estimator here.
 INNVESTIGATE_PATTERN_TYPES = ("relu", "linear")
@@ -55,7 +55,7 @@ def kernel_layers(model: Any) -> list[tuple[str, Any]]:
 def _has_weight(layer: Any, name: str) -> bool:
     try:
         return getattr(layer, name, None) is not None
-    except Exception:  # a property of an unbuilt or exotic layer: no kernel to match
+    except (ValueError, RuntimeError):  # a property of an unbuilt or exotic layer
         return False
 
 
