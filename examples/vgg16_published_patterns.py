@@ -31,6 +31,7 @@ Outputs in ``--output``: ``patterns.h5``, ``explanations.png`` (a grid: input, P
 PatternAttribution), one PatternAttribution heatmap PNG per image, ``pattern_net.npy`` and
 ``pattern_attribution.npy``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
-from vgg16_own_weights import build_vgg16, generated_images  # noqa: E402
+import numpy as np
+from vgg16_own_weights import build_vgg16, generated_images
 
 
 def stand_in_npz(model, x_fit, path: str, pattern_type: str) -> str:
@@ -57,20 +58,30 @@ def stand_in_npz(model, x_fit, path: str, pattern_type: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description="PatternNet and PatternAttribution on VGG16 with the published "
-                    "(iNNvestigate) patterns.",
+        "(iNNvestigate) patterns.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Without --weights: a smoke test on random weights with stand-in patterns.")
+        epilog="Without --weights: a smoke test on random weights with stand-in patterns.",
+    )
     parser.add_argument("--weights", help="weights file for VGG16 (model.load_weights)")
-    parser.add_argument("--patterns", help="the iNNvestigate pattern file (.npz), or a "
-                                           "pattern_keras file (.h5) imported before")
-    parser.add_argument("--pattern-type", default="relu", choices=("relu", "linear"),
-                        help="the estimator the .npz was fitted with (default relu)")
+    parser.add_argument(
+        "--patterns",
+        help="the iNNvestigate pattern file (.npz), or a pattern_keras file (.h5) imported before",
+    )
+    parser.add_argument(
+        "--pattern-type",
+        default="relu",
+        choices=("relu", "linear"),
+        help="the estimator the .npz was fitted with (default relu)",
+    )
     parser.add_argument("--images", help="folder of images to explain (PNG/JPEG)")
     parser.add_argument("--image-size", type=int, help="input size (224; 64 in the smoke test)")
     parser.add_argument("--classes", type=int, help="output classes (1000; 10 in the smoke test)")
-    parser.add_argument("--preprocess", default="caffe",
-                        choices=("none", "unit", "caffe", "tf", "torch"),
-                        help="input convention (VGG16: caffe)")
+    parser.add_argument(
+        "--preprocess",
+        default="caffe",
+        choices=("none", "unit", "caffe", "tf", "torch"),
+        help="input convention (VGG16: caffe)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--output", "-o", default="vgg16-out", help="output folder")
     args = parser.parse_args(argv)
@@ -81,8 +92,10 @@ def main(argv=None) -> int:
     size = args.image_size or (64 if smoke else 224)
     classes = args.classes or (10 if smoke else 1000)
     if smoke:
-        print("No --weights: smoke test on a randomly initialized VGG16 "
-              f"({size}x{size}, {classes} classes). The explanations mean nothing.")
+        print(
+            "No --weights: smoke test on a randomly initialized VGG16 "
+            f"({size}x{size}, {classes} classes). The explanations mean nothing."
+        )
 
     import pattern_keras as pk
     from pattern_keras import plot
@@ -93,13 +106,16 @@ def main(argv=None) -> int:
 
         keras.utils.set_random_seed(0)
     model = build_vgg16(args.weights, size, classes)
-    print(f"VGG16: {model.count_params():,} parameters"
-          + (f", weights from {args.weights}" if args.weights else ", random weights"))
+    print(
+        f"VGG16: {model.count_params():,} parameters"
+        + (f", weights from {args.weights}" if args.weights else ", random weights")
+    )
 
     if args.images:
         try:
-            x, names = load_data(args.images, image_size=(size, size),
-                                 preprocess=args.preprocess, model=model)
+            x, names = load_data(
+                args.images, image_size=(size, size), preprocess=args.preprocess, model=model
+            )
         except UsageError as err:
             raise SystemExit(f"error: {err}") from None
     else:
@@ -109,10 +125,10 @@ def main(argv=None) -> int:
     os.makedirs(args.output, exist_ok=True)
     source = args.patterns
     if source is None:  # smoke test only
-        x_fit = _preprocess(generated_images(32, size, seed=2).astype(np.float32),
-                            args.preprocess)
-        source = stand_in_npz(model, x_fit, os.path.join(args.output, "stand_in.npz"),
-                              args.pattern_type)
+        x_fit = _preprocess(generated_images(32, size, seed=2).astype(np.float32), args.preprocess)
+        source = stand_in_npz(
+            model, x_fit, os.path.join(args.output, "stand_in.npz"), args.pattern_type
+        )
         print(f"Wrote stand-in iNNvestigate patterns to {source}")
     if source.lower().endswith(".npz"):
         try:
@@ -121,19 +137,22 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: {err}") from None
         path = os.path.join(args.output, "patterns.h5")
         patterns.save(path)
-        print(f"Imported {len(patterns)} {args.pattern_type} patterns from {source}; saved "
-              f"them to {path} (give that file as --patterns next time)")
+        print(
+            f"Imported {len(patterns)} {args.pattern_type} patterns from {source}; saved "
+            f"them to {path} (give that file as --patterns next time)"
+        )
     else:
         patterns = pk.Patterns.load(source)
         print(f"Loaded the patterns from {source}")
 
     pattern_type = dict(patterns.pattern_types)
     explanations = {
-        "PatternNet": pk.PatternNet(model, pattern_type=pattern_type, patterns=patterns)
-        .analyze(x, batch_size=args.batch_size),
-        "PatternAttribution": pk.PatternAttribution(model, pattern_type=pattern_type,
-                                                    patterns=patterns)
-        .analyze(x, batch_size=args.batch_size),
+        "PatternNet": pk.PatternNet(model, pattern_type=pattern_type, patterns=patterns).analyze(
+            x, batch_size=args.batch_size
+        ),
+        "PatternAttribution": pk.PatternAttribution(
+            model, pattern_type=pattern_type, patterns=patterns
+        ).analyze(x, batch_size=args.batch_size),
     }
     for name, value in explanations.items():
         bad = ~np.isfinite(value)
@@ -143,18 +162,23 @@ def main(argv=None) -> int:
     top = model.predict(x, batch_size=args.batch_size, verbose=0).argmax(axis=1)
     shown = x[..., ::-1] if args.preprocess == "caffe" else x  # BGR back to RGB, for display
     figure = plot.explanation_grid(
-        shown[:8], {k: v[:8] for k, v in explanations.items()},
-        row_labels=[f"{n[:14]}: class {c}" for n, c in zip(names[:8], top[:8])])
+        shown[:8],
+        {k: v[:8] for k, v in explanations.items()},
+        row_labels=[f"{n[:14]}: class {c}" for n, c in zip(names[:8], top[:8])],
+    )
     grid = plot.save_figure(figure, os.path.join(args.output, "explanations.png"))
     np.save(os.path.join(args.output, "pattern_net.npy"), explanations["PatternNet"])
-    np.save(os.path.join(args.output, "pattern_attribution.npy"),
-            explanations["PatternAttribution"])
+    np.save(
+        os.path.join(args.output, "pattern_attribution.npy"), explanations["PatternAttribution"]
+    )
     from matplotlib import image as mpimg
 
     for name, heat in zip(names, plot.heatmap(explanations["PatternAttribution"])):
         mpimg.imsave(os.path.join(args.output, f"{name}.png"), heat)
-    print(f"Wrote {grid}, {len(names)} PatternAttribution heatmaps, pattern_net.npy and "
-          f"pattern_attribution.npy to {args.output}")
+    print(
+        f"Wrote {grid}, {len(names)} PatternAttribution heatmaps, pattern_net.npy and "
+        f"pattern_attribution.npy to {args.output}"
+    )
     return 0
 
 

@@ -4,6 +4,7 @@ that do not fit, the HDF5 round trip, and the ``import-patterns`` command.
 The reference: the patterns and outputs of iNNvestigate 1.0.9 on its MLP
 (``tests/data/innvestigate-1.0.9-mlp.npz``, see ``tests/data/REFERENCE.md``).
 """
+
 from __future__ import annotations
 
 import keras
@@ -28,8 +29,9 @@ def close_to_largest(actual, desired, rel=1e-5, err_msg=""):
     """|actual - desired| <= rel · max|desired|, everywhere."""
     actual, desired = np.asarray(actual), np.asarray(desired)
     assert actual.shape == desired.shape, (actual.shape, desired.shape)
-    np.testing.assert_allclose(actual, desired, rtol=0,
-                               atol=rel * float(np.max(np.abs(desired))), err_msg=err_msg)
+    np.testing.assert_allclose(
+        actual, desired, rtol=0, atol=rel * float(np.max(np.abs(desired))), err_msg=err_msg
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +50,11 @@ def npz_files(tmp_path_factory, reference_mlp):
 
 
 @pytest.mark.parametrize("pattern_type", ["relu", "linear"])
-def test_imported_reference_patterns_give_the_reference_outputs(reference_mlp, npz_files,
-                                                                pattern_type):
+def test_imported_reference_patterns_give_the_reference_outputs(
+    reference_mlp, npz_files, pattern_type
+):
     model, ref = reference_mlp
-    patterns = Patterns.from_innvestigate(npz_files[pattern_type], model,
-                                          pattern_type=pattern_type)
+    patterns = Patterns.from_innvestigate(npz_files[pattern_type], model, pattern_type=pattern_type)
     assert list(patterns) == list(LAYERS)
     for name, array in zip(LAYERS, reference_arrays(ref, pattern_type)):
         assert np.array_equal(patterns[name], array)
@@ -68,13 +70,17 @@ def test_imported_reference_patterns_give_the_reference_outputs(reference_mlp, n
     x, logits = ref["x_analyze"], ref["logits"]
     negative3 = logits[:, 3] <= 0
     assert negative3.sum() == 22  # the rows where a two-regime logits layer would differ
-    for cls, name in ((pk.PatternNet, "pattern.net"),
-                      (pk.PatternAttribution, "pattern.attribution")):
+    for cls, name in (
+        (pk.PatternNet, "pattern.net"),
+        (pk.PatternAttribution, "pattern.attribution"),
+    ):
         out = cls(model, pattern_type=pattern_type, patterns=patterns).analyze(x)
-        close_to_largest(out, ref[f"{name}[{pattern_type}]/max_activation"],
-                         err_msg=f"{name} max_activation")
-        out3 = cls(model, pattern_type=pattern_type, patterns=patterns,
-                   neuron_selection_mode="index").analyze(x, neuron_selection=3)
+        close_to_largest(
+            out, ref[f"{name}[{pattern_type}]/max_activation"], err_msg=f"{name} max_activation"
+        )
+        out3 = cls(
+            model, pattern_type=pattern_type, patterns=patterns, neuron_selection_mode="index"
+        ).analyze(x, neuron_selection=3)
         expected3 = ref[f"{name}[{pattern_type}]/index3"]
         close_to_largest(out3, expected3, err_msg=f"{name} index3, all rows")
         assert np.abs(expected3[negative3]).max() > 0.1 * np.abs(expected3).max()
@@ -86,15 +92,20 @@ def test_a_two_regime_fit_differs_where_the_import_agrees(reference_mlp, npz_fil
     for both regimes they do not."""
     model, ref = reference_mlp
     imported = Patterns.from_innvestigate(npz_files["relu"], model)
-    a_minus = pk.PatternComputer(model).compute(ref["x_fit"], batch_size=64,
-                                                verbose=0).negative("dense3")
+    a_minus = (
+        pk.PatternComputer(model).compute(ref["x_fit"], batch_size=64, verbose=0).negative("dense3")
+    )
     assert not np.allclose(a_minus, imported["dense3"], rtol=1e-2)
-    two_regimes = Patterns({k: imported[k] for k in imported}, negative={"dense3": a_minus},
-                           fingerprint=imported.fingerprint)
+    two_regimes = Patterns(
+        {k: imported[k] for k in imported},
+        negative={"dense3": a_minus},
+        fingerprint=imported.fingerprint,
+    )
     x, expected = ref["x_analyze"], ref["pattern.net[relu]/index3"]
     negative3 = ref["logits"][:, 3] <= 0
     out = pk.PatternNet(model, patterns=two_regimes, neuron_selection_mode="index").analyze(
-        x, neuron_selection=3)
+        x, neuron_selection=3
+    )
     assert not np.allclose(out[negative3], expected[negative3], rtol=1e-2)
     np.testing.assert_allclose(out[~negative3], expected[~negative3], rtol=1e-5, atol=1e-6)
 
@@ -124,13 +135,19 @@ def _write(path, arrays=None, **named):
 def test_one_array_too_few(reference_mlp, tmp_path):
     model, ref = reference_mlp
     arrays = reference_arrays(ref, "relu")
-    with pytest.raises(ValueError, match=r"holds 2 arrays.*3 layers with a kernel.*first layer "
-                                         r"without an array is 'dense3' \(kernel shape "
-                                         r"\(16, 10\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"holds 2 arrays.*3 layers with a kernel.*first layer "
+        r"without an array is 'dense3' \(kernel shape "
+        r"\(16, 10\)\)",
+    ):
         Patterns.from_innvestigate(_write(tmp_path / "few.npz", arrays[:2]), model)
     # Missing the first: the shapes shift, and the first that differs is named.
-    with pytest.raises(ValueError, match=r"holds 2 arrays.*arr_0 for layer 'dense1': expected "
-                                         r"shape \(64, 32\), found \(32, 16\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"holds 2 arrays.*arr_0 for layer 'dense1': expected "
+        r"shape \(64, 32\), found \(32, 16\)",
+    ):
         Patterns.from_innvestigate(_write(tmp_path / "few0.npz", arrays[1:]), model)
     with pytest.raises(ValueError, match=r"holds 4 arrays.*arr_3 on \(shape \(16, 10\)\)"):
         Patterns.from_innvestigate(_write(tmp_path / "many.npz", arrays + arrays[-1:]), model)
@@ -140,9 +157,12 @@ def test_one_array_of_the_wrong_shape(reference_mlp, tmp_path):
     model, ref = reference_mlp
     arrays = reference_arrays(ref, "relu")
     arrays[1] = arrays[1].T
-    with pytest.raises(ValueError, match=r"arr_1 .* has shape \(16, 32\), but layer 'dense2' "
-                                         r"\(layer 1 with a kernel\) has a kernel of shape "
-                                         r"\(32, 16\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"arr_1 .* has shape \(16, 32\), but layer 'dense2' "
+        r"\(layer 1 with a kernel\) has a kernel of shape "
+        r"\(32, 16\)",
+    ):
         Patterns.from_innvestigate(_write(tmp_path / "shape.npz", arrays), model)
 
 
@@ -161,8 +181,9 @@ def test_a_pickled_object_array_is_refused_unopened(reference_mlp, tmp_path):
         Patterns.from_innvestigate(_write(tmp_path / "list.npz", [ragged]), model)
 
 
-@pytest.mark.parametrize("case", ["named arrays", "gap", "integers", "nan", "not npz", "npy",
-                                  "missing", "pattern type"])
+@pytest.mark.parametrize(
+    "case", ["named arrays", "gap", "integers", "nan", "not npz", "npy", "missing", "pattern type"]
+)
 def test_other_files_that_cannot_be_patterns(reference_mlp, tmp_path, case):
     model, ref = reference_mlp
     arrays = reference_arrays(ref, "relu")
@@ -230,8 +251,9 @@ def test_import_save_load_round_trip_is_exact(reference_mlp, npz_files, tmp_path
 
 def _conv_model():
     keras.utils.set_random_seed(5)
-    block = keras.Sequential([keras.Input((32,)), L.Dense(6, activation="relu", name="fc")],
-                             name="block")
+    block = keras.Sequential(
+        [keras.Input((32,)), L.Dense(6, activation="relu", name="fc")], name="block"
+    )
     x = keras.Input((6, 6, 1))
     h = L.Conv2D(2, 3, activation="relu", name="conv")(x)
     h = block(L.Flatten(name="flatten")(h))
@@ -261,11 +283,17 @@ def test_nested_conv_model_in_layer_order():
 
 
 def test_separable_convolution_is_refused(tmp_path):
-    model = keras.Sequential([keras.Input((6, 6, 2)),
-                              L.SeparableConv2D(3, 3, activation="relu", name="sep"),
-                              L.Flatten(), L.Dense(2, name="head")])
-    path = _write(tmp_path / "sep.npz", [np.ones((3, 3, 2, 1), np.float32),
-                                         np.ones((48, 2), np.float32)])
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            L.SeparableConv2D(3, 3, activation="relu", name="sep"),
+            L.Flatten(),
+            L.Dense(2, name="head"),
+        ]
+    )
+    path = _write(
+        tmp_path / "sep.npz", [np.ones((3, 3, 2, 1), np.float32), np.ones((48, 2), np.float32)]
+    )
     with pytest.raises(ValueError, match=r"'sep' is a separable convolution"):
         Patterns.from_innvestigate(path, model)
 
@@ -289,12 +317,27 @@ def test_import_patterns_command(reference_mlp, npz_files, tmp_path, capsys):
     assert np.array_equal(loaded.negative("dense3"), loaded["dense3"])
     # ... and 'analyze' with it gives the reference, every row.
     np.save(tmp_path / "x.npy", ref["x_analyze"])
-    code = cli.main(["analyze", str(model_path), str(tmp_path / "x.npy"), "-m",
-                     "pattern.attribution", "--patterns", str(out), "--neuron", "3",
-                     "-o", str(tmp_path / "explained"), "-q"])
+    code = cli.main(
+        [
+            "analyze",
+            str(model_path),
+            str(tmp_path / "x.npy"),
+            "-m",
+            "pattern.attribution",
+            "--patterns",
+            str(out),
+            "--neuron",
+            "3",
+            "-o",
+            str(tmp_path / "explained"),
+            "-q",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
-    close_to_largest(np.load(tmp_path / "explained" / "explanations.npy"),
-                     ref["pattern.attribution[relu]/index3"])
+    close_to_largest(
+        np.load(tmp_path / "explained" / "explanations.npy"),
+        ref["pattern.attribution[relu]/index3"],
+    )
 
     # A file for another model: exit 2, one line naming the layer.
     arrays = reference_arrays(ref, "relu")

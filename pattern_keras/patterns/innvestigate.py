@@ -78,12 +78,14 @@ def _read_arrays(path: str) -> list[np.ndarray]:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise PatternFileError(
             f"'{path}' is not a readable .npz file (iNNvestigate patterns are written with "
-            f"np.savez(path, *patterns)): {err}") from None
+            f"np.savez(path, *patterns)): {err}"
+        ) from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise PatternFileError(
             f"'{path}' holds a single array of shape {np.shape(archive)} (a .npy file); "
             "iNNvestigate patterns are an .npz of one array per layer, "
-            "np.savez(path, *patterns).")
+            "np.savez(path, *patterns)."
+        )
     with archive:
         names = list(archive.files)
         indices = {}
@@ -93,7 +95,8 @@ def _read_arrays(path: str) -> list[np.ndarray]:
                 raise PatternFileError(
                     f"'{path}' holds an array named '{name}'; an iNNvestigate pattern file "
                     "holds only arr_0, arr_1, ... (np.savez(path, *patterns)). Its arrays: "
-                    f"{', '.join(names)}.")
+                    f"{', '.join(names)}."
+                )
             indices[int(match.group(1))] = name
         if not indices:
             raise PatternFileError(f"'{path}' holds no arrays.")
@@ -101,7 +104,8 @@ def _read_arrays(path: str) -> list[np.ndarray]:
         if missing:
             raise PatternFileError(
                 f"'{path}' has no array arr_{missing[0]}, but has arrays up to "
-                f"arr_{max(indices)}: the file is incomplete.")
+                f"arr_{max(indices)}: the file is incomplete."
+            )
         arrays = []
         for i in range(len(indices)):
             name = indices[i]
@@ -112,13 +116,15 @@ def _read_arrays(path: str) -> list[np.ndarray]:
                     f"Array {name} of '{path}' is a pickled object array ({err}); it is not "
                     "unpickled. Patterns must be plain numeric arrays: save them with "
                     "np.savez(path, *patterns), one float array per layer (a list of arrays "
-                    "given as one argument becomes an object array).") from None
+                    "given as one argument becomes an object array)."
+                ) from None
             except (OSError, EOFError, zipfile.BadZipFile) as err:
                 raise PatternFileError(f"Array {name} of '{path}' is damaged: {err}") from None
             if not np.issubdtype(array.dtype, np.floating):
                 raise PatternFileError(
                     f"Array {name} of '{path}' has dtype {array.dtype}; patterns are "
-                    "floating-point arrays.")
+                    "floating-point arrays."
+                )
             arrays.append(array)
     return arrays
 
@@ -135,7 +141,8 @@ def from_innvestigate(path: str, model: Any, pattern_type: str = "relu"):
     if pattern_type not in INNVESTIGATE_PATTERN_TYPES:
         raise ValueError(
             f"pattern_type must be one of {INNVESTIGATE_PATTERN_TYPES} (the estimators of "
-            f"iNNvestigate's files that exist here); got {pattern_type!r}.")
+            f"iNNvestigate's files that exist here); got {pattern_type!r}."
+        )
     path = os.fspath(path)
     arrays = _read_arrays(path)
     # The computer names the layers that get patterns (refusing unsupported layers) and knows
@@ -148,47 +155,61 @@ def from_innvestigate(path: str, model: Any, pattern_type: str = "relu"):
             raise ValueError(
                 f"Layer '{key}' is a separable convolution: it has two kernels here "
                 "(depthwise and pointwise) but an iNNvestigate file holds one pattern per "
-                "layer. Fit its patterns with pattern_keras instead.")
+                "layer. Fit its patterns with pattern_keras instead."
+            )
         kernel = next(getattr(layer, n) for n in _KERNEL_NAMES if _has_weight(layer, n))
-        expected.append((key, tuple(int(d) for d in kernel.shape), str(kernel.dtype),
-                         key if key in plans else None))
+        expected.append(
+            (
+                key,
+                tuple(int(d) for d in kernel.shape),
+                str(kernel.dtype),
+                key if key in plans else None,
+            )
+        )
     unmatched = [k for k in plans if k not in {e[3] for e in expected}]
     if unmatched:  # a pattern key that no layer of model.layers provides: cannot be positioned
         raise ValueError(f"Cannot place layer '{unmatched[0]}' in iNNvestigate's layer order.")
 
-    first_bad = next(((i, e) for i, (e, a) in enumerate(zip(expected, arrays))
-                      if tuple(a.shape) != e[1]), None)
+    first_bad = next(
+        ((i, e) for i, (e, a) in enumerate(zip(expected, arrays)) if tuple(a.shape) != e[1]), None
+    )
     if len(arrays) != len(expected):
         if first_bad is not None:
             i, (key, shape, _, _) = first_bad
-            where = (f"the first that differs is arr_{i} for layer '{key}': expected shape "
-                     f"{shape}, found {tuple(arrays[i].shape)}")
+            where = (
+                f"the first that differs is arr_{i} for layer '{key}': expected shape "
+                f"{shape}, found {tuple(arrays[i].shape)}"
+            )
         elif len(arrays) < len(expected):
             key, shape, _, _ = expected[len(arrays)]
             where = f"the first layer without an array is '{key}' (kernel shape {shape})"
         else:
-            where = (f"arrays from arr_{len(expected)} on (shape "
-                     f"{tuple(arrays[len(expected)].shape)}) match no layer")
+            where = (
+                f"arrays from arr_{len(expected)} on (shape "
+                f"{tuple(arrays[len(expected)].shape)}) match no layer"
+            )
         raise ValueError(
             f"'{path}' holds {len(arrays)} arrays but model '{model.name}' has "
             f"{len(expected)} layers with a kernel ({', '.join(e[0] for e in expected)}); "
-            f"{where}.")
+            f"{where}."
+        )
     if first_bad is not None:
         i, (key, shape, _, _) = first_bad
         raise ValueError(
             f"Array arr_{i} of '{path}' has shape {tuple(arrays[i].shape)}, but layer "
             f"'{key}' (layer {i} with a kernel) has a kernel of shape {shape}: the file was "
-            "written for another model (or another input size).")
+            "written for another model (or another input size)."
+        )
 
     positive, negative = {}, {}
     for i, ((key, _, dtype, plan_key), array) in enumerate(zip(expected, arrays)):
         if not np.all(np.isfinite(array)):
-            raise ValueError(f"Array arr_{i} of '{path}' (layer '{key}') holds NaN or inf "
-                             "values.")
+            raise ValueError(f"Array arr_{i} of '{path}' (layer '{key}') holds NaN or inf values.")
         value = array.astype(dtype)
         if not np.all(np.isfinite(value)):
-            raise ValueError(f"Array arr_{i} of '{path}' (layer '{key}') overflows the "
-                             f"kernel's dtype {dtype}.")
+            raise ValueError(
+                f"Array arr_{i} of '{path}' (layer '{key}') overflows the kernel's dtype {dtype}."
+            )
         if plan_key is None:  # a kernel off the path from input to output: no pattern needed
             continue
         positive[plan_key] = value
@@ -197,6 +218,10 @@ def from_innvestigate(path: str, model: Any, pattern_type: str = "relu"):
             # iNNvestigate computes one pattern (a₊) and uses it for both signs of the neuron.
             negative[plan_key] = value
     ordered = {k: positive[k] for k in plans}
-    return Patterns(ordered, negative={k: negative[k] for k in plans if k in negative},
-                    pattern_types={k: pattern_type for k in plans}, n_samples=0,
-                    fingerprint=model_fingerprint(model))
+    return Patterns(
+        ordered,
+        negative={k: negative[k] for k in plans if k in negative},
+        pattern_types={k: pattern_type for k in plans},
+        n_samples=0,
+        fingerprint=model_fingerprint(model),
+    )

@@ -138,7 +138,7 @@ class Patterns(Mapping[str, np.ndarray]):
         return io.load_patterns(path)
 
     @classmethod
-    def from_innvestigate(cls, path: str, model: Any, pattern_type: str = "relu") -> "Patterns":
+    def from_innvestigate(cls, path: str, model: Any, pattern_type: str = "relu") -> Patterns:
         """Read the patterns of iNNvestigate 1.x (an ``.npz`` of ``arr_0 … arr_N``) for ``model``.
 
         iNNvestigate saves one pattern per layer with a kernel (Dense, convolutions), in the
