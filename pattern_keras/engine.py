@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import tensorflow as tf
 
 from pattern_keras import graph as _graph
-from pattern_keras.layers import LinearPart, Op, ops_for_node
+from pattern_keras.layers import LinearPart, Op, ops_for_node, resolve_products
 
 __all__ = ["Program", "forward", "backward", "if_samples", "Rule"]
 
@@ -34,8 +34,8 @@ class Program:
     model : keras.Model
         A Functional or Sequential model (nested models allowed) with one output.
     strip_softmax : bool
-        Drop a final softmax (a layer's fused activation, an ``Activation("softmax")`` or a
-        ``Softmax`` layer) so that explanations are of the pre-softmax value.
+        Drop a final softmax or sigmoid (a layer's fused activation, an ``Activation`` or a
+        ``Softmax`` layer) so that explanations are of the logit.
     fold_batch_norm : bool
         Fold every inference-mode BatchNormalization that directly follows a linear layer (and
         is its only consumer) into that layer's kernel and bias: the canonization that makes
@@ -83,6 +83,10 @@ class Program:
             graph.input_specs[graph.inputs.index(self.output)][0]
             if self.output in graph.inputs else None)
         self.ops = ops
+        shapes = {slot: spec[0] for slot, spec in zip(graph.inputs, graph.input_specs)}
+        for node in graph.nodes:
+            shapes.update(zip(node.outputs, node.output_shapes))
+        resolve_products(self.ops, shapes)
         if strip_softmax:
             self._strip_final_softmax()
         for op in self.ops:
@@ -108,8 +112,10 @@ class Program:
         return [op for op in self.ops if slot in op.inputs]
 
     def _strip_final_softmax(self) -> None:
+        """Drop a final softmax or sigmoid: explanations are of the logit."""
         last = self.producer(self.output)
-        if last is not None and last.kind == "activation" and last.activation == "softmax":
+        if last is not None and last.kind == "activation" and last.activation in ("softmax",
+                                                                                   "sigmoid"):
             self.ops.remove(last)
             self.output = last.inputs[0]
 
@@ -132,7 +138,7 @@ class Program:
                             and users[0].activation == "relu")
 
     def _fold_batch_norms(self) -> None:
-        for bn in [op for op in self.ops if op.kind == "affine"]:
+        for bn in [op for op in self.ops if op.kind == "affine" and op.affine is not None]:
             linear = self.producer(bn.inputs[0])
             if linear is None or linear.kind != "linear":
                 continue

@@ -8,16 +8,28 @@ backward rules are chosen per kind, never per layer class:
     SeparableConv, ConvTranspose). Carries a :class:`LinearPart`. A fused activation
     (``Dense(..., activation="relu")``) becomes a separate ``"activation"`` op after it.
 ``"affine"``
-    An elementwise scale and shift (inference-mode BatchNormalization).
+    A map that is affine in its input for LRP and the pattern methods: an elementwise scale and
+    shift (inference-mode BatchNormalization, Rescaling, Normalization, ConvNeXt's LayerScale,
+    constant arithmetic such as ``x * c`` or ``x + 3.0`` written as graph ops), and
+    LayerNormalization, whose op carries ``held``: its forward pass with the normalizing scale
+    held constant per sample (a linear map), which LRP and the pattern methods differentiate.
 ``"activation"``
     An elementwise nonlinearity: ``"relu"`` (ReLU, ReLU6, ``ReLU(max_value=...)``), ``"linear"``,
-    ``"softmax"`` (only as the model's last op, where it is stripped).
+    the *gating* activations ``f(z) = z·g(z)`` (``leaky_relu``, ``prelu``, ``elu``, ``selu``,
+    ``silu`` = swish, ``hard_silu`` = hard_swish, ``gelu``, ``tanh``; the op carries ``gate``),
+    the other activations ``sigmoid``, ``softplus``, ``hard_sigmoid``, ``"softmax"`` (only as the
+    model's last op, where it is stripped, as is a final ``sigmoid``), and ``"product"``: a
+    Multiply of two tensors whose second input is a gate computed from (or broadcast onto) the
+    first (``x·sigmoid(x)``, squeeze-and-excitation); see :func:`resolve_product`.
 ``"max_pool"``
     Max pooling: backward signals are routed to the winners.
 ``"sum"``
-    A linear map without a learned kernel: average pooling, Add, Average.
+    A linear map without a learned kernel: average pooling, Add, Subtract, Average,
+    InceptionResNetV2's CustomScaleLayer (``x + s·r``).
 ``"move"``
-    Data movement: Flatten, Reshape, padding, cropping, Concatenate, Dropout, Identity.
+    Data movement: Flatten, Reshape, padding, cropping, Concatenate, Dropout, Identity, and what
+    is the identity at inference (RandomFlip, RandomRotation, RandomZoom, RandomTranslation,
+    RandomContrast, RandomBrightness, ConvNeXt's StochasticDepth).
 
 A user's own layer joins one of these kinds with :func:`register_layer`.
 """
@@ -156,8 +168,18 @@ class Op:
         For linear ops: the output goes straight (and only) into a ReLU, so only the positive
         regime of its pattern matters.
     affine : callable or None
-        For ``kind == "affine"``: returns ``(scale, shift, axis)`` with ``y = scale·x + shift``
-        (a callable, so traced code reads the current weights).
+        For a BatchNormalization (``kind == "affine"``): returns ``(scale, shift, axis)`` with
+        ``y = scale·x + shift`` (a callable, so traced code reads the current weights); what
+        lets it fold into the preceding linear layer. ``None`` for the other affine ops, which
+        never fold.
+    gate : callable or None
+        For a gating activation ``f(z) = z·g(z)``: ``gate(inputs) -> g(z)``, broadcastable to
+        ``inputs[0]``; for a ``"product"`` op the value of its gate operand, ``inputs[1]``.
+        ``None`` for every other op (ReLU keeps its forward gate, see :mod:`pattern_keras.rules`).
+    held : callable or None
+        For LayerNormalization: the forward pass with the normalizing scale held constant per
+        sample (same values, but linear in the input); LRP and the pattern methods
+        differentiate it instead of ``forward``.
     rank : int
         Rank of the op's (first) output, batch axis included.
     """
@@ -173,6 +195,8 @@ class Op:
     pattern_key: str | None = None
     rectified: bool = False
     affine: Callable[[], tuple[Any, Any, int]] | None = None
+    gate: Callable[[Sequence[Any]], Any] | None = None
+    held: Callable[[Sequence[Any]], list[Any]] | None = None
     rank: int = 0
 
 
@@ -182,22 +206,52 @@ class Op:
 
 def _activation_name(fn: Any) -> str:
     name = getattr(fn, "__name__", None) or type(fn).__name__
-    return {"relu6": "relu"}.get(name, name)
+    return {"relu6": "relu", "swish": "silu", "hard_swish": "hard_silu"}.get(name, name)
 
 
-_SUPPORTED_ACTIVATIONS = ("relu", "linear", "softmax")
+#: Gating activations ``f(z) = z·g(z)`` and ``f'(0)``, the value of ``g`` at ``z = 0`` (the
+#: derivative TensorFlow takes there). ``g(z) = f(z)/z`` elsewhere.
+GATING_ACTIVATIONS = {"silu": 0.5, "hard_silu": 0.5, "gelu": 0.5, "tanh": 1.0, "elu": 1.0,
+                      "selu": 1.0507009873554805, "leaky_relu": None, "prelu": None}
+#: Other elementwise activations: every rule uses their derivative (LRP passes relevance).
+OTHER_ACTIVATIONS = ("sigmoid", "softplus", "hard_sigmoid")
+_SUPPORTED_ACTIVATIONS = (("relu", "linear") + tuple(GATING_ACTIVATIONS) + OTHER_ACTIVATIONS
+                          + ("softmax",))
+
+
+def _ratio_gate(fn: Callable[[Any], Any], at_zero: float) -> Callable[[Sequence[Any]], Any]:
+    """``g(z) = f(z)/z``, and ``f'(0)`` where ``z = 0``."""
+    def gate(inputs):
+        z = inputs[0]
+        zero = tf.equal(z, 0)
+        ratio = fn(z) / tf.where(zero, tf.ones_like(z), z)
+        return tf.where(zero, tf.cast(at_zero, z.dtype), ratio)
+    return gate
+
+
+def _slope_gate(slope_fn: Callable[[], Any]) -> Callable[[Sequence[Any]], Any]:
+    """``g(z) = 1`` for ``z > 0``, the (learned) slope elsewhere: leaky ReLU and PReLU."""
+    def gate(inputs):
+        z = inputs[0]
+        return tf.where(z > 0, tf.ones_like(z), tf.cast(slope_fn(), z.dtype))
+    return gate
 
 
 def _activation_op(key: str, layer: Any, name: str, fn: Callable[[Any], Any], slot_in: int,
-                   slot_out: int) -> Op:
+                   slot_out: int, gate: Callable[[Sequence[Any]], Any] | None = None) -> Op:
     if name not in _SUPPORTED_ACTIVATIONS:
         raise ValueError(
             f"Layer '{key}' ({type(layer).__name__}) uses the activation '{name}', which has no "
             f"backward rule. Supported activations: {', '.join(_SUPPORTED_ACTIVATIONS)} "
             "(softmax only as the model's last operation, where it is stripped)."
         )
+    if gate is None and name in GATING_ACTIVATIONS:
+        if name == "leaky_relu":  # keras.activations.leaky_relu's default slope
+            gate = _slope_gate(lambda: 0.2)
+        else:
+            gate = _ratio_gate(fn, GATING_ACTIVATIONS[name])
     return Op(key=key, kind="activation", layer=layer, inputs=(slot_in,), outputs=(slot_out,),
-              forward=lambda xs: [fn(xs[0])], activation=name)
+              forward=lambda xs: [fn(xs[0])], activation=name, gate=gate)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,18 +385,176 @@ def _simple(kind: str) -> Callable[[_graph.CallNode, Sequence[Any]], list[Op]]:
 
 def _activation_layer(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
     layer = node.layer
+    gate = None
     if isinstance(layer, L.ReLU):
-        if float(layer.negative_slope) != 0.0 or float(layer.threshold) != 0.0:
+        slope, threshold = float(layer.negative_slope), float(layer.threshold)
+        if threshold != 0.0 or (slope != 0.0 and layer.max_value is not None):
             raise ValueError(
-                f"Layer '{node.key}' is a ReLU with negative_slope={layer.negative_slope} and "
-                f"threshold={layer.threshold}; only plain ReLUs (max_value allowed) are supported.")
-        name = "relu"
+                f"Layer '{node.key}' is a ReLU with negative_slope={layer.negative_slope}, "
+                f"threshold={layer.threshold} and max_value={layer.max_value}; supported are "
+                "plain ReLUs (max_value allowed) and leaky ones (negative_slope, no max_value).")
+        name = "relu" if slope == 0.0 else "leaky_relu"
+        if slope != 0.0:
+            gate = _slope_gate(lambda: slope)
+    elif isinstance(layer, L.LeakyReLU):
+        name, gate = "leaky_relu", _slope_gate(lambda: float(layer.negative_slope))
+    elif isinstance(layer, L.PReLU):
+        name, gate = "prelu", _slope_gate(lambda: layer.alpha)
+    elif isinstance(layer, L.ELU):
+        name = "elu"
     elif isinstance(layer, L.Softmax):
         name = "softmax"
     else:
         name = _activation_name(layer.activation)
     return [_activation_op(node.key, layer, name, lambda x: node.call([x])[0], node.inputs[0],
-                           node.outputs[0])]
+                           node.outputs[0], gate=gate)]
+
+
+def _activation_function_op(name: str):
+    """An activation written as a graph op (``keras.ops.sigmoid(x)`` in a functional model)."""
+    def build(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
+        gate = None
+        if name == "leaky_relu":
+            slope = float(node.layer.negative_slope)
+            gate = _slope_gate(lambda: slope)
+        return [_activation_op(node.key, node.layer, name, lambda x: node.call([x])[0],
+                               node.inputs[0], node.outputs[0], gate=gate)]
+    return build
+
+
+def _affine(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
+    """An elementwise affine map that never folds (Rescaling, Normalization, LayerScale,
+    constant arithmetic): LRP takes its ε/z-rule, every other method its derivative."""
+    return [Op(key=node.key, kind="affine", layer=node.layer, inputs=node.inputs,
+               outputs=node.outputs, forward=node.call)]
+
+
+def _identity(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
+    """A layer that is the identity at inference (augmentation, stochastic depth)."""
+    dtype = node.layer.compute_dtype
+
+    def forward(xs):
+        return [tf.cast(xs[0], dtype)]
+
+    return [Op(key=node.key, kind="move", layer=node.layer, inputs=node.inputs[:1],
+               outputs=node.outputs, forward=forward)]
+
+
+def _layer_norm(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
+    """LayerNormalization: exact forward; ``held`` keeps its per-sample scale ``1/σ`` constant,
+    so that LRP and the pattern methods see the linear map ``γ·(x − mean(x))/σ + β``
+    (RMS scaling: ``γ·x/σ``), the LayerNorm rule of Ali et al. (ICML 2022)."""
+    layer = node.layer
+    rank = len(x_shape)
+    axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
+    axes = sorted(a % rank for a in axes)
+    shape = [1] * rank
+    for a in axes:
+        shape[a] = x_shape[a]
+
+    def held(xs):
+        x = xs[0]
+        compute = tf.float64 if x.dtype == tf.float64 else tf.float32
+        xc = tf.cast(x, compute)
+        mean, variance = tf.nn.moments(xc, axes=axes, keepdims=True)
+        inv = tf.stop_gradient(tf.math.rsqrt(variance + layer.epsilon))
+        y = xc * inv if layer.rms_scaling else (xc - mean) * inv
+        if layer.gamma is not None:
+            y = y * tf.reshape(tf.cast(layer.gamma, compute), shape)
+        if layer.beta is not None:
+            y = y + tf.reshape(tf.cast(layer.beta, compute), shape)
+        return [tf.cast(y, x.dtype)]
+
+    return [Op(key=node.key, kind="affine", layer=layer, inputs=node.inputs,
+               outputs=node.outputs, forward=node.call, held=held)]
+
+
+def _product(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
+    """A Multiply of two tensors: a ``"product"`` op whose gate operand :func:`resolve_products`
+    determines (or refuses) once the whole program is known."""
+    if len(node.inputs) != 2:
+        raise ValueError(
+            f"Layer '{node.key}' multiplies {len(node.inputs)} tensors; only a product of two "
+            "tensors, one of them a gate, is supported.")
+
+    def forward(xs):
+        return [keras.ops.multiply(xs[0], xs[1])]
+
+    return [Op(key=node.key, kind="activation", layer=node.layer, inputs=node.inputs,
+               outputs=node.outputs, forward=forward, activation="product",
+               gate=lambda xs: xs[1])]
+
+
+def _arithmetic(sum_like: bool, product: bool = False):
+    """``x + y``, ``x - y``, ``x * y``, ``x / y`` written as graph ops: with one tensor operand
+    and a constant, an elementwise affine map; with two tensors, a sum, or a product."""
+    def build(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
+        if len(node.inputs) == 1:
+            return _affine(node, x_shape)
+        if sum_like:
+            return _simple("sum")(node, x_shape)
+        if product:
+            return _product(node, x_shape)
+        raise ValueError(
+            f"Operation '{node.key}' ({type(node.layer).__name__}) divides two tensors; "
+            "pattern_keras has no backward rule for a quotient of two tensors.")
+    return build
+
+
+def _broadcast_onto(small: tuple[Any, ...], big: tuple[Any, ...]) -> bool:
+    """Whether a tensor of shape ``small`` is broadcast onto ``big`` (and is smaller)."""
+    if len(small) > len(big) or small == big:
+        return False
+    pairs = list(zip(small[::-1], big[::-1]))
+    return all(s == 1 or (s == b and s is not None) for s, b in pairs) and (
+        len(small) < len(big) or any(s == 1 and b != 1 for s, b in pairs))
+
+
+def resolve_products(ops: list[Op], shapes: dict[int, tuple[Any, ...]]) -> None:
+    """Decide, for every ``"product"`` op, which operand is the gate, or refuse the product.
+
+    The rule table's definitions: a Multiply one of whose operands is broadcast from a smaller
+    shape (squeeze-and-excitation) has that operand as its gate; otherwise, one operand
+    computed from the other (``x·g(x)`` however written, or a squeeze-and-excitation branch on
+    a 1×1 feature map) is the gate. Any other product of two tensors is refused. On return the
+    gate is each product op's second input.
+
+    Parameters
+    ----------
+    ops : list of Op
+        In topological order.
+    shapes : dict
+        Static shape (batch axis included) of every slot.
+    """
+    ancestors: dict[int, frozenset[int]] = {}
+    for op in ops:
+        above = frozenset().union(*(ancestors.get(s, frozenset()) | {s} for s in op.inputs))
+        for s in op.outputs:
+            ancestors[s] = above
+    for op in ops:
+        if op.kind != "activation" or op.activation != "product":
+            continue
+        a, b = op.inputs
+        sa, sb = tuple(shapes.get(a, ()))[1:], tuple(shapes.get(b, ()))[1:]
+        gate = None
+        if sa != sb:
+            if _broadcast_onto(sb, sa):
+                gate = b
+            elif _broadcast_onto(sa, sb):
+                gate = a
+        elif a == b or a in ancestors.get(b, ()):
+            gate = b
+        elif b in ancestors.get(a, ()):
+            gate = a
+        if gate is None:
+            raise ValueError(
+                f"Layer '{op.key}' ({type(op.layer).__name__}) multiplies two tensors "
+                f"(shapes {sa} and {sb}) neither of which is a gate: pattern_keras supports a "
+                "product whose one operand is computed from the other (x·g(x), e.g. "
+                "x·sigmoid(x)) or broadcast from a smaller shape (squeeze-and-excitation); any "
+                "other product of two tensors has no backward rule.")
+        if gate == a and a != b:
+            op.inputs = (b, a)
 
 
 def _batch_norm(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
@@ -378,15 +590,47 @@ def _register_builtin() -> None:
                 L.SeparableConv1D, L.SeparableConv2D, L.Conv1DTranspose, L.Conv2DTranspose,
                 L.Conv3DTranspose):
         _REGISTRY[cls] = conv
-    for cls in (L.Activation, L.ReLU, L.Softmax):
+    for cls in (L.Activation, L.ReLU, L.Softmax, L.LeakyReLU, L.PReLU, L.ELU):
         _REGISTRY[cls] = _activation_layer
     _REGISTRY[L.BatchNormalization] = _batch_norm
+    _REGISTRY[L.LayerNormalization] = _layer_norm
+    for cls in (L.Rescaling, L.Normalization):
+        _REGISTRY[cls] = _affine
+    for cls in (L.RandomFlip, L.RandomRotation, L.RandomZoom, L.RandomTranslation,
+                L.RandomContrast, L.RandomBrightness):
+        _REGISTRY[cls] = _identity
+    _REGISTRY[L.Multiply] = _product
+    _REGISTRY[L.Subtract] = _simple("sum")
+    _REGISTRY[knp.Add] = _arithmetic(sum_like=True)
+    _REGISTRY[knp.Subtract] = _arithmetic(sum_like=True)
+    _REGISTRY[knp.Multiply] = _arithmetic(sum_like=False, product=True)
+    for cls in (knp.Divide, knp.TrueDivide):
+        _REGISTRY[cls] = _arithmetic(sum_like=False)
+    from keras.src.ops import nn as knn  # activations written as graph ops
+
+    for cls, name in ((knn.Relu, "relu"), (knn.Relu6, "relu"), (knn.Sigmoid, "sigmoid"),
+                      (knn.Silu, "silu"), (knn.HardSigmoid, "hard_sigmoid"),
+                      (knn.HardSilu, "hard_silu"), (knn.Gelu, "gelu"), (knn.Elu, "elu"),
+                      (knn.Selu, "selu"), (knn.Softplus, "softplus"), (knp.Tanh, "tanh"),
+                      (knn.LeakyRelu, "leaky_relu"), (knn.Softmax, "softmax")):
+        _REGISTRY[cls] = _activation_function_op(name)
+    # Layers that keras.applications defines for itself (found by class, not imported
+    # eagerly: a Keras release that moves them only loses these entries).
+    try:
+        from keras.src.applications.convnext import LayerScale, StochasticDepth
+        from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+    except ImportError:  # pragma: no cover - depends on the Keras release
+        pass
+    else:
+        _REGISTRY[LayerScale] = _affine
+        _REGISTRY[StochasticDepth] = _identity
+        _REGISTRY[CustomScaleLayer] = _simple("sum")
     for cls in (L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.GlobalMaxPooling1D,
                 L.GlobalMaxPooling2D, L.GlobalMaxPooling3D):
         _REGISTRY[cls] = _simple("max_pool")
     for cls in (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
                 L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-                L.Add, L.Average, knp.Add):
+                L.Add, L.Average):
         _REGISTRY[cls] = _simple("sum")
     for cls in (L.Flatten, L.Reshape, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D,
                 L.SpatialDropout3D, L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
@@ -462,6 +706,13 @@ def supported_layer_names() -> list[str]:
 def ops_for_node(node: _graph.CallNode, input_shape: Sequence[Any]) -> list[Op]:
     """The ops of one call node; raises ``ValueError`` naming an unsupported layer."""
     builder = _builder_for(node.layer)
+    if builder is None and ".layers.preprocessing" in type(node.layer).__module__:
+        raise ValueError(
+            f"Layer '{node.key}' of class {type(node.layer).__name__} is a preprocessing layer "
+            "that pattern_keras does not support: of the preprocessing layers only Rescaling, "
+            "Normalization and RandomFlip, RandomRotation, RandomZoom, RandomTranslation, "
+            "RandomContrast, RandomBrightness (the identity at inference) are. Apply it to the "
+            "data before the model, or build the model without it.")
     if builder is None:
         raise ValueError(
             f"Layer '{node.key}' of class {type(node.layer).__name__} is not supported: no "

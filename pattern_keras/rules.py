@@ -46,13 +46,24 @@ def vjp(fn: Callable[[Sequence[Any]], Sequence[Any]], inputs: Sequence[Any],
 
 
 class GradientRule:
-    """The op's own vector-Jacobian product: what the gradient does."""
+    """The op's own vector-Jacobian product: what the gradient does.
+
+    Parameters
+    ----------
+    held : bool
+        Differentiate the op's ``held`` forward pass where it has one (LayerNormalization with
+        its normalizing scale held constant: a linear map), as the pattern methods do.
+    """
+
+    def __init__(self, held: bool = False) -> None:
+        self.held = bool(held)
 
     def __call__(self, op: Op, inputs, outputs, upstream):
-        return vjp(op.forward, inputs, upstream)
+        forward = op.held if (self.held and op.held is not None) else op.forward
+        return vjp(forward, inputs, upstream)
 
     def __repr__(self) -> str:
-        return "GradientRule()"
+        return "GradientRule(held=True)" if self.held else "GradientRule()"
 
 
 class LinearRule:
@@ -93,19 +104,31 @@ class LinearRule:
 
 
 class ActivationRule:
-    """Backward through a ReLU-like activation.
+    """Backward through an activation: the rule table of the README.
+
+    Three classes of activation op: ReLU (and ReLU6), the *gating* activations
+    ``f(z) = z·g(z)`` (``op.gate`` gives ``g(z)``: leaky ReLU, PReLU, ELU, SELU, swish, hard
+    swish, GELU, tanh, and a Multiply by a gate, whose second input is the gate), and the other
+    activations (sigmoid, softplus, hard sigmoid). A linear activation always passes the signal.
 
     Parameters
     ----------
-    mode : {"gate", "rectify", "gate_rectify", "pass"}
-        ``"gate"``: the activation's own gradient (gradient, PatternNet).
-        ``"rectify"``: pass ``max(g, 0)``, ignoring the forward pass (DeConvNet).
-        ``"gate_rectify"``: gate by the forward pass and keep only ``g > 0`` (Guided BackProp).
-        ``"pass"``: pass the signal unchanged (LRP: relevance crosses a ReLU as it is).
-        A linear activation always passes the signal.
+    mode : {"gate", "rectify", "gate_rectify", "pass", "pattern"}
+        ``"gate"``: the exact derivative for every activation, through a gate's branch too (the
+        product rule): the gradient family.
+        ``"rectify"``: ReLU and gating activations pass ``max(g, 0)`` whatever the forward pass,
+        nothing into a gate's branch; other activations their derivative (DeConvNet).
+        ``"gate_rectify"``: ReLU gates by its own derivative, a gating activation multiplies by
+        ``g(z)``, then only positive signals pass, nothing into a gate's branch; other
+        activations their derivative (Guided BackProp).
+        ``"pass"``: pass the signal unchanged, nothing into a gate's branch (LRP: relevance
+        crosses an activation as it is).
+        ``"pattern"``: ReLU gates by its own derivative (the forward gate), a gating activation
+        multiplies by ``g(z)``, nothing into a gate's branch; other activations their
+        derivative (PatternNet, PatternAttribution).
     """
 
-    MODES = ("gate", "rectify", "gate_rectify", "pass")
+    MODES = ("gate", "rectify", "gate_rectify", "pass", "pattern")
 
     def __init__(self, mode: str = "gate") -> None:
         if mode not in self.MODES:
@@ -116,12 +139,22 @@ class ActivationRule:
         g = upstream[0]
         if op.kind != "activation":
             return vjp(op.forward, inputs, upstream)
+        # Signals into a gate's branch (the second input of a product): none, except for the
+        # gradient family, which differentiates the product.
+        rest = [None] * (len(inputs) - 1)
         if op.activation == "linear" or self.mode == "pass":
-            return [g]
-        if self.mode == "rectify":
-            return [tf.nn.relu(g)]
-        if self.mode == "gate_rectify":
+            return [g] + rest
+        if self.mode == "gate":
+            return vjp(op.forward, inputs, upstream)
+        relu = op.activation == "relu"
+        gating = op.gate is not None
+        if self.mode == "rectify" and (relu or gating):
+            return [tf.nn.relu(g)] + rest
+        if self.mode == "gate_rectify" and relu:
             return vjp(op.forward, inputs, [tf.nn.relu(g)])
+        if self.mode in ("gate_rectify", "pattern") and gating:
+            gated = g * tf.cast(op.gate(inputs), g.dtype)
+            return [tf.nn.relu(gated) if self.mode == "gate_rectify" else gated] + rest
         return vjp(op.forward, inputs, upstream)
 
     def __repr__(self) -> str:
@@ -157,7 +190,9 @@ class ZRule:
                 # the (large) tensor than building a ±1 sign tensor and scaling it.
                 eps = tf.constant(self.epsilon, z.dtype)
                 ratios.append(r / (z + tf.where(z >= 0, eps, -eps)))
-        contributions = vjp(op.forward, inputs, ratios)
+        # LayerNormalization: its normalizing scale held constant, a linear map (Ali et al. 2022).
+        forward = op.held if op.held is not None else op.forward
+        contributions = vjp(forward, inputs, ratios)
         return [x * c for x, c in zip(inputs, contributions)]
 
     def __repr__(self) -> str:

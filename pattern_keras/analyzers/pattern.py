@@ -17,7 +17,7 @@ import tensorflow as tf
 from pattern_keras.analyzers.base import Analyzer
 from pattern_keras.patterns import PatternComputer, Patterns
 from pattern_keras.patterns.fingerprint import first_mismatch
-from pattern_keras.rules import ActivationRule, Composite, LinearRule
+from pattern_keras.rules import ActivationRule, Composite, GradientRule, LinearRule
 
 __all__ = ["PatternNet", "PatternAttribution", "NotFittedError"]
 
@@ -218,7 +218,8 @@ class _PatternAnalyzer(Analyzer):
 
     def _composite(self) -> Composite:
         return Composite({"linear": LinearRule(self._kernels, name=self.kernel_choice),
-                          "activation": ActivationRule("gate")})
+                          "activation": ActivationRule("pattern"),
+                          "affine": GradientRule(held=True)})
 
     def __repr__(self) -> str:
         state = "fitted" if self.patterns is not None else "not fitted"
