@@ -11,6 +11,7 @@ gradient and a linear map with its scale held for LRP and the pattern methods. A
 gate (``x·sigmoid(x)``, squeeze-and-excitation) sends nothing into the gate's branch, and the two
 spellings of swish and hard swish give the same explanation for every analyzer.
 """
+
 from __future__ import annotations
 
 import keras
@@ -26,6 +27,7 @@ from pattern_keras import engine
 
 L = keras.layers
 
+
 @pytest.fixture(autouse=True)
 def eagerly(request):
     """Small models run eagerly (the same rule code, op by op; tracing dozens of analyzers
@@ -39,9 +41,20 @@ def eagerly(request):
 pytestmark = pytest.mark.filterwarnings("ignore:Even though the .*run_functions_eagerly")
 
 EVERY_ANALYZER = [
-    pk.Gradient, pk.InputTimesGradient, pk.DeConvNet, pk.GuidedBackprop, pk.LRPZ,
-    pk.LRPEpsilon, pk.LRPAlpha1Beta0, pk.LRPAlpha2Beta1, pk.LRPZPlus, pk.DeepTaylor,
-    pk.IntegratedGradients, pk.SmoothGrad, pk.PatternNet, pk.PatternAttribution,
+    pk.Gradient,
+    pk.InputTimesGradient,
+    pk.DeConvNet,
+    pk.GuidedBackprop,
+    pk.LRPZ,
+    pk.LRPEpsilon,
+    pk.LRPAlpha1Beta0,
+    pk.LRPAlpha2Beta1,
+    pk.LRPZPlus,
+    pk.DeepTaylor,
+    pk.IntegratedGradients,
+    pk.SmoothGrad,
+    pk.PatternNet,
+    pk.PatternAttribution,
 ]
 
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
@@ -58,8 +71,9 @@ GATES = {
     "gelu": lambda z, p: 0.5 * (1.0 + erf(z / np.sqrt(2.0))),
     "tanh": lambda z, p: np.where(z == 0, 1.0, np.tanh(z) / np.where(z == 0, 1.0, z)),
     "elu": lambda z, p: np.where(z > 0, 1.0, p * np.expm1(z) / np.where(z == 0, 1.0, z)),
-    "selu": lambda z, p: SELU_SCALE * np.where(
-        z > 0, 1.0, SELU_ALPHA * np.expm1(z) / np.where(z == 0, 1.0, z)),
+    "selu": lambda z, p: (
+        SELU_SCALE * np.where(z > 0, 1.0, SELU_ALPHA * np.expm1(z) / np.where(z == 0, 1.0, z))
+    ),
     "leaky_relu": lambda z, p: np.where(z > 0, 1.0, p),
     "prelu": lambda z, p: np.where(z > 0, 1.0, p),
 }
@@ -105,8 +119,7 @@ def activation_layer(name):
     return L.Activation(name), 1.0
 
 
-def chain_model(activations, preprocessing=True, layer_norm=False, final_sigmoid=False,
-                seed=0):
+def chain_model(activations, preprocessing=True, layer_norm=False, final_sigmoid=False, seed=0):
     """``x → [Rescaling → Normalization (adapted)] → Dense → act₁ → [LayerNorm] → LayerScale →
     x·1.5 + 0.25 → Dense → act₂ → ... → Dense(3)``; returns the model and a recipe for the
     numpy reference (one step per op)."""
@@ -163,8 +176,7 @@ def layer_norm_jacobian(u, ln):
     c = u - mean
     # held: J = γ_j/σ (δ_jk − 1/d);  exact adds −γ_j c_j c_k / (d σ³)
     held = inv[:, :, None] * gamma[None, :, None] * centre[None]
-    exact = held - (gamma[None, :, None] * c[:, :, None] * c[:, None, :]
-                    * inv[:, :, None] ** 3 / d)
+    exact = held - (gamma[None, :, None] * c[:, :, None] * c[:, None, :] * inv[:, :, None] ** 3 / d)
     return exact, held
 
 
@@ -187,8 +199,10 @@ def chain_forward(steps, x):
         elif step[0] == "ln":
             ln = step[1]
             mean, var = v.mean(1, keepdims=True), v.var(1, keepdims=True)
-            values.append((v - mean) / np.sqrt(var + ln.epsilon) * np.float64(ln.gamma.numpy())
-                          + np.float64(ln.beta.numpy()))
+            values.append(
+                (v - mean) / np.sqrt(var + ln.epsilon) * np.float64(ln.gamma.numpy())
+                + np.float64(ln.beta.numpy())
+            )
     return values
 
 
@@ -199,8 +213,9 @@ def chain_reference(method, steps, x, patterns=None):
     y = values[-1]
     sel = np.argmax(y, axis=1)
     seed = np.zeros_like(y)
-    seed[np.arange(len(y)), sel] = 1.0 if method in ("gradient", "ixg") else y[np.arange(len(y)),
-                                                                                 sel]
+    seed[np.arange(len(y)), sel] = (
+        1.0 if method in ("gradient", "ixg") else y[np.arange(len(y)), sel]
+    )
     g = seed
     for i in range(len(steps) - 1, -1, -1):
         step, v_in, v_out = steps[i], values[i], values[i + 1]
@@ -269,13 +284,17 @@ def check_chain(model, steps, data, x, rtol=2e-4):
         analyzer = cls(model).fit(data, batch_size=32, verbose=0)
         patterns = {}
         for key in analyzer.patterns:
-            a_neg = (np.float64(analyzer.patterns.negative(key))
-                     if analyzer.patterns.has_negative(key) else None)
+            a_neg = (
+                np.float64(analyzer.patterns.negative(key))
+                if analyzer.patterns.has_negative(key)
+                else None
+            )
             patterns[key] = (np.float64(analyzer.patterns[key]), a_neg)
         got = analyzer.analyze(x)
         want = chain_reference(method, steps, x, patterns)
-        np.testing.assert_allclose(got, want, rtol=0, atol=rtol * np.abs(want).max(),
-                                   err_msg=method)
+        np.testing.assert_allclose(
+            got, want, rtol=0, atol=rtol * np.abs(want).max(), err_msg=method
+        )
     return analyzer
 
 
@@ -283,10 +302,16 @@ GATING = ["silu", "hard_silu", "gelu", "tanh", "elu", "selu", "leaky_relu", "pre
 OTHER = ["sigmoid", "softplus", "hard_sigmoid"]
 
 
-@pytest.mark.parametrize("activations", [
-    ["silu", "gelu", "tanh"], ["hard_silu", "elu", "selu"], ["leaky_relu", "prelu", "elu_layer"],
-    ["sigmoid", "softplus", "hard_sigmoid"], ["relu", "silu"],
-])
+@pytest.mark.parametrize(
+    "activations",
+    [
+        ["silu", "gelu", "tanh"],
+        ["hard_silu", "elu", "selu"],
+        ["leaky_relu", "prelu", "elu_layer"],
+        ["sigmoid", "softplus", "hard_sigmoid"],
+        ["relu", "silu"],
+    ],
+)
 def test_activation_rows_and_affine_layers_equal_reference(activations):
     model, steps, data = chain_model(activations)
     x = data[:5]
@@ -305,8 +330,12 @@ def test_layer_norm_exact_for_gradient_held_for_lrp_and_patterns():
     assert len(ln) == 2
     values = engine.forward(program, [tf.constant(data[:5])])
     for op in ln:
-        np.testing.assert_allclose(op.held([values[op.inputs[0]]])[0].numpy(),
-                                   values[op.outputs[0]].numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            op.held([values[op.inputs[0]]])[0].numpy(),
+            values[op.outputs[0]].numpy(),
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 def test_final_sigmoid_is_stripped():
@@ -315,10 +344,16 @@ def test_final_sigmoid_is_stripped():
     program = engine.Program(with_sigmoid)
     assert program.ops[-1].kind == "linear"
     for cls in (pk.Gradient, pk.LRPZ, pk.GuidedBackprop):
-        np.testing.assert_allclose(cls(with_sigmoid).analyze(data[:4]),
-                                   chain_reference({pk.Gradient: "gradient", pk.LRPZ: "lrpz",
-                                                    pk.GuidedBackprop: "guided"}[cls],
-                                                   steps, data[:4]), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            cls(with_sigmoid).analyze(data[:4]),
+            chain_reference(
+                {pk.Gradient: "gradient", pk.LRPZ: "lrpz", pk.GuidedBackprop: "guided"}[cls],
+                steps,
+                data[:4],
+            ),
+            rtol=1e-4,
+            atol=1e-6,
+        )
 
 
 def test_normalization_invert_and_identity_augmentation():
@@ -329,22 +364,32 @@ def test_normalization_invert_and_identity_augmentation():
     keras.utils.set_random_seed(5)
     x = keras.Input((3, 3, 4))
     h = L.Normalization(axis=-1, mean=mean, variance=var, invert=True)(x)
-    for layer in (L.RandomFlip(), L.RandomRotation(0.2), L.RandomZoom(0.2),
-                  L.RandomTranslation(0.1, 0.1), L.RandomContrast(0.3),
-                  L.RandomBrightness(0.2)):
+    for layer in (
+        L.RandomFlip(),
+        L.RandomRotation(0.2),
+        L.RandomZoom(0.2),
+        L.RandomTranslation(0.1, 0.1),
+        L.RandomContrast(0.3),
+        L.RandomBrightness(0.2),
+    ):
         h = layer(h)
     h = L.Reshape((36,))(h)
     dense, out = L.Dense(5), L.Dense(3)
     model = keras.Model(x, out(L.Activation("gelu")(dense(h))))
     program = engine.Program(model)
     assert [op.kind for op in program.ops][:8] == ["affine"] + ["move"] * 7
-    steps = [("affine", np.tile(np.sqrt(var), 9), np.tile(mean, 9)), ("dense", dense),
-             ("act", "gelu", None), ("dense", out)]
+    steps = [
+        ("affine", np.tile(np.sqrt(var), 9), np.tile(mean, 9)),
+        ("dense", dense),
+        ("act", "gelu", None),
+        ("dense", out),
+    ]
     data = rng.normal(0, 1, (40, 3, 3, 4)).astype("float32")
     flat = data.reshape(40, 36)
     values = engine.forward(program, [tf.constant(data)])
-    np.testing.assert_allclose(values[program.output].numpy(), chain_forward(steps, flat)[-1],
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        values[program.output].numpy(), chain_forward(steps, flat)[-1], rtol=1e-4, atol=1e-4
+    )
 
     class Flat:  # the reference works on flat vectors
         pass
@@ -352,8 +397,9 @@ def test_normalization_invert_and_identity_augmentation():
     for method, cls in ANALYZERS.items():
         got = cls(model).analyze(data[:4]).reshape(4, 36)
         want = chain_reference(method, steps, flat[:4])
-        np.testing.assert_allclose(got, want, rtol=0, atol=2e-4 * np.abs(want).max(),
-                                   err_msg=method)
+        np.testing.assert_allclose(
+            got, want, rtol=0, atol=2e-4 * np.abs(want).max(), err_msg=method
+        )
 
 
 def test_other_preprocessing_layers_are_refused():
@@ -379,8 +425,10 @@ def test_dense_on_rank_4_patterns_per_output_unit():
     for o in range(5):
         y = X @ w[:, o]
         z = y + b[o]
-        for mask, got in ((z > 0, net.patterns["pointwise"][:, o]),
-                          (z <= 0, net.patterns.negative("pointwise")[:, o])):
+        for mask, got in (
+            (z > 0, net.patterns["pointwise"][:, o]),
+            (z <= 0, net.patterns.negative("pointwise")[:, o]),
+        ):
             num = (X[mask] * y[mask, None]).mean(0) - X[mask].mean(0) * y.mean()
             np.testing.assert_allclose(got, num / (w[:, o] @ num), rtol=1e-4, atol=1e-5)
     tape_check(model, data[:3])
@@ -392,8 +440,9 @@ def tape_check(model, x):
         tape.watch(xt)
         selected = tf.reduce_sum(tf.reduce_max(model(xt), axis=1))
     want = tape.gradient(selected, xt).numpy()
-    np.testing.assert_allclose(pk.Gradient(model).analyze(x), want, rtol=0,
-                               atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(
+        pk.Gradient(model).analyze(x), want, rtol=0, atol=1e-5 * np.abs(want).max()
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,12 +454,15 @@ def hard_sigmoid_as_ops(h):
 
 
 SPELLINGS = {
-    "swish": (lambda h: L.Activation("swish")(h),
-              lambda h: L.Multiply()([h, L.Activation("sigmoid")(h)])),
-    "silu_ops": (lambda h: L.Activation("silu")(h),
-                 lambda h: keras.ops.sigmoid(h) * h),
-    "hard_swish": (lambda h: L.Activation("hard_swish")(h),
-                   lambda h: L.Multiply()([h, hard_sigmoid_as_ops(h)])),
+    "swish": (
+        lambda h: L.Activation("swish")(h),
+        lambda h: L.Multiply()([h, L.Activation("sigmoid")(h)]),
+    ),
+    "silu_ops": (lambda h: L.Activation("silu")(h), lambda h: keras.ops.sigmoid(h) * h),
+    "hard_swish": (
+        lambda h: L.Activation("hard_swish")(h),
+        lambda h: L.Multiply()([h, hard_sigmoid_as_ops(h)]),
+    ),
 }
 
 
@@ -428,8 +480,9 @@ def test_two_spellings_give_the_same_explanation(name):
     other.set_weights(one.get_weights())
     data = np.random.default_rng(8).normal(0, 2, (32, 6)).astype("float32")
     x = data[:6]
-    np.testing.assert_allclose(one.predict(x, verbose=0), other.predict(x, verbose=0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        one.predict(x, verbose=0), other.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )
     for cls in EVERY_ANALYZER:
         a, b = make(cls, one), make(cls, other)
         if cls in (pk.PatternNet, pk.PatternAttribution):
@@ -437,8 +490,9 @@ def test_two_spellings_give_the_same_explanation(name):
             b.fit(data, verbose=0)
         ra, rb = a.analyze(x), b.analyze(x)
         assert np.abs(ra).max() > 0, cls.__name__
-        np.testing.assert_allclose(ra, rb, rtol=0, atol=1e-5 * np.abs(ra).max(),
-                                   err_msg=cls.__name__)
+        np.testing.assert_allclose(
+            ra, rb, rtol=0, atol=1e-5 * np.abs(ra).max(), err_msg=cls.__name__
+        )
 
 
 def make(cls, model):
@@ -493,8 +547,13 @@ def test_squeeze_excitation_gate(spatial):
     r_h = r_hs.reshape(h.shape)
     refs[pk.LRPZ] = X * ((r_h / z1 * (z1 != 0)) @ w1.T)
     for cls, want in refs.items():
-        np.testing.assert_allclose(cls(model).analyze(x), want, rtol=0,
-                                   atol=1e-5 * np.abs(want).max(), err_msg=cls.__name__)
+        np.testing.assert_allclose(
+            cls(model).analyze(x),
+            want,
+            rtol=0,
+            atol=1e-5 * np.abs(want).max(),
+            err_msg=cls.__name__,
+        )
     # DeConvNet rectifies after the product: max(g, 0) at the gate, again at the ReLU.
     program = engine.Program(model)
     product = [op for op in program.ops if op.activation == "product"][0]
@@ -538,14 +597,16 @@ def test_custom_scale_layer_and_constant_arithmetic():
     sel = y.argmax(1)
     seed = np.zeros_like(y)
     seed[np.arange(6), sel] = y[np.arange(6), sel]
-    rel = h3 * ((seed / y) @ wo.T)        # at h3
-    rel = h2 * 0.25 * rel / h3            # the division: x·(1/4)·R/z
-    rel = h1 * rel / h2                   # the subtraction
+    rel = h3 * ((seed / y) @ wo.T)  # at h3
+    rel = h2 * 0.25 * rel / h3  # the division: x·(1/4)·R/z
+    rel = h1 * rel / h2  # the subtraction
     ra, rr = A_ * rel / h1, 0.3 * R_ * rel / h1
-    want = (X * ((ra / A_) @ np.float64(d1.kernel.numpy()).T)
-            + X * ((rr / R_) @ np.float64(d2.kernel.numpy()).T))
-    np.testing.assert_allclose(pk.LRPZ(model).analyze(data), want, rtol=0,
-                               atol=1e-5 * np.abs(want).max())
+    want = X * ((ra / A_) @ np.float64(d1.kernel.numpy()).T) + X * (
+        (rr / R_) @ np.float64(d2.kernel.numpy()).T
+    )
+    np.testing.assert_allclose(
+        pk.LRPZ(model).analyze(data), want, rtol=0, atol=1e-5 * np.abs(want).max()
+    )
     for cls in EVERY_ANALYZER:
         analyzer = make(cls, model)
         if cls in (pk.PatternNet, pk.PatternAttribution):
@@ -574,10 +635,9 @@ def test_every_analyzer_on_a_model_of_the_new_layers():
     h = L.ELU()(L.PReLU()(L.LeakyReLU(0.1)(L.Conv2D(4, 3, strides=2)(h))))
     model = keras.Model(x, L.Dense(3, activation="sigmoid")(L.Flatten()(h)))
     xs = data[:3]
-    for cls in (pk.Gradient, pk.LRPEpsilon, pk.PatternAttribution):   # traced: 10-30 s each
+    for cls in (pk.Gradient, pk.LRPEpsilon, pk.PatternAttribution):  # traced: 10-30 s each
         analyzer = make(cls, model)
         if cls in (pk.PatternNet, pk.PatternAttribution):
             analyzer.fit(data, batch_size=4, verbose=0)
         r = analyzer.analyze(xs)
-        assert r.shape == xs.shape and np.all(np.isfinite(r)) and np.abs(r).max() > 0, \
-            cls.__name__
+        assert r.shape == xs.shape and np.all(np.isfinite(r)) and np.abs(r).max() > 0, cls.__name__
