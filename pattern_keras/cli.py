@@ -5,8 +5,10 @@
     pattern-keras fit MODEL DATA -o patterns.h5 [--pattern-type relu|linear|filter]
                       [--batch-size N] [--steps N] [--key KEY] [--image-size H W]
                       [--preprocess none|unit|caffe|tf|torch] [--unsafe]
-    pattern-keras analyze MODEL INPUTS --method NAME [--patterns patterns.h5]
-                      [--neuron INDEX] [--batch-size N] -o OUT_DIR [data options]
+    pattern-keras analyze MODEL INPUTS --method NAME [--method NAME ...]
+                      [--patterns patterns.h5] [--neuron INDEX] [--batch-size N]
+                      [--epsilon EPS] [--alpha A --beta B] [--steps N] [--samples N]
+                      [--noise-scale S] -o OUT_DIR [data options]
     pattern-keras merge A.h5 B.h5 ... -o C.h5
     pattern-keras import-patterns MODEL FILE.npz -o patterns.h5 [--pattern-type relu|linear]
     pattern-keras methods
@@ -14,8 +16,9 @@
 
 MODEL is a Keras ``.keras`` or ``.h5`` file, loaded with Keras's safe mode on (``--unsafe``
 turns it off, for models with ``Lambda`` layers that you trust). DATA and INPUTS are a ``.npy``
-file, a ``.npz`` file (the array ``x``, or its only array; ``--key`` picks another), or a folder
-of PNG/JPEG images (resized to ``--image-size H W`` or the model's input size).
+file, a ``.npz`` file (the array ``x``, or its only array; ``--key`` picks another), a folder
+of PNG/JPEG images or one image (resized to ``--image-size H W`` or the model's input size; a
+folder is read in batches by ``fit``, so its memory does not grow with the number of images).
 ``--preprocess`` applies ``keras.applications``' input conventions to the values: ``none`` (as
 read; images are 0..255), ``unit`` (divide by 255), ``caffe`` (RGB to BGR, ImageNet means
 subtracted), ``tf`` (scaled to [-1, 1]), ``torch`` (to [0, 1], then ImageNet mean and standard
@@ -142,16 +145,18 @@ def _one_line(err: BaseException, limit: int = 400) -> str:
 
 def load_data(path: str, key: str | None = None, image_size: Sequence[int] | None = None,
               preprocess: str = "none", model: Any = None) -> tuple[Any, list[str]]:
-    """Read DATA/INPUTS: a ``.npy``, a ``.npz`` or a folder of images.
+    """Read DATA/INPUTS: a ``.npy``, a ``.npz``, a folder of images or one image file.
 
     Parameters
     ----------
     path : str
+        The file or folder.
     key : str, optional
         The array of a ``.npz`` (default: ``x``, or the file's only array).
     image_size : (int, int), optional
         Size images are resized to; default the model's input size (or their own, if all agree).
     preprocess : {"none", "unit", "caffe", "tf", "torch"}
+        The input convention applied to the values (see the module's description).
     model : keras.Model, optional
         Used for the image size and colour mode of a folder, and to check the data's shape.
 
@@ -174,9 +179,9 @@ def load_data(path: str, key: str | None = None, image_size: Sequence[int] | Non
                          f"got '{preprocess}'")
     if not os.path.exists(path):
         raise UsageError(f"data '{path}' does not exist")
-    if os.path.isdir(path):
+    if os.path.isdir(path) or path.lower().endswith(IMAGE_EXTENSIONS):
         if key is not None:
-            raise UsageError("--key applies to .npz files, not to a folder of images")
+            raise UsageError("--key applies to .npz files, not to images")
         x, names = _load_image_folder(path, image_size, model)
     else:
         if image_size is not None:
@@ -224,7 +229,8 @@ def _load_array_file(path: str, key: str | None):
         raise
     except (OSError, ValueError, EOFError) as err:
         raise UsageError(f"could not read '{path}': {_one_line(err)}") from None
-    raise UsageError(f"data '{path}' must be a .npy or .npz file, or a folder of images")
+    raise UsageError(f"data '{path}' must be a .npy or .npz file, a folder of images or one "
+                     "PNG/JPEG image")
 
 
 def _model_image_shape(model: Any) -> tuple[int | None, int | None, int | None] | None:
@@ -237,23 +243,23 @@ def _model_image_shape(model: Any) -> tuple[int | None, int | None, int | None] 
     return shape[1], shape[2], shape[3]
 
 
-def _load_image_folder(path: str, image_size: Sequence[int] | None, model: Any):
-    import keras
-    import numpy as np
+def _image_settings(path: str, image_size: Sequence[int] | None, model: Any):
+    """The files of a folder (or one image file), their names, colour mode and target size."""
+    from pattern_keras import _images
 
-    files = sorted(f for f in os.listdir(path)
-                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
-    if not files:
-        raise UsageError(f"folder '{path}' holds no PNG or JPEG images")
+    try:
+        files, names = _images.list_images(path)
+    except _images.ImageError as err:
+        raise UsageError(str(err)) from None
     image_shape = _model_image_shape(model)
     if model is not None and image_shape is None:
         raise UsageError(
-            f"a folder of images needs a model with one image input (batch, H, W, C); this "
+            f"images need a model with one image input (batch, H, W, C); this "
             f"model's input is {_input_signature(model)}")
-    channels = image_shape[2] if image_shape else 3
-    modes = {1: "grayscale", 3: "rgb", 4: "rgba"}
-    if channels not in modes:
-        raise UsageError(f"the model expects {channels} channels; images can give 1, 3 or 4")
+    try:
+        mode = _images.color_mode(image_shape[2] if image_shape else 3)
+    except _images.ImageError as err:
+        raise UsageError(str(err)) from None
     if image_size is not None:
         size = tuple(int(v) for v in image_size)
         if any(v < 1 for v in size):
@@ -262,24 +268,17 @@ def _load_image_folder(path: str, image_size: Sequence[int] | None, model: Any):
         size = (int(image_shape[0]), int(image_shape[1]))
     else:
         size = None
-    images = []
-    for name in files:
-        file = os.path.join(path, name)
-        try:
-            img = keras.utils.load_img(file, color_mode=modes[channels], target_size=size)
-        except Exception as err:  # PIL raises several types for broken files
-            raise UsageError(f"could not read image '{file}': {_one_line(err)}") from None
-        array = keras.utils.img_to_array(img, data_format="channels_last", dtype="float32")
-        if images and array.shape != images[0].shape:
-            raise UsageError(
-                f"images in '{path}' have different sizes ({files[0]}: "
-                f"{images[0].shape[1]}x{images[0].shape[0]}, {name}: "
-                f"{array.shape[1]}x{array.shape[0]}): give --image-size H W")
-        images.append(array)
-    stems = [os.path.splitext(f)[0] for f in files]
-    if len(set(stems)) != len(stems):
-        stems = [f.replace(".", "_") for f in files]
-    return np.stack(images), stems
+    return files, names, mode, size
+
+
+def _load_image_folder(path: str, image_size: Sequence[int] | None, model: Any):
+    from pattern_keras import _images
+
+    files, names, mode, size = _image_settings(path, image_size, model)
+    try:
+        return _images.read_images(files, mode, size), names
+    except _images.ImageError as err:
+        raise UsageError(f"{err} (in '{path}')") from None
 
 
 def _preprocess(x, mode: str):
@@ -341,20 +340,55 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from pattern_keras.patterns import PatternComputer
 
     model = load_model(args.model, args.unsafe)
-    x, _ = load_data(args.data, args.key, args.image_size, args.preprocess, model)
+    if os.path.isdir(args.data) or args.data.lower().endswith(IMAGE_EXTENSIONS):
+        # Images are streamed: read batch by batch, never all at once.
+        data = _image_batches(args, model)
+        count = f"{len(data.files)} images (read {args.batch_size} at a time)"
+    else:
+        data, _ = load_data(args.data, args.key, args.image_size, args.preprocess, model)
+        count = f"{len(data)} samples"
     try:
         computer = PatternComputer(model, pattern_type=args.pattern_type)
     except ValueError as err:  # unsupported layers, no linear layer, ...
         raise UsageError(f"cannot fit patterns for model '{args.model}': {_one_line(err)}") \
             from None
     _say(args, f"Fitting {args.pattern_type} patterns of {len(computer.keys)} layers on "
-               f"{len(x)} samples")
-    statistics = computer.compute_statistics(
-        x, batch_size=args.batch_size, steps=args.steps, verbose=0 if args.quiet else 1)
+               f"{count}")
+    from pattern_keras import _images
+
+    try:
+        statistics = computer.compute_statistics(
+            data, batch_size=args.batch_size, steps=args.steps, verbose=0 if args.quiet else 1)
+    except _images.ImageError as err:
+        raise UsageError(f"{err} (in '{args.data}')") from None
     statistics.save(args.output)
     _say(args, f"Wrote {args.output} ({statistics.n_samples} samples, layers: "
                f"{', '.join(statistics)})")
     return EXIT_OK
+
+
+def _image_batches(args: argparse.Namespace, model: Any):
+    """A folder (or one image) as an ``ImageBatches`` PyDataset, preprocessed and checked
+    against the model batch by batch."""
+    from pattern_keras import _images
+
+    if args.key is not None:
+        raise UsageError("--key applies to .npz files, not to images")
+    files, _, mode, size = _image_settings(args.data, args.image_size, model)
+
+    def transform(batch):
+        if args.preprocess not in PREPROCESS_MODES:
+            raise UsageError(f"--preprocess must be one of {', '.join(PREPROCESS_MODES)}")
+        return _fit_to_model(_preprocess(batch, args.preprocess), model, args.data)
+
+    batches = _images.ImageBatches(files, args.batch_size, mode, size, transform)
+    try:
+        if size is None:  # not resized: all must have one size, known before the fit starts
+            _images.check_same_size(files)
+        batches[0]  # the first batch now: a wrong size or a broken file is a usage error
+    except _images.ImageError as err:
+        raise UsageError(f"{err} (in '{args.data}')") from None
+    return batches
 
 
 def _load_patterns_for(path: str, model: Any):
@@ -374,16 +408,79 @@ def _load_patterns_for(path: str, model: Any):
     return patterns
 
 
+#: Analyze options that set an analyzer's parameter: option dest -> (constructor argument,
+#: the methods that take it).
+METHOD_OPTIONS = {
+    "epsilon": ("epsilon", ("lrp.epsilon",)),
+    "alpha": ("alpha", ("lrp.alpha_beta",)),
+    "beta": ("beta", ("lrp.alpha_beta",)),
+    "ig_steps": ("steps", ("integrated_gradients",)),
+    "samples": ("samples", ("smoothgrad",)),
+    "noise_scale": ("noise_scale", ("smoothgrad",)),
+}
+_OPTION_NAMES = {"epsilon": "--epsilon", "alpha": "--alpha", "beta": "--beta",
+                 "ig_steps": "--steps", "samples": "--samples", "noise_scale": "--noise-scale"}
+
+
+def _method_kwargs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Per method, the constructor arguments its options set; refuses options no method uses."""
+    methods = list(dict.fromkeys(args.method))
+    per_method: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for dest, (argument, users) in METHOD_OPTIONS.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if not any(m in users for m in methods):
+            raise UsageError(f"{_OPTION_NAMES[dest]} is only used by {' and '.join(users)}, "
+                             f"not by {', '.join(methods)}")
+        for m in methods:
+            if m in users:
+                per_method[m][argument] = value
+    for dest in ("ig_steps", "samples"):
+        if getattr(args, dest) is not None:
+            _check_positive(_OPTION_NAMES[dest], getattr(args, dest))
+    if args.epsilon is not None and not args.epsilon >= 0:
+        raise UsageError(f"--epsilon must be >= 0; got {args.epsilon}")
+    if args.noise_scale is not None and not args.noise_scale >= 0:
+        raise UsageError(f"--noise-scale must be >= 0; got {args.noise_scale}")
+    if "lrp.alpha_beta" in per_method:
+        # alpha - beta = 1: one of the two determines the other; neither means alpha=1, beta=0.
+        ab = per_method["lrp.alpha_beta"]
+        if "alpha" in ab and "beta" not in ab:
+            ab["beta"] = ab["alpha"] - 1.0
+        elif "beta" in ab and "alpha" not in ab:
+            ab["alpha"] = ab["beta"] + 1.0
+        ab.setdefault("alpha", 1.0)
+        ab.setdefault("beta", 0.0)
+        if ab["alpha"] < 1 or ab["beta"] < 0 or abs(ab["alpha"] - ab["beta"] - 1) > 1e-9:
+            raise UsageError(f"lrp.alpha_beta needs alpha - beta = 1 with beta >= 0; got "
+                             f"--alpha {ab['alpha']:g} --beta {ab['beta']:g}")
+        per_method["lrp.alpha_beta"] = {"alpha": ab.pop("alpha"), "beta": ab.pop("beta"), **ab}
+    return per_method
+
+
+def _describe(method: str, kwargs: dict[str, Any]) -> str:
+    shown = {k: v for k, v in kwargs.items() if k not in ("patterns", "pattern_type",
+                                                          "neuron_selection_mode")}
+    if not shown:
+        return method
+    return f"{method} ({', '.join(f'{k}={v:g}' for k, v in shown.items())})"
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    if args.patterns is not None and args.method not in PATTERN_METHODS:
+    methods = list(dict.fromkeys(args.method))
+    pattern_methods = [m for m in methods if m in PATTERN_METHODS]
+    if args.patterns is not None and not pattern_methods:
         raise UsageError(f"--patterns is only used by {' and '.join(PATTERN_METHODS)}, "
-                         f"not by '{args.method}'")
-    if args.patterns is None and args.method in PATTERN_METHODS:
-        raise UsageError(f"'{args.method}' needs fitted patterns: give --patterns FILE "
+                         f"not by {', '.join(methods)}")
+    if args.patterns is None and pattern_methods:
+        raise UsageError(f"'{pattern_methods[0]}' needs fitted patterns: give --patterns FILE "
                          "(fit them with 'pattern-keras fit MODEL DATA -o FILE')")
     _check_positive("--batch-size", args.batch_size)
+    _check_positive("--grid-rows", args.grid_rows)
     if args.neuron is not None and args.neuron < 0:
         raise UsageError(f"--neuron must be >= 0; got {args.neuron}")
+    per_method = _method_kwargs(args)
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise UsageError(f"-o must be a folder; '{args.output}' is a file")
     _check_exists(args.model, "model file")
@@ -395,74 +492,68 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     import pattern_keras as pk
 
-    if args.method not in pk.analyzer_names():
-        raise UsageError(f"unknown method '{args.method}'; known: "
-                         f"{', '.join(pk.analyzer_names())} (see 'pattern-keras methods')")
+    for method in methods:
+        if method not in pk.analyzer_names():
+            raise UsageError(f"unknown method '{method}'; known: "
+                             f"{', '.join(pk.analyzer_names())} (see 'pattern-keras methods')")
     model = load_model(args.model, args.unsafe)
     x, names = load_data(args.inputs, args.key, args.image_size, args.preprocess, model)
-    kwargs: dict[str, Any] = {}
-    if args.neuron is not None:
-        kwargs["neuron_selection_mode"] = "index"
-    if args.method in PATTERN_METHODS:
-        patterns = _load_patterns_for(args.patterns, model)
-        kwargs["patterns"] = patterns
-        kwargs["pattern_type"] = dict(patterns.pattern_types)
-    try:
-        analyzer = pk.create_analyzer(args.method, model, **kwargs)
-    except ValueError as err:  # unsupported layers, patterns that do not fit, ...
-        raise UsageError(f"cannot analyze model '{args.model}' with '{args.method}': "
-                         f"{_one_line(err)}") from None
-    if args.neuron is not None and args.neuron >= analyzer.num_outputs:
-        raise UsageError(f"--neuron {args.neuron} is out of range: the model has "
-                         f"{analyzer.num_outputs} output neurons (0 to "
-                         f"{analyzer.num_outputs - 1})")
-    _say(args, f"Explaining {len(x)} inputs with {args.method}")
-    explanations = analyzer.analyze(x, neuron_selection=args.neuron,
-                                    batch_size=args.batch_size)
-    explanations = np.asarray(explanations, dtype=np.float32)
+    patterns = _load_patterns_for(args.patterns, model) if args.patterns else None
+    analyzers = {}
+    for method in methods:
+        kwargs = dict(per_method[method])
+        if args.neuron is not None:
+            kwargs["neuron_selection_mode"] = "index"
+        if method in PATTERN_METHODS:
+            kwargs["patterns"] = patterns
+            kwargs["pattern_type"] = dict(patterns.pattern_types)
+        try:
+            analyzers[method] = pk.create_analyzer(method, model, **kwargs)
+        except ValueError as err:  # unsupported layers, patterns that do not fit, ...
+            raise UsageError(f"cannot analyze model '{args.model}' with '{method}': "
+                             f"{_one_line(err)}") from None
+        if args.neuron is not None and args.neuron >= analyzers[method].num_outputs:
+            raise UsageError(f"--neuron {args.neuron} is out of range: the model has "
+                             f"{analyzers[method].num_outputs} output neurons (0 to "
+                             f"{analyzers[method].num_outputs - 1})")
+    explanations = {}
+    for method, analyzer in analyzers.items():
+        _say(args, f"Explaining {len(x)} inputs with {_describe(method, per_method[method])}")
+        result = analyzer.analyze(x, neuron_selection=args.neuron, batch_size=args.batch_size,
+                                  verbose=0 if args.quiet else 1)
+        explanations[method] = np.asarray(result, dtype=np.float32)
     os.makedirs(args.output, exist_ok=True)
-    np.save(os.path.join(args.output, "explanations.npy"), explanations)
-    finite = np.isfinite(explanations).reshape(len(explanations), -1).all(axis=1)
-    written = _write_pngs(args.output, names, np.where(np.isfinite(explanations),
-                                                       explanations, 0.0), args.method)
-    if not finite.all():
+    if len(explanations) == 1:
+        arrays = "explanations.npy"
+        np.save(os.path.join(args.output, arrays), explanations[methods[0]])
+    else:
+        arrays = "explanations.npz"
+        np.savez(os.path.join(args.output, arrays), **explanations)
+    from pattern_keras import _cli_output
+
+    shown = {m: np.where(np.isfinite(e), e, 0.0) for m, e in explanations.items()}
+    written = _cli_output.write_images(args.output, x, names, shown,
+                                       grid_rows=args.grid_rows)
+    bad = {m: int((~np.isfinite(e).reshape(len(e), -1).all(axis=1)).sum())
+           for m, e in explanations.items()}
+    if any(bad.values()):
         hint = (" (patterns fitted on too little data? fit on more samples)"
-                if args.method in PATTERN_METHODS else "")
-        raise _Failure(f"{int((~finite).sum())} of {len(finite)} explanations contain NaN or "
-                       f"inf values{hint}; they are in {args.output}/explanations.npy as "
-                       "computed and shown as 0 in the PNGs")
+                if any(bad[m] for m in pattern_methods) else "")
+        if len(bad) == 1:
+            what = f"{bad[methods[0]]} of {len(x)} explanations contain NaN or inf values"
+        else:
+            what = ("explanations contain NaN or inf values ("
+                    + ", ".join(f"{m}: {n} of {len(x)}" for m, n in bad.items() if n) + ")")
+        raise _Failure(f"{what}{hint}; they are in {args.output}/{arrays} as computed and "
+                       "shown as 0 in the PNGs")
+    shapes = ", ".join(f"{m} {e.shape}" for m, e in explanations.items())
     if written:
-        kind = "signal images" if args.method == "pattern.net" else "heatmaps"
-        _say(args, f"Wrote {written} {kind} and explanations.npy {explanations.shape} "
-                   f"to {args.output}")
+        _say(args, f"Wrote {written.overlays} overlays ({written.size[1]}x{written.size[0]} "
+                   f"px), {written.grid} and {arrays} ({shapes}) to {args.output}")
     else:
-        _say(args, f"Wrote explanations.npy {explanations.shape} to {args.output} (no PNGs: "
-                   "the inputs are not images)")
+        _say(args, f"Wrote {arrays} ({shapes}) to {args.output} (no PNGs: the inputs are not "
+                   "images)")
     return EXIT_OK
-
-
-def _write_pngs(folder: str, names: list[str], explanations, method: str) -> int:
-    """One PNG per input at the input's size: a heatmap, or the projected signal (pattern.net).
-
-    Returns the number written (0 for inputs that are not images).
-    """
-    import numpy as np
-    from matplotlib import image as mpimg
-
-    from pattern_keras import plot
-
-    if explanations.ndim not in (3, 4):
-        return 0
-    batch = explanations if explanations.ndim == 4 else explanations[..., None]
-    if method == "pattern.net" and batch.shape[-1] in (1, 3):
-        rgb = plot.project(batch)
-        if rgb.shape[-1] == 1:
-            rgb = np.repeat(rgb, 3, axis=-1)
-    else:
-        rgb = plot.heatmap(batch)
-    for name, image in zip(names, rgb):
-        mpimg.imsave(os.path.join(folder, f"{name}.png"), np.clip(image, 0.0, 1.0))
-    return len(rgb)
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
@@ -631,7 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fit the patterns (and keep their statistics, for 'merge') "
                                    "of MODEL on DATA and save them to an HDF5 file.")
     p.add_argument("model", metavar="MODEL", help="a .keras or .h5 model file")
-    p.add_argument("data", metavar="DATA", help="a .npy, a .npz, or a folder of images")
+    p.add_argument("data", metavar="DATA",
+                   help="a .npy, a .npz, a folder of images (read in batches), or one image")
     p.add_argument("-o", "--output", required=True, metavar="PATTERNS.h5",
                    help="the pattern file to write")
     p.add_argument("--pattern-type", choices=PATTERN_TYPES, default="relu",
@@ -643,22 +735,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_fit)
 
     p = sub.add_parser("analyze", help="explain a model's outputs for inputs",
-                       description="Explain MODEL's output for each input: writes one PNG per "
-                                   "input (a heatmap; the projected signal for pattern.net) and "
-                                   "explanations.npy with the raw explanations, shaped like the "
-                                   "inputs.")
+                       description="Explain MODEL's output for each input with one or more "
+                                   "methods. Writes, per input and method, an overlay of the "
+                                   "explanation on the input (red = positive, blue = negative; "
+                                   "enlarged to a readable size); grid.png (inputs x methods, "
+                                   "with a colour bar); and the raw explanations, shaped like "
+                                   "the inputs: explanations.npy for one method, "
+                                   "explanations.npz (one array per method name) for several.")
     p.add_argument("model", metavar="MODEL", help="a .keras or .h5 model file")
-    p.add_argument("inputs", metavar="INPUTS", help="a .npy, a .npz, or a folder of images")
-    p.add_argument("-m", "--method", required=True, metavar="NAME",
-                   help="analyzer name, e.g. gradient, lrp.z, pattern.attribution "
-                        "(see 'pattern-keras methods')")
+    p.add_argument("inputs", metavar="INPUTS",
+                   help="a .npy, a .npz, a folder of images, or one PNG/JPEG image")
+    p.add_argument("-m", "--method", required=True, metavar="NAME", action="append",
+                   help="analyzer name, e.g. gradient, lrp.z, pattern.attribution (see "
+                        "'pattern-keras methods'); give it several times for several methods")
     p.add_argument("--patterns", metavar="PATTERNS.h5",
-                   help="fitted patterns (required by pattern.net and pattern.attribution)")
+                   help="fitted patterns (required by pattern.net and pattern.attribution; "
+                        "their pattern types are read from the file)")
     p.add_argument("--neuron", type=int, metavar="INDEX",
                    help="output neuron to explain (default: the largest output per input)")
     p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
+    p.add_argument("--grid-rows", type=int, default=16, metavar="N",
+                   help="inputs shown in grid.png (default: the first 16)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress output (no progress bar either)")
+    g = p.add_argument_group("method options")
+    g.add_argument("--epsilon", type=float, metavar="EPS",
+                   help="lrp.epsilon: the stabilizer (default 1e-7)")
+    g.add_argument("--alpha", type=float,
+                   help="lrp.alpha_beta: weight of positive contributions (alpha - beta = 1; "
+                        "default alpha 1, beta 0)")
+    g.add_argument("--beta", type=float, help="lrp.alpha_beta: weight of negative contributions")
+    g.add_argument("--steps", dest="ig_steps", type=int, metavar="N",
+                   help="integrated_gradients: path steps (default 64)")
+    g.add_argument("--samples", type=int, metavar="N",
+                   help="smoothgrad: noisy copies per input (default 64)")
+    g.add_argument("--noise-scale", type=float, metavar="S",
+                   help="smoothgrad: noise sigma as a fraction of the input's range "
+                        "(default 0.1)")
     _add_data_options(p)
     p.set_defaults(handler=_cmd_analyze)
 

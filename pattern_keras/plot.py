@@ -651,8 +651,11 @@ def add_sign_colorbar(fig: Figure, axes, cmap: str | Colormap = "seismic",
     from matplotlib.colors import Normalize
 
     mappable = ScalarMappable(norm=Normalize(-1.0, 1.0), cmap=_get_cmap(cmap))
-    bar = fig.colorbar(mappable, ax=axes, shrink=0.9 if np.size(axes) > 2 else 1.0,
-                       ticks=[-1.0, 0.0, 1.0], aspect=30)
+    rows = np.shape(axes)[0] if np.ndim(axes) == 2 else 1
+    # About three rows tall: a bar the height of a 16-row grid would dwarf the maps.
+    shrink = 0.9 if rows <= 3 else max(0.2, 2.7 / rows)
+    bar = fig.colorbar(mappable, ax=axes, shrink=shrink, ticks=[-1.0, 0.0, 1.0],
+                       aspect=30 * shrink if rows > 3 else 30)
     bar.ax.set_yticklabels(["−max", "0", "+max"])
     scale = "max" if float(percentile) >= 100 else f"{float(percentile):g}th pct."
     bar.set_label(f"{SIGN_KEY}\n(each map scaled to its own {scale} of |value|)")

@@ -161,11 +161,12 @@ def test_analyze_gradient_writes_pngs_and_raw_explanations(files, tmp_path, caps
     model = keras.models.load_model(files["model"], compile=False)
     np.testing.assert_allclose(raw, pk.Gradient(model).analyze(files["x"]), rtol=1e-5,
                                atol=1e-6)
-    pngs = sorted(out.glob("*.png"))
+    pngs = sorted(out.glob("0*.png"))
     assert len(pngs) == 20 and pngs[0].name == "00000.png"
     image = mpimg.imread(pngs[0])
-    assert image.shape[:2] == (8, 8)
-    assert "20 heatmaps" in stdout
+    assert image.shape[:2] == (256, 256)  # 8x8 enlarged 32 times: readable
+    assert (out / "grid.png").exists()
+    assert "20 overlays (256x256 px), grid.png and explanations.npy" in stdout
 
 
 @pytest.mark.parametrize("method", ["pattern.attribution", "pattern.net"])
@@ -180,7 +181,7 @@ def test_analyze_with_patterns_and_neuron(files, fitted, tmp_path, capsys, metho
     expected = analyzer.analyze(files["x"], neuron_selection=2)
     np.testing.assert_allclose(np.load(out / "explanations.npy"), expected, rtol=1e-5,
                                atol=1e-6)
-    assert len(list(out.glob("*.png"))) == 20
+    assert len(list(out.glob("0*.png"))) == 20 and (out / "grid.png").exists()
 
 
 def test_analyze_with_linear_patterns(files, tmp_path):
@@ -237,7 +238,8 @@ def test_image_folder_is_resized_and_preprocessed(rgb_model, tmp_path):
     out = tmp_path / "out"
     assert cli.main(["analyze", rgb_model, str(folder), "-m", "lrp.epsilon", "--preprocess",
                      "unit", "-o", str(out), "-q"]) == 0
-    assert sorted(p.name for p in out.glob("*.png")) == ["img0.png", "img1.png", "img2.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "grid.png", "img0.png", "img1.png", "img2.png"]
 
 
 def test_caffe_needs_rgb(files, capsys):
@@ -414,7 +416,7 @@ def test_non_finite_explanations_exit_1_after_writing(files, tmp_path, monkeypat
     class NaNAnalyzer:
         num_outputs = 3
 
-        def analyze(self, x, neuron_selection=None, batch_size=None):
+        def analyze(self, x, neuron_selection=None, batch_size=None, verbose=1):
             out = np.zeros_like(x)
             out[0, 0, 0, 0] = np.nan
             return out
@@ -428,4 +430,4 @@ def test_non_finite_explanations_exit_1_after_writing(files, tmp_path, monkeypat
         f"pattern-keras analyze: error: 1 of 20 explanations contain NaN or inf values; they "
         f"are in {out}/explanations.npy as computed and shown as 0 in the PNGs"]
     assert np.isnan(np.load(out / "explanations.npy")).sum() == 1
-    assert len(list(out.glob("*.png"))) == 20
+    assert len(list(out.glob("0*.png"))) == 20

@@ -29,7 +29,7 @@ START, END = "<!-- demo-numbers -->", "<!-- /demo-numbers -->"
 def demo_paragraph(metrics: dict) -> str:
     """The README's sentence about the demo's numbers, from ``run_demo``'s metrics."""
     aopc, cos, top = metrics["aopc"], metrics["signal_cosine"], metrics["topk_precision"]
-    fmt = lambda d, keys: ", ".join(f"{k} {d[k]:.2f}" for k in keys)  # noqa: E731
+    fmt = lambda d, keys: ", ".join(f"{k} {d[k]:.2f}" for k in keys)
     methods = [k for k in aopc if k != "random"]
     return (
         f"The demo (2 logits, the predicted class's logit explained; `summary.txt`; test "

@@ -7,6 +7,7 @@ import math
 import warnings
 from typing import Any, Sequence, Union
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -121,7 +122,8 @@ class Analyzer:
     # -- the public API --------------------------------------------------------------------
 
     def analyze(self, x: ArrayLike, neuron_selection: Any = None,
-                batch_size: int | None = None) -> np.ndarray | list[np.ndarray]:
+                batch_size: int | None = None,
+                verbose: int = 1) -> np.ndarray | list[np.ndarray]:
         """Explain the selected output neuron for every sample.
 
         Parameters
@@ -135,6 +137,9 @@ class Analyzer:
             flattened output), one for all samples or one per sample.
         batch_size : int, optional
             Samples per backward pass (default 32).
+        verbose : int
+            1 (default): a Keras progress bar over the batches, when there is more than one;
+            0: silent.
 
         Returns
         -------
@@ -149,7 +154,7 @@ class Analyzer:
         """
         self._check_ready()
         if isinstance(x, tf.data.Dataset):
-            return self._analyze_dataset(x, neuron_selection)
+            return self._analyze_dataset(x, neuron_selection, verbose)
         inputs = self._validate_inputs(x)
         n = int(inputs[0].shape[0])
         selection = self._validate_selection(neuron_selection, n)
@@ -157,18 +162,28 @@ class Analyzer:
             DEFAULT_BATCH_SIZE if batch_size is None else batch_size, "batch_size")
         fn = self._compiled_fn()
         parts: list[list[np.ndarray]] = [[] for _ in inputs]
-        for start in range(0, n, batch_size):
+        n_batches = -(-n // batch_size)
+        progbar = (keras.utils.Progbar(n_batches, unit_name="batch")
+                   if verbose and n_batches > 1 else None)
+        for index, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
             out = fn([t[start:stop] for t in inputs], selection[start:stop])
             for i, o in enumerate(out):
                 parts[i].append(o.numpy())
+            if progbar is not None:
+                progbar.update(index + 1)
         results = [np.concatenate(p, axis=0) for p in parts]
         self._warn_if_zero(results)
         return results if self._multi_input else results[0]
 
-    def _analyze_dataset(self, dataset: tf.data.Dataset, neuron_selection: Any):
+    def _analyze_dataset(self, dataset: tf.data.Dataset, neuron_selection: Any,
+                         verbose: int = 1):
         parts = None
         offset = 0
+        cardinality = int(dataset.cardinality())
+        progbar = (keras.utils.Progbar(cardinality if cardinality > 0 else None,
+                                       unit_name="batch")
+                   if verbose and cardinality != 1 else None)
         for element in dataset:
             if isinstance(element, (tuple, list)) and not self._multi_input:
                 element = element[0]
@@ -189,6 +204,8 @@ class Analyzer:
             for i, o in enumerate(out):
                 parts[i].append(o.numpy())
             offset += n
+            if progbar is not None:
+                progbar.add(1)
         if parts is None:
             raise ValueError("The dataset yielded no batches: nothing to analyze.")
         if offset == 0:
