@@ -83,7 +83,8 @@ def test_save_load_analyze_identical(fitted):
 def test_file_layout(fitted):
     model, x, analyzer, path = fitted
     with h5py.File(path, "r") as f:
-        assert int(f.attrs["format_version"]) == 1
+        assert int(f.attrs["format_version"]) == 2
+        assert len(str(f.attrs["checksum_sha256"])) == 64
         assert str(f.attrs["library_version"]) == pk.__version__
         assert int(f.attrs["n_samples"]) == len(x)
         fingerprint = json.loads(str(f.attrs["fingerprint"]))

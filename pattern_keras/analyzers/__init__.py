@@ -11,7 +11,12 @@ from pattern_keras.analyzers.lrp import (
     LRPEpsilon,
     LRPZPlus,
 )
-from pattern_keras.analyzers.pattern import NotFittedError, PatternAttribution, PatternNet
+from pattern_keras.analyzers.pattern import (
+    NotFittedError,
+    PatternAttribution,
+    PatternNet,
+    StalePatternsError,
+)
 from pattern_keras.analyzers.registry import analyzer_names, create_analyzer, register_analyzer
 from pattern_keras.analyzers.wrappers import IntegratedGradients, SmoothGrad
 
@@ -53,6 +58,7 @@ __all__ = [
     "PatternNet",
     "PatternAttribution",
     "NotFittedError",
+    "StalePatternsError",
     "create_analyzer",
     "analyzer_names",
     "register_analyzer",

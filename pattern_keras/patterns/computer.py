@@ -24,7 +24,7 @@ import keras
 
 from pattern_keras import _checks, engine
 from pattern_keras.layers import Op
-from pattern_keras.patterns.fingerprint import first_mismatch, model_fingerprint
+from pattern_keras.patterns.fingerprint import model_fingerprint
 from pattern_keras.patterns.statistics import (
     PATTERN_TYPES,
     LayerStatistics,
@@ -186,19 +186,32 @@ class PatternComputer:
         resumed = None
         if checkpoint_path and os.path.exists(checkpoint_path):
             resumed = self._load_checkpoint(checkpoint_path)
-            dataset = dataset.skip(resumed.n_batches)
+            # By samples, not batches: a resumed fit may use another batch size.
+            dataset = _skip_samples(dataset, resumed.n_samples)
         distributed = strategy.experimental_distribute_dataset(dataset)
         state = self._state(strategy, distributed.element_spec, resumed)
         progbar = keras.utils.Progbar(target, unit_name="batch") if verbose else None
-        done = resumed.n_batches if resumed else 0
-        if progbar is not None and done:
+        done = start = resumed.n_batches if resumed else 0
+        if progbar is not None and done and (target is None or done <= target):
             progbar.update(done)
         chief = _is_chief(strategy)
         iterator = iter(distributed)
         for batch in iterator:
             if not state.shifted:
                 state.init_shifts(batch)
-            state.step(batch)
+            before = int(state.n_samples.numpy())
+            bad = state.step(batch)
+            if bad:
+                del iterator
+                if checkpoint_path and chief and done > start:
+                    state.statistics(done).save(checkpoint_path)  # keep what was accumulated
+                raise ValueError(
+                    f"The data holds {bad} NaN or infinite value{'s' if bad > 1 else ''} in "
+                    f"batch {done + 1} (the first in sample {before + _first_bad(strategy, batch)}"
+                    " of the stream, counting from 0); nothing of that batch was accumulated. "
+                    "Clean or drop those samples"
+                    + (f" and resume from the checkpoint '{checkpoint_path}'."
+                       if checkpoint_path and done > start else "."))
             done += 1
             if progbar is not None:
                 progbar.update(done)
@@ -288,17 +301,23 @@ class PatternComputer:
         return self._cached_state
 
     def _load_checkpoint(self, path: str) -> PatternStatistics:
-        stats = PatternStatistics.load(path)
-        mismatch = first_mismatch(self.fingerprint, stats.fingerprint)
-        if mismatch:
-            raise ValueError(f"Checkpoint '{path}' was written for another model: {mismatch}.")
+        from pattern_keras.patterns.io import _OtherModel
+
+        expected = {key: plan.part.kernel_shape for key, plan in self.plans.items()}
+        try:
+            # Layout, shapes and the model are checked before any array is read.
+            stats = PatternStatistics.load(path, expected=expected, fingerprint=self.fingerprint)
+        except _OtherModel as err:
+            mismatch = str(err).split("another model: ", 1)[-1]
+            raise ValueError(f"Checkpoint '{path}' was written for another model: "
+                             f"{mismatch}") from None
         for key, plan in self.plans.items():
-            layer = stats.layers.get(key)
-            if layer is None or layer.pattern_type != plan.pattern_type:
+            layer = stats.layers[key]
+            if (layer.pattern_type, layer.rectified) != (plan.pattern_type, plan.rectified):
                 raise ValueError(
                     f"Checkpoint '{path}' was written with another pattern type for layer "
-                    f"'{key}': {getattr(layer, 'pattern_type', None)!r} instead of "
-                    f"{plan.pattern_type!r}.")
+                    f"'{key}': {layer.pattern_type!r} (rectified={layer.rectified}) instead "
+                    f"of {plan.pattern_type!r} (rectified={plan.rectified}).")
         return stats
 
 
@@ -408,6 +427,7 @@ class _State:
 
         out = engine.if_samples(inputs[0], sums, nothing)
         out["__n__"] = tf.cast(tf.shape(inputs[0])[0], tf.int64)
+        out["__bad__"] = tf.add_n([_count_non_finite(t) for t in inputs])
         return out
 
     def _op_sums(self, plan: _LayerPlan, op: Op, values) -> dict[str, Any]:
@@ -503,11 +523,23 @@ class _State:
         return n
 
     def _step(self, batch):
+        """Accumulate one batch, unless it holds a non-finite value; returns their number.
+
+        The count is all-reduced with the sums, so under a multi-worker strategy every worker
+        sees the same count and refuses the same batch (none waits for the others for ever).
+        """
         sums = self._run_and_sum(self._replica_sums, batch)
-        self.n_samples.assign_add(sums.pop("__n__"))
-        for key, named in sums.items():
-            for name, value in named.items():
-                self.sums[key][name].assign_add(value)
+        bad = sums.pop("__bad__")
+        n = sums.pop("__n__")
+
+        def accumulate():
+            self.n_samples.assign_add(n)
+            for key, named in sums.items():
+                for name, value in named.items():
+                    self.sums[key][name].assign_add(value)
+            return tf.constant(0, tf.int64)
+
+        return tf.cond(tf.equal(bad, 0), accumulate, lambda: tf.constant(0, tf.int64)) + bad
 
     def init_shifts(self, batch) -> None:
         """Take the shifts from this batch's means; a batch without samples (on any replica)
@@ -515,8 +547,9 @@ class _State:
         # Every worker reads the same all-reduced count, so all of them agree on it.
         self.shifted = int(self._init_fn(batch)) > 0
 
-    def step(self, batch) -> None:
-        self._step_fn(batch)
+    def step(self, batch) -> int:
+        """Accumulate a batch; returns the number of non-finite values that refused it."""
+        return int(self._step_fn(batch).numpy())
 
     def statistics(self, n_batches: int) -> PatternStatistics:
         layers = {}
@@ -541,6 +574,57 @@ def _without_bias(op: Op, z: Any) -> Any:
     if part.bias_fn is None:
         return z
     return z - part.to_output(tf.cast(part.bias, z.dtype), len(z.shape))
+
+
+def _count_non_finite(t: Any) -> Any:
+    if not t.dtype.is_floating:
+        return tf.constant(0, tf.int64)
+    return tf.math.count_nonzero(tf.logical_not(tf.math.is_finite(t)), dtype=tf.int64)
+
+
+def _first_bad(strategy, batch) -> int:
+    """Index in the (global, or this worker's) batch of the first sample with a non-finite
+    value."""
+    flags = None
+    for component in tf.nest.flatten(batch):
+        rows = []
+        for part in strategy.experimental_local_results(component):
+            value = np.asarray(part)
+            if not np.issubdtype(value.dtype, np.floating):
+                rows.append(np.zeros(len(value), bool))
+            else:
+                rows.append(~np.isfinite(value.reshape(len(value), -1)).all(axis=1))
+        row = np.concatenate(rows)
+        flags = row if flags is None else flags | row
+    hits = np.flatnonzero(flags)
+    return int(hits[0]) if len(hits) else 0
+
+
+def _skip_samples(dataset: tf.data.Dataset, n_skip: int) -> tf.data.Dataset:
+    """The stream of batches without its first ``n_skip`` samples (a batch that straddles the
+    boundary is cut), whatever the batch size."""
+    if n_skip <= 0:
+        return dataset
+    skip = tf.constant(n_skip, tf.int64)
+
+    def size(element):
+        first = element[0] if isinstance(element, tuple) else element
+        return tf.shape(first, out_type=tf.int64)[0]
+
+    def scan(seen, *element):
+        element = element if len(element) > 1 else element[0]
+        return seen + size(element), (seen, element)
+
+    def keep(seen, element):
+        return seen + size(element) > skip
+
+    def cut(seen, element):
+        start = tf.maximum(skip - seen, 0)
+        return tf.nest.map_structure(lambda t: t[start:], element)
+
+    return (dataset.scan(tf.constant(0, tf.int64), scan)
+            .filter(lambda seen, *e: keep(seen, e if len(e) > 1 else e[0]))
+            .map(lambda seen, *e: cut(seen, e if len(e) > 1 else e[0])))
 
 
 def _count_per_neuron(op: Op, z: Any) -> Any:

@@ -15,7 +15,7 @@ import numpy as np
 
 from pattern_keras import graph as _graph
 
-__all__ = ["model_fingerprint", "first_mismatch"]
+__all__ = ["model_fingerprint", "first_mismatch", "WeightsChecksum"]
 
 
 def model_fingerprint(model: Any) -> dict[str, Any]:
@@ -68,3 +68,50 @@ def first_mismatch(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> st
     if expected.get("weights_sha256") != actual.get("weights_sha256"):
         return "the architectures match but the weight values differ (another training run?)"
     return None
+
+
+class WeightsChecksum:
+    """A cheap per-call check that a model's weights have not changed: one wrapping sum of the
+    bit patterns of each weight variable, computed where the variable lives (on the device).
+
+    Changing any single value of a variable changes its sum (the bit patterns differ by less
+    than 2³²), and training or ``set_weights`` change a sum except with probability ~2⁻³²
+    per variable. Changes that cancel exactly (two values of one variable swapped) go unseen:
+    the fingerprint's SHA-256 is the thorough check, taken whenever patterns are set.
+
+    Calling it returns one ``uint32`` per weight variable; :meth:`first_change` names the first
+    variable whose sum differs from an earlier result.
+    """
+
+    def __init__(self, model: Any) -> None:
+        import tensorflow as tf
+
+        self._weights = list(model.weights)
+        self.names = [getattr(w, "path", None) or w.name for w in self._weights]
+        variables = [getattr(w, "value", w) for w in self._weights]
+
+        def checksum():
+            sums = []
+            for v in variables:
+                t = tf.convert_to_tensor(v)
+                if t.dtype == tf.bool:
+                    t = tf.cast(t, tf.uint8)
+                if t.dtype.size >= 4:
+                    bits = tf.bitcast(t, tf.uint32)
+                else:
+                    bits = tf.cast(tf.bitcast(t, tf.uint8 if t.dtype.size == 1 else tf.uint16),
+                                   tf.uint32)
+                sums.append(tf.reduce_sum(tf.reshape(bits, [-1])))
+            if not sums:
+                return tf.zeros([0], tf.uint32)
+            return tf.stack(sums)
+
+        self._fn = tf.function(checksum, autograph=False)
+
+    def __call__(self) -> np.ndarray:
+        return self._fn().numpy()
+
+    def first_change(self, before: np.ndarray, after: np.ndarray) -> str | None:
+        """The name of the first variable whose checksum differs, or ``None``."""
+        changed = np.flatnonzero(np.asarray(before) != np.asarray(after))
+        return None if not len(changed) else str(self.names[int(changed[0])])

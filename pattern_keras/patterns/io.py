@@ -2,25 +2,41 @@
 
 Layout (h5py; everything is plain arrays and attributes, nothing is pickled or executed)::
 
-    /                         attrs: format = "pattern_keras.patterns", format_version = 1,
+    /                         attrs: format = "pattern_keras.patterns", format_version = 2,
                                      library_version, n_samples, fingerprint (JSON text:
-                                     layer keys, classes, weight shapes, weights SHA-256)
+                                     layer keys, classes, weight shapes, weights SHA-256),
+                                     checksum_sha256 (version 2), n_batches (with statistics)
     /patterns/<key>/          one group per layer key ("outer/inner" nests groups);
                               attrs: key, pattern_type
         a                     the pattern (a₊ for "relu"), shaped like the kernel, float32
         a_negative            a₋, only where the layer keeps its negative regime
     /statistics/<key>/        optional: the sufficient statistics, to merge or resume a fit;
-                              attrs: key, pattern_type, rectified, shift_x, out_axes;
-                              root attrs n_batches
+                              attrs: key, pattern_type, rectified, shift_x, out_axes
         kernel, shift_y, n, sum_y, ...   float64 arrays (see pattern_keras.patterns.statistics)
+
+Reading is strict, because a pattern file may come from anywhere and a wrong pattern gives a
+wrong explanation that nobody can see: before any array is read, the layout is checked entry by
+entry (a missing, extra, duplicated or malformed entry is a :class:`PatternFileError` naming it),
+links other than plain ones, external raw storage and virtual datasets are refused, and every
+dataset's declared shape and dtype is checked against the model (or, without a model, against
+the weight shapes in the file's own fingerprint), so a small file cannot make the reader
+allocate gigabytes. Then the arrays are read and the checksum verified.
+
+The checksum (version 2) is a SHA-256 over a canonical serialization of every group, dataset and
+attribute (path, name, dtype, shape and bytes, in sorted order), the checksum attribute itself
+excepted. Version-1 files (no checksum) still load, with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import stat
 import tempfile
-from typing import Any
+import warnings
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -30,11 +46,31 @@ __all__ = ["PatternFileError", "save", "load_patterns", "load_statistics", "FORM
            "FORMAT_VERSION"]
 
 FORMAT = "pattern_keras.patterns"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+CHECKSUM_ATTR = "checksum_sha256"
+METADATA_CHECKSUM_ATTR = "metadata_sha256"
+_CHECKSUMS = (CHECKSUM_ATTR, METADATA_CHECKSUM_ATTR)
+
+_ROOT_REQUIRED = ("format", "format_version", "library_version", "n_samples", "fingerprint")
+_PATTERN_ATTRS = ("key", "pattern_type")
+_STAT_ATTRS = ("key", "pattern_type", "rectified", "shift_x", "out_axes")
+_NEURON_STATS = ("n", "sum_y", "n_pos", "sum_y_pos")
+_KERNEL_STATS = ("sum_x_pos", "sum_xy_pos", "sum_x", "sum_xy")
+#: No attribute of a pattern file is anywhere near this (the fingerprint of a model with
+#: thousands of layers is a few hundred kB); a larger one is refused before it is read.
+_MAX_ATTR_BYTES = 64 * 2**20
 
 
 class PatternFileError(ValueError):
     """A pattern file that cannot be read: missing, truncated, corrupt, or of another format."""
+
+
+class _OtherModel(ValueError):
+    """The file is intact but was fitted on another model."""
+
+
+class PatternFileWarning(UserWarning):
+    """A pattern file that loads but cannot be verified (format version 1: no checksum)."""
 
 
 def _h5py():
@@ -43,8 +79,17 @@ def _h5py():
     return h5py
 
 
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
 def save(path: str, patterns: Any, statistics: Any = None) -> None:
     """Write patterns (and optionally statistics) atomically: a temporary file, then a rename.
+
+    The temporary file sits next to the target and is named after it
+    (``<name>.<pid>.<random>.tmp``); one left behind by a writer that was killed is removed on
+    the target's next successful save. A symbolic link is followed (its target is replaced, the
+    link kept), and an existing file keeps its permissions.
 
     Parameters
     ----------
@@ -52,12 +97,26 @@ def save(path: str, patterns: Any, statistics: Any = None) -> None:
         Destination ``.h5`` file; parent folders are created.
     patterns : Patterns
     statistics : PatternStatistics, optional
+
+    Raises
+    ------
+    ValueError
+        If the patterns carry no model fingerprint (they were built by hand and never set on an
+        analyzer): a file must say which model it belongs to.
     """
     h5py = _h5py()
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    if not patterns.fingerprint:
+        raise ValueError("These patterns carry no model fingerprint, so a file of them could "
+                         "not be checked against a model: set them on an analyzer "
+                         "(`analyzer.set_patterns(patterns)`) and save the analyzer's.")
+    _check_fingerprint(patterns.fingerprint, path)
+    target = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
+    folder, name = os.path.split(target)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=folder)
+    mode = (stat.S_IMODE(os.stat(target).st_mode) if os.path.exists(target)
+            else 0o666 & ~_umask())
+    fd, tmp = tempfile.mkstemp(prefix=f"{name}.{os.getpid()}.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
@@ -73,7 +132,8 @@ def save(path: str, patterns: Any, statistics: Any = None) -> None:
                 g.attrs["pattern_type"] = patterns.pattern_types.get(key, "relu")
                 g.create_dataset("a", data=np.asarray(patterns[key], np.float32))
                 if patterns.has_negative(key):
-                    g.create_dataset("a_negative", data=patterns.negative(key))
+                    g.create_dataset("a_negative",
+                                     data=np.asarray(patterns.negative(key), np.float32))
             if statistics is not None:
                 f.attrs["n_batches"] = int(statistics.n_batches)
                 sgroup = f.create_group("statistics")
@@ -84,25 +144,108 @@ def save(path: str, patterns: Any, statistics: Any = None) -> None:
                     g.attrs["rectified"] = bool(layer.rectified)
                     g.attrs["shift_x"] = float(layer.shift_x)
                     g.attrs["out_axes"] = np.asarray(layer.out_axes, np.int64)
-                    g.create_dataset("kernel", data=np.asarray(layer.kernel))
+                    g.create_dataset("kernel", data=np.asarray(layer.kernel, np.float32))
                     g.create_dataset("shift_y", data=np.asarray(layer.shift_y, np.float64))
-                    for name, value in layer.sums.items():
-                        g.create_dataset(name, data=np.asarray(value, np.float64))
-        # mkstemp makes the file private (0600): give it the permissions of any new file.
-        os.chmod(tmp, 0o666 & ~_umask())
+                    for stat_name, value in layer.sums.items():
+                        g.create_dataset(stat_name, data=np.asarray(value, np.float64))
+            # Computed from what the file now holds, read back: the reader repeats exactly this.
+            f.attrs[METADATA_CHECKSUM_ATTR] = _digest(f, values=False)
+            f.attrs[CHECKSUM_ATTR] = _digest(f)
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as handle:  # on disk before the rename (a host may go down)
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    _remove_leftovers(folder, name)
 
 
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def _remove_leftovers(folder: str, name: str) -> None:
+    """Remove temporary files of ``name`` left by writers that are no longer running."""
+    pattern = re.compile(re.escape(name) + r"\.(\d+)\.[A-Za-z0-9_]+\.tmp\Z")
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.match(entry)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        try:
+            os.remove(os.path.join(folder, entry))
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # a save of this process in another thread (ours is renamed already)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# The canonical checksum
+
+
+def _canonical(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "surrogateescape")
+    if isinstance(value, str):
+        data = value.encode("utf-8", "surrogateescape")
+        return b"str:" + str(len(data)).encode() + b":" + data
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiub":
+        raise PatternFileError(f"a value of dtype {array.dtype} (only numbers and text belong "
+                               "in a pattern file)")
+    array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False))
+    return (array.dtype.str.encode() + b":" + str(array.shape).encode() + b":"
+            + array.tobytes())
+
+
+def _digest(f, values: bool = True) -> str:
+    """SHA-256 of every group, dataset and attribute of an open file (the checksums excepted).
+
+    With ``values=False``, of everything but the datasets' values (their names, dtypes and
+    shapes included): the metadata checksum, verified before any array is read.
+    """
+    h5py = _h5py()
+    digest = hashlib.sha256()
+    objects = [("/", f)]
+    f.visititems(lambda name, obj: objects.append(("/" + name, obj)))
+    for name, obj in sorted(objects, key=lambda item: item[0]):
+        kind = b"G" if isinstance(obj, h5py.Group) else b"D"
+        digest.update(kind + name.encode() + b"\0")
+        for attr in sorted(obj.attrs):
+            if name == "/" and attr in _CHECKSUMS:
+                continue
+            if obj.attrs.get_id(attr).get_storage_size() > _MAX_ATTR_BYTES:
+                raise PatternFileError(f"attribute '{attr}' of '{name}' is too large")
+            part = _canonical(obj.attrs[attr])
+            digest.update(b"A" + attr.encode() + b"\0" + str(len(part)).encode() + b"\0" + part)
+        if kind == b"D":
+            digest.update(b"T" + obj.dtype.str.encode() + str(tuple(obj.shape)).encode())
+            if values:
+                part = _canonical(obj[()])
+                digest.update(b"V" + str(len(part)).encode() + b"\0" + part)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
 
 
 def _open(path: str):
@@ -115,85 +258,397 @@ def _open(path: str):
     except OSError as err:
         raise PatternFileError(
             f"'{path}' is not a readable HDF5 file (truncated or corrupt?): {err}") from None
-    if f.attrs.get("format") != FORMAT:
+    try:
+        fmt = _attr(f, "format", path, required=False)
+        if fmt != FORMAT:
+            raise PatternFileError(
+                f"'{path}' is an HDF5 file but not a pattern_keras pattern file.")
+        version = _attr(f, "format_version", path)
+        if not _is_int(version) or int(version) < 1:
+            raise PatternFileError(f"Pattern file '{path}' is damaged: malformed attribute "
+                                   f"'format_version' ({version!r}).")
+        if int(version) > FORMAT_VERSION:
+            raise PatternFileError(
+                f"'{path}' has pattern format version {int(version)}; this pattern_keras "
+                f"({__version__}) reads up to {FORMAT_VERSION}. Upgrade pattern_keras.")
+    except BaseException:
         f.close()
-        raise PatternFileError(f"'{path}' is an HDF5 file but not a pattern_keras pattern file.")
-    version = int(f.attrs.get("format_version", -1))
-    if version > FORMAT_VERSION:
-        f.close()
-        raise PatternFileError(
-            f"'{path}' has pattern format version {version}; this pattern_keras "
-            f"({__version__}) reads up to {FORMAT_VERSION}. Upgrade pattern_keras.")
+        raise
     return f
 
 
-def _leaf_groups(group) -> dict[str, Any]:
-    """Groups carrying a ``key`` attribute, by key."""
-    leaves = {}
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
-    def visit(name, obj):
-        if "key" in getattr(obj, "attrs", {}):
-            leaves[str(obj.attrs["key"])] = obj
 
-    group.visititems(visit)
+def _attr(obj, name: str, path: str, required: bool = True) -> Any:
+    """An attribute, its size checked before it is read."""
+    if name not in obj.attrs:
+        if not required:
+            return None
+        raise PatternFileError(f"Pattern file '{path}' is damaged: '{obj.name}' lacks the "
+                               f"attribute '{name}'.")
+    aid = obj.attrs.get_id(name)
+    if aid.get_storage_size() > _MAX_ATTR_BYTES:
+        raise PatternFileError(f"Pattern file '{path}' is damaged: attribute '{name}' of "
+                               f"'{obj.name}' is {aid.get_storage_size()} bytes.")
+    return obj.attrs[name]
+
+
+def _damaged(path: str, what: str) -> PatternFileError:
+    return PatternFileError(f"Pattern file '{path}' is damaged: {what}.")
+
+
+def _check_fingerprint(fingerprint: Any, path: str) -> dict[str, Any]:
+    """The fingerprint, checked for the layout ``model_fingerprint`` writes."""
+    what = "malformed fingerprint"
+    if not isinstance(fingerprint, Mapping) or set(fingerprint) != {"layers", "weights_sha256"}:
+        keys = sorted(fingerprint) if isinstance(fingerprint, Mapping) else type(fingerprint)
+        raise _damaged(path, f"{what} (expected the entries 'layers' and 'weights_sha256', "
+                             f"found {keys})")
+    digest = fingerprint["weights_sha256"]
+    if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        raise _damaged(path, f"{what} ('weights_sha256' is not a SHA-256 hex digest)")
+    layers = fingerprint["layers"]
+    if not isinstance(layers, list) or not layers:
+        raise _damaged(path, f"{what} ('layers' is not a non-empty list)")
+    seen = set()
+    for i, layer in enumerate(layers):
+        ok = (isinstance(layer, list) and len(layer) == 3 and isinstance(layer[0], str)
+              and isinstance(layer[1], str) and isinstance(layer[2], list)
+              and all(isinstance(s, list) and all(_is_int(d) and d >= 0 for d in s)
+                      for s in layer[2]))
+        if not ok:
+            raise _damaged(path, f"{what} (layer entry {i} is not [key, class, [shapes]])")
+        if layer[0] in seen:
+            raise _damaged(path, f"{what} (layer '{layer[0]}' is listed twice)")
+        seen.add(layer[0])
+    return dict(fingerprint)
+
+
+def _fingerprint_shapes(fingerprint: Mapping[str, Any]) -> dict[str, list[tuple[int, ...]]]:
+    return {layer[0]: [tuple(s) for s in layer[2]] for layer in fingerprint["layers"]}
+
+
+def _candidate_shapes(key: str, shapes: Mapping[str, list]) -> list[tuple[int, ...]] | None:
+    """Kernel shapes a pattern key may have according to the fingerprint (None: unknown key)."""
+    if key in shapes:
+        return shapes[key]
+    base, _, part = key.rpartition("/")
+    if base in shapes and part in ("depthwise_kernel", "pointwise_kernel"):
+        return shapes[base]
+    return None
+
+
+def _walk(group, path: str, prefix: str = ""):
+    """Every (relative name, object) below ``group``; links other than hard links, external
+    storage and virtual datasets are refused before anything is read through them."""
+    h5py = _h5py()
+    items = []
+    for name in group:
+        full = f"{prefix}{name}"
+        link = group.get(name, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            kind = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
+            raise _damaged(path, f"'{group.name.rstrip('/')}/{name}' is {kind} (a pattern file "
+                                 "holds no links; not followed)")
+        obj = group[name]
+        if isinstance(obj, h5py.Dataset):
+            if obj.is_virtual:
+                raise _damaged(path, f"'{obj.name}' is a virtual dataset (not followed)")
+            if obj.external:
+                raise _damaged(path, f"'{obj.name}' keeps its data in external files "
+                                     "(not followed)")
+            items.append((full, obj))
+        elif isinstance(obj, h5py.Group):
+            items.append((full, obj))
+            items.extend(_walk(obj, path, full + "/"))
+        else:
+            raise _damaged(path, f"'{obj.name}' is a {type(obj).__name__}, not a group or "
+                                 "dataset")
+    return items
+
+
+def _leaves(section, path: str) -> dict[str, Any]:
+    """The leaf groups of a section, by key; each must sit at the path its key names."""
+    h5py = _h5py()
+    leaves: dict[str, Any] = {}
+    items = _walk(section, path)
+    below_leaf = set()
+    for name, obj in items:
+        if any(name.startswith(leaf + "/") for leaf in below_leaf):
+            continue  # inside a leaf: its members are checked with the leaf
+        if isinstance(obj, h5py.Dataset):
+            raise _damaged(path, f"extra entry '{obj.name}' (a dataset outside any layer group)")
+        if "key" in obj.attrs:
+            key = _attr(obj, "key", path)
+            if not isinstance(key, str) or key != name:
+                raise _damaged(path, f"the group '{obj.name}' claims the layer key {key!r} "
+                                     "(a duplicated or misplaced entry)")
+            leaves[key] = obj
+            below_leaf.add(name)
+        else:
+            if len(obj.attrs):
+                raise _damaged(path, f"'{obj.name}' has attributes {sorted(obj.attrs)} but no "
+                                     "layer key")
+            if not any(isinstance(child, h5py.Group) for child in obj.values()) or any(
+                    isinstance(child, h5py.Dataset) for child in obj.values()):
+                raise _damaged(path, f"'{obj.name}' is neither a layer group (no 'key' "
+                                     "attribute) nor a folder of them")
     return leaves
 
 
-def _read(fn, path):
+def _exact_members(group, allowed: set[str], required: set[str], path: str, kind: str) -> None:
+    names = set(group.attrs.keys()) if kind == "attribute" else set(group.keys())
+    missing = sorted(required - names)
+    extra = sorted(names - allowed)
+    if missing:
+        raise _damaged(path, f"missing entry: '{group.name}' lacks the {kind} '{missing[0]}'")
+    if extra:
+        raise _damaged(path, f"extra entry: '{group.name}' has an unexpected {kind} "
+                             f"'{extra[0]}'")
+
+
+def _check_dataset(obj, shape: tuple[int, ...], path: str, what: str) -> None:
+    """Declared shape and dtype, before reading."""
+    if obj.dtype.kind != "f" or obj.dtype.itemsize > 8:
+        raise _damaged(path, f"'{obj.name}' has dtype {obj.dtype}; {what} must be float")
+    if tuple(obj.shape) != tuple(shape):
+        raise _damaged(path, f"'{obj.name}' has shape {tuple(obj.shape)}; {what} must have "
+                             f"shape {tuple(shape)}")
+
+
+def _read_file(path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
+               fingerprint: Mapping[str, Any] | None = None,
+               want_statistics: bool = True) -> dict[str, Any]:
+    """Everything in a pattern file, validated (see the module docstring).
+
+    Parameters
+    ----------
+    expected : mapping of key to kernel shape, optional
+        The model's pattern keys and kernel shapes: the file must have exactly these.
+    fingerprint : mapping, optional
+        The model's fingerprint: checked before any array is read (a ``ValueError`` naming the
+        first difference).
+    """
+    from pattern_keras.patterns.statistics import needed_statistics
+
+    path = os.fspath(path)
+    with _open(path) as f:
+        version = int(_attr(f, "format_version", path))
+        root_attrs = set(_ROOT_REQUIRED) | (set(_CHECKSUMS) if version >= 2 else set())
+        has_stats = "statistics" in f
+        _exact_members(f, root_attrs | {"n_batches"},
+                       root_attrs | ({"n_batches"} if has_stats and version >= 2 else set()),
+                       path, "attribute")
+        _exact_members(f, {"patterns", "statistics"}, {"patterns"}, path, "entry")
+        _walk(f, path)  # no links, external storage or virtual datasets, before reading more
+        if version >= 2 and _attr(f, METADATA_CHECKSUM_ATTR, path) != _digest(f, values=False):
+            raise PatternFileError(
+                f"Pattern file '{path}' is corrupt: its checksum does not match its content "
+                "(a changed or damaged attribute, entry name, shape or dtype).")
+        try:
+            own = json.loads(str(_attr(f, "fingerprint", path)))
+        except json.JSONDecodeError as err:
+            raise _damaged(path, f"malformed fingerprint (not JSON: {err})") from None
+        own = _check_fingerprint(own, path)
+        if fingerprint is not None:
+            from pattern_keras.patterns.fingerprint import first_mismatch
+
+            mismatch = first_mismatch(fingerprint, own)
+            if mismatch:
+                raise _OtherModel(f"The pattern file '{path}' was fitted on another model: "
+                                 f"{mismatch}.")
+        n_samples = _attr(f, "n_samples", path)
+        if not _is_int(n_samples) or n_samples < 0:
+            raise _damaged(path, f"malformed attribute 'n_samples' ({n_samples!r})")
+        n_batches = _attr(f, "n_batches", path, required=False)
+        if n_batches is not None and (not _is_int(n_batches) or n_batches < 0):
+            raise _damaged(path, f"malformed attribute 'n_batches' ({n_batches!r})")
+        shapes = _fingerprint_shapes(own)
+
+        def kernel_shape(key: str, obj) -> list[tuple[int, ...]]:
+            if expected is not None:
+                if key not in expected:
+                    raise _damaged(path, f"extra entry '{obj.name}': the model has no pattern "
+                                         f"layer '{key}' (its layers: {sorted(expected)})")
+                return [tuple(expected[key])]
+            candidates = _candidate_shapes(key, shapes)
+            if candidates is None:
+                raise _damaged(path, f"extra entry '{obj.name}': the fingerprint lists no layer "
+                                     f"'{key}'")
+            return candidates
+
+        def check_kernel(obj, candidates, what) -> tuple[int, ...]:
+            if not candidates:
+                raise _damaged(path, f"extra entry '{obj.name}': the fingerprint's layer has no "
+                                     "weights")
+            if tuple(obj.shape) not in candidates:
+                _check_dataset(obj, candidates[0], path, what)
+            _check_dataset(obj, tuple(obj.shape), path, what)
+            return tuple(obj.shape)
+
+        # -- patterns: layout and declared shapes ------------------------------------------
+        pattern_leaves = _leaves(f["patterns"], path)
+        if expected is not None:
+            missing = sorted(set(expected) - set(pattern_leaves))
+            if missing:
+                raise _damaged(path, f"missing entry: no pattern for layer '{missing[0]}'")
+        if not pattern_leaves:
+            raise _damaged(path, "missing entry: '/patterns' holds no layer")
+        kinds = {}
+        for key, g in pattern_leaves.items():
+            _exact_members(g, set(_PATTERN_ATTRS), set(_PATTERN_ATTRS), path, "attribute")
+            _exact_members(g, {"a", "a_negative"}, {"a"}, path, "entry")
+            kind = _attr(g, "pattern_type", path)
+            if kind not in ("relu", "linear", "filter"):
+                raise _damaged(path, f"'{g.name}' has the unknown pattern type {kind!r}")
+            kinds[key] = kind
+            shape = check_kernel(g["a"], kernel_shape(key, g), f"the pattern of layer '{key}'")
+            if "a_negative" in g:
+                if kind != "relu":
+                    raise _damaged(path, f"extra entry '{g.name}/a_negative': a {kind!r} "
+                                         "pattern has one regime")
+                _check_dataset(g["a_negative"], shape, path,
+                               f"the negative pattern of layer '{key}' (like its 'a')")
+
+        # -- statistics: layout and declared shapes ----------------------------------------
+        stat_leaves = _leaves(f["statistics"], path) if has_stats else {}
+        if has_stats and set(stat_leaves) != set(pattern_leaves):
+            odd = sorted(set(stat_leaves) ^ set(pattern_leaves))[0]
+            where = "statistics" if odd not in stat_leaves else "patterns"
+            raise _damaged(path, f"missing entry: no {where} for layer '{odd}'")
+        stat_meta = {}
+        for key, g in stat_leaves.items():
+            _exact_members(g, set(_STAT_ATTRS), set(_STAT_ATTRS), path, "attribute")
+            kind = _attr(g, "pattern_type", path)
+            rectified = _attr(g, "rectified", path)
+            shift_x = _attr(g, "shift_x", path)
+            out_axes = np.asarray(_attr(g, "out_axes", path))
+            if kind != kinds[key]:
+                raise _damaged(path, f"layer '{key}' has pattern type {kinds[key]!r} in "
+                                     f"'/patterns' and {kind!r} in '/statistics'")
+            if not isinstance(rectified, (bool, np.bool_)):
+                raise _damaged(path, f"malformed attribute 'rectified' of '{g.name}'")
+            if not (isinstance(shift_x, (float, np.floating)) and np.isfinite(shift_x)):
+                raise _damaged(path, f"malformed attribute 'shift_x' of '{g.name}' "
+                                     f"({shift_x!r})")
+            names = needed_statistics(kind, bool(rectified))
+            _exact_members(g, {"kernel", "shift_y", *names}, {"kernel", "shift_y", *names},
+                           path, "entry")
+            shape = check_kernel(g["kernel"], kernel_shape(key, g), f"the kernel of '{key}'")
+            rank = len(shape)
+            if (out_axes.ndim != 1 or out_axes.dtype.kind not in "iu" or not len(out_axes)
+                    or any(not -rank <= int(a) < rank for a in out_axes)
+                    or len({int(a) % rank for a in out_axes}) != len(out_axes)):
+                raise _damaged(path, f"malformed attribute 'out_axes' of '{g.name}' "
+                                     f"({out_axes.tolist()} for a kernel of rank {rank})")
+            neurons = tuple(shape[int(a)] for a in out_axes)
+            _check_dataset(g["shift_y"], neurons, path, f"'shift_y' of '{key}'")
+            for name in names:
+                _check_dataset(g[name], neurons if name in _NEURON_STATS else shape, path,
+                               f"'{name}' of '{key}'")
+            negative_expected = kind == "relu" and not bool(rectified)
+            if ("a_negative" in pattern_leaves[key]) != negative_expected:
+                raise _damaged(path, f"'{pattern_leaves[key].name}' "
+                               + ("lacks its 'a_negative'" if negative_expected else
+                                  "has an 'a_negative' that a rectified layer does not keep"))
+            stat_meta[key] = (kind, bool(rectified), float(shift_x),
+                              tuple(int(a) for a in out_axes))
+
+        # -- arrays: read, checksum, values ------------------------------------------------
+        stored = _attr(f, CHECKSUM_ATTR, path) if version >= 2 else None
+        actual = _digest(f)
+        if version >= 2 and stored != actual:
+            raise PatternFileError(
+                f"Pattern file '{path}' is corrupt: its checksum does not match its content "
+                "(a changed or damaged dataset or attribute).")
+        if version < 2:
+            warnings.warn(f"Pattern file '{path}' has format version {version}, which carries "
+                          "no checksum: its content cannot be verified. Save it again to add "
+                          "one.", PatternFileWarning, stacklevel=4)
+
+        def array(obj, dtype):
+            value = np.asarray(obj[()], dtype)
+            if not np.all(np.isfinite(value)):
+                bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+                raise _damaged(path, f"'{obj.name}' holds {bad} NaN or infinite values")
+            return value
+
+        content: dict[str, Any] = {
+            "version": version, "fingerprint": own, "n_samples": int(n_samples),
+            "n_batches": int(n_batches or 0), "kinds": kinds, "positive": {}, "negative": {},
+            "statistics": None}
+        for key, g in pattern_leaves.items():
+            content["positive"][key] = array(g["a"], np.float32)
+            if "a_negative" in g:
+                content["negative"][key] = array(g["a_negative"], np.float32)
+        if has_stats and want_statistics:
+            stats = {}
+            for key, g in stat_leaves.items():
+                kind, rectified, shift_x, out_axes = stat_meta[key]
+                stats[key] = dict(
+                    pattern_type=kind, rectified=rectified, shift_x=shift_x, out_axes=out_axes,
+                    kernel=array(g["kernel"], g["kernel"].dtype),
+                    shift_y=array(g["shift_y"], np.float64),
+                    sums={name: array(g[name], np.float64) for name in g
+                          if name not in ("kernel", "shift_y")})
+            content["statistics"] = stats
+        content["has_statistics"] = has_stats
+        return content
+
+
+def _read(path: str, **kwargs) -> dict[str, Any]:
     try:
-        with _open(path) as f:
-            return fn(f)
-    except (PatternFileError, FileNotFoundError):
+        return _read_file(path, **kwargs)
+    except (PatternFileError, FileNotFoundError, _OtherModel):
         raise
-    except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as err:
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as err:
         raise PatternFileError(f"Pattern file '{path}' is damaged: {err}") from None
 
 
-def load_patterns(path: str):
+def load_patterns(path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
+                  fingerprint: Mapping[str, Any] | None = None):
     """Read the patterns of a pattern file.
+
+    Parameters
+    ----------
+    path : str
+    expected : mapping of layer key to kernel shape, optional
+        The layers (and kernel shapes) of the model they are for; without it, shapes are
+        checked against the weight shapes in the file's own fingerprint.
+    fingerprint : mapping, optional
+        The fingerprint of the model they are for, compared before any array is read.
 
     Raises
     ------
     FileNotFoundError
         If the file does not exist.
     PatternFileError
-        If it is truncated, corrupt, or not a pattern file.
+        If it is truncated, corrupt (checksum), malformed, or not a pattern file; the message
+        names the entry.
+    ValueError
+        If ``fingerprint`` is given and the file was fitted on another model.
     """
     from pattern_keras.patterns.patterns import Patterns
 
-    def read(f):
-        positive, negative, types = {}, {}, {}
-        for key, g in _leaf_groups(f["patterns"]).items():
-            positive[key] = np.asarray(g["a"][()], np.float32)
-            types[key] = str(g.attrs["pattern_type"])
-            if "a_negative" in g:
-                negative[key] = np.asarray(g["a_negative"][()], np.float32)
-        return Patterns(positive, negative=negative, pattern_types=types,
-                        n_samples=int(f.attrs["n_samples"]),
-                        fingerprint=json.loads(str(f.attrs["fingerprint"])))
-
-    return _read(read, path)
+    content = _read(path, expected=expected, fingerprint=fingerprint, want_statistics=False)
+    return Patterns(content["positive"], negative=content["negative"],
+                    pattern_types=content["kinds"], n_samples=content["n_samples"],
+                    fingerprint=content["fingerprint"])
 
 
-def load_statistics(path: str):
-    """Read the statistics of a pattern file, or ``None`` if it holds only patterns."""
+def load_statistics(path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
+                    fingerprint: Mapping[str, Any] | None = None):
+    """Read the statistics of a pattern file, or ``None`` if it holds only patterns.
+
+    Parameters and errors as :func:`load_patterns`.
+    """
     from pattern_keras.patterns.statistics import LayerStatistics, PatternStatistics
 
-    def read(f):
-        if "statistics" not in f:
-            return None
-        layers = {}
-        for key, g in _leaf_groups(f["statistics"]).items():
-            sums = {name: np.asarray(g[name][()], np.float64) for name in g
-                    if name not in ("kernel", "shift_y")}
-            layers[key] = LayerStatistics(
-                pattern_type=str(g.attrs["pattern_type"]), rectified=bool(g.attrs["rectified"]),
-                kernel=np.asarray(g["kernel"][()]),
-                out_axes=tuple(int(a) for a in g.attrs["out_axes"]),
-                shift_x=float(g.attrs["shift_x"]),
-                shift_y=np.asarray(g["shift_y"][()], np.float64), sums=sums)
-        return PatternStatistics(layers, n_samples=int(f.attrs["n_samples"]),
-                                 n_batches=int(f.attrs.get("n_batches", 0)),
-                                 fingerprint=json.loads(str(f.attrs["fingerprint"])))
-
-    return _read(read, path)
+    content = _read(path, expected=expected, fingerprint=fingerprint)
+    if not content["has_statistics"]:
+        return None
+    layers = {key: LayerStatistics(**value) for key, value in content["statistics"].items()}
+    return PatternStatistics(layers, n_samples=content["n_samples"],
+                             n_batches=content["n_batches"], fingerprint=content["fingerprint"])

@@ -119,6 +119,9 @@ class Patterns(Mapping[str, np.ndarray]):
     def load(cls, path: str) -> "Patterns":
         """Read a pattern file written by :meth:`save`.
 
+        Without a model, the shapes in the file are checked against the weight shapes of its
+        own fingerprint; an analyzer's ``load_patterns`` checks them against the model.
+
         Parameters
         ----------
         path : str
@@ -131,7 +134,7 @@ class Patterns(Mapping[str, np.ndarray]):
         Raises
         ------
         PatternFileError
-            If the file is not a pattern file, or is truncated or corrupt.
+            If the file is not a pattern file, or is truncated, corrupt (checksum) or malformed.
         """
         from pattern_keras.patterns import io
 

@@ -29,11 +29,13 @@ Everything here is numpy; :mod:`pattern_keras.patterns.computer` produces the su
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["LayerStatistics", "PatternStatistics", "PATTERN_TYPES", "needed_statistics"]
+__all__ = ["LayerStatistics", "PatternStatistics", "PATTERN_TYPES", "needed_statistics",
+           "UndefinedPatternWarning"]
 
 PATTERN_TYPES = ("relu", "linear", "filter")
 
@@ -146,11 +148,18 @@ class LayerStatistics:
     # -- the estimators ---------------------------------------------------------------------
 
     def _regime(self, n_r: np.ndarray, sum_y_r: np.ndarray, sum_x_r: np.ndarray,
-                sum_xy_r: np.ndarray) -> np.ndarray:
-        """``(E_r[xy] − E_r[x]E[y]) / wᵀ(·)`` from shifted sums (MATH.md, eqs. 5–7)."""
+                sum_xy_r: np.ndarray) -> tuple[np.ndarray, int]:
+        """``(E_r[xy] − E_r[x]E[y]) / wᵀ(·)`` from shifted sums (MATH.md, eqs. 5–7), and the
+        number of neurons whose pattern is undefined (0/0) and set to 0.
+
+        Undefined means 0/0: the neuron never was in the regime (``n_r = 0``), or the
+        covariance in the denominator vanishes (an input that never varies), numerically so
+        when it is below ``1e-9`` of the sum of the magnitudes of its terms. A non-finite value
+        from finite statistics (an overflow) is returned as is, for the caller to refuse.
+        """
         s = self.sums
         k = self.to_kernel
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             n_safe = np.where(n_r > 0, n_r, 1.0)
             mean_y = s["sum_y"] / np.where(s["n"] > 0, s["n"], 1.0)
             num = (sum_xy_r / k(n_safe) - sum_x_r / k(n_safe) * k(mean_y)
@@ -158,31 +167,67 @@ class LayerStatistics:
             w = self.kernel.astype(np.float64)
             den = np.sum(w * num, axis=self.input_axes, keepdims=True)
             scale = np.sum(np.abs(w * num), axis=self.input_axes, keepdims=True)
-            ok = (k(n_r) > 0) & (np.abs(den) > 1e-9 * scale) & (den != 0)
-            return np.where(ok, num / np.where(ok, den, 1.0), 0.0)
+            finite = np.isfinite(den) & np.isfinite(scale)
+            undefined = finite & ((k(n_r) <= 0) | (np.abs(den) <= 1e-9 * scale))
+            value = np.where(undefined, 0.0, num / np.where(undefined, 1.0, den))
+        return value, int(np.count_nonzero(undefined))
+
+    def _patterns(self) -> tuple[np.ndarray, np.ndarray | None, dict[str, int]]:
+        """:meth:`patterns`, with the number of undefined (0/0) neurons per regime."""
+        s = self.sums
+        if self.pattern_type == "filter":
+            w = self.kernel.astype(np.float64)
+            norm = np.sum(w * w, axis=self.input_axes, keepdims=True)
+            zero = norm <= 0
+            return (np.where(zero, 0.0, w / np.where(zero, 1.0, norm)), None,
+                    {"a": int(np.count_nonzero(zero))})
+        if self.pattern_type == "linear":
+            a, undefined = self._regime(s["n"], s["sum_y"], s["sum_x"], s["sum_xy"])
+            return a, None, {"a": undefined}
+        positive, undefined = self._regime(s["n_pos"], s["sum_y_pos"], s["sum_x_pos"],
+                                           s["sum_xy_pos"])
+        if self.rectified:
+            return positive, None, {"a₊": undefined}
+        negative, undefined_neg = self._regime(
+            s["n"] - s["n_pos"], s["sum_y"] - s["sum_y_pos"], s["sum_x"] - s["sum_x_pos"],
+            s["sum_xy"] - s["sum_xy_pos"])
+        return positive, negative, {"a₊": undefined, "a₋": undefined_neg}
 
     def patterns(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The patterns these sums give.
+
+        A neuron whose pattern is 0/0 (never in the regime, or an input that never varies) gets
+        0; :meth:`PatternStatistics.patterns` warns how many.
 
         Returns
         -------
         tuple of numpy.ndarray
             ``(a, a_negative)``: the pattern (``a₊`` for ``"relu"``) and, where the layer keeps
             its negative regime, ``a₋`` (else ``None``). float64, shaped like the kernel.
+
+        Raises
+        ------
+        ValueError
+            If a pattern value is NaN or infinite other than 0/0 (statistics that overflowed).
         """
-        s = self.sums
-        if self.pattern_type == "filter":
-            w = self.kernel.astype(np.float64)
-            norm = np.sum(w * w, axis=self.input_axes, keepdims=True)
-            return np.where(norm > 0, w / np.where(norm > 0, norm, 1.0), 0.0), None
-        if self.pattern_type == "linear":
-            return self._regime(s["n"], s["sum_y"], s["sum_x"], s["sum_xy"]), None
-        positive = self._regime(s["n_pos"], s["sum_y_pos"], s["sum_x_pos"], s["sum_xy_pos"])
-        if self.rectified:
-            return positive, None
-        negative = self._regime(s["n"] - s["n_pos"], s["sum_y"] - s["sum_y_pos"],
-                                s["sum_x"] - s["sum_x_pos"], s["sum_xy"] - s["sum_xy_pos"])
-        return positive, negative
+        a, a_neg, _ = self._patterns()
+        _check_finite(a, a_neg, "this layer")
+        return a, a_neg
+
+
+def _check_finite(a: np.ndarray, a_neg: np.ndarray | None, where: str) -> None:
+    for name, value in (("a", a), ("a_negative", a_neg)):
+        if value is not None and not np.all(np.isfinite(value)):
+            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+            raise ValueError(
+                f"The pattern {name} of {where} has {bad} NaN or infinite values: its "
+                "statistics overflowed or are not finite (data of a very large magnitude? "
+                "rescale the inputs).")
+
+
+class UndefinedPatternWarning(UserWarning):
+    """Some neurons' patterns are 0/0 (a neuron never in its regime, an input that never
+    varies) and were set to 0."""
 
 
 class PatternStatistics(Mapping[str, LayerStatistics]):
@@ -222,21 +267,43 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
     def patterns(self):
         """The patterns these statistics give.
 
+        Neurons whose pattern is 0/0 (never in the regime, or an input that never varies) get
+        0, with an :class:`UndefinedPatternWarning` counting them per layer.
+
         Returns
         -------
         Patterns
             One pattern per layer (float32), with the pattern types, the number of samples
             and the model's fingerprint.
+
+        Raises
+        ------
+        ValueError
+            Naming the layer, if a pattern value is NaN or infinite other than 0/0 (statistics
+            that overflowed).
         """
+        return self._build_patterns(warn=True)
+
+    def _build_patterns(self, warn: bool):
         from pattern_keras.patterns.patterns import Patterns
 
         positive, negative, types = {}, {}, {}
+        undefined = []
         for key, stats in self.layers.items():
-            a, a_neg = stats.patterns()
+            a, a_neg, counts = stats._patterns()
+            _check_finite(a, a_neg, f"layer '{key}'")
+            n_neurons = int(np.prod([stats.kernel.shape[ax] for ax in stats.out_axes]))
+            undefined += [f"'{key}' {n} of {n_neurons} neurons ({regime})"
+                          for regime, n in counts.items() if n]
             positive[key] = a.astype(np.float32)
             if a_neg is not None:
                 negative[key] = a_neg.astype(np.float32)
             types[key] = stats.pattern_type
+        if undefined and warn:
+            warnings.warn(
+                "Patterns undefined (0/0: a neuron never in the regime, or an input that never "
+                f"varies) were set to 0: {'; '.join(undefined)}.", UndefinedPatternWarning,
+                stacklevel=3)
         return Patterns(positive, negative=negative, pattern_types=types,
                         n_samples=self.n_samples, fingerprint=self.fingerprint)
 
@@ -299,16 +366,22 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
         """
         from pattern_keras.patterns import io
 
-        io.save(path, patterns=self.patterns(), statistics=self)
+        io.save(path, patterns=self._build_patterns(warn=False), statistics=self)
 
     @classmethod
-    def load(cls, path: str) -> "PatternStatistics":
+    def load(cls, path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
+             fingerprint: Mapping[str, Any] | None = None) -> "PatternStatistics":
         """Read statistics written by :meth:`save` (or ``Patterns.save(..., statistics=...)``).
 
         Parameters
         ----------
         path : str
             A pattern file that holds statistics.
+        expected : mapping of layer key to kernel shape, optional
+            The model's layers: the file must have exactly these (shapes checked before any
+            array is read). Without it, against the weight shapes of the file's fingerprint.
+        fingerprint : mapping, optional
+            The model's fingerprint, compared before any array is read.
 
         Returns
         -------
@@ -317,14 +390,15 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
         Raises
         ------
         ValueError
-            If the file holds patterns only.
+            If the file holds patterns only (a :class:`PatternFileError` if it is damaged).
         """
         from pattern_keras.patterns import io
 
-        stats = io.load_statistics(path)
+        stats = io.load_statistics(path, expected=expected, fingerprint=fingerprint)
         if stats is None:
-            raise ValueError(f"'{path}' holds patterns but no statistics: refit with "
-                             "`save_statistics=True` to be able to merge or resume.")
+            raise ValueError(f"'{path}' holds patterns but no statistics: save with "
+                             "`include_statistics=True` (the default) to be able to merge or "
+                             "resume.")
         return stats
 
     def __repr__(self) -> str:
