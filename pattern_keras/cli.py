@@ -25,7 +25,7 @@ subtracted), ``tf`` (scaled to [-1, 1]), ``torch`` (to [0, 1], then ImageNet mea
 deviation).
 
 Exit codes: 0 done; 2 a usage or input error (one line on stderr, no traceback); 1 anything
-else (one line; ``--traceback`` shows the traceback).
+else (one line; ``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
@@ -192,6 +192,12 @@ def load_data(path: str, key: str | None = None, image_size: Sequence[int] | Non
     if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
         raise UsageError(f"data '{path}' holds values of type {x.dtype}, not numbers")
     x = x.astype(np.float32, copy=False)
+    finite = np.isfinite(x)
+    if not finite.all():
+        rows = np.flatnonzero(~finite.reshape(len(x), -1).all(axis=1))
+        raise UsageError(f"data '{path}' holds {int(finite.size - finite.sum())} NaN or "
+                         f"infinite values (the first in sample {int(rows[0])}, counting "
+                         "from 0)")
     x = _preprocess(x, preprocess)
     if model is not None:
         x = _fit_to_model(x, model, path)
@@ -392,20 +398,21 @@ def _image_batches(args: argparse.Namespace, model: Any):
 
 
 def _load_patterns_for(path: str, model: Any):
-    from pattern_keras.patterns import PatternFileError, Patterns, model_fingerprint
-    from pattern_keras.patterns.fingerprint import first_mismatch
+    from pattern_keras.patterns import PatternFileError, model_fingerprint
 
+    from pattern_keras.patterns import io
+
+    fingerprint = model_fingerprint(model)
     try:
-        patterns = Patterns.load(path)
+        # The model is compared before any array is read.
+        return io.load_patterns(path, fingerprint=fingerprint)
     except FileNotFoundError:
         raise UsageError(f"pattern file '{path}' does not exist") from None
     except PatternFileError as err:
         raise UsageError(_one_line(err)) from None
-    if patterns.fingerprint:
-        mismatch = first_mismatch(model_fingerprint(model), patterns.fingerprint)
-        if mismatch:
-            raise UsageError(f"pattern file '{path}' was fitted on another model: {mismatch}")
-    return patterns
+    except io._OtherModel as err:
+        raise UsageError(f"pattern file '{path}' was fitted on another model: "
+                         f"{err.mismatch}") from None
 
 
 #: Analyze options that set an analyzer's parameter: option dest -> (constructor argument,
@@ -468,7 +475,19 @@ def _describe(method: str, kwargs: dict[str, Any]) -> str:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    _quiet_tensorflow()  # the analyzer names are known once the analyzers are imported
+    from pattern_keras.analyzers.registry import analyzer_names
+
+    names = analyzer_names()
     methods = list(dict.fromkeys(args.method))
+    for method in methods:
+        if method not in names:
+            import difflib
+
+            close = difflib.get_close_matches(method, names, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise UsageError(f"unknown method '{method}'; {hint}known: {', '.join(names)} "
+                             "(see 'pattern-keras methods')")
     pattern_methods = [m for m in methods if m in PATTERN_METHODS]
     if args.patterns is not None and not pattern_methods:
         raise UsageError(f"--patterns is only used by {' and '.join(PATTERN_METHODS)}, "
@@ -481,8 +500,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.neuron is not None and args.neuron < 0:
         raise UsageError(f"--neuron must be >= 0; got {args.neuron}")
     per_method = _method_kwargs(args)
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise UsageError(f"-o must be a folder; '{args.output}' is a file")
+    _check_output_folder(args.output)
     _check_exists(args.model, "model file")
     _check_exists(args.inputs, "inputs")
     if args.patterns is not None:
@@ -492,10 +510,6 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     import pattern_keras as pk
 
-    for method in methods:
-        if method not in pk.analyzer_names():
-            raise UsageError(f"unknown method '{method}'; known: "
-                             f"{', '.join(pk.analyzer_names())} (see 'pattern-keras methods')")
     model = load_model(args.model, args.unsafe)
     x, names = load_data(args.inputs, args.key, args.image_size, args.preprocess, model)
     patterns = _load_patterns_for(args.patterns, model) if args.patterns else None
@@ -680,8 +694,35 @@ def _check_exists(path: str, what: str) -> None:
 
 
 def _check_output_file(path: str) -> None:
+    """Before any work: ``path`` can be written (a file, in a folder we may write to)."""
     if os.path.isdir(path):
         raise UsageError(f"-o must be a file; '{path}' is a folder")
+    target = os.path.realpath(path)
+    if os.path.exists(target) and not os.access(target, os.W_OK):
+        raise UsageError(f"cannot write '{path}': the file is read-only")
+    _check_writable_folder(os.path.dirname(target) or ".", path)
+
+
+def _check_output_folder(path: str) -> None:
+    """Before any work: ``path`` is (or can be made) a folder we may write to."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"-o must be a folder; '{path}' is a file")
+    _check_writable_folder(os.path.realpath(path), path)
+
+
+def _check_writable_folder(folder: str, path: str) -> None:
+    """The folder, or the nearest existing folder above it (where it would be made), must be
+    writable."""
+    existing = folder
+    while not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        raise UsageError(f"cannot write '{path}': '{existing}' is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write '{path}': no permission to write in '{existing}'")
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
@@ -714,7 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "models.",
         epilog="Exit codes: 0 done, 2 usage or input error, 1 anything else.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--traceback", action="store_true",
+    parser.add_argument("--debug", "--traceback", dest="traceback", action="store_true",
                         help="show the full traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -853,7 +894,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             traceback.print_exc()
         print(f"{PROG} {args.command}: error: {type(err).__name__}: {_one_line(err)}"
-              + ("" if args.traceback else " (run with --traceback for details)"),
+              + ("" if args.traceback else " (run with --debug for details)"),
               file=sys.stderr)
         return EXIT_FAILURE
 

@@ -225,6 +225,15 @@ def run_multiworker(args) -> None:
     analyzer = PatternNet(model).fit(batches(x), verbose=0, strategy=strategy)
     results.update(patterns_results("generator-analyzer", analyzer.patterns))
     results["checkpoint_writes"] = len(saves)
+    # One NaN: every worker must refuse the same batch (the count is all-reduced), none hang.
+    bad = x.copy()
+    bad[40, 1, 2, 0] = np.nan
+    try:
+        PatternComputer(model, strategy=strategy).compute_statistics(
+            bad, batch_size=BATCH_SIZE, verbose=0)
+        results["nonfinite_error"] = ""
+    except ValueError as err:
+        results["nonfinite_error"] = str(err)
     np.savez(args.out, **results)
 
 

@@ -420,3 +420,144 @@ def test_resume_with_another_batch_size_counts_every_sample_once(tmp_path):
                 if name in ("n", "n_pos"):
                     np.testing.assert_array_equal(resumed[key].sums[name],
                                                   whole[key].sums[name])
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite data
+
+
+def test_one_nan_in_1e5_samples_is_named_and_nothing_of_its_batch_is_kept(tmp_path):
+    model = mlp()
+    x = np.random.default_rng(2).normal(0.5, 1.0, (100_000, 5)).astype(np.float32)
+    position = 73_421
+    computer = pk.PatternComputer(model)
+    for value in (np.nan, -np.inf):
+        bad = x.copy()
+        bad[position, 3] = value
+        checkpoint = tmp_path / "fit.h5"
+        if checkpoint.exists():
+            checkpoint.unlink()
+        with pytest.raises(ValueError, match=r"holds 1 NaN or infinite value in batch 72 "
+                                             rf"\(the first in sample {position} of the stream"):
+            computer.compute_statistics(bad, batch_size=1024, verbose=0,
+                                        checkpoint_path=str(checkpoint))
+        # The checkpoint keeps exactly the 71 good batches before it, nothing of the bad one.
+        kept = pk.PatternStatistics.load(str(checkpoint))
+        assert kept.n_samples == 71 * 1024
+    # Fixed, the fit resumes from there and equals the fit of the clean data.
+    resumed = computer.compute_statistics(x, batch_size=4096, verbose=0,
+                                          checkpoint_path=str(checkpoint))
+    whole = computer.compute_statistics(x, batch_size=1024, verbose=0)
+    assert resumed.n_samples == whole.n_samples == 100_000
+    for key in whole:
+        for name in ("n", "n_pos"):  # counts: every sample once
+            np.testing.assert_array_equal(resumed[key].sums[name], whole[key].sums[name])
+        for name in whole[key].sums:  # float32 per-batch sums, batched otherwise
+            np.testing.assert_allclose(resumed[key].sums[name], whole[key].sums[name],
+                                       rtol=1e-5, atol=1e-5 * np.abs(whole[key].sums[name]).max())
+    # Analyzer.fit refuses the same way.
+    bad = x[:2048].copy()
+    bad[1500, 0] = np.nan
+    with pytest.raises(ValueError, match="sample 1500"):
+        pk.PatternAttribution(model).fit(bad, verbose=0)
+
+
+def test_zero_over_zero_is_zero_with_a_warning_and_an_overflow_is_an_error():
+    x_in = keras.Input((3,))
+    model = keras.Model(x_in, L.Dense(2, name="out")(L.Dense(4, activation="relu",
+                                                               name="hidden")(x_in)))
+    hidden = model.get_layer("hidden")
+    kernel = np.array([[1, -1, 0.5, 0], [0.5, -1, -0.5, 0], [0, -1, 1, 0]], np.float32)
+    hidden.set_weights([kernel, np.array([0, -100, 0, 0], np.float32)])  # neuron 1 never fires
+    model.get_layer("out").set_weights([np.ones((4, 2), np.float32), np.zeros(2, np.float32)])
+    x = np.random.default_rng(0).uniform(0.1, 1, (64, 3)).astype(np.float32)
+    with pytest.warns(pk.patterns.statistics.UndefinedPatternWarning,
+                      match=r"'hidden' 2 of 4 neurons \(a₊\)"):  # the dead one and the zero one
+        patterns = pk.PatternComputer(model).compute(x, verbose=0)
+    np.testing.assert_array_equal(patterns["hidden"][:, [1, 3]], 0.0)
+    assert np.all(np.isfinite(patterns["hidden"])) and np.any(patterns["hidden"][:, 0] != 0)
+    # Finite data whose products overflow float32: an error naming the layer, not a zero.
+    huge = np.full((64, 3), 3e37, np.float32) * np.random.default_rng(1).uniform(1, 2, (64, 3))
+    with pytest.raises(ValueError, match="layer 'hidden'.*NaN or infinite"):
+        pk.PatternComputer(model).compute(huge.astype(np.float32), verbose=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli_bad")
+    model = mlp()
+    model.save(folder / "model.keras")
+    x = data(40)
+    np.save(folder / "x.npy", x)
+    bad = x.copy()
+    bad[17, 2] = np.nan
+    np.save(folder / "nan.npy", bad)
+    (folder / "a_file").write_text("not a folder")
+    return folder
+
+
+def run_cli(argv, capsys):
+    from pattern_keras import cli
+
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_user_errors_are_one_line_exit_2_before_any_work(cli_files, capsys, monkeypatch):
+    from pattern_keras.patterns import PatternComputer
+
+    d = cli_files
+    calls = []
+    monkeypatch.setattr(PatternComputer, "compute_statistics",
+                        lambda *a, **k: calls.append(1) or pytest.fail("fitted anyway"))
+    cases = [
+        (["fit", d / "model.keras", d / "x.npy", "-o", d / "a_file" / "p.h5"],
+         "cannot write .*a_file' is a file, not a folder"),
+        (["analyze", d / "model.keras", d / "x.npy", "-m", "gradient", "-o",
+          d / "a_file" / "out"], "cannot write .*a_file' is a file, not a folder"),
+        (["analyze", d / "model.keras", d / "x.npy", "-m", "patern.net", "--patterns",
+          d / "p.h5", "-o", d / "out"], "unknown method 'patern.net'; did you mean "
+                                        "'pattern.net'"),
+        (["fit", d / "model.keras", d / "nan.npy", "-o", d / "p.h5"],
+         r"holds 1 NaN or infinite values \(the first in sample 17"),
+        (["analyze", d / "model.keras", d / "nan.npy", "-m", "gradient", "-o", d / "out"],
+         r"holds 1 NaN or infinite values \(the first in sample 17"),
+    ]
+    for argv, message in cases:
+        code, out, err = run_cli(argv, capsys)
+        assert code == 2, (argv, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert __import__("re").search(message, err), err
+    assert not calls and not (d / "p.h5").exists() and not (d / "out").exists()
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = d / "locked"
+        locked.mkdir()
+        os.chmod(locked, 0o500)
+        code, _, err = run_cli(["fit", d / "model.keras", d / "x.npy", "-o", locked / "p.h5"],
+                               capsys)
+        assert code == 2 and "no permission to write" in err
+
+
+def test_cli_runtime_failure_is_one_line_exit_1_and_debug_shows_the_traceback(
+        cli_files, capsys, monkeypatch):
+    from pattern_keras.patterns import PatternComputer
+
+    d = cli_files
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("the device fell over")
+
+    monkeypatch.setattr(PatternComputer, "compute_statistics", boom)
+    argv = ["fit", d / "model.keras", d / "x.npy", "-o", d / "p.h5", "-q"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1
+    assert err.strip().splitlines() == [
+        "pattern-keras fit: error: RuntimeError: the device fell over (run with --debug for "
+        "details)"]
+    code, _, err = run_cli(["--debug"] + argv, capsys)
+    assert code == 1 and "Traceback" in err and "the device fell over" in err

@@ -159,6 +159,8 @@ def test_multi_worker_mirrored_strategy_equals_single_device(cnn, tmp_path):
             assert_same_patterns(results, cnn["reference"], case)
         # Only the chief (worker 0) writes the checkpoint (once, at the end).
         assert int(results["checkpoint_writes"]) == (1 if index == 0 else 0)
+        # A NaN in the data: both workers refused the same batch and returned.
+        assert "holds 1 NaN or infinite value in batch" in str(results["nonfinite_error"])
     saved = PatternStatistics.load(checkpoint)
     assert saved.n_samples == N_SAMPLES and saved.n_batches == 5
     assert_same_patterns(worker.stats_results("chief", saved), cnn["reference"], "chief")

@@ -308,9 +308,8 @@ class PatternComputer:
             # Layout, shapes and the model are checked before any array is read.
             stats = PatternStatistics.load(path, expected=expected, fingerprint=self.fingerprint)
         except _OtherModel as err:
-            mismatch = str(err).split("another model: ", 1)[-1]
             raise ValueError(f"Checkpoint '{path}' was written for another model: "
-                             f"{mismatch}") from None
+                             f"{err.mismatch}.") from None
         for key, plan in self.plans.items():
             layer = stats.layers[key]
             if (layer.pattern_type, layer.rectified) != (plan.pattern_type, plan.rectified):

@@ -66,7 +66,11 @@ class PatternFileError(ValueError):
 
 
 class _OtherModel(ValueError):
-    """The file is intact but was fitted on another model."""
+    """The file is intact but was fitted on another model (``mismatch`` says how)."""
+
+    def __init__(self, path: str, mismatch: str) -> None:
+        super().__init__(f"The pattern file '{path}' was fitted on another model: {mismatch}.")
+        self.mismatch = mismatch
 
 
 class PatternFileWarning(UserWarning):
@@ -457,8 +461,7 @@ def _read_file(path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
 
             mismatch = first_mismatch(fingerprint, own)
             if mismatch:
-                raise _OtherModel(f"The pattern file '{path}' was fitted on another model: "
-                                 f"{mismatch}.")
+                raise _OtherModel(path, mismatch)
         n_samples = _attr(f, "n_samples", path)
         if not _is_int(n_samples) or n_samples < 0:
             raise _damaged(path, f"malformed attribute 'n_samples' ({n_samples!r})")
