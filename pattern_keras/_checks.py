@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 __all__ = ["positive_int", "model_inputs", "batch_shape", "neuron_selection", "selection_mask",
-           "NEURON_SELECTION_MODES"]
+           "finite_values", "keras_x", "dense", "NEURON_SELECTION_MODES"]
 
 NEURON_SELECTION_MODES = ("max_activation", "index", "all")
 
@@ -131,6 +131,136 @@ def batch_shape(shape: Sequence[Any], spec: Spec, name: str = "Batches") -> None
             w is not None and s is not None and s != w for s, w in zip(shape[1:], want[1:])):
         raise ValueError(f"{name} have shape {shape}; the model expects {_expected(want)}. "
                          "Is the dataset batched?")
+
+
+def finite_values(arrays: Sequence[Any], name: str = "input", offset: int = 0) -> None:
+    """Refuse NaN and infinite values: a ``ValueError`` with their number and the first sample.
+
+    Parameters
+    ----------
+    arrays : list of arrays or tensors
+        One per model input, the batch axis first.
+    name : str
+        What the arrays are called in the message.
+    offset : int
+        Index of the first sample in the whole stream (for data that comes in batches).
+    """
+    import tensorflow as tf
+
+    bad_rows = None
+    count = 0
+    for a in arrays:
+        if tf.is_tensor(a):
+            if not a.dtype.is_floating or bool(tf.reduce_all(tf.math.is_finite(a))):
+                continue
+            a = a.numpy()
+        a = np.asarray(a)
+        if not np.issubdtype(a.dtype, np.floating):
+            continue
+        finite = np.isfinite(a)
+        if finite.all():
+            continue
+        count += int(finite.size - np.count_nonzero(finite))
+        rows = ~finite.reshape(len(a), -1).all(axis=1)
+        bad_rows = rows if bad_rows is None else bad_rows | rows
+    if count:
+        first = offset + int(np.flatnonzero(bad_rows)[0])
+        raise ValueError(f"The {name} holds {count} NaN or infinite value"
+                         f"{'s' if count > 1 else ''} (the first in sample {first}, counting "
+                         "from 0): an explanation of such an input would be meaningless. Clean "
+                         "or drop those samples.")
+
+
+def dense(value: Any, name: str = "data") -> None:
+    """Refuse ragged and sparse tensors (and their specs), naming the type received."""
+    import tensorflow as tf
+
+    kinds = (tf.RaggedTensor, tf.SparseTensor, tf.RaggedTensorSpec, tf.SparseTensorSpec)
+    for item in tf.nest.flatten(value, expand_composites=False):
+        if isinstance(item, kinds):
+            raise ValueError(
+                f"The {name} is a {type(item).__name__}: patterns need dense batches shaped like "
+                "the model's input (convert with `.to_tensor()` / `tf.sparse.to_dense`).")
+
+
+def keras_x(element: Any, input_names: Sequence[str], name: str = "data") -> Any:
+    """``x`` from data in Keras's forms, in the model's input order.
+
+    Takes what ``keras.Model.fit`` takes as data or as one batch: ``x``, ``(x,)``, ``(x, y)`` or
+    ``(x, y, sample_weight)``, with ``x`` an array or tensor (one input), a list or tuple with
+    one per input, or a dict keyed by input name. ``y`` is ignored (patterns describe the
+    inputs); a ``sample_weight`` other than ``None`` is refused, since the pattern statistics are
+    unweighted. Works on numpy values and on the symbolic tensors of a ``tf.data`` pipeline.
+
+    Parameters
+    ----------
+    element : array, tensor, list, tuple or dict
+    input_names : list of str
+        The model's input names, in order.
+    name : str
+        What the data is called in messages.
+
+    Returns
+    -------
+    array, tensor or tuple
+        ``x`` for a single-input model, else a tuple with one value per input.
+
+    Raises
+    ------
+    ValueError
+        For a ``sample_weight``, a dict whose keys are not the input names, the wrong number of
+        arrays, or a ragged or sparse tensor.
+    """
+    n_inputs = len(input_names)
+    nested = (list, tuple, dict)
+    if isinstance(element, dict):
+        x = element
+    elif isinstance(element, (list, tuple)):
+        if (n_inputs > 1 and len(element) == n_inputs
+                and not any(isinstance(e, nested) for e in element)):
+            x = element  # a flat list with one array per input
+        elif 1 <= len(element) <= 3:
+            x = element[0]
+            if len(element) == 3 and element[2] is not None:
+                raise ValueError(
+                    f"The {name} has a sample_weight (the third element of (x, y, "
+                    "sample_weight)): pattern statistics are unweighted, so it would be "
+                    "ignored. Drop it, or repeat samples to weight them. (A list of batches? "
+                    "Pass a generator or a tf.data.Dataset.)")
+        else:
+            raise ValueError(
+                f"The {name} is a {type(element).__name__} of {len(element)} elements; pass x, "
+                f"(x, y) or (x, y, sample_weight)"
+                + (f", with x a list of {n_inputs} arrays or a dict keyed by input name "
+                   f"{list(input_names)}" if n_inputs > 1 else "")
+                + ", or a generator or tf.data.Dataset of such batches.")
+    else:
+        x = element
+    dense(x, name)
+    if isinstance(x, dict):
+        missing = [k for k in input_names if k not in x]
+        extra = sorted(str(k) for k in x if k not in input_names)
+        if missing or extra:
+            raise ValueError(
+                f"The {name} is a dict with the keys {sorted(str(k) for k in x)}; the model's "
+                f"inputs are {list(input_names)}"
+                + (f" (missing: {missing})" if missing else "")
+                + (f" (unknown: {extra})" if extra else "") + ".")
+        x = tuple(x[k] for k in input_names)
+    if n_inputs == 1:
+        if isinstance(x, (list, tuple)):
+            if len(x) != 1:
+                raise ValueError(f"The model has 1 input; the {name} gives "
+                                 f"{len(x)} arrays as x.")
+            x = x[0]
+        return x
+    if not isinstance(x, (list, tuple)) or len(x) != n_inputs:
+        got = (f"{len(x)} arrays" if isinstance(x, (list, tuple))
+               else f"a {type(x).__name__}")
+        raise ValueError(f"The model has {n_inputs} inputs {list(input_names)}: the {name} "
+                         f"must give x as a list of {n_inputs} arrays or a dict keyed by input "
+                         f"name, got {got}.")
+    return tuple(x)
 
 
 # --- neuron selection -----------------------------------------------------------------------

@@ -561,3 +561,120 @@ def test_cli_runtime_failure_is_one_line_exit_1_and_debug_shows_the_traceback(
         "details)"]
     code, _, err = run_cli(["--debug"] + argv, capsys)
     assert code == 1 and "Traceback" in err and "the device fell over" in err
+
+
+@pytest.mark.parametrize("cls", [pk.Gradient, pk.PatternNet, pk.PatternAttribution])
+def test_analyze_refuses_non_finite_inputs(fitted, cls):
+    model, x, analyzer, _ = fitted
+    explainer = cls(model) if cls is pk.Gradient else cls(model, patterns=analyzer.patterns)
+    bad = x[:10].copy()
+    bad[6, 1] = np.inf
+    bad[8, 0] = np.nan
+    with pytest.raises(ValueError, match=r"holds 2 NaN or infinite values \(the first in "
+                                         r"sample 6"):
+        explainer.analyze(bad)
+    import tensorflow as tf
+
+    # In a dataset the sample is counted over the whole stream (here: batch 2, row 4).
+    with pytest.raises(ValueError, match=r"holds 1 NaN or infinite value \(the first in sample 9"):
+        explainer.analyze(tf.data.Dataset.from_tensor_slices(np.concatenate(
+            [x[:5], bad[:4], bad[8:9]])).batch(5))
+    explainer.analyze(x[:10])  # clean rows still work
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras-style data
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, parts):
+        super().__init__()
+        self.parts = parts
+
+    def __len__(self):
+        return len(self.parts)
+
+    def __getitem__(self, i):
+        return self.parts[i]
+
+
+def _assert_same_fit(got, want):
+    assert got.n_samples == want.n_samples
+    a, b = got.patterns(), want.patterns()
+    for key in b:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5 * np.abs(b[key]).max(),
+                                   err_msg=key)
+
+
+def test_fit_takes_keras_style_data_and_ignores_y():
+    import tensorflow as tf
+
+    model = mlp()
+    x = data(96)
+    labels = np.arange(96) % 3
+    computer = pk.PatternComputer(model)
+    want = computer.compute_statistics(x, batch_size=32, verbose=0)
+    name = model.inputs[0].name
+
+    def gen(y):
+        for i in range(0, 96, 32):
+            yield (x[i:i + 32], y[i:i + 32])
+
+    forms = {
+        "(x, labels)": (x, labels),
+        "(x, y shaped like x)": (x, x * 2),   # an autoencoder's y: not fitted as data
+        "(x, y, None)": (x, labels, None),
+        "dataset (x, y)": tf.data.Dataset.from_tensor_slices((x, labels)).batch(32),
+        "dataset ({name: x}, y)": tf.data.Dataset.from_tensor_slices(({name: x}, labels)).batch(32),
+        "generator (x, y)": gen(labels),
+        "generator of dicts": ({name: x[i:i + 32]} for i in range(0, 96, 32)),
+        "PyDataset (x, y)": _Batches([(x[i:i + 32], labels[i:i + 32]) for i in (0, 32, 64)]),
+    }
+    for label, form in forms.items():
+        _assert_same_fit(computer.compute_statistics(form, batch_size=32, verbose=0), want)
+    # The analyzer's fit takes them too.
+    fitted = pk.PatternNet(model).fit((x, x), verbose=0)
+    assert fitted.patterns.n_samples == 96
+
+
+def test_fit_multi_input_data_as_list_or_dict_keyed_by_input_name():
+    import tensorflow as tf
+
+    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    h = L.Dense(4, activation="relu", name="fc")(L.Concatenate()([a, b]))
+    model = keras.Model({"a": a, "b": b}, L.Dense(2, name="head")(h))
+    x = data(64)
+    xa, xb = x[:, :3], x[:, 3:]
+    computer = pk.PatternComputer(model)
+    want = computer.compute_statistics([xa, xb], batch_size=16, verbose=0)
+    for form in ({"b": xb, "a": xa}, ({"a": xa, "b": xb}, np.zeros(64)), ((xa, xb), None),
+                 tf.data.Dataset.from_tensor_slices(({"b": xb, "a": xa}, np.zeros(64))).batch(16)):
+        _assert_same_fit(computer.compute_statistics(form, batch_size=16, verbose=0), want)
+    with pytest.raises(ValueError, match=r"keys \['a'\].*inputs are \['a', 'b'\].*missing"):
+        computer.compute_statistics({"a": xa}, verbose=0)
+
+
+def test_fit_refuses_sample_weight_unknown_types_ragged_and_bad_steps():
+    import tensorflow as tf
+
+    model = mlp()
+    x = data(64)
+    w = np.ones(64, np.float32)
+    computer = pk.PatternComputer(model)
+    for form in ((x, None, w), tf.data.Dataset.from_tensor_slices((x, x[:, 0], w)).batch(16),
+                 ((x[i:i + 16], None, w[i:i + 16]) for i in range(0, 64, 16))):
+        with pytest.raises(ValueError, match="sample_weight.*unweighted"):
+            computer.compute_statistics(form, verbose=0)
+    for form, message in (("x.npy", "type str"), (7, "type int"), ({1, 2}, "set"),
+                          ([x, x], "list of 2 values"),
+                          (tf.ragged.constant([[1.0] * 5, [2.0] * 5]), "RaggedTensor"),
+                          (tf.data.Dataset.from_tensor_slices(
+                              tf.ragged.constant([[1.0] * 5, [2.0] * 4])).batch(2),
+                           "RaggedTensor"),
+                          ((np.array(["a"] * 64, object)[:, None].repeat(5, 1) for _ in [0]),
+                           "numeric")):
+        with pytest.raises(ValueError, match=message):
+            computer.compute_statistics(form, verbose=0)
+    for steps in (1.5, 0, "2", True):
+        with pytest.raises(ValueError, match="steps must be an integer"):
+            computer.compute_statistics(x, steps=steps, verbose=0)

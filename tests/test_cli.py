@@ -367,7 +367,7 @@ def test_unexpected_errors_exit_1_in_one_line(monkeypatch, capsys):
     assert code == 1
     assert err.strip().splitlines() == [
         "pattern-keras methods: error: RuntimeError: something broke across lines "
-        "(run with --traceback for details)"]
+        "(run with --debug for details)"]
     code, _, err = run(["--traceback", "methods"], capsys)
     assert code == 1 and "Traceback" in err
 

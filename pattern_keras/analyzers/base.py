@@ -149,13 +149,15 @@ class Analyzer:
         Raises
         ------
         ValueError
-            For data of the wrong rank, shape or type, an empty batch, or a neuron index out of
-            range; with what was expected and what came.
+            For data of the wrong rank, shape or type, an empty batch, NaN or infinite values
+            (naming their number and the first sample), or a neuron index out of range; with
+            what was expected and what came.
         """
         self._check_ready()
         if isinstance(x, tf.data.Dataset):
             return self._analyze_dataset(x, neuron_selection, verbose)
         inputs = self._validate_inputs(x)
+        _checks.finite_values(inputs, "input")
         n = int(inputs[0].shape[0])
         selection = self._validate_selection(neuron_selection, n)
         batch_size = _checks.positive_int(
@@ -193,6 +195,7 @@ class Analyzer:
             # An empty batch (a dataset may end with one) adds no rows; the compiled pass
             # returns them without running the model.
             inputs = self._validate_inputs(element, allow_empty=True)
+            _checks.finite_values(inputs, "input", offset=offset)
             n = int(inputs[0].shape[0])
             sel = neuron_selection
             if sel is not None and np.ndim(sel) == 1:

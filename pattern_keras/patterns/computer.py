@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import itertools
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -232,17 +232,18 @@ class PatternComputer:
 
     # -- data -------------------------------------------------------------------------------
 
+    @property
+    def _input_names(self) -> list[str]:
+        inputs = getattr(self.model, "inputs", None) or []
+        names = [str(getattr(t, "name", "")) for t in inputs]
+        if len(names) != len(self.program.inputs) or len(set(names)) != len(names):
+            names = [f"input_{i}" for i in range(len(self.program.inputs))]
+        return names
+
     def _select_x(self, element: Any) -> Any:
-        """``x`` from a batch that is ``x``, ``(x, y)`` or ``(x, y, w)`` (Keras's convention)."""
-        if isinstance(element, dict):
-            raise ValueError("Dict-structured data is not supported: yield x or (x, y).")
-        if not isinstance(element, (tuple, list)):
-            return element
-        if len(self.program.inputs) == 1:
-            return element[0]
-        if isinstance(element[0], (tuple, list)):
-            return tuple(element[0])
-        return tuple(element[:len(self.program.inputs)])
+        """``x`` from a batch in Keras's forms (``x``, ``(x, y)``, ``(x, y, sample_weight)``,
+        ``x`` a dict keyed by input name for several inputs); see :func:`_checks.keras_x`."""
+        return _checks.keras_x(element, self._input_names)
 
     def _as_dataset(self, data: Any, batch_size: int, steps: int | None):
         batch_size = _checks.positive_int(batch_size, "batch_size")
@@ -252,26 +253,36 @@ class PatternComputer:
         specs = self.program.input_specs
         target = steps
         if isinstance(data, tf.data.Dataset):
+            _checks.dense(data.element_spec, "dataset's element")
             dataset = data.map(lambda *e: self._select_x(e if len(e) > 1 else e[0]))
         elif isinstance(data, keras.utils.PyDataset):
             length = len(data)
             target = min(steps, length) if steps else length
-            dataset = _from_iterator((data[i] for i in range(target)), self._select_x)
-        elif isinstance(data, np.ndarray) or (
-                isinstance(data, (list, tuple)) and len(data) == n_inputs and n_inputs > 1
-                and all(isinstance(d, np.ndarray) for d in data)) or tf.is_tensor(data):
-            arrays = _checks.model_inputs(data, specs, name="data", as_numpy=True)
+            dataset = self._from_iterator((data[i] for i in range(target)))
+        elif isinstance(data, (np.ndarray, list, tuple, dict)) or tf.is_tensor(data) or (
+                hasattr(data, "__array__") and not isinstance(data, Iterator)):
+            if isinstance(data, (tf.RaggedTensor, tf.SparseTensor)):
+                _checks.dense(data)
+            if isinstance(data, list) and n_inputs == 1 and len(data) > 1:
+                # As in Keras, a list is x (one array per input), not (x, y) nor batches.
+                raise ValueError(
+                    f"The data is a list of {len(data)} values for a model with 1 input: pass "
+                    "x, or (x, y) as a tuple; for a sequence of batches, a generator or a "
+                    "tf.data.Dataset.")
+            x = self._select_x(data)
+            arrays = _checks.model_inputs(x, specs, name="data", as_numpy=True)
             n = arrays[0].shape[0]
             dataset = tf.data.Dataset.from_tensor_slices(
                 arrays[0] if n_inputs == 1 else tuple(arrays)).batch(batch_size)
             batches = -(-n // batch_size)
             target = min(steps, batches) if steps else batches
-        elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, dict)):
-            dataset = _from_iterator(iter(data), self._select_x)
+        elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, set, frozenset)):
+            dataset = self._from_iterator(iter(data))
         else:
             raise ValueError(
-                f"Cannot read data of type {type(data).__name__}: pass a numpy array, a "
-                "tf.data.Dataset, a generator of batches, or a keras.utils.PyDataset.")
+                f"Cannot read data of type {type(data).__name__}: pass a numpy array (or a "
+                "list or dict of them, one per input), a tuple (x, y), a tf.data.Dataset, a "
+                "generator of batches, or a keras.utils.PyDataset.")
         if steps is not None:
             dataset = dataset.take(steps)
         options = tf.data.Options()
@@ -280,6 +291,9 @@ class PatternComputer:
         dataset = dataset.with_options(options)
         dataset = dataset.map(lambda *x: self._cast(x if len(x) > 1 else x[0]))
         return dataset, target
+
+    def _from_iterator(self, iterator) -> tf.data.Dataset:
+        return _from_iterator(iterator, self._select_x, self.program.input_specs)
 
     def _cast(self, x: Any) -> Any:
         specs = self.program.input_specs
@@ -633,13 +647,15 @@ def _count_per_neuron(op: Op, z: Any) -> Any:
     return tf.fill(part.neuron_shape, per_neuron)
 
 
-def _from_iterator(iterator, select) -> tf.data.Dataset:
+def _from_iterator(iterator, select, specs) -> tf.data.Dataset:
     """A dataset over the batches of a Python iterator (its first batch fixes the signature)."""
     try:
         first = next(iterator)
     except StopIteration:
         raise ValueError("The generator yielded no batches: nothing to fit patterns on.") from None
     first_x = select(first)
+    # Checked here, so that a batch of strings or of the wrong shape is named as such.
+    _checks.model_inputs(first_x, specs, name="first batch", as_numpy=True)
     structure = tf.nest.map_structure(
         lambda t: tf.TensorSpec((None,) + tuple(np.shape(t))[1:], tf.as_dtype(np.asarray(t).dtype)
                                 if not tf.is_tensor(t) else t.dtype), first_x)
