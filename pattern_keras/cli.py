@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
+import warnings
 from typing import Any, Sequence
 
 __all__ = ["main", "UsageError", "load_data", "load_model", "PREPROCESS_MODES"]
@@ -862,6 +864,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(command: str, message, category, filename, lineno, file=None,
+                  line=None) -> None:
+    """A library warning in one line, like the errors (no source line)."""
+    print(f"{PROG} {command}: warning: {_one_line(message, limit=600)}",
+          file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 done, 2 usage error, 1 other error)."""
     parser = build_parser()
@@ -873,7 +882,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():  # restores the warning display afterwards
+            warnings.showwarning = functools.partial(_show_warning, args.command)
+            return args.handler(args)
     except UsageError as err:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE

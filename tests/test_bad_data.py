@@ -550,13 +550,15 @@ def test_cli_runtime_failure_is_one_line_exit_1_and_debug_shows_the_traceback(
     d = cli_files
 
     def boom(*args, **kwargs):
+        warnings.warn("a warning\nover two lines", UserWarning)
         raise RuntimeError("the device fell over")
 
     monkeypatch.setattr(PatternComputer, "compute_statistics", boom)
     argv = ["fit", d / "model.keras", d / "x.npy", "-o", d / "p.h5", "-q"]
     code, _, err = run_cli(argv, capsys)
     assert code == 1
-    assert err.strip().splitlines() == [
+    assert err.strip().splitlines() == [  # a library warning is one line too
+        "pattern-keras fit: warning: a warning over two lines",
         "pattern-keras fit: error: RuntimeError: the device fell over (run with --debug for "
         "details)"]
     code, _, err = run_cli(["--debug"] + argv, capsys)
