@@ -306,14 +306,22 @@ def test_version_1_files_load_with_a_warning(fitted, tmp_path):
 
 
 _KILLED_SAVE = """
-import os, signal, sys
+import importlib.util, os, signal, sys
 import numpy as np
-from pattern_keras.patterns import io
-from pattern_keras.patterns.patterns import Patterns
-p = Patterns({"fc": np.ones((5, 8))}, fingerprint={"layers": [["fc", "Dense", [[5, 8]]]],
-                                                  "weights_sha256": "0" * 64})
+# The file module alone (not the package, which imports TensorFlow): a quick subprocess.
+spec = importlib.util.spec_from_file_location("pk_io", sys.argv[2])
+io = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(io)
+
+class Patterns(dict):
+    n_samples = 1
+    pattern_types = {"fc": "relu"}
+    fingerprint = {"layers": [["fc", "Dense", [[5, 8]]]], "weights_sha256": "0" * 64}
+    def has_negative(self, key):
+        return False
+
 os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)   # killed just before the rename
-io.save(sys.argv[1], p)
+io.save(sys.argv[1], Patterns(fc=np.ones((5, 8))))
 """
 
 
@@ -321,7 +329,8 @@ def test_leftover_of_a_killed_save_is_removed_by_the_next_save(fitted, tmp_path)
     _, _, analyzer, _ = fitted
     target = tmp_path / "p.h5"
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(target)], env=env,
+    proc = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(target),
+                           str(REPO / "pattern_keras" / "patterns" / "io.py")], env=env,
                           capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     leftovers = [p.name for p in tmp_path.iterdir()]
