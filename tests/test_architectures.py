@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 import pattern_keras as pk
+from conftest import DEEP_PASS, PASS, STATISTICS, assert_close
 from pattern_keras import engine
 
 L = keras.layers
@@ -107,7 +108,7 @@ def test_batch_norm_folding_preserves_outputs(apps, name):
     model, x, y = apps(name)
     program = engine.Program(model, fold_batch_norm=True)
     got = engine.forward(program, [tf.constant(x)])[program.output].numpy()
-    np.testing.assert_allclose(got, y, rtol=1e-5, atol=1e-5 * np.abs(y).max())
+    assert_close(got, y, DEEP_PASS)
     n_bn = sum(isinstance(layer, L.BatchNormalization) for layer in model.layers)
     left = sum(op.kind == "affine" for op in program.ops)
     assert left < n_bn
@@ -305,7 +306,7 @@ def conv_family():
     P = patches(x_dw, 3, 2, "same")
     z, refs["dw"], active = depthwise_reference(P, np.float64(dw.kernel.numpy()),
                                                 np.float64(dw.bias.numpy()))
-    np.testing.assert_allclose(z, sub_output(model, d, x), rtol=1e-4, atol=1e-4)
+    assert_close(sub_output(model, d, x), z, PASS)
     actives = [active]
     # SeparableConv2D, depthwise part: no bias, not rectified (feeds the pointwise part)
     h_in = np.maximum(z, 0)
@@ -319,22 +320,17 @@ def conv_family():
     z_p, refs["sep/pointwise_kernel"], active = dense_reference(X, pk_,
                                                                 np.float64(sep.bias.numpy()))
     z_p = z_p.reshape(z_d.shape[:3] + (-1,))
-    np.testing.assert_allclose(z_p, sub_output(model, s, x), rtol=1e-4, atol=1e-4)
+    assert_close(sub_output(model, s, x), z_p, PASS)
     actives.append(active)
     # Conv2DTranspose
     P = transpose_patches(np.maximum(z_p, 0), 3, 2)
     z_t, refs["tr"], active = transpose_reference(P, np.float64(tr.kernel.numpy()),
                                                   np.float64(tr.bias.numpy()))
-    np.testing.assert_allclose(z_t, model(x).numpy(), rtol=1e-4, atol=1e-4)
+    assert_close(model(x).numpy(), z_t, PASS)
     actives.append(active)
     for a in actives:       # both regimes are exercised everywhere
         assert np.all((a > 0.05) & (a < 0.95)), a
     return model, x, refs
-
-
-def assert_close(actual, desired, rtol=1e-5, atol_rel=1e-6, err_msg=""):
-    atol = atol_rel * float(np.abs(desired).max())
-    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=atol, err_msg=err_msg)
 
 
 @pytest.mark.parametrize("pattern_type", ["relu", "linear"])
@@ -349,11 +345,12 @@ def test_conv_family_patterns_equal_numpy_reference(conv_family, pattern_type):
     for key, ref in refs.items():
         assert patterns[key].shape == ref["pos"].shape, key
         if pattern_type == "linear":
-            assert_close(patterns[key], ref["linear"], err_msg=key)
+            assert_close(patterns[key], ref["linear"], STATISTICS, err_msg=key)
         else:
-            assert_close(patterns[key], ref["pos"], err_msg=key)
+            assert_close(patterns[key], ref["pos"], STATISTICS, err_msg=key)
             if not computer.plans[key].rectified:
-                assert_close(patterns.negative(key), ref["neg"], err_msg=key + " (a₋)")
+                assert_close(patterns.negative(key), ref["neg"], STATISTICS,
+                             err_msg=key + " (a₋)")
             else:
                 assert not patterns.has_negative(key)
 
@@ -382,8 +379,7 @@ def test_gradient_through_add_and_concatenate_equals_tape():
         tape.watch(xt)
         y = model(xt)
         score = tf.reduce_sum(y * tf.one_hot(tf.argmax(y, 1), 3))
-    np.testing.assert_allclose(pk.Gradient(model).analyze(x), tape.gradient(score, xt).numpy(),
-                               rtol=1e-5, atol=1e-7)
+    assert_close(pk.Gradient(model).analyze(x), tape.gradient(score, xt).numpy(), PASS)
 
 
 @pytest.mark.parametrize("cls", [pk.PatternNet, pk.PatternAttribution])
@@ -424,12 +420,12 @@ def test_pattern_analyzers_through_add_and_concatenate(cls):
     g_s = g_s + (g_h3 * (z3 > 0)) @ K("d3").T
     g_h1 = g_s + (g_s * (z2 > 0)) @ K("d2").T
     want = (g_h1 * (z1 > 0)) @ K("d1").T
-    assert_close(got, want, rtol=1e-5, atol_rel=1e-6)
+    assert_close(got, want, PASS)
     # Renormalizing changes each sample's scale only, branches keep their relative weight.
     again = cls(model, patterns=patterns, renormalize=True).analyze(x)
     want_flat, again_flat = want.reshape(8, -1), np.float64(again).reshape(8, -1)
     scale = (want_flat * again_flat).sum(1) / (again_flat * again_flat).sum(1)
-    assert_close(again_flat * scale[:, None], want_flat, rtol=1e-5, atol_rel=1e-6)
+    assert_close(again_flat * scale[:, None], want_flat, PASS)
     assert np.abs(again).max() <= 1.0 + 1e-6
 
 
@@ -452,6 +448,6 @@ def test_nested_model_pattern_keys_and_values():
     _, ref, active = dense_reference(np.float64(x), np.float64(dense.kernel.numpy()),
                                      np.float64(dense.bias.numpy()))
     assert np.all((active > 0.05) & (active < 0.95))
-    assert_close(patterns["inner/dense"], ref["pos"])
+    assert_close(patterns["inner/dense"], ref["pos"], STATISTICS)
     r = pk.PatternAttribution(model, patterns=patterns).analyze(x[:3])
     assert r.shape == (3, 4) and np.all(np.isfinite(r))

@@ -2,8 +2,10 @@
 
 Every analyzer of the registry, on the reference MLP, the VGG-style benchmark network and a small
 residual CNN, in every stored neuron-selection mode, must give what it gave at the commit the
-baseline was taken at, within ``1e-6`` of the largest value of the stored explanation: a refactor
-may regroup float32 arithmetic, not change a result. A key of the baseline that today's registry
+baseline was taken at, to a fraction of the largest value of the stored explanation (conftest.py):
+``PASS`` (1e-5) for rules that read only the weights and the forward pass, ``STATISTICS`` (1e-4) for
+the pattern analyzers, whose patterns are fitted from float32 per-batch sums. A refactor may regroup
+float32 arithmetic, and another CPU sums in another order; neither may change a result. A key of the baseline that today's registry
 no longer produces fails too (an analyzer silently dropped); an analyzer added since is not in the
 baseline and is skipped by design. See ``tests/data/make_baseline.py`` for how it was made.
 """
@@ -14,10 +16,10 @@ import pathlib
 
 import numpy as np
 import pytest
+from conftest import PASS, STATISTICS
 
 DATA = pathlib.Path(__file__).parent / "data"
 BASELINE = DATA / "baseline-0d5bfa3.npz"
-RTOL_OF_MAX = 1e-6
 
 
 def _maker():
@@ -51,4 +53,5 @@ def test_outputs_equal_frozen_baseline(network, baseline):
         assert got.shape == ref.shape and got.dtype == ref.dtype, key
         scale = float(np.abs(ref).max())
         assert scale > 0, f"{key}: the frozen explanation is all zeros"
-        np.testing.assert_allclose(got, ref, rtol=0, atol=RTOL_OF_MAX * scale, err_msg=key)
+        tolerance = STATISTICS if key.split("/")[1].startswith("pattern.") else PASS
+        np.testing.assert_allclose(got, ref, rtol=0, atol=tolerance * scale, err_msg=key)

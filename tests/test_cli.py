@@ -14,6 +14,7 @@ import pytest
 from matplotlib import image as mpimg
 
 import pattern_keras as pk
+from conftest import PASS, SPLIT, STATISTICS, assert_close
 from pattern_keras import cli
 from pattern_keras.patterns import Patterns, PatternStatistics
 
@@ -130,7 +131,7 @@ def test_fit_writes_patterns_and_statistics(files, fitted):
     # The same as fitting in Python.
     expected = pk.PatternComputer(model).compute(files["x"], verbose=0)
     for key in expected:
-        np.testing.assert_allclose(patterns[key], expected[key], rtol=1e-4, atol=1e-6)
+        assert_close(patterns[key], expected[key], SPLIT, err_msg=key)
 
 
 def test_fit_options_and_formats(files, tmp_path, capsys):
@@ -159,8 +160,7 @@ def test_analyze_gradient_writes_pngs_and_raw_explanations(files, tmp_path, caps
     assert code == 0
     raw = np.load(out / "explanations.npy")
     model = keras.models.load_model(files["model"], compile=False)
-    np.testing.assert_allclose(raw, pk.Gradient(model).analyze(files["x"]), rtol=1e-5,
-                               atol=1e-6)
+    assert_close(raw, pk.Gradient(model).analyze(files["x"]), PASS)
     pngs = sorted(out.glob("0*.png"))
     assert len(pngs) == 20 and pngs[0].name == "00000.png"
     image = mpimg.imread(pngs[0])
@@ -179,8 +179,7 @@ def test_analyze_with_patterns_and_neuron(files, fitted, tmp_path, capsys, metho
     analyzer = pk.create_analyzer(method, model, patterns=Patterns.load(fitted),
                                   neuron_selection_mode="index")
     expected = analyzer.analyze(files["x"], neuron_selection=2)
-    np.testing.assert_allclose(np.load(out / "explanations.npy"), expected, rtol=1e-5,
-                               atol=1e-6)
+    assert_close(np.load(out / "explanations.npy"), expected, PASS)
     assert len(list(out.glob("0*.png"))) == 20 and (out / "grid.png").exists()
 
 
@@ -228,10 +227,10 @@ def test_image_folder_is_resized_and_preprocessed(rgb_model, tmp_path):
 
     for mode in ("caffe", "tf", "torch"):
         y, _ = cli.load_data(str(folder), preprocess=mode, model=model)
-        np.testing.assert_allclose(
-            y, imagenet_utils.preprocess_input(x.copy(), mode=mode), rtol=1e-5, atol=1e-4)
+        assert_close(y, imagenet_utils.preprocess_input(x.copy(), mode=mode), PASS,
+                     err_msg=mode)
     y, _ = cli.load_data(str(folder), preprocess="unit", model=model)
-    np.testing.assert_allclose(y, x / 255, rtol=1e-6)
+    assert_close(y, x / 255, PASS)
     # --image-size overrides, then the model refuses the shape.
     with pytest.raises(cli.UsageError, match=r"shape \(3, 4, 5, 3\).*expects"):
         cli.load_data(str(folder), image_size=(4, 5), model=model)
@@ -264,7 +263,7 @@ def test_merge_of_two_halves_equals_the_fit_on_all(files, fitted, tmp_path, caps
     whole, parts = Patterns.load(fitted), Patterns.load(merged)
     assert parts.n_samples == 20
     for key in whole:
-        np.testing.assert_allclose(parts[key], whole[key], rtol=1e-4, atol=1e-5)
+        assert_close(parts[key], whole[key], STATISTICS, err_msg=key)  # other shifts
     assert PatternStatistics.load(merged).n_samples == 20
 
 

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import pattern_keras as pk
+from conftest import PASS, assert_close
 
 L = keras.layers
 
@@ -110,7 +111,7 @@ def test_registered_layers_gradient_equals_tape():
         y = model(xt)
         score = tf.reduce_sum(y * tf.one_hot(tf.argmax(y, 1), 3))
     want = tape.gradient(score, xt).numpy()
-    np.testing.assert_allclose(pk.Gradient(model).analyze(x), want, rtol=1e-5, atol=1e-7)
+    assert_close(pk.Gradient(model).analyze(x), want, PASS)
 
 
 def test_registered_layers_lrp_conserves_relevance():
@@ -124,10 +125,9 @@ def test_registered_layers_lrp_conserves_relevance():
     assert len(x) >= 4
     for analyzer in (pk.LRPZ(model), pk.LRPAlpha1Beta0(model), pk.LRPZPlus(model)):
         r = analyzer.analyze(x)
-        np.testing.assert_allclose(r.sum(1), y, rtol=1e-5, err_msg=type(analyzer).__name__)
+        assert_close(r.sum(1), y, PASS, err_msg=type(analyzer).__name__)
     # LRP-z (seeded with y) equals input × gradient (seeded with 1), here too.
-    np.testing.assert_allclose(pk.LRPZ(model).analyze(x), pk.InputTimesGradient(model).analyze(x),
-                               rtol=1e-4, atol=1e-6)
+    assert_close(pk.LRPZ(model).analyze(x), pk.InputTimesGradient(model).analyze(x), PASS)
 
 
 def test_registered_layers_every_analyzer_runs():

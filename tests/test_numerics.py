@@ -11,12 +11,14 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import STATISTICS
 from pattern_keras.patterns import PatternComputer
 
 N = 200_000
 BATCH = 10_000
 OFFSET = 1000.0
-TOLERANCE = 1e-4
+#: Relative to the largest entry of the reference pattern (conftest.py): 1e-4.
+TOLERANCE = STATISTICS
 
 
 @pytest.fixture(scope="module")

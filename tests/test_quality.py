@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
+from conftest import STATISTICS, assert_close
 from pattern_keras.evaluation import (
     QualityResult,
     plot_signal_estimator_quality,
@@ -113,7 +114,7 @@ def check_against_reference(result, key, inputs, w, b):
             pair = got
         else:
             for g, want in zip(got, want_patterns[name]):
-                np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+                assert_close(g, want, STATISTICS, err_msg=f"{key}/{name}")
             pair = want_patterns[name]
         want_rho = reference_rho(reg, test, w, b, *pair)
         np.testing.assert_allclose(result.per_neuron[key][name].reshape(-1), want_rho,
