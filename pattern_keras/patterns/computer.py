@@ -654,8 +654,9 @@ def _from_iterator(iterator, select, specs) -> tf.data.Dataset:
     except StopIteration:
         raise ValueError("The generator yielded no batches: nothing to fit patterns on.") from None
     first_x = select(first)
-    # Checked here, so that a batch of strings or of the wrong shape is named as such.
-    _checks.model_inputs(first_x, specs, name="first batch", as_numpy=True)
+    # Checked here, so that a batch of strings or of the wrong shape is named as such. An
+    # empty batch is allowed: it adds nothing (the fit refuses data without any sample).
+    _checks.model_inputs(first_x, specs, name="first batch", as_numpy=True, allow_empty=True)
     structure = tf.nest.map_structure(
         lambda t: tf.TensorSpec((None,) + tuple(np.shape(t))[1:], tf.as_dtype(np.asarray(t).dtype)
                                 if not tf.is_tensor(t) else t.dtype), first_x)
