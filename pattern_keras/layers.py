@@ -290,34 +290,145 @@ def _explicit_padding(layer: Any, x_shape: Sequence[Any], kernel_spatial: Sequen
     return (lambda x: tf.pad(x, pads)), True
 
 
+def _pad_amounts(mode: str, n: Any, k: int, s: int, d: int, causal: int) -> tuple[Any, Any]:
+    """``(before, after)`` zero padding of one spatial axis of size ``n`` (an int, or a scalar
+    tensor for an axis of unknown size) as TensorFlow pads it for ``mode``."""
+    if mode == "valid":
+        return 0, 0
+    if mode == "causal":
+        return causal, 0
+    effective = (k - 1) * d + 1
+    total = ((n + s - 1) // s - 1) * s + effective - n
+    total = max(total, 0) if isinstance(total, int) else tf.maximum(total, 0)
+    return total // 2, total - total // 2
+
+
+def _crop_to_read(x: Any, mode: str, kernel_spatial: Sequence[int], strides: Sequence[int],
+                  dilation: Sequence[int], spatial_axes: Sequence[int],
+                  causal: Sequence[int]) -> Any:
+    """``x`` cut to the extent the convolution's windows actually read.
+
+    With a stride above 1 the last rows and columns of an input (after its padding) may lie
+    beyond the last window: ``((n' − k_eff) // s)·s + k_eff`` of the ``n'`` padded positions are
+    read. Cutting the rest off changes no output and no gradient of a read value (the cut values
+    have zero gradient), and keeps the kernel and input gradients off the TensorFlow 2.21 oneDNN
+    path that crashes the process on such inputs (NOTES.md, 2026-11-29). Only the end of an axis
+    is ever cut: 'same' padding adds nothing when windows fall short, 'valid' and causal padding
+    add nothing at the end.
+    """
+    slices = [slice(None)] * len(x.shape)
+    cut = False
+    for axis, k, s, d, c in zip(spatial_axes, kernel_spatial, strides, dilation, causal):
+        n = x.shape[axis]
+        static = n is not None
+        if not static:
+            n = tf.shape(x)[axis]
+        before, after = _pad_amounts(mode, n, k, s, d, c)
+        padded = n + before + after
+        effective = (k - 1) * d + 1
+        unread = padded - (((padded - effective) // s) * s + effective)
+        if static and unread <= 0:
+            continue
+        # Unread positions exist only where nothing is padded at the end (see above), so
+        # they are the last ``unread`` positions of ``x`` itself.
+        slices[axis] = slice(0, n - unread)
+        cut = True
+    return x[tuple(slices)] if cut else x
+
+
+def _pointwise_apply(depthwise: bool, strides: Sequence[int], channels_last: bool):
+    """A 1×1 convolution as a strided slice and a matrix product: ``apply(x, kernel)``.
+
+    Exact (a 1×1 window reads one position, and no padding mode pads anything for it), cheaper
+    than a convolution, and its gradients are matrix products: no oneDNN convolution
+    gradient, which in TensorFlow 2.21 crashes the process for 1×1 stride-2 kernels on some
+    even-sized inputs. Handles grouped (``Conv(groups=g)``) and depthwise kernels
+    (``(1, …, 1, in, multiplier)``, output channel ``c·multiplier + m`` as TensorFlow orders it).
+    """
+    strided = any(s != 1 for s in strides)
+
+    def apply(x, k):
+        rank = len(x.shape)
+        if not channels_last:
+            x = tf.transpose(x, [0] + list(range(2, rank)) + [1])
+        if strided:
+            x = x[(slice(None),) + tuple(slice(None, None, s) for s in strides)]
+        channels = int(x.shape[-1])
+        k = tf.cast(k, x.dtype)
+        k_in, k_out = int(k.shape[-2]), int(k.shape[-1])
+        flat = tf.reshape(x, [-1, channels])
+        if depthwise:
+            out = tf.reshape(flat[:, :, None] * tf.reshape(k, [1, k_in, k_out]),
+                             [-1, k_in * k_out])
+            out_channels = k_in * k_out
+        elif k_in == channels:
+            out = tf.matmul(flat, tf.reshape(k, [k_in, k_out]))
+            out_channels = k_out
+        else:  # grouped: input channel block g feeds output channel block g
+            groups = channels // k_in
+            per_group = k_out // groups
+            out = tf.einsum("pgi,igo->pgo", tf.reshape(flat, [-1, groups, k_in]),
+                            tf.reshape(k, [k_in, groups, per_group]))
+            out = tf.reshape(out, [-1, k_out])
+            out_channels = k_out
+        dims = [d if d is not None else tf.shape(x)[i] for i, d in enumerate(x.shape[:-1])]
+        out = tf.reshape(out, dims + [out_channels])
+        if not channels_last:
+            out = tf.transpose(out, [0, rank - 1] + list(range(1, rank - 1)))
+        return out
+    return apply
+
+
 def _conv_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPart]]:
-    """Linear parts of the convolution layers (each a ``(name suffix, part)``)."""
-    channel_axis = -1 if layer.data_format == "channels_last" else 1
+    """Linear parts of the convolution layers (each a ``(name suffix, part)``).
+
+    A 1×1 kernel is applied as a strided slice and a matrix product
+    (:func:`_pointwise_apply`); every other (non-transposed) convolution first crops its input
+    to the extent its windows read (:func:`_crop_to_read`). Both hold for the forward replay,
+    every backward rule (which all apply kernels through ``LinearPart.apply``) and the
+    statistics (kernel gradients of ``apply``).
+    """
+    channels_last = layer.data_format == "channels_last"
+    channel_axis = -1 if channels_last else 1
     strides = tuple(layer.strides)  # a tuple: keras.ops.depthwise_conv rejects lists
     dilation = tuple(layer.dilation_rate)
     fmt = layer.data_format
     padding = layer.padding
+    rank = len(strides) + 2
+    spatial_axes = tuple(range(1, rank - 1)) if channels_last else tuple(range(2, rank))
+    no_causal = (0,) * len(strides)
 
-    def conv(pad_mode, strides=strides, dilation=dilation):
+    def windowed(kernel_spatial, depthwise, pad_mode, strides=strides, dilation=dilation):
+        """``apply(x, k)`` for a kernel with the given spatial size."""
+        if all(k == 1 for k in kernel_spatial):
+            return _pointwise_apply(depthwise, strides, channels_last)
+        op = keras.ops.depthwise_conv if depthwise else keras.ops.conv
+        causal = no_causal
+        if pad_mode == "causal":
+            pads = _graph.causal_padding(layer)
+            causal = tuple(pads[a][0] for a in spatial_axes)
+
         def apply(x, k):
+            x = _crop_to_read(x, pad_mode, kernel_spatial, strides, dilation, spatial_axes,
+                              causal)
+            mode = pad_mode
             if pad_mode == "causal":
                 x = tf.pad(x, _graph.causal_padding(layer))
-                return keras.ops.conv(x, k, strides=strides, padding="valid",
-                                      dilation_rate=dilation, data_format=fmt)
-            return keras.ops.conv(x, k, strides=strides, padding=pad_mode, dilation_rate=dilation,
-                                  data_format=fmt)
-        return apply
-
-    def depthwise(pad_mode):
-        def apply(x, k):
-            return keras.ops.depthwise_conv(x, k, strides=strides, padding=pad_mode,
-                                            dilation_rate=dilation, data_format=fmt)
+                mode = "valid"
+            return op(x, k, strides=strides, padding=mode, dilation_rate=dilation,
+                      data_format=fmt)
         return apply
 
     def part(variable, bias, apply, **kw):
         return LinearPart(lambda: variable, (lambda: bias) if bias is not None else None, apply,
                           kernel_shape=tuple(int(d) for d in variable.shape),
                           channel_axis=channel_axis, **kw)
+
+    def padded(pad, kernel_spatial, depthwise):
+        """``padded_apply`` for the statistics; ``None`` where nothing is padded."""
+        if pad is None or all(k == 1 for k in kernel_spatial):
+            return None
+        return pad, windowed(kernel_spatial, depthwise, "valid")
 
     bias = layer.bias if layer.use_bias else None
     if isinstance(layer, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)):
@@ -329,20 +440,21 @@ def _conv_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPar
 
     if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
         dk, pk = layer.depthwise_kernel, layer.pointwise_kernel
-        pad, known = _explicit_padding(layer, x_shape, dk.shape[:-2], strides, dilation)
-        first = part(dk, None, depthwise(padding), out_axes=(-2, -1), shiftable=known,
-                     padded_apply=(pad, depthwise("valid")) if pad else None)
+        spatial = tuple(int(d) for d in dk.shape[:-2])
+        pad, known = _explicit_padding(layer, x_shape, spatial, strides, dilation)
+        first = part(dk, None, windowed(spatial, True, padding), out_axes=(-2, -1),
+                     shiftable=known, padded_apply=padded(pad, spatial, True))
         ones = (1,) * len(strides)
-        second = part(pk, bias, conv("valid", strides=ones, dilation=ones))
+        second = part(pk, bias, _pointwise_apply(False, ones, channels_last))
         return [("depthwise_kernel", first), ("pointwise_kernel", second)]
 
     k = layer.kernel
-    pad, known = _explicit_padding(layer, x_shape, k.shape[:-2], strides, dilation)
-    if isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
-        return [("", part(k, bias, depthwise(padding), out_axes=(-2, -1), shiftable=known,
-                          padded_apply=(pad, depthwise("valid")) if pad else None))]
-    return [("", part(k, bias, conv(padding), shiftable=known,
-                      padded_apply=(pad, conv("valid")) if pad else None))]
+    spatial = tuple(int(d) for d in k.shape[:-2])
+    pad, known = _explicit_padding(layer, x_shape, spatial, strides, dilation)
+    depthwise = isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D))
+    return [("", part(k, bias, windowed(spatial, depthwise, padding),
+                      out_axes=(-2, -1) if depthwise else (-1,),
+                      shiftable=known, padded_apply=padded(pad, spatial, depthwise)))]
 
 
 def _dense_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPart]]:
