@@ -180,9 +180,10 @@ def _fold(part: LinearPart, affine: Callable[[], tuple[Any, Any, int]]) -> Linea
         b = shift if part.bias_fn is None else part.bias * scale + shift
         return b
 
-    return LinearPart(kernel, bias, part.apply, kernel_shape=part.kernel_shape,
+    return LinearPart(kernel, bias, part.raw_apply, kernel_shape=part.kernel_shape,
                       out_axes=part.out_axes, channel_axis=part.channel_axis,
-                      padded_apply=part.padded_apply, shiftable=part.shiftable)
+                      padded_apply=part.padded_apply, shiftable=part.shiftable,
+                      compute_dtype=part.compute_dtype)
 
 
 def forward(program: Program, inputs: Sequence[Any]) -> dict[int, Any]:

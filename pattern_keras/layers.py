@@ -58,6 +58,17 @@ __all__ = [
 KINDS = ("linear", "affine", "activation", "max_pool", "sum", "move")
 
 
+class _InDtype:
+    """A linear map computing in one dtype: ``fn(cast(x), cast(kernel))``."""
+
+    def __init__(self, fn: Callable[[Any, Any], Any], dtype: str) -> None:
+        self.raw = fn
+        self.dtype = dtype
+
+    def __call__(self, x: Any, kernel: Any) -> Any:
+        return self.raw(tf.cast(x, self.dtype), tf.cast(kernel, self.dtype))
+
+
 @dataclasses.dataclass(eq=False)
 class LinearPart:
     """A kernel applied linearly to one input tensor: ``z = apply(x, kernel) + bias``.
@@ -87,6 +98,13 @@ class LinearPart:
         Whether the statistics may subtract a constant from the input: true unless the map pads
         in a way that cannot be made explicit (a transposed convolution, 'same' padding on an
         input of unknown size).
+    compute_dtype : str or None
+        The layer's compute dtype (``"float16"`` under the ``mixed_float16`` policy). ``apply``
+        casts its input and kernel to it, so the replay, and every rule applying a kernel
+        (patterns are float32), computes as the layer does. ``None``: in the input's dtype.
+    raw_apply : callable
+        The same map in the dtype of its input (the kernel cast to it), for the statistics,
+        which run in float32 or wider whatever the layer computes in. Set from ``apply``.
     """
 
     kernel_fn: Callable[[], Any]
@@ -97,6 +115,18 @@ class LinearPart:
     channel_axis: int = -1
     padded_apply: tuple[Callable[[Any], Any], Callable[[Any, Any], Any]] | None = None
     shiftable: bool = True
+    compute_dtype: str | None = None
+    raw_apply: Callable[[Any, Any], Any] = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # An ``apply`` taken from another part (a folded BatchNorm) arrives already wrapped.
+        if isinstance(self.apply, _InDtype):
+            if self.compute_dtype is None:
+                self.compute_dtype = self.apply.dtype
+            self.apply = self.apply.raw
+        self.raw_apply = self.apply
+        if self.compute_dtype is not None:
+            self.apply = _InDtype(self.raw_apply, self.compute_dtype)
 
     @property
     def kernel(self) -> Any:
@@ -409,6 +439,7 @@ def _conv_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPar
             causal = tuple(pads[a][0] for a in spatial_axes)
 
         def apply(x, k):
+            k = tf.cast(k, x.dtype)
             x = _crop_to_read(x, pad_mode, kernel_spatial, strides, dilation, spatial_axes,
                               causal)
             mode = pad_mode
@@ -422,7 +453,7 @@ def _conv_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPar
     def part(variable, bias, apply, **kw):
         return LinearPart(lambda: variable, (lambda: bias) if bias is not None else None, apply,
                           kernel_shape=tuple(int(d) for d in variable.shape),
-                          channel_axis=channel_axis, **kw)
+                          channel_axis=channel_axis, compute_dtype=layer.compute_dtype, **kw)
 
     def padded(pad, kernel_spatial, depthwise):
         """``padded_apply`` for the statistics; ``None`` where nothing is padded."""
@@ -434,7 +465,7 @@ def _conv_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPar
     if isinstance(layer, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)):
         def apply_t(x, k):
             return keras.ops.conv_transpose(
-                x, k, strides=strides, padding=padding, output_padding=layer.output_padding,
+                x, tf.cast(k, x.dtype), strides=strides, padding=padding, output_padding=layer.output_padding,
                 dilation_rate=dilation, data_format=fmt)
         return [("", part(layer.kernel, bias, apply_t, out_axes=(-2,), shiftable=False))]
 
@@ -460,8 +491,9 @@ def _conv_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPar
 def _dense_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPart]]:
     kernel, bias = layer.kernel, (layer.bias if layer.use_bias else None)
     return [("", LinearPart(lambda: kernel, (lambda: bias) if bias is not None else None,
-                            lambda x, k: keras.ops.matmul(x, k),
-                            kernel_shape=tuple(int(d) for d in kernel.shape)))]
+                            lambda x, k: keras.ops.matmul(x, tf.cast(k, x.dtype)),
+                            kernel_shape=tuple(int(d) for d in kernel.shape),
+                            compute_dtype=layer.compute_dtype))]
 
 
 def _linear_ops(node: _graph.CallNode, x_shape: Sequence[Any], parts_fn) -> list[Op]:

@@ -295,7 +295,7 @@ class AlphaBetaRule:
         x_pos, x_neg = (x, None) if nonnegative else _signed_parts(x)
         bias = None
         if self.bias and part.bias_fn is not None:
-            bias = part.to_output(tf.cast(part.bias, x.dtype), len(r.shape))
+            bias = part.to_output(tf.cast(part.bias, r.dtype), len(r.shape))
 
         def share(k_for_pos, k_for_neg, bias_part):
             """Relevance through one sign regime: ``Σ_j z_ij^± / z_j^± · R_j``."""

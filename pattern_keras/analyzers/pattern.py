@@ -331,8 +331,10 @@ class _PatternAnalyzer(Analyzer):
         weights = op.linear.kernel if self.kernel_choice == "WA" else None
 
         def kernel(pattern):
+            # float32 patterns; a float64 model's kernel keeps its precision (the product is
+            # cast to the layer's compute dtype where the kernel is applied).
             a = tf.convert_to_tensor(pattern)
-            return a if weights is None else weights * a
+            return a if weights is None else weights * tf.cast(a, weights.dtype)
 
         if negative is None:
             return [(kernel(positive), None)]

@@ -553,7 +553,7 @@ def _patches(op: Op, x: tf.Tensor, dim: int, rows_per_image: int) -> np.ndarray:
     per_call = max(1, _CHUNK_VALUES // max(1, rows_per_image * dim))
     chunks = []
     for start in range(0, int(x.shape[0]), per_call):
-        out = part.apply(x[start:start + per_call], eye)
+        out = part.raw_apply(x[start:start + per_call], eye)
         out = _channels_last(np.asarray(out), part.channel_axis)
         chunks.append(out.reshape(-1, dim))
     return np.concatenate(chunks)

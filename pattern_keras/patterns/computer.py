@@ -5,8 +5,10 @@ linear layer its input ``x`` and pre-activation ``z`` give the statistics of
 :mod:`pattern_keras.patterns.statistics`. A convolution's per-neuron sums over batch and
 positions are kernel gradients (``Σ_{n,p} patch_p(x_n)·u_{n,p}`` is the gradient of
 ``conv(x, K)`` with respect to ``K`` for upstream ``u``), so no image patch is ever
-materialized. The per-batch ops run in float32 on shifted values; the sums are cast to float64,
-all-reduced across replicas (``tf.distribute``), and accumulated in float64 variables.
+materialized. The per-batch ops run in float32 on shifted values (float64 for a float64 model;
+float32 under the mixed policies too, whose float16 sums over a batch's positions would
+overflow); the sums are cast to float64, all-reduced across replicas (``tf.distribute``), and
+accumulated in float64 variables.
 """
 
 from __future__ import annotations
@@ -398,8 +400,9 @@ class _State:
             out = {}
             for key, plan in plans.items():
                 op = plan.ops[0]
-                x = values[op.inputs[0]]
-                y = _without_bias(op, values[op.outputs[0]])
+                dtype = _statistics_dtype(values[op.outputs[0]])
+                x = tf.cast(values[op.inputs[0]], dtype)
+                y = _without_bias(op, tf.cast(values[op.outputs[0]], dtype))
                 out[key] = (tf.cast(tf.reduce_sum(x), tf.float32),
                             tf.cast(tf.size(x), tf.float32),
                             tf.cast(op.linear.per_neuron_sum(y), tf.float32),
@@ -445,24 +448,28 @@ class _State:
 
     def _op_sums(self, plan: _LayerPlan, op: Op, values) -> dict[str, Any]:
         part = op.linear
-        x = values[op.inputs[0]]
-        z = values[op.outputs[0]]
+        # At least float32 whatever the layer computes in (float16 kernel sums over a batch's
+        # positions overflow); float64 for a float64 model. The replay's values are cast.
+        dtype = _statistics_dtype(values[op.outputs[0]])
+        x = tf.cast(values[op.inputs[0]], dtype)
+        z = tf.cast(values[op.outputs[0]], dtype)
         rank = len(z.shape)
         # y' = z − b − shift_y, in one pass over the output.
-        offset = part.to_output(self.shift_y[plan.key], rank)
+        offset = part.to_output(tf.cast(self.shift_y[plan.key], dtype), rank)
         if part.bias_fn is not None:
-            offset = offset + part.to_output(tf.cast(part.bias, z.dtype), rank)
+            offset = offset + part.to_output(tf.cast(part.bias, dtype), rank)
         ys = z - offset
-        positive = tf.cast(z > 0, z.dtype)
-        kernel = part.kernel
+        positive = tf.cast(z > 0, dtype)
+        kernel = tf.cast(part.kernel, dtype)
+        shift_x = tf.cast(self.shift_x[plan.key], dtype)
         if plan.shiftable and part.padded_apply is not None:
             pad, apply = part.padded_apply
-            xs = pad(x) - self.shift_x[plan.key]
+            xs = pad(x) - shift_x
         elif plan.shiftable:
-            apply = part.apply
-            xs = x - self.shift_x[plan.key]
+            apply = part.raw_apply
+            xs = x - shift_x
         else:
-            apply, xs = part.apply, x
+            apply, xs = part.raw_apply, x
 
         def kernel_sum(u):
             # Σ_{n,p} patch_p(x'_n) u_{n,p}: the kernel gradient of the linear map. (One
@@ -580,6 +587,11 @@ class _State:
 
 # ----------------------------------------------------------------------------------------------
 # helpers
+
+
+def _statistics_dtype(z: Any) -> tf.DType:
+    """The dtype of a layer's per-batch statistics: float64 for a float64 layer, else float32."""
+    return tf.float64 if z.dtype == tf.float64 else tf.float32
 
 
 def _without_bias(op: Op, z: Any) -> Any:
