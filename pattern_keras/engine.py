@@ -59,10 +59,13 @@ class Program:
     ValueError
         For an unsupported layer (named, with its class and the supported kinds), a softmax
         anywhere but at the end, or a model with several outputs.
+    RuntimeError
+        When Keras runs on another backend than TensorFlow (saying how to select it).
     """
 
     def __init__(self, model: Any, *, strip_softmax: bool = True,
                  fold_batch_norm: bool = False) -> None:
+        _graph.require_tensorflow_backend()
         graph = _graph.trace_model(model)
         if len(graph.outputs) != 1:
             raise ValueError(

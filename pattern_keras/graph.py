@@ -19,7 +19,22 @@ from typing import Any, Callable, Sequence
 import keras
 from keras.src.models.functional import Functional  # private: the Functional graph class
 
-__all__ = ["CallNode", "ModelGraph", "trace_model", "call_has_training_arg", "causal_padding"]
+__all__ = ["CallNode", "ModelGraph", "trace_model", "call_has_training_arg", "causal_padding",
+           "require_tensorflow_backend"]
+
+
+def require_tensorflow_backend() -> None:
+    """Raise ``RuntimeError`` unless Keras runs on its TensorFlow backend.
+
+    The engine replays and differentiates models with TensorFlow ops (``tf.function``,
+    ``tf.GradientTape``); on another backend it would fail deep inside with an unrelated error.
+    """
+    backend = keras.config.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            f"pattern_keras needs Keras's TensorFlow backend, but Keras runs on {backend!r}: "
+            "set the environment variable KERAS_BACKEND=tensorflow before Keras is first "
+            "imported (or \"backend\": \"tensorflow\" in ~/.keras/keras.json).")
 
 
 @dataclasses.dataclass(eq=False)
