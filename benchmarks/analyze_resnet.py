@@ -1,7 +1,9 @@
-"""ResNet50 at 224×224: each analyzer's cost relative to a plain gradient.
+"""ResNet50 (or EfficientNetB0, ConvNeXtTiny) at 224×224: each analyzer's cost relative to a
+plain gradient.
 
-``keras.applications.ResNet50(weights=None, classifier_activation=None)``, 8 images, BatchNorm
-statistics randomized (as a trained network's would be, so that folding is not trivial). Times
+``keras.applications.ResNet50(weights=None, classifier_activation=None)`` (``--model`` picks
+another family), 8 images, BatchNorm statistics randomized (as a trained network's would be, so
+that folding is not trivial). Times
 ``analyzer.analyze(x, batch_size=8)`` against a compiled ``tf.GradientTape`` gradient of the max
 logit on the same 8 images, alternately after a warm-up, and gives the median of the per-repeat
 ratios (wall clock and process CPU time), with the timing helpers of ``benchmarks/analyze.py``.
@@ -15,6 +17,11 @@ Usage::
     python benchmarks/analyze_resnet.py                  # every analyzer, 2 repeats
     python benchmarks/analyze_resnet.py --only Gradient LRPZPlus --repeats 3
     python benchmarks/analyze_resnet.py --size 64        # a quick run at 64×64
+    python benchmarks/analyze_resnet.py --model EfficientNetB0
+    python benchmarks/analyze_resnet.py --model ConvNeXtTiny
+
+EfficientNetB0 and ConvNeXtTiny rescale their input inside the model (Rescaling /
+Normalization): they get pixels in [0, 255].
 """
 
 from __future__ import annotations
@@ -54,12 +61,16 @@ ANALYZERS: list[tuple[Spec, int]] = [(spec, 1) for spec in bench.ANALYZERS] + [
 ]
 
 
-def resnet50(size: int, seed: int = 0):
+MODELS = ("ResNet50", "EfficientNetB0", "ConvNeXtTiny")
+
+
+def application(name: str, size: int, seed: int = 0):
+    """``keras.applications.<name>`` with random weights and randomized BatchNorm statistics."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    model = keras.applications.ResNet50(weights=None, input_shape=(size, size, 3),
-                                        classifier_activation=None)
+    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3),
+                                              classifier_activation=None)
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -71,8 +82,14 @@ def resnet50(size: int, seed: int = 0):
     return model
 
 
+def resnet50(size: int, seed: int = 0):
+    return application("ResNet50", size, seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=MODELS, default="ResNet50",
+                        help="the keras.applications family (default ResNet50)")
     parser.add_argument("--size", type=int, default=224, help="image size (default 224)")
     parser.add_argument("--images", type=int, default=8, help="images per pass (default 8)")
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats (default 2)")
@@ -83,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs", file=sys.stderr)
-    model = resnet50(args.size)
+    model = application(args.model, args.size)
     x = bench.images(args.images, args.size)
+    if args.model != "ResNet50":
+        x = (x + 1.0) * 127.5  # these models rescale pixels in [0, 255] themselves
     xt = tf.constant(x)
     grad = bench.gradient_baseline(model)
 
@@ -92,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return grad(xt).numpy()
 
     baseline()
-    label = f"ResNet50 {args.size}×{args.size}, {args.images} images"
+    label = f"{args.model} {args.size}×{args.size}, {args.images} images"
     rows = []
     for spec, points in ANALYZERS:
         if args.only and spec.label not in args.only and spec.name not in args.only:
