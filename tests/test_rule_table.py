@@ -618,8 +618,8 @@ def test_custom_scale_layer_and_constant_arithmetic():
 def test_every_analyzer_on_a_model_of_the_new_layers():
     """A small image model with every new layer kind in one graph (Rescaling, adapted
     Normalization, augmentation, swish/gelu/hard swish, squeeze-and-excitation, LayerNorm,
-    LayerScale, Dense on 4-D, leaky ReLU/PReLU/ELU, final sigmoid), compiled as users run it:
-    finite, non-zero. (Every analyzer runs eagerly on such models in the tests above.)"""
+    LayerScale, Dense on 4-D, leaky ReLU/PReLU/ELU, final sigmoid): every analyzer finite and
+    non-zero, three of them compiled as users run them, the others eagerly (same rule code)."""
     keras.utils.set_random_seed(13)
     data = np.random.default_rng(13).uniform(0, 255, (8, 8, 8, 3)).astype("float32")
     x = keras.Input((8, 8, 3))
@@ -635,9 +635,13 @@ def test_every_analyzer_on_a_model_of_the_new_layers():
     h = L.ELU()(L.PReLU()(L.LeakyReLU(0.1)(L.Conv2D(4, 3, strides=2)(h))))
     model = keras.Model(x, L.Dense(3, activation="sigmoid")(L.Flatten()(h)))
     xs = data[:3]
-    for cls in (pk.Gradient, pk.LRPEpsilon, pk.PatternAttribution):  # traced: 10-30 s each
+    compiled = (pk.Gradient, pk.LRPEpsilon, pk.PatternAttribution)  # traced: 10-30 s each
+    for cls in EVERY_ANALYZER:
+        eager = cls not in compiled
+        tf.config.run_functions_eagerly(eager)
         analyzer = make(cls, model)
         if cls in (pk.PatternNet, pk.PatternAttribution):
             analyzer.fit(data, batch_size=4, verbose=0)
         r = analyzer.analyze(xs)
-        assert r.shape == xs.shape and np.all(np.isfinite(r)) and np.abs(r).max() > 0, cls.__name__
+        what = f"{cls.__name__} ({'eager' if eager else 'compiled'})"
+        assert r.shape == xs.shape and np.all(np.isfinite(r)) and np.abs(r).max() > 0, what
