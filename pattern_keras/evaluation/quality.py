@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+import pattern_keras.patterns.statistics as pattern_statistics
 from pattern_keras import _checks, engine
 from pattern_keras.layers import Op
 from pattern_keras.patterns.computer import PatternComputer
-from pattern_keras.patterns.statistics import LayerStatistics
+from pattern_keras.patterns.statistics import PATTERN_TYPES, LayerStatistics, estimator
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -36,8 +37,10 @@ if TYPE_CHECKING:
 __all__ = ["ESTIMATORS", "QualityResult", "signal_estimator_quality",
            "plot_signal_estimator_quality"]
 
-#: The estimators :func:`signal_estimator_quality` knows, in the paper's order.
-ESTIMATORS = ("random", "filter", "linear", "relu")
+#: The estimators :func:`signal_estimator_quality` knows: a random direction (the paper's
+#: baseline) and every pattern type of :data:`pattern_keras.patterns.statistics.ESTIMATORS`,
+#: from the data-free filter to the two-component estimator (the paper's order).
+ESTIMATORS = ("random",) + tuple(reversed(PATTERN_TYPES))
 
 # Images per patch-extraction call are chosen so that one call holds at most this many values.
 _CHUNK_VALUES = 1 << 24
@@ -393,15 +396,17 @@ def _layer_plans(program: engine.Program, layers: Sequence[str] | None,
 
 
 def _estimator_patterns(model, program, plans, fit_part, estimators, batch_size, rng):
-    """{key: {estimator: (a_pos, a_neg)}}, each (D, N) float64 with wᵀa = 1 where defined."""
+    """{key: {estimator: (a_pos, a_neg)}}, each (D, N) float64 with wᵀa = 1 where defined.
+
+    One fit gathers the sums of every data-driven estimator: those of ``"relu"`` with both
+    regimes kept for every layer, which are all of ``SUMS``; each estimator's pattern is then
+    its own derivation from the table, applied to these sums.
+    """
     data = fit_part[0] if len(fit_part) == 1 else list(fit_part)
-    linear_stats = relu_stats = None
-    if "linear" in estimators or "relu" in estimators:
-        linear_stats = PatternComputer(model, pattern_type="linear").compute_statistics(
-            data, batch_size=batch_size, verbose=0)
-    if "relu" in estimators:
-        relu_stats = PatternComputer(model, pattern_type="relu").compute_statistics(
-            data, batch_size=batch_size, verbose=0)
+    stats = None
+    if any(name not in ("random", "filter") for name in estimators):
+        stats = PatternComputer(model, pattern_type="relu", both_regimes=True) \
+            .compute_statistics(data, batch_size=batch_size, verbose=0)
     out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for key, plan in plans.items():
         w = plan.w
@@ -410,15 +415,11 @@ def _estimator_patterns(model, program, plans, fit_part, estimators, batch_size,
             if name == "random":
                 a = _random_directions(w, rng)
                 pair = (a, a)
-            elif name == "filter":
-                a = _flat(_filter_statistics(plan).patterns()[0], plan)
-                pair = (a, a)
-            elif name == "linear":
-                a = _flat(linear_stats[key].patterns()[0], plan)
-                pair = (a, a)
             else:
-                pair = tuple(_flat(p, plan) for p in _two_regimes(relu_stats[key],
-                                                                  linear_stats[key]))
+                layer = _filter_statistics(plan) if stats is None else stats[key]
+                a_pos, a_neg = estimator(name).derive(
+                    dataclasses.replace(layer, pattern_type=name))
+                pair = (_flat(a_pos, plan), _flat(a_pos if a_neg is None else a_neg, plan))
             out[key][name] = tuple(_normalized(a, w) for a in pair)
     return out
 
@@ -433,19 +434,6 @@ def _filter_statistics(plan: _Plan) -> LayerStatistics:
     return LayerStatistics(pattern_type="filter", rectified=False,
                            kernel=plan.w.reshape(plan.kernel_shape), out_axes=(-1,), shift_x=0.0,
                            shift_y=np.zeros(n), sums={})
-
-
-def _two_regimes(relu: LayerStatistics, linear: LayerStatistics) -> tuple[np.ndarray, np.ndarray]:
-    """``(a₊, a₋)``: the relu fit gives the positive regime; for a rectified layer the negative
-    regime's sums are the linear fit's totals minus the positive ones."""
-    if not relu.rectified:
-        a_pos, a_neg = relu.patterns()
-        return a_pos, a_neg
-    linear = linear.reshift(relu.shift_x, relu.shift_y)
-    sums = dict(relu.sums, sum_x=linear.sums["sum_x"], sum_xy=linear.sums["sum_xy"])
-    both = dataclasses.replace(relu, rectified=False, sums=sums)
-    a_pos, a_neg = both.patterns()
-    return a_pos, a_neg
 
 
 def _random_directions(w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -676,9 +664,10 @@ def _check_estimators(estimators: Any) -> tuple[str, ...]:
     if isinstance(estimators, str):
         estimators = (estimators,)
     estimators = tuple(estimators)
-    unknown = [e for e in estimators if e not in ESTIMATORS]
+    known = ("random", *pattern_statistics.ESTIMATORS)  # the table as it is now
+    unknown = [e for e in estimators if e not in known]
     if unknown or not estimators:
-        raise ValueError(f"estimators must be a non-empty selection of {ESTIMATORS}; "
+        raise ValueError(f"estimators must be a non-empty selection of {known}; "
                          f"received {estimators!r}.")
     if len(set(estimators)) != len(estimators):
         raise ValueError(f"estimators lists one twice: {estimators!r}.")

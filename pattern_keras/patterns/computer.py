@@ -28,15 +28,14 @@ from pattern_keras import _checks, engine
 from pattern_keras.layers import Op
 from pattern_keras.patterns.fingerprint import model_fingerprint
 from pattern_keras.patterns.statistics import (
-    PATTERN_TYPES,
+    ESTIMATORS,
+    SUMS,
     LayerStatistics,
     PatternStatistics,
     needed_statistics,
 )
 
 __all__ = ["PatternComputer"]
-
-_NEURON_NAMES = ("n", "sum_y", "n_pos", "sum_y_pos")
 
 
 @dataclasses.dataclass(eq=False)
@@ -72,6 +71,14 @@ class PatternComputer:
     fold_batch_norm : bool
         Fold inference-mode BatchNormalization into the preceding linear layer first, so
         patterns belong to the effective kernel (default ``True``).
+    program : engine.Program, optional
+        The model's program, when the caller has built it already (a pattern analyzer shares
+        its own, so the patterns it sets are checked against the ops its rules read);
+        ``fold_batch_norm`` is then the program's.
+    both_regimes : bool
+        Keep the sums of the negative regime for every layer, also those that feed a ReLU
+        (default ``False``: only where the estimator uses them). The evaluation compares
+        estimators on such statistics.
 
     Attributes
     ----------
@@ -81,10 +88,15 @@ class PatternComputer:
 
     def __init__(self, model: Any, pattern_type: str | Mapping[str, str] = "relu",
                  strategy: tf.distribute.Strategy | None = None,
-                 fold_batch_norm: bool = True) -> None:
+                 fold_batch_norm: bool = True, *, program: engine.Program | None = None,
+                 both_regimes: bool = False) -> None:
         self.model = model
         self.strategy = strategy
-        self.program = engine.Program(model, fold_batch_norm=fold_batch_norm)
+        if program is None:
+            program = engine.Program(model, fold_batch_norm=fold_batch_norm)
+        elif program.model is not model:
+            raise ValueError("program must be the Program of the same model.")
+        self.program = program
         grouped: dict[str, list[Op]] = {}
         for op in self.program.linear_ops:
             grouped.setdefault(op.pattern_key, []).append(op)
@@ -94,7 +106,7 @@ class PatternComputer:
         types = _resolve_pattern_types(pattern_type, list(grouped))
         self.plans = {}
         for key, ops in grouped.items():
-            rectified = all(op.rectified for op in ops)
+            rectified = all(op.rectified for op in ops) and not both_regimes
             self.plans[key] = _LayerPlan(
                 key=key, ops=ops, pattern_type=types[key], rectified=rectified,
                 shiftable=all(op.linear.shiftable for op in ops),
@@ -102,10 +114,17 @@ class PatternComputer:
         self.pattern_types = types
         self._cached_state: _State | None = None
 
-    @property
     def fingerprint(self) -> dict[str, Any]:
-        """The model's fingerprint now: taken afresh, since the model may have been trained
-        since this computer was built."""
+        """The model's fingerprint now.
+
+        It hashes every weight, so it is taken when patterns are fitted, set or loaded (the
+        model may have been trained since this computer was built), not on every access.
+
+        Returns
+        -------
+        dict
+            See :func:`~pattern_keras.patterns.fingerprint.model_fingerprint`.
+        """
         return model_fingerprint(self.model)
 
     @property
@@ -322,7 +341,7 @@ class PatternComputer:
         expected = {key: plan.part.kernel_shape for key, plan in self.plans.items()}
         try:
             # Layout, shapes and the model are checked before any array is read.
-            stats = PatternStatistics.load(path, expected=expected, fingerprint=self.fingerprint)
+            stats = PatternStatistics.load(path, expected=expected, fingerprint=self.fingerprint())
         except _OtherModel as err:
             raise ValueError(f"Checkpoint '{path}' was written for another model: "
                              f"{err.mismatch}.") from None
@@ -352,7 +371,7 @@ class _State:
         for key, plan in plans.items():
             part = plan.part
             self.sums[key] = {
-                name: tf.Variable(tf.zeros(part.neuron_shape if name in _NEURON_NAMES
+                name: tf.Variable(tf.zeros(part.neuron_shape if SUMS[name].over == "neuron"
                                            else part.kernel_shape, tf.float64), trainable=False)
                 for name in plan.stats}
         self.element_spec = element_spec
@@ -369,7 +388,7 @@ class _State:
     def reset(self, resumed: PatternStatistics | None = None) -> None:
         """Start a new fit: zero sums and no shifts, or the state of a resumed checkpoint."""
         # Hashed once per fit, not per checkpoint: the weights do not change during a fit.
-        self.fingerprint = self.computer.fingerprint
+        self.fingerprint = self.computer.fingerprint()
         self.shifted = False
         self.n_samples.assign(0)
         for key in self.sums:
@@ -480,26 +499,18 @@ class _State:
                 out = apply(xs, kernel)
             return tape.gradient(out, kernel, output_gradients=u)
 
-        f64 = lambda t: tf.cast(t, tf.float64)  # noqa: E731
+        weights = {"y": lambda: ys, "positive": lambda: positive,
+                   "y_positive": lambda: ys * positive, "one": lambda: tf.ones_like(z)}
         sums = {}
         for name in plan.stats:
-            if name == "n":
-                value = _count_per_neuron(op, z)
-            elif name == "sum_y":
-                value = part.per_neuron_sum(ys)
-            elif name == "n_pos":
-                value = part.per_neuron_sum(positive)
-            elif name == "sum_y_pos":
-                value = part.per_neuron_sum(ys * positive)
-            elif name == "sum_x_pos":
-                value = kernel_sum(positive)
-            elif name == "sum_xy_pos":
-                value = kernel_sum(ys * positive)
-            elif name == "sum_x":
-                value = kernel_sum(tf.ones_like(z))
-            elif name == "sum_xy":
-                value = kernel_sum(ys)
-            sums[name] = f64(value)
+            what = SUMS[name]
+            if what.over == "neuron" and what.weight == "one":
+                value = _count_per_neuron(op, z)  # a count: the same for every neuron
+            elif what.over == "neuron":
+                value = part.per_neuron_sum(weights[what.weight]())
+            else:
+                value = kernel_sum(weights[what.weight]())
+            sums[name] = tf.cast(value, tf.float64)
         return sums
 
     # -- cross replica ------------------------------------------------------------------------
@@ -690,8 +701,8 @@ def _is_chief(strategy) -> bool:
 
 def _resolve_pattern_types(pattern_type, keys: list[str]) -> dict[str, str]:
     if isinstance(pattern_type, str):
-        if pattern_type not in PATTERN_TYPES:
-            raise ValueError(f"pattern_type must be one of {PATTERN_TYPES} or a dict, got "
+        if pattern_type not in ESTIMATORS:
+            raise ValueError(f"pattern_type must be one of {tuple(ESTIMATORS)} or a dict, got "
                              f"{pattern_type!r}.")
         return {k: pattern_type for k in keys}
     if not isinstance(pattern_type, Mapping):
@@ -700,7 +711,7 @@ def _resolve_pattern_types(pattern_type, keys: list[str]) -> dict[str, str]:
     if unknown:
         raise ValueError(f"pattern_type names layers without patterns: {unknown}. Layers with "
                          f"patterns: {keys}.")
-    bad = {k: v for k, v in pattern_type.items() if v not in PATTERN_TYPES}
+    bad = {k: v for k, v in pattern_type.items() if v not in ESTIMATORS}
     if bad:
-        raise ValueError(f"Unknown pattern types {bad}; known: {PATTERN_TYPES}.")
+        raise ValueError(f"Unknown pattern types {bad}; known: {tuple(ESTIMATORS)}.")
     return {k: pattern_type.get(k, "relu") for k in keys}

@@ -19,9 +19,12 @@ name           shape                   sum of
 
 with shifted values ``x' = x − shift_x`` (a scalar per layer) and ``y' = y − shift_y`` (one per
 neuron), chosen from the first batch so that float32 products of large-offset data keep their
-covariance (MATH.md, "Numerics"). Sums are float64. Only what the layer's estimator needs is kept:
-``*_pos`` for ``"relu"``, ``sum_x``/``sum_xy`` for ``"linear"`` and for a ``"relu"`` layer that keeps
-its negative regime (the negative sums are the totals minus the positive ones).
+covariance (MATH.md, "Numerics"). Sums are float64. :data:`SUMS` is this table in code.
+
+Only what the layer's estimator needs is kept. :data:`ESTIMATORS` is the one table of estimators
+(``pattern_type`` → the sums it needs, the further sums of a layer that keeps its negative
+regime, and how the pattern is derived); the computer, the pattern file, the command line and
+the evaluation all read it.
 
 Everything here is numpy; :mod:`pattern_keras.patterns.computer` produces the sums.
 """
@@ -30,31 +33,62 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-__all__ = ["LayerStatistics", "PatternStatistics", "PATTERN_TYPES", "needed_statistics",
-           "UndefinedPatternWarning"]
-
-PATTERN_TYPES = ("relu", "linear", "filter")
-
-_NEURON_STATS = ("n", "sum_y", "n_pos", "sum_y_pos")
-_KERNEL_STATS = ("sum_x_pos", "sum_xy_pos", "sum_x", "sum_xy")
+__all__ = ["LayerStatistics", "PatternStatistics", "PATTERN_TYPES", "ESTIMATORS", "SUMS",
+           "Estimator", "Sum", "estimator", "needed_statistics", "UndefinedPatternWarning"]
 
 
-def needed_statistics(pattern_type: str, rectified: bool) -> tuple[str, ...]:
-    """Names of the sums a layer's estimator needs."""
-    names = ["n", "sum_y"]
-    if pattern_type == "relu":
-        names += ["n_pos", "sum_y_pos", "sum_x_pos", "sum_xy_pos"]
-        if not rectified:
-            names += ["sum_x", "sum_xy"]
-    elif pattern_type == "linear":
-        names += ["sum_x", "sum_xy"]
-    elif pattern_type != "filter":
-        raise ValueError(f"Unknown pattern type {pattern_type!r}; known: {PATTERN_TYPES}.")
-    return tuple(names)
+@dataclasses.dataclass(frozen=True)
+class Sum:
+    """One sufficient statistic: the sum over samples and positions of ``weight`` per neuron
+    (``over="neuron"``: shaped like the neurons), or of the neuron's input ``x'`` times ``weight``
+    (``over="kernel"``: shaped like the kernel). Weights: ``"one"``, ``"y"`` (``y'``),
+    ``"positive"`` (``[z > 0]``) and ``"y_positive"`` (``y' [z > 0]``)."""
+
+    over: str
+    weight: str
+
+
+#: Every sum an estimator may need, by name (the names of the pattern file format).
+SUMS: dict[str, Sum] = {
+    "n": Sum("neuron", "one"),
+    "sum_y": Sum("neuron", "y"),
+    "n_pos": Sum("neuron", "positive"),
+    "sum_y_pos": Sum("neuron", "y_positive"),
+    "sum_x_pos": Sum("kernel", "positive"),
+    "sum_xy_pos": Sum("kernel", "y_positive"),
+    "sum_x": Sum("kernel", "one"),
+    "sum_xy": Sum("kernel", "y"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimator:
+    """A signal estimator: the sums it needs and how a pattern is derived from them.
+
+    Attributes
+    ----------
+    name : str
+        The ``pattern_type`` that selects it.
+    sums : tuple of str
+        Names in :data:`SUMS` every layer needs.
+    negative_sums : tuple of str
+        Further sums for a layer that keeps its negative regime (one not followed by a ReLU).
+    derive : callable
+        ``derive(layer_statistics) -> (a, a_negative or None, undefined)``: float64 patterns
+        shaped like the kernel, and ``{regime: number of neurons whose pattern is 0/0}``.
+    description : str
+        One line for help texts.
+    """
+
+    name: str
+    sums: tuple[str, ...]
+    negative_sums: tuple[str, ...]
+    derive: Callable[["LayerStatistics"], tuple[np.ndarray, np.ndarray | None, dict[str, int]]]
+    description: str
 
 
 @dataclasses.dataclass
@@ -173,28 +207,12 @@ class LayerStatistics:
         return value, int(np.count_nonzero(undefined))
 
     def _patterns(self) -> tuple[np.ndarray, np.ndarray | None, dict[str, int]]:
-        """:meth:`patterns`, with the number of undefined (0/0) neurons per regime."""
-        s = self.sums
-        if self.pattern_type == "filter":
-            w = self.kernel.astype(np.float64)
-            norm = np.sum(w * w, axis=self.input_axes, keepdims=True)
-            zero = norm <= 0
-            return (np.where(zero, 0.0, w / np.where(zero, 1.0, norm)), None,
-                    {"a": int(np.count_nonzero(zero))})
-        if self.pattern_type == "linear":
-            a, undefined = self._regime(s["n"], s["sum_y"], s["sum_x"], s["sum_xy"])
-            return a, None, {"a": undefined}
-        positive, undefined = self._regime(s["n_pos"], s["sum_y_pos"], s["sum_x_pos"],
-                                           s["sum_xy_pos"])
-        if self.rectified:
-            return positive, None, {"a₊": undefined}
-        negative, undefined_neg = self._regime(
-            s["n"] - s["n_pos"], s["sum_y"] - s["sum_y_pos"], s["sum_x"] - s["sum_x_pos"],
-            s["sum_xy"] - s["sum_xy_pos"])
-        return positive, negative, {"a₊": undefined, "a₋": undefined_neg}
+        """:meth:`patterns`, with the number of undefined (0/0) neurons per regime: the
+        derivation of the layer's estimator in :data:`ESTIMATORS`."""
+        return estimator(self.pattern_type).derive(self)
 
     def patterns(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """The patterns these sums give.
+        """The patterns these sums give, by the layer's estimator (:data:`ESTIMATORS`).
 
         A neuron whose pattern is 0/0 (never in the regime, or an input that never varies) gets
         0; :meth:`PatternStatistics.patterns` warns how many.
@@ -228,6 +246,71 @@ def _check_finite(a: np.ndarray, a_neg: np.ndarray | None, where: str) -> None:
 class UndefinedPatternWarning(UserWarning):
     """Some neurons' patterns are 0/0 (a neuron never in its regime, an input that never
     varies) and were set to 0."""
+
+
+# --- the estimators: one entry of ESTIMATORS each, with its derivation ---------------------
+
+
+def _derive_filter(stats: LayerStatistics) -> tuple[np.ndarray, None, dict[str, int]]:
+    """``w / wᵀw``: needs no data."""
+    w = stats.kernel.astype(np.float64)
+    norm = np.sum(w * w, axis=stats.input_axes, keepdims=True)
+    zero = norm <= 0
+    return (np.where(zero, 0.0, w / np.where(zero, 1.0, norm)), None,
+            {"a": int(np.count_nonzero(zero))})
+
+
+def _derive_linear(stats: LayerStatistics) -> tuple[np.ndarray, None, dict[str, int]]:
+    """``a = cov[x, y] / σ²_y``, all samples in one regime."""
+    s = stats.sums
+    a, undefined = stats._regime(s["n"], s["sum_y"], s["sum_x"], s["sum_xy"])
+    return a, None, {"a": undefined}
+
+
+def _derive_relu(stats: LayerStatistics) -> tuple[np.ndarray, np.ndarray | None, dict[str, int]]:
+    """The two-component estimator: ``a₊`` from the samples with ``z > 0``; ``a₋`` from the
+    others (the totals minus the positive sums) where the layer keeps its negative regime."""
+    s = stats.sums
+    positive, undefined = stats._regime(s["n_pos"], s["sum_y_pos"], s["sum_x_pos"],
+                                        s["sum_xy_pos"])
+    if stats.rectified:
+        return positive, None, {"a₊": undefined}
+    negative, undefined_neg = stats._regime(
+        s["n"] - s["n_pos"], s["sum_y"] - s["sum_y_pos"], s["sum_x"] - s["sum_x_pos"],
+        s["sum_xy"] - s["sum_xy_pos"])
+    return positive, negative, {"a₊": undefined, "a₋": undefined_neg}
+
+
+#: The signal estimators by ``pattern_type``. Adding one is one entry here plus its derivation.
+ESTIMATORS: dict[str, Estimator] = {
+    "relu": Estimator("relu", ("n", "sum_y", "n_pos", "sum_y_pos", "sum_x_pos", "sum_xy_pos"),
+                      ("sum_x", "sum_xy"), _derive_relu,
+                      "two-component estimator (a₊, and a₋ where no ReLU follows)"),
+    "linear": Estimator("linear", ("n", "sum_y", "sum_x", "sum_xy"), (), _derive_linear,
+                        "linear estimator a = cov[x, y] / var[y]"),
+    "filter": Estimator("filter", ("n", "sum_y"), (), _derive_filter,
+                        "filter w / wᵀw (DeConvNet, Guided BackProp), for comparison"),
+}
+
+#: The built-in ``pattern_type`` names, in the order help texts list them (code that must see
+#: an estimator added to :data:`ESTIMATORS` later reads the table itself).
+PATTERN_TYPES = tuple(ESTIMATORS)
+
+
+def estimator(pattern_type: str) -> Estimator:
+    """The :class:`Estimator` of ``pattern_type``; ``ValueError`` naming the known ones."""
+    try:
+        return ESTIMATORS[pattern_type]
+    except (KeyError, TypeError):
+        raise ValueError(f"Unknown pattern type {pattern_type!r}; known: "
+                         f"{tuple(ESTIMATORS)}.") from None
+
+
+def needed_statistics(pattern_type: str, rectified: bool) -> tuple[str, ...]:
+    """Names of the sums a layer's estimator needs (``rectified``: the layer feeds a ReLU, so
+    its negative regime is not kept)."""
+    est = estimator(pattern_type)
+    return est.sums if rectified else est.sums + est.negative_sums
 
 
 class PatternStatistics(Mapping[str, LayerStatistics]):
@@ -399,6 +482,9 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
             raise ValueError(f"'{path}' holds patterns but no statistics: save with "
                              "`include_statistics=True` (the default) to be able to merge or "
                              "resume.")
+            raise ValueError(f"'{path}' holds patterns but no statistics: save the fit with "
+                             "`save_patterns(path, include_statistics=True)` (the default) to "
+                             "be able to merge or resume.")
         return stats
 
     def __repr__(self) -> str:
