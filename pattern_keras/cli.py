@@ -626,14 +626,13 @@ def _cmd_import_patterns(args: argparse.Namespace) -> int:
 def _cmd_methods(args: argparse.Namespace) -> int:
     _quiet_tensorflow()
     import pattern_keras as pk
-    from pattern_keras.analyzers import registry
 
     names = pk.analyzer_names()
     width = max(len(n) for n in names)
     for name in names:
-        cls = registry._ANALYZERS[name]
+        cls = pk.analyzer_class(name)
         summary = _first_sentence(cls.__doc__)
-        needs = "  [needs --patterns]" if name in PATTERN_METHODS else ""
+        needs = "  [needs --patterns]" if cls.needs_patterns else ""
         print(f"{name:<{width}}  {summary}{needs}")
     return EXIT_OK
 

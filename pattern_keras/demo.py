@@ -12,8 +12,7 @@ What it does, in order:
    PatternAttribution and writes the grid ``explanations.png``;
 5. runs the image degradation benchmark (``degradation.png``, AOPC per analyzer and for a
    random order);
-6. measures the signal estimators' quality ρ(S) per layer (``signal_quality.png``), where
-   :mod:`pattern_keras.evaluation.quality` is available;
+6. measures the signal estimators' quality ρ(S) per layer (``signal_quality.png``);
 7. scores every explanation against the true signal (cosine, top-k precision) and writes all
    numbers to ``summary.txt``.
 
@@ -93,20 +92,17 @@ class DemoResult:
     output : str
         The output folder.
     files : dict of str to str
-        ``"explanations"``, ``"degradation"``, ``"patterns"``, ``"summary"`` and, when
-        computed, ``"signal_quality"``: name -> path.
+        ``"explanations"``, ``"degradation"``, ``"signal_quality"``, ``"patterns"`` and
+        ``"summary"``: name -> path.
     metrics : dict
         ``test_accuracy``, ``fit_samples``, ``aopc`` ({analyzer: AOPC}, plus ``"random"``),
         ``signal_cosine`` and ``topk_precision`` ({analyzer: mean over test images}),
-        ``rho`` ({layer: {estimator: ρ}} or ``None``), ``seconds``.
-    notes : list of str
-        Anything the run skipped, and why.
+        ``rho`` ({layer: {estimator: ρ}}), ``seconds``.
     """
 
     output: str
     files: dict[str, str]
     metrics: dict[str, Any]
-    notes: list[str]
 
 
 def build_model(image_size: int = 16, l2: float = 1e-2):
@@ -195,7 +191,6 @@ def run_demo(
         "patterns": os.path.join(output, "patterns.h5"),
         "summary": os.path.join(output, "summary.txt"),
     }
-    notes: list[str] = []
 
     # 1. data
     shape = (s.image_size, s.image_size)
@@ -230,10 +225,9 @@ def run_demo(
     say("[4/6] Explaining the test images")
     analyzers = {}
     for label, name in GRID_METHODS.items():
-        if name.startswith("pattern."):
-            analyzers[label] = pk.create_analyzer(name, model, patterns=attribution.patterns)
-        else:
-            analyzers[label] = pk.create_analyzer(name, model)
+        needs = pk.analyzer_class(name).needs_patterns  # the registry says, not the name
+        kwargs = {"patterns": attribution.patterns} if needs else {}
+        analyzers[label] = pk.create_analyzer(name, model, **kwargs)
     explanations = {label: a.analyze(test.x) for label, a in analyzers.items()}
     grid_index = _grid_rows(test.labels, s.n_grid)
     columns = {label: e[grid_index] for label, e in explanations.items()}
@@ -289,7 +283,7 @@ def run_demo(
         "rho": rho,
         "seconds": seconds,
     }
-    _write_summary(files["summary"], s, seed, metrics, notes, patch, steps, n_deg, train)
+    _write_summary(files["summary"], s, seed, metrics, patch, steps, n_deg, train)
 
     say("")
     say(f"Done in {seconds:.0f} s. Wrote to {os.path.abspath(output)}:")
@@ -302,9 +296,7 @@ def run_demo(
     }
     for key, path in files.items():
         say(f"  {os.path.basename(path):<20} {descriptions[key]}")
-    for note in notes:
-        say(f"Note: {note}")
-    return DemoResult(output=output, files=files, metrics=metrics, notes=notes)
+    return DemoResult(output=output, files=files, metrics=metrics)
 
 
 def _grid_rows(labels: np.ndarray, n: int) -> np.ndarray:
@@ -319,7 +311,7 @@ def _grid_rows(labels: np.ndarray, n: int) -> np.ndarray:
     return np.asarray(picked)
 
 
-def _write_summary(path, s, seed, metrics, notes, patch, steps, n_deg, train) -> None:
+def _write_summary(path, s, seed, metrics, patch, steps, n_deg, train) -> None:
     from pattern_keras import __version__
 
     lines = [
@@ -348,6 +340,5 @@ def _write_summary(path, s, seed, metrics, notes, patch, steps, n_deg, train) ->
     lines += [f"topk_precision[{label}]: {value:.4f}"
               for label, value in metrics["topk_precision"].items()]
     lines += ["", f"seconds: {metrics['seconds']:.1f}"]
-    lines += [f"note: {note}" for note in notes]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

@@ -20,7 +20,7 @@ import tensorflow as tf
 from pattern_keras import graph as _graph
 from pattern_keras.layers import LinearPart, Op, ops_for_node, resolve_products
 
-__all__ = ["Program", "forward", "backward", "if_samples", "Rule"]
+__all__ = ["Program", "forward", "forward_intervals", "backward", "if_samples", "Rule"]
 
 # A rule: (op, op inputs, op outputs, backward signals at the outputs) -> signals at the inputs.
 Rule = Callable[[Op, Sequence[Any], Sequence[Any], Sequence[Any]], Sequence[Any]]
@@ -224,6 +224,26 @@ def if_samples(batch: Any, fn: Callable[[], Any], empty: Callable[[], Any]) -> A
     The chosen function's result.
     """
     return tf.cond(tf.shape(batch)[0] > 0, fn, empty)
+
+
+def forward_intervals(program: Program, lows: Sequence[Any], highs: Sequence[Any],
+                      where: Callable[[Op], bool]) -> dict[int, tuple[Any, Any]]:
+    """Elementwise bounds ``(low, high)`` of the input slots and of every slot computed from
+    them by ops that ``where(op)`` admits, each op run on both bounds of its inputs.
+
+    Exact bounds for ops that are elementwise monotone in each input (padding, reshapes,
+    pooling, adding, ReLU); used by deep Taylor decomposition for the box its bounded rule
+    needs, up to the first linear layer.
+    """
+    bounds = {slot: (lo, hi) for slot, lo, hi in zip(program.inputs, lows, highs)}
+    for op in program.ops:
+        if not where(op) or not all(s in bounds for s in op.inputs):
+            continue
+        los = op.forward([bounds[s][0] for s in op.inputs])
+        his = op.forward([bounds[s][1] for s in op.inputs])
+        for slot, lo, hi in zip(op.outputs, los, his):
+            bounds[slot] = (tf.minimum(lo, hi), tf.maximum(lo, hi))
+    return bounds
 
 
 def backward(program: Program, values: dict[int, Any], seed: Any,

@@ -212,6 +212,10 @@ class Op:
         differentiate it instead of ``forward``.
     rank : int
         Rank of the op's (first) output, batch axis included.
+    averages : bool
+        For ``kind == "sum"``: the op is a sum or average of its inputs' values with fixed
+        non-negative weights (Add, Average, average pooling), so non-negative inputs give a
+        non-negative output. Rules read this instead of the layer's class.
     """
 
     key: str
@@ -228,6 +232,7 @@ class Op:
     gate: Callable[[Sequence[Any]], Any] | None = None
     held: Callable[[Sequence[Any]], list[Any]] | None = None
     rank: int = 0
+    averages: bool = False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -520,10 +525,11 @@ def _linear_ops(node: _graph.CallNode, x_shape: Sequence[Any], parts_fn) -> list
 # The registry: layer class -> a function building its ops
 
 
-def _simple(kind: str) -> Callable[[_graph.CallNode, Sequence[Any]], list[Op]]:
+def _simple(kind: str, averages: bool = False
+            ) -> Callable[[_graph.CallNode, Sequence[Any]], list[Op]]:
     def build(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
         return [Op(key=node.key, kind=kind, layer=node.layer, inputs=node.inputs,
-                   outputs=node.outputs, forward=node.call)]
+                   outputs=node.outputs, forward=node.call, averages=averages)]
     return build
 
 
@@ -629,14 +635,15 @@ def _product(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
                gate=lambda xs: xs[1])]
 
 
-def _arithmetic(sum_like: bool, product: bool = False):
+def _arithmetic(sum_like: bool, product: bool = False, averages: bool = False):
     """``x + y``, ``x - y``, ``x * y``, ``x / y`` written as graph ops: with one tensor operand
-    and a constant, an elementwise affine map; with two tensors, a sum, or a product."""
+    and a constant, an elementwise affine map; with two tensors, a sum (``averages``: of
+    non-negative weights, ``x + y``), or a product."""
     def build(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
         if len(node.inputs) == 1:
             return _affine(node, x_shape)
         if sum_like:
-            return _simple("sum")(node, x_shape)
+            return _simple("sum", averages=averages)(node, x_shape)
         if product:
             return _product(node, x_shape)
         raise ValueError(
@@ -745,7 +752,7 @@ def _register_builtin() -> None:
         _REGISTRY[cls] = _identity
     _REGISTRY[L.Multiply] = _product
     _REGISTRY[L.Subtract] = _simple("sum")
-    _REGISTRY[knp.Add] = _arithmetic(sum_like=True)
+    _REGISTRY[knp.Add] = _arithmetic(sum_like=True, averages=True)
     _REGISTRY[knp.Subtract] = _arithmetic(sum_like=True)
     _REGISTRY[knp.Multiply] = _arithmetic(sum_like=False, product=True)
     for cls in (knp.Divide, knp.TrueDivide):
@@ -775,7 +782,7 @@ def _register_builtin() -> None:
     for cls in (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
                 L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
                 L.Add, L.Average):
-        _REGISTRY[cls] = _simple("sum")
+        _REGISTRY[cls] = _simple("sum", averages=True)
     for cls in (L.Flatten, L.Reshape, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D,
                 L.SpatialDropout3D, L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
                 L.Cropping1D, L.Cropping2D, L.Cropping3D, L.Concatenate, L.Identity,

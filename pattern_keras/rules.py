@@ -23,6 +23,8 @@ __all__ = [
     "GradientRule",
     "LinearRule",
     "ActivationRule",
+    "BasicRule",
+    "Term",
     "ZRule",
     "Composite",
 ]
@@ -161,7 +163,98 @@ class ActivationRule:
         return f"ActivationRule({self.mode!r})"
 
 
-class ZRule:
+class Term:
+    """One summand of a contribution rule: the inputs (after the input modifier), the map whose
+    vector-Jacobian product carries relevance back (the op with modified parameters) and a sign.
+
+    ``value``, if given, is ``fn(inputs)`` already computed (the forward pass's output).
+    """
+
+    __slots__ = ("inputs", "fn", "sign", "value")
+
+    def __init__(self, inputs: Sequence[Any], fn: Callable[[Sequence[Any]], Sequence[Any]],
+                 sign: float = 1.0, value: Sequence[Any] | None = None) -> None:
+        self.inputs = list(inputs)
+        self.fn = fn
+        self.sign = sign
+        self.value = value
+
+
+class BasicRule:
+    """The template of the relevance rules (in the spirit of Zennit's ``BasicHook``).
+
+    A rule is one or more *groups* of terms, each made by :meth:`groups` from the op's input and
+    output (the input and parameter modifiers). For a group with weight ``ω``, terms
+    ``t = (x_t, f_t, σ_t)`` and bias ``b``:
+
+        ``z = Σ_t σ_t f_t(x_t) + b``                       (the output modifier adds ``b``)
+        ``s = R / stabilize(z)``                            (:meth:`stabilize`)
+        ``R_in = Σ_groups ω · Σ_t σ_t x_t ⊙ VJP[f_t](s)``  (the reduction)
+
+    The z-, ε-, αβ-, z⁺- and bounded rules below are short parameterisations of it. Relevance
+    comes back as one tensor per op input.
+
+    Parameters
+    ----------
+    epsilon : float
+        The stabilizer: ``z + ε·sign(z)`` (``sign(0) = +1``); with ``0`` (default) a zero ``z``
+        passes no relevance instead of dividing by zero.
+    """
+
+    def __init__(self, epsilon: float = 0.0) -> None:
+        if not epsilon >= 0:
+            raise ValueError(f"epsilon must be >= 0, got {epsilon}.")
+        self.epsilon = float(epsilon)
+
+    def groups(self, op: Op, inputs, outputs) -> list[tuple[float | None, list[Term], Any]]:
+        """``[(weight or None, terms, bias or None), ...]``: the contributions of ``op``."""
+        raise NotImplementedError
+
+    def stabilize(self, r: Any, z: Any) -> Any:
+        """``r / z`` with the stabilizer (the output modifier of the denominator)."""
+        if self.epsilon == 0.0:
+            return tf.math.divide_no_nan(r, z)
+        # ε·sign(z) with sign(0) = +1, as one select of two scalars: fewer passes over the
+        # (large) tensor than building a ±1 sign tensor and scaling it.
+        eps = tf.constant(self.epsilon, z.dtype)
+        return r / (z + tf.where(z >= 0, eps, -eps))
+
+    def __call__(self, op: Op, inputs, outputs, upstream):
+        total = None
+        for weight, terms, bias in self.groups(op, inputs, outputs):
+            z = None
+            for t in terms:
+                value = list(t.fn(t.inputs) if t.value is None else t.value)
+                if z is None:
+                    z = value if t.sign > 0 else [-v for v in value]
+                else:
+                    z = [a + v if t.sign > 0 else a - v for a, v in zip(z, value)]
+            if bias is not None:
+                z = [z[0] + bias] + z[1:]
+            ratios = [self.stabilize(r, zi) for r, zi in zip(upstream, z)]
+            rel = None
+            for t in terms:
+                grads = vjp(t.fn, t.inputs, ratios)
+                part = [x * g for x, g in zip(t.inputs, grads)]
+                if rel is None:
+                    rel = part if t.sign > 0 else [-p for p in part]
+                else:
+                    rel = [a + p if t.sign > 0 else a - p for a, p in zip(rel, part)]
+            # A negative weight is subtracted as its magnitude, ``a − β·r``: measured, this keeps
+            # αβ bit-identical to the frozen baseline, while ``a + (−β)·r`` moved it by 1e-7.
+            subtract = weight is not None and weight < 0
+            if weight is not None:
+                rel = [abs(weight) * r for r in rel]
+            if total is None:
+                total = [-r for r in rel] if subtract else rel
+            elif subtract:
+                total = [a - r for a, r in zip(total, rel)]
+            else:
+                total = [a + r for a, r in zip(total, rel)]
+        return total
+
+
+class ZRule(BasicRule):
     """LRP's z- and ε-rule on any op that is a sum of contributions.
 
     Relevance ``R`` at the outputs flows back as ``R_i = x_i · Σ_j ∂z_j/∂x_i · R_j / (z_j + ε·sign(z_j))``:
@@ -169,31 +262,19 @@ class ZRule:
     summand, for BatchNormalization the ε-rule on ``γ/σ·x + β'``. ``z`` includes the bias.
     With ``epsilon == 0`` a zero ``z`` passes no relevance (instead of a division by zero).
 
+    As a :class:`BasicRule`: one term, the op itself on its own inputs, its forward output as
+    ``z``.
+
     Parameters
     ----------
     epsilon : float
         Stabilizer; ``sign(0) = +1``.
     """
 
-    def __init__(self, epsilon: float = 0.0) -> None:
-        if epsilon < 0:
-            raise ValueError(f"epsilon must be >= 0, got {epsilon}.")
-        self.epsilon = float(epsilon)
-
-    def __call__(self, op: Op, inputs, outputs, upstream):
-        ratios = []
-        for z, r in zip(outputs, upstream):
-            if self.epsilon == 0.0:
-                ratios.append(tf.math.divide_no_nan(r, z))
-            else:
-                # ε·sign(z) with sign(0) = +1, as one select of two scalars: fewer passes over
-                # the (large) tensor than building a ±1 sign tensor and scaling it.
-                eps = tf.constant(self.epsilon, z.dtype)
-                ratios.append(r / (z + tf.where(z >= 0, eps, -eps)))
+    def groups(self, op, inputs, outputs):
         # LayerNormalization: its normalizing scale held constant, a linear map (Ali et al. 2022).
         forward = op.held if op.held is not None else op.forward
-        contributions = vjp(forward, inputs, ratios)
-        return [x * c for x, c in zip(inputs, contributions)]
+        return [(None, [Term(inputs, forward, value=outputs)], None)]
 
     def __repr__(self) -> str:
         return f"ZRule(epsilon={self.epsilon})"
@@ -205,22 +286,33 @@ class Composite:
     Parameters
     ----------
     rules : mapping
-        ``{kind: rule}`` for kinds among ``"linear"``, ``"affine"``, ``"activation"``,
-        ``"max_pool"``, ``"sum"``, ``"move"``. Kinds left out use :class:`GradientRule`.
+        ``{kind: rule}`` for kinds among :data:`~pattern_keras.layers.KINDS` (``"linear"``,
+        ``"affine"``, ``"activation"``, ``"max_pool"``, ``"sum"``, ``"move"``).
+    default : rule, optional
+        The rule of every kind ``rules`` leaves out (e.g. ``GradientRule()``: "the rest as the
+        gradient"). Without one, an op of a kind that has no rule is refused with a
+        ``ValueError`` naming it: an analyzer never explains a layer by a rule it did not
+        choose.
     """
 
-    def __init__(self, rules: Mapping[str, Any]) -> None:
+    def __init__(self, rules: Mapping[str, Any], default: Any = None) -> None:
         unknown = set(rules) - set(KINDS)
         if unknown:
             raise ValueError(f"Unknown op kinds {sorted(unknown)}; known: {KINDS}.")
         self.rules = dict(rules)
-        self._default = GradientRule()
+        self.default = default
 
     def __call__(self, op: Op):
-        return self.rules.get(op.kind, self._default)
+        rule = self.rules.get(op.kind, self.default)
+        if rule is None:
+            raise ValueError(
+                f"No backward rule for op '{op.key}' of kind {op.kind!r} in {self!r}: give the "
+                "Composite a rule for this kind (or a default).")
+        return rule
 
     def __repr__(self) -> str:
-        return f"Composite({self.rules})"
+        default = "" if self.default is None else f", default={self.default!r}"
+        return f"Composite({self.rules}{default})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,7 +320,7 @@ class Composite:
 # decomposition. They apply to linear ops only (``op.kind == "linear"``); an analyzer maps the
 # other kinds to other rules (see :mod:`pattern_keras.analyzers.lrp`).
 
-__all__ += ["AlphaBetaRule", "BoundedRule"]
+__all__ += ["AlphaBetaRule", "ZPlusRule", "BoundedRule"]
 
 
 def _signed_parts(t: Any) -> tuple[Any, Any]:
@@ -236,10 +328,9 @@ def _signed_parts(t: Any) -> tuple[Any, Any]:
     return tf.maximum(t, 0.0), tf.minimum(t, 0.0)
 
 
-def _input_vjp(op: Op, x: Any, kernel: Any, upstream: Any) -> Any:
-    """``VJP_x[apply(x, kernel)](upstream)``: the transposed linear map, bias excluded."""
-    (dx,) = vjp(lambda xs: [op.linear.apply(xs[0], kernel)], [x], [upstream])
-    return dx
+def _linear_term(op: Op, x: Any, kernel: Any, sign: float = 1.0) -> Term:
+    """The term ``σ · apply(x, kernel)`` of a linear op (bias excluded)."""
+    return Term([x], lambda xs: [op.linear.apply(xs[0], kernel)], sign)
 
 
 def _require_linear(op: Op, rule: Any) -> None:
@@ -248,7 +339,7 @@ def _require_linear(op: Op, rule: Any) -> None:
                         f"{op.kind!r}. Map other kinds to another rule in the Composite.")
 
 
-class AlphaBetaRule:
+class AlphaBetaRule(BasicRule):
     """LRP-αβ (Bach et al. 2015) on a linear op; with ``alpha=1, beta=0, bias=False`` the z⁺ rule.
 
     With contributions ``z_ij = x_i w_ij`` split by sign, ``z_j⁺ = Σ_i (z_ij)₊ (+ b_j⁺)`` and
@@ -280,48 +371,54 @@ class AlphaBetaRule:
                  nonnegative_input: Callable[[Op], bool] | None = None) -> None:
         if alpha < 0 or beta < 0:
             raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}.")
+        super().__init__(0.0)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.bias = bool(bias)
         self.nonnegative_input = nonnegative_input
 
-    def __call__(self, op: Op, inputs, outputs, upstream):
+    def groups(self, op, inputs, outputs):
         _require_linear(op, self)
         part = op.linear
-        x, r = inputs[0], upstream[0]
+        x = inputs[0]
         kernel = tf.cast(part.kernel, x.dtype)
         w_pos, w_neg = _signed_parts(kernel)
         nonnegative = self.nonnegative_input is not None and self.nonnegative_input(op)
         x_pos, x_neg = (x, None) if nonnegative else _signed_parts(x)
         bias = None
         if self.bias and part.bias_fn is not None:
-            bias = part.to_output(tf.cast(part.bias, r.dtype), len(r.shape))
+            bias = part.to_output(tf.cast(part.bias, outputs[0].dtype), len(outputs[0].shape))
 
-        def share(k_for_pos, k_for_neg, bias_part):
-            """Relevance through one sign regime: ``Σ_j z_ij^± / z_j^± · R_j``."""
-            z = part.apply(x_pos, k_for_pos)
+        def regime(k_for_pos, k_for_neg):
+            """The contributions of one sign: ``x⁺ w^± + x⁻ w^∓``."""
+            terms = [_linear_term(op, x_pos, k_for_pos)]
             if x_neg is not None:
-                z = z + part.apply(x_neg, k_for_neg)
-            if bias_part is not None:
-                z = z + bias_part
-            s = tf.math.divide_no_nan(r, z)
-            rel = x_pos * _input_vjp(op, x_pos, k_for_pos, s)
-            if x_neg is not None:
-                rel = rel + x_neg * _input_vjp(op, x_neg, k_for_neg, s)
-            return rel
+                terms.append(_linear_term(op, x_neg, k_for_neg))
+            return terms
 
-        relevance = self.alpha * share(w_pos, w_neg,
-                                       None if bias is None else tf.maximum(bias, 0.0))
+        groups = [(self.alpha, regime(w_pos, w_neg),
+                   None if bias is None else tf.maximum(bias, 0.0))]
         if self.beta != 0.0:
-            relevance = relevance - self.beta * share(
-                w_neg, w_pos, None if bias is None else tf.minimum(bias, 0.0))
-        return [relevance]
+            groups.append((-self.beta, regime(w_neg, w_pos),
+                           None if bias is None else tf.minimum(bias, 0.0)))
+        return groups
 
     def __repr__(self) -> str:
         return f"AlphaBetaRule(alpha={self.alpha:g}, beta={self.beta:g}, bias={self.bias})"
 
 
-class BoundedRule:
+class ZPlusRule(AlphaBetaRule):
+    """The z⁺ rule (Montavon et al. 2017): :class:`AlphaBetaRule` with ``α = 1``, ``β = 0`` and
+    no bias, ``R_i = Σ_j (x_i w_ij)₊ / Σ_i' (x_i' w_i'j)₊ · R_j``."""
+
+    def __init__(self, nonnegative_input: Callable[[Op], bool] | None = None) -> None:
+        super().__init__(1.0, 0.0, bias=False, nonnegative_input=nonnegative_input)
+
+    def __repr__(self) -> str:
+        return "ZPlusRule()"
+
+
+class BoundedRule(BasicRule):
     """The zᴮ rule of deep Taylor decomposition (Montavon et al. 2017) for inputs in a box.
 
     For inputs known to lie in ``[low, high]`` (pixels, say), each neuron's root point is searched
@@ -340,22 +437,19 @@ class BoundedRule:
     """
 
     def __init__(self, low: Callable[[Op], Any], high: Callable[[Op], Any]) -> None:
+        super().__init__(0.0)
         self.low = low
         self.high = high
 
-    def __call__(self, op: Op, inputs, outputs, upstream):
+    def groups(self, op, inputs, outputs):
         _require_linear(op, self)
-        part = op.linear
-        x, r = inputs[0], upstream[0]
+        x = inputs[0]
         low = tf.broadcast_to(tf.cast(self.low(op), x.dtype), tf.shape(x))
         high = tf.broadcast_to(tf.cast(self.high(op), x.dtype), tf.shape(x))
-        kernel = tf.cast(part.kernel, x.dtype)
+        kernel = tf.cast(op.linear.kernel, x.dtype)
         w_pos, w_neg = _signed_parts(kernel)
-        z = part.apply(x, kernel) - part.apply(low, w_pos) - part.apply(high, w_neg)
-        s = tf.math.divide_no_nan(r, z)
-        relevance = (x * _input_vjp(op, x, kernel, s) - low * _input_vjp(op, low, w_pos, s)
-                     - high * _input_vjp(op, high, w_neg, s))
-        return [relevance]
+        return [(None, [_linear_term(op, x, kernel), _linear_term(op, low, w_pos, -1.0),
+                        _linear_term(op, high, w_neg, -1.0)], None)]
 
     def __repr__(self) -> str:
         return "BoundedRule()"

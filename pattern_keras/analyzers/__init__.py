@@ -17,7 +17,12 @@ from pattern_keras.analyzers.pattern import (
     PatternNet,
     StalePatternsError,
 )
-from pattern_keras.analyzers.registry import analyzer_names, create_analyzer, register_analyzer
+from pattern_keras.analyzers.registry import (
+    analyzer_class,
+    analyzer_names,
+    create_analyzer,
+    register_analyzer,
+)
 from pattern_keras.analyzers.wrappers import IntegratedGradients, SmoothGrad
 
 for _name, _cls in [
@@ -61,5 +66,6 @@ __all__ = [
     "StalePatternsError",
     "create_analyzer",
     "analyzer_names",
+    "analyzer_class",
     "register_analyzer",
 ]

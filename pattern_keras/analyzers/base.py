@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import Any, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 import keras
 import numpy as np
@@ -55,6 +55,8 @@ class Analyzer:
     fold_batch_norm: bool = False
     #: Keep the backward signal at a common per-sample scale (see ``engine.backward``).
     _renormalize: bool = False
+    #: Needs fitted patterns (``fit`` or ``load_patterns``) before ``analyze``.
+    needs_patterns: bool = False
 
     def __init__(self, model: Any, neuron_selection_mode: str = "max_activation") -> None:
         _checks.selection_mode(neuron_selection_mode)
@@ -72,7 +74,9 @@ class Analyzer:
 
     # -- what subclasses define ------------------------------------------------------------
 
-    def _composite(self) -> Composite:
+    def _composite(self, values: Mapping[int, Any]) -> Composite:
+        """The rule of every op kind; ``values`` are the forward pass's tensors by slot (for
+        rules that depend on them, such as deep Taylor's input bounds)."""
         raise NotImplementedError
 
     def _postprocess(self, inputs: list[Any], signals: list[Any]) -> list[Any]:
@@ -90,7 +94,7 @@ class Analyzer:
         flat, mask = _checks.selection_mask(y, self.neuron_selection_mode, selection,
                                             self.num_outputs)
         seed = mask * flat if self.seed_with_value else mask
-        composite = self._composite()
+        composite = self._composite(values)
         signals = engine.backward(program, values, tf.reshape(seed, tf.shape(y)), composite,
                                   renormalize=self._renormalize)
         return self._postprocess(inputs, signals)

@@ -17,7 +17,7 @@ Linear layers pass the signal back through their own kernel ``W``.
 from __future__ import annotations
 
 from pattern_keras.analyzers.base import Analyzer
-from pattern_keras.rules import ActivationRule, Composite, LinearRule
+from pattern_keras.rules import ActivationRule, Composite, GradientRule, LinearRule
 
 __all__ = ["Gradient", "InputTimesGradient", "DeConvNet", "GuidedBackprop"]
 
@@ -38,8 +38,9 @@ class Gradient(Analyzer):
 
     seed_with_value = False
 
-    def _composite(self) -> Composite:
-        return Composite({"linear": LinearRule(), "activation": ActivationRule("gate")})
+    def _composite(self, values) -> Composite:
+        return Composite({"linear": LinearRule(), "activation": ActivationRule("gate")},
+                         default=GradientRule())
 
 
 class InputTimesGradient(Gradient):
@@ -74,8 +75,9 @@ class DeConvNet(Analyzer):
 
     seed_with_value = True
 
-    def _composite(self) -> Composite:
-        return Composite({"linear": LinearRule(), "activation": ActivationRule("rectify")})
+    def _composite(self, values) -> Composite:
+        return Composite({"linear": LinearRule(), "activation": ActivationRule("rectify")},
+                         default=GradientRule())
 
 
 class GuidedBackprop(Analyzer):
@@ -94,5 +96,6 @@ class GuidedBackprop(Analyzer):
 
     seed_with_value = True
 
-    def _composite(self) -> Composite:
-        return Composite({"linear": LinearRule(), "activation": ActivationRule("gate_rectify")})
+    def _composite(self, values) -> Composite:
+        return Composite({"linear": LinearRule(), "activation": ActivationRule("gate_rectify")},
+                         default=GradientRule())

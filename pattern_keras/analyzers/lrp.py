@@ -29,7 +29,16 @@ import numpy as np
 import tensorflow as tf
 
 from pattern_keras.analyzers.base import Analyzer
-from pattern_keras.rules import ActivationRule, AlphaBetaRule, BoundedRule, Composite, ZRule
+from pattern_keras import engine
+from pattern_keras.rules import (
+    ActivationRule,
+    AlphaBetaRule,
+    BoundedRule,
+    Composite,
+    GradientRule,
+    ZPlusRule,
+    ZRule,
+)
 
 __all__ = ["LRPZ", "LRPEpsilon", "LRPAlphaBeta", "LRPAlpha1Beta0", "LRPAlpha2Beta1", "LRPZPlus",
            "DeepTaylor"]
@@ -54,10 +63,11 @@ class LRPZ(Analyzer):
     seed_with_value = True
     epsilon = 0.0
 
-    def _composite(self) -> Composite:
+    def _composite(self, values) -> Composite:
         z = ZRule(self.epsilon)
         return Composite({"linear": z, "affine": z, "sum": z,
-                          "activation": ActivationRule("pass")})
+                          "activation": ActivationRule("pass"), "max_pool": GradientRule(),
+                          "move": GradientRule()})
 
 
 class LRPEpsilon(LRPZ):
@@ -85,19 +95,13 @@ class LRPEpsilon(LRPZ):
 
 def _nonnegative_slots(program) -> set[int]:
     """Slots whose tensors are ``≥ 0`` by construction: outputs of a ReLU (ReLU6 included),
-    and what max pooling, data movement, or averaging/adding makes of such tensors only."""
-    from keras import layers as L
-    from keras.src.ops import numpy as knp  # `x + y` inside a functional model
-
-    averaging = (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-                 L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-                 L.Add, L.Average, knp.Add)
+    and what max pooling, data movement, or averaging/adding (``op.averages``) makes of such
+    tensors only."""
     slots: set[int] = set()
     for op in program.ops:
         if op.kind == "activation" and op.activation == "relu":
             slots.update(op.outputs)
-        elif (op.kind in ("move", "max_pool")
-              or (op.kind == "sum" and isinstance(op.layer, averaging))):
+        elif op.kind in ("move", "max_pool") or op.averages:
             if op.inputs and all(s in slots for s in op.inputs):
                 slots.update(op.outputs)
     return slots
@@ -122,13 +126,14 @@ class _SignSplitLRP(Analyzer):
         nonnegative = _nonnegative_slots(self._program)
         self._nonnegative_input = lambda op: op.inputs[0] in nonnegative
 
-    def _linear_rule(self) -> Any:
+    def _linear_rule(self, values) -> Any:
         raise NotImplementedError
 
-    def _composite(self) -> Composite:
+    def _composite(self, values) -> Composite:
         z = ZRule(0.0)
-        return Composite({"linear": self._linear_rule(), "affine": z, "sum": z,
-                          "activation": ActivationRule("pass")})
+        return Composite({"linear": self._linear_rule(values), "affine": z, "sum": z,
+                          "activation": ActivationRule("pass"), "max_pool": GradientRule(),
+                          "move": GradientRule()})
 
 
 class LRPAlphaBeta(_SignSplitLRP):
@@ -170,7 +175,7 @@ class LRPAlphaBeta(_SignSplitLRP):
         self.alpha, self.beta, self.bias = alpha, beta, bool(bias)
         super().__init__(model, neuron_selection_mode=neuron_selection_mode)
 
-    def _linear_rule(self) -> Any:
+    def _linear_rule(self, values) -> Any:
         return AlphaBetaRule(self.alpha, self.beta, bias=self.bias,
                              nonnegative_input=self._nonnegative_input)
 
@@ -237,8 +242,8 @@ class LRPZPlus(_SignSplitLRP):
         Which output neuron is explained (see :class:`Analyzer`).
     """
 
-    def _linear_rule(self) -> Any:
-        return AlphaBetaRule(1.0, 0.0, bias=False, nonnegative_input=self._nonnegative_input)
+    def _linear_rule(self, values) -> Any:
+        return ZPlusRule(nonnegative_input=self._nonnegative_input)
 
 
 class DeepTaylor(_SignSplitLRP):
@@ -273,7 +278,6 @@ class DeepTaylor(_SignSplitLRP):
         for lo, hi in zip(self.low, self.high):
             if lo is not None and hi is not None and np.any(lo > hi):
                 raise ValueError("DeepTaylor needs low <= high everywhere.")
-        self._bounds: dict[int, tuple[Any, Any]] | None = None
 
     @staticmethod
     def _per_input(value: Any, name: str, n_inputs: int) -> list[Any]:
@@ -295,40 +299,31 @@ class DeepTaylor(_SignSplitLRP):
             out.append(arr)
         return out
 
-    def _input_bounds(self, inputs: list[Any]) -> dict[int, tuple[Any, Any]]:
+    def _input_bounds(self, values: dict[int, Any]) -> dict[int, tuple[Any, Any]]:
         """Bounds of the input slots and of every tensor computed from them without a linear
-        layer (padding, reshapes, pooling): elementwise monotone maps of the input."""
-        bounds: dict[int, tuple[Any, Any]] = {}
-        for slot, x, lo, hi in zip(self._program.inputs, inputs, self.low, self.high):
+        layer (padding, reshapes, pooling): elementwise monotone maps of the input, run by the
+        engine on the bounds themselves."""
+        program = self._program
+        lows, highs = [], []
+        for slot, lo, hi in zip(program.inputs, self.low, self.high):
+            x = values[slot]
             axes = list(range(1, len(x.shape)))
             lo = tf.reduce_min(x, axis=axes, keepdims=True) if lo is None else lo
             hi = tf.reduce_max(x, axis=axes, keepdims=True) if hi is None else hi
-            bounds[slot] = (tf.broadcast_to(tf.cast(lo, x.dtype), tf.shape(x)),
-                            tf.broadcast_to(tf.cast(hi, x.dtype), tf.shape(x)))
-        for op in self._program.ops:
-            if op.kind == "linear" or not all(s in bounds for s in op.inputs):
-                continue
-            lows = op.forward([bounds[s][0] for s in op.inputs])
-            highs = op.forward([bounds[s][1] for s in op.inputs])
-            for slot, lo, hi in zip(op.outputs, lows, highs):
-                bounds[slot] = (tf.minimum(lo, hi), tf.maximum(lo, hi))
-        return bounds
+            lows.append(tf.broadcast_to(tf.cast(lo, x.dtype), tf.shape(x)))
+            highs.append(tf.broadcast_to(tf.cast(hi, x.dtype), tf.shape(x)))
 
-    def _explain(self, inputs, selection):
-        self._bounds = self._input_bounds(list(inputs))
-        try:
-            return super()._explain(inputs, selection)
-        finally:
-            self._bounds = None
+        return engine.forward_intervals(program, lows, highs,
+                                        where=lambda op: op.kind != "linear")
 
-    def _linear_rule(self) -> Any:
-        bounds = self._bounds
+    def _linear_rule(self, values) -> Any:
+        bounds = self._input_bounds(values)
         bounded = BoundedRule(lambda op: bounds[op.inputs[0]][0],
                               lambda op: bounds[op.inputs[0]][1])
-        z_plus = AlphaBetaRule(1.0, 0.0, bias=False, nonnegative_input=self._nonnegative_input)
+        z_plus = ZPlusRule(nonnegative_input=self._nonnegative_input)
 
         def rule(op, inputs, outputs, upstream):
-            if bounds is not None and op.inputs[0] in bounds:
+            if op.inputs[0] in bounds:
                 return bounded(op, inputs, outputs, upstream)
             return z_plus(op, inputs, outputs, upstream)
 

@@ -37,6 +37,7 @@ class _PatternAnalyzer(Analyzer):
 
     seed_with_value = True
     fold_batch_norm = True
+    needs_patterns = True
     #: "A" for PatternNet, "WA" for PatternAttribution.
     kernel_choice = "A"
 
@@ -47,7 +48,9 @@ class _PatternAnalyzer(Analyzer):
         self._renormalize = bool(renormalize)
         super().__init__(model, neuron_selection_mode=neuron_selection_mode)
         self.pattern_type = pattern_type
-        self._computer = PatternComputer(model, pattern_type=pattern_type)
+        # One program: the patterns are checked against the ops the rules read.
+        self._computer = PatternComputer(model, pattern_type=pattern_type,
+                                         program=self._program)
         self.patterns: Patterns | None = None
         self.statistics = None
         self._variables: dict[str, tuple[tf.Variable, tf.Variable | None]] = {}
@@ -129,7 +132,7 @@ class _PatternAnalyzer(Analyzer):
             negative-regime pattern ``a₋`` of a layer that keeps both regimes (or have one
             where it does not), or hold NaN or infinite values.
         """
-        self._set_patterns(patterns, self._computer.fingerprint)
+        self._set_patterns(patterns, self._computer.fingerprint())
 
     def _set_patterns(self, patterns: Patterns, fingerprint) -> None:
         if not isinstance(patterns, Patterns):
@@ -248,7 +251,7 @@ class _PatternAnalyzer(Analyzer):
         """
         from pattern_keras.patterns import io
 
-        fingerprint = self._computer.fingerprint
+        fingerprint = self._computer.fingerprint()
         expected = {key: plan.part.kernel_shape for key, plan in self._computer.plans.items()}
         self._set_patterns(io.load_patterns(path, expected=expected, fingerprint=fingerprint),
                            fingerprint)
@@ -341,10 +344,11 @@ class _PatternAnalyzer(Analyzer):
         is_positive = tf.cast(z > 0, z.dtype)
         return [(kernel(positive), is_positive), (kernel(negative), 1.0 - is_positive)]
 
-    def _composite(self) -> Composite:
+    def _composite(self, values) -> Composite:
+        # Everything but the kernels and the ReLU gates crosses as the gradient does.
         return Composite({"linear": LinearRule(self._kernels, name=self.kernel_choice),
                           "activation": ActivationRule("pattern"),
-                          "affine": GradientRule(held=True)})
+                          "affine": GradientRule(held=True)}, default=GradientRule())
 
     def __repr__(self) -> str:
         state = "fitted" if self.patterns is not None else "not fitted"

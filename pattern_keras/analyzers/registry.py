@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["create_analyzer", "analyzer_names", "register_analyzer"]
+__all__ = ["create_analyzer", "analyzer_names", "analyzer_class", "register_analyzer"]
 
 _ANALYZERS: dict[str, type] = {}
 
@@ -33,6 +33,32 @@ def analyzer_names() -> list[str]:
     return list(_ANALYZERS)
 
 
+def analyzer_class(name: str) -> type:
+    """The class ``create_analyzer(name, ...)`` builds.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`analyzer_names`.
+
+    Returns
+    -------
+    type
+        The registered :class:`~pattern_keras.Analyzer` subclass: its docstring, whether it
+        ``needs_patterns``, ...
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, listing the known ones.
+    """
+    try:
+        return _ANALYZERS[name]
+    except KeyError:
+        raise ValueError(f"Unknown analyzer {name!r}. Known analyzers: "
+                         f"{', '.join(_ANALYZERS)}.") from None
+
+
 def create_analyzer(name: str, model: Any, **kwargs: Any):
     """Build an analyzer by name.
 
@@ -56,9 +82,4 @@ def create_analyzer(name: str, model: Any, **kwargs: Any):
     ValueError
         For an unknown name, listing the known ones.
     """
-    try:
-        cls = _ANALYZERS[name]
-    except KeyError:
-        raise ValueError(f"Unknown analyzer {name!r}. Known analyzers: "
-                         f"{', '.join(_ANALYZERS)}.") from None
-    return cls(model, **kwargs)
+    return analyzer_class(name)(model, **kwargs)

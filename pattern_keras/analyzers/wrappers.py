@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from pattern_keras import _checks, engine
 from pattern_keras.analyzers.base import Analyzer
-from pattern_keras.rules import ActivationRule, Composite, LinearRule
+from pattern_keras.rules import ActivationRule, Composite, GradientRule, LinearRule
 
 __all__ = ["IntegratedGradients", "SmoothGrad"]
 
@@ -39,8 +39,9 @@ class _PointwiseGradients(Analyzer):
         self.inner_batch_size = _checks.positive_int(inner_batch_size, "inner_batch_size")
         super().__init__(model, neuron_selection_mode=neuron_selection_mode)
 
-    def _composite(self) -> Composite:
-        return Composite({"linear": LinearRule(), "activation": ActivationRule("gate")})
+    def _composite(self, values) -> Composite:
+        return Composite({"linear": LinearRule(), "activation": ActivationRule("gate")},
+                         default=GradientRule())
 
     def _points(self, inputs: list[Any], index: Any) -> tuple[list[Any], Any]:
         """For point indices ``index`` (``m`` of them, some possibly ``>= num_points``: weight
@@ -61,7 +62,6 @@ class _PointwiseGradients(Analyzer):
     def _explain(self, inputs, selection):
         program = self._program
         inputs = list(inputs)
-        composite = self._composite()
         mask = self._selection_mask(inputs, selection)          # (n, outputs)
         n = tf.shape(inputs[0])[0]
         total = self.num_points
@@ -78,7 +78,7 @@ class _PointwiseGradients(Analyzer):
             index = i * m + tf.range(m)
             points, weights = self._points(inputs, index)
             values = engine.forward(program, points)
-            grads = engine.backward(program, values, seed, composite)
+            grads = engine.backward(program, values, seed, self._composite(values))
             new = []
             for a, g, x in zip(acc, grads, inputs):
                 g = tf.reshape(g, tf.concat([[m], tf.shape(x)], axis=0))
