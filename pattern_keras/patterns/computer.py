@@ -455,7 +455,7 @@ class _State:
             return out
 
         def nothing():
-            return {key: {name: tf.zeros(plan.part.neuron_shape if name in _NEURON_NAMES
+            return {key: {name: tf.zeros(plan.part.neuron_shape if SUMS[name].over == "neuron"
                                          else plan.part.kernel_shape, tf.float64)
                           for name in plan.stats}
                     for key, plan in plans.items()}
