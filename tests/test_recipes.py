@@ -150,7 +150,8 @@ def test_recipe_adding_a_layer_kind(monkeypatch):
 def _derive_positive(stats):
     """The positive regime's estimator for every layer, also those that keep both regimes."""
     s = stats.sums
-    return stats._regime(s["n_pos"], s["sum_y_pos"], s["sum_x_pos"], s["sum_xy_pos"]), None
+    a, undefined = stats._regime(s["n_pos"], s["sum_y_pos"], s["sum_x_pos"], s["sum_xy_pos"])
+    return a, None, {"a₊": undefined}
 
 
 def test_recipe_adding_an_estimator(monkeypatch, tmp_path):

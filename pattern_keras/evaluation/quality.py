@@ -417,7 +417,7 @@ def _estimator_patterns(model, program, plans, fit_part, estimators, batch_size,
                 pair = (a, a)
             else:
                 layer = _filter_statistics(plan) if stats is None else stats[key]
-                a_pos, a_neg = estimator(name).derive(
+                a_pos, a_neg, _ = estimator(name).derive(
                     dataclasses.replace(layer, pattern_type=name))
                 pair = (_flat(a_pos, plan), _flat(a_pos if a_neg is None else a_neg, plan))
             out[key][name] = tuple(_normalized(a, w) for a in pair)
