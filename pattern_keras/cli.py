@@ -42,7 +42,6 @@ __all__ = ["main", "UsageError", "load_data", "load_model", "PREPROCESS_MODES"]
 PROG = "pattern-keras"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 PREPROCESS_MODES = ("none", "unit", "caffe", "tf", "torch")
-PATTERN_TYPES = ("relu", "linear", "filter")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 PATTERN_METHODS = ("pattern.net", "pattern.attribution")
 
@@ -748,6 +747,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``pattern-keras`` (all subcommands)."""
+    from pattern_keras.patterns.statistics import ESTIMATORS  # numpy only: no TensorFlow
     from pattern_keras._version import __version__
 
     parser = _Parser(
@@ -768,8 +768,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a .npy, a .npz, a folder of images (read in batches), or one image")
     p.add_argument("-o", "--output", required=True, metavar="PATTERNS.h5",
                    help="the pattern file to write")
-    p.add_argument("--pattern-type", choices=PATTERN_TYPES, default="relu",
-                   help="signal estimator: relu (two-component, default), linear, filter")
+    p.add_argument("--pattern-type", choices=tuple(ESTIMATORS), default="relu",
+                   help="signal estimator (default relu): " + "; ".join(
+                       f"{e.name}: {e.description}" for e in ESTIMATORS.values()))
     p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
     p.add_argument("--steps", type=int, help="use only the first STEPS batches")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
