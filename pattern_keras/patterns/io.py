@@ -435,7 +435,7 @@ def _read_file(path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
         The model's fingerprint: checked before any array is read (a ``ValueError`` naming the
         first difference).
     """
-    from pattern_keras.patterns.statistics import needed_statistics
+    from pattern_keras.patterns.statistics import ESTIMATORS, needed_statistics
 
     path = os.fspath(path)
     with _open(path) as f:
@@ -504,7 +504,7 @@ def _read_file(path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
             _exact_members(g, set(_PATTERN_ATTRS), set(_PATTERN_ATTRS), path, "attribute")
             _exact_members(g, {"a", "a_negative"}, {"a"}, path, "entry")
             kind = _attr(g, "pattern_type", path)
-            if kind not in ("relu", "linear", "filter"):
+            if kind not in ESTIMATORS:  # the estimator table, as it is now
                 raise _damaged(path, f"'{g.name}' has the unknown pattern type {kind!r}")
             kinds[key] = kind
             shape = check_kernel(g["a"], kernel_shape(key, g), f"the pattern of layer '{key}'")
