@@ -32,12 +32,13 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 @dataclass
@@ -89,8 +90,9 @@ def vgg_style(seed: int = 0):
     h = x
     for block, filters in enumerate((64, 64, 128, 128), start=1):
         for i in (1, 2):
-            h = layers.Conv2D(filters, 3, padding="same", activation="relu",
-                              name=f"block{block}_conv{i}")(h)
+            h = layers.Conv2D(
+                filters, 3, padding="same", activation="relu", name=f"block{block}_conv{i}"
+            )(h)
         h = layers.MaxPooling2D(2, name=f"block{block}_pool")(h)
     h = layers.Flatten(name="flatten")(h)
     h = layers.Dense(256, activation="relu", name="fc")(h)
@@ -150,8 +152,9 @@ def gradient_baseline(model):
     return grad
 
 
-def bench_network(label: str, model, x: np.ndarray, repeats: int,
-                  only: set[str] | None) -> list[tuple[str, ...]]:
+def bench_network(
+    label: str, model, x: np.ndarray, repeats: int, only: set[str] | None
+) -> list[tuple[str, ...]]:
     import tensorflow as tf
 
     rows = []
@@ -168,27 +171,44 @@ def bench_network(label: str, model, x: np.ndarray, repeats: int,
             continue
         cls = load_analyzer(spec)
         if cls is None:
-            rows.append((label, spec.label, "–", "–", "–",
-                         f"skipped: no pattern_keras.analyzers.{spec.name}"))
+            rows.append(
+                (
+                    label,
+                    spec.label,
+                    "–",
+                    "–",
+                    "–",
+                    f"skipped: no pattern_keras.analyzers.{spec.name}",
+                )
+            )
             continue
         try:
             analyzer = cls(model, **spec.kwargs)
             if spec.fit:
                 start = time.perf_counter()
                 analyzer.fit(x, batch_size=len(x), verbose=0)
-                print(f"[{label}] {spec.label}: fit {time.perf_counter() - start:.1f} s "
-                      "(not timed)", file=sys.stderr, flush=True)
+                print(
+                    f"[{label}] {spec.label}: fit {time.perf_counter() - start:.1f} s (not timed)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             t, base, ratio, cpu_ratio = compare(
-                lambda: analyzer.analyze(x, batch_size=len(x)), baseline, repeats)
+                lambda a=analyzer: a.analyze(x, batch_size=len(x)), baseline, repeats
+            )
         except Exception as err:  # one broken analyzer must not hide the others' numbers
             message = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:120]}"
             rows.append((label, spec.label, "–", "–", "–", f"failed: {message}"))
             print(f"[{label}] {spec.label}: failed: {err}", file=sys.stderr, flush=True)
             continue
-        rows.append((label, spec.label, f"{t:.3f}", f"{base:.3f}", f"{ratio:.2f}",
-                     f"{cpu_ratio:.2f}"))
-        print(f"[{label}] {spec.label}: {t:.3f} s, gradient {base:.3f} s, ratio {ratio:.2f} "
-              f"(CPU time {cpu_ratio:.2f})", file=sys.stderr, flush=True)
+        rows.append(
+            (label, spec.label, f"{t:.3f}", f"{base:.3f}", f"{ratio:.2f}", f"{cpu_ratio:.2f}")
+        )
+        print(
+            f"[{label}] {spec.label}: {t:.3f} s, gradient {base:.3f} s, ratio {ratio:.2f} "
+            f"(CPU time {cpu_ratio:.2f})",
+            file=sys.stderr,
+            flush=True,
+        )
         del analyzer
     return rows
 
@@ -197,12 +217,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-vgg16", action="store_true", help="only the VGG-style network")
     parser.add_argument("--skip-vgg-style", action="store_true", help="only VGG16")
-    parser.add_argument("--quick", action="store_true",
-                        help="16 images, 3 repeats, VGG-style network only")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed repeats on the VGG-style network (default 5, --quick 3)")
-    parser.add_argument("--vgg16-repeats", type=int, default=2,
-                        help="timed repeats on VGG16 (default 2: one pass takes seconds)")
+    parser.add_argument(
+        "--quick", action="store_true", help="16 images, 3 repeats, VGG-style network only"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed repeats on the VGG-style network (default 5, --quick 3)",
+    )
+    parser.add_argument(
+        "--vgg16-repeats",
+        type=int,
+        default=2,
+        help="timed repeats on VGG16 (default 2: one pass takes seconds)",
+    )
     parser.add_argument("--only", nargs="*", default=None, help="analyzer labels to run")
     args = parser.parse_args(argv)
 
@@ -214,11 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     n_small = 16 if args.quick else 64
     if not args.skip_vgg_style:
-        rows += bench_network(f"VGG-style 64×64, {n_small} images", vgg_style(),
-                              images(n_small, 64), repeats, only)
+        rows += bench_network(
+            f"VGG-style 64×64, {n_small} images", vgg_style(), images(n_small, 64), repeats, only
+        )
     if not (args.skip_vgg16 or args.quick):
-        rows += bench_network("VGG16 224×224, 8 images", vgg16(), images(8, 224),
-                              args.vgg16_repeats, only)
+        rows += bench_network(
+            "VGG16 224×224, 8 images", vgg16(), images(8, 224), args.vgg16_repeats, only
+        )
 
     print_table(rows)
     return 0

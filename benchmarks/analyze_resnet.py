@@ -35,7 +35,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def _helpers():
@@ -54,10 +54,22 @@ Spec = bench.Spec
 #: The analyzers timed, in table order, and the number of gradient evaluations per image that
 #: the ratio is divided by (1: one backward pass).
 ANALYZERS: list[tuple[Spec, int]] = [(spec, 1) for spec in bench.ANALYZERS] + [
-    (Spec("IntegratedGradients (per step, 4 steps)", "IntegratedGradients",
-          {"steps": 4, "inner_batch_size": 32}), 4),
-    (Spec("SmoothGrad (per sample, 4 samples)", "SmoothGrad",
-          {"samples": 4, "inner_batch_size": 32}), 4),
+    (
+        Spec(
+            "IntegratedGradients (per step, 4 steps)",
+            "IntegratedGradients",
+            {"steps": 4, "inner_batch_size": 32},
+        ),
+        4,
+    ),
+    (
+        Spec(
+            "SmoothGrad (per sample, 4 samples)",
+            "SmoothGrad",
+            {"samples": 4, "inner_batch_size": 32},
+        ),
+        4,
+    ),
 ]
 
 
@@ -69,8 +81,9 @@ def application(name: str, size: int, seed: int = 0):
     import keras
 
     keras.utils.set_random_seed(seed)
-    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3),
-                                              classifier_activation=None)
+    model = getattr(keras.applications, name)(
+        weights=None, input_shape=(size, size, 3), classifier_activation=None
+    )
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -88,13 +101,18 @@ def resnet50(size: int, seed: int = 0):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=MODELS, default="ResNet50",
-                        help="the keras.applications family (default ResNet50)")
+    parser.add_argument(
+        "--model",
+        choices=MODELS,
+        default="ResNet50",
+        help="the keras.applications family (default ResNet50)",
+    )
     parser.add_argument("--size", type=int, default=224, help="image size (default 224)")
     parser.add_argument("--images", type=int, default=8, help="images per pass (default 8)")
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats (default 2)")
-    parser.add_argument("--only", nargs="*", default=None,
-                        help="analyzer labels (or class names) to run")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="analyzer labels (or class names) to run"
+    )
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -124,17 +142,33 @@ def main(argv: list[str] | None = None) -> int:
         if spec.fit:
             start = time.perf_counter()
             analyzer.fit(x, batch_size=len(x), verbose=0)
-            print(f"[{label}] {spec.label}: fit {time.perf_counter() - start:.1f} s (not timed)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{label}] {spec.label}: fit {time.perf_counter() - start:.1f} s (not timed)",
+                file=sys.stderr,
+                flush=True,
+            )
         start = time.perf_counter()
         t, base, ratio, cpu_ratio = bench.compare(
-            lambda: analyzer.analyze(x, batch_size=len(x)), baseline, args.repeats)
+            lambda a=analyzer: a.analyze(x, batch_size=len(x)), baseline, args.repeats
+        )
         total = time.perf_counter() - start
-        rows.append((label, spec.label, f"{t:.2f}", f"{base:.2f}", f"{ratio / points:.2f}",
-                     f"{cpu_ratio / points:.2f}"))
-        print(f"[{label}] {spec.label}: {t:.2f} s, gradient {base:.2f} s, ratio "
-              f"{ratio / points:.2f} (CPU {cpu_ratio / points:.2f}); {total:.0f} s with the "
-              "trace", file=sys.stderr, flush=True)
+        rows.append(
+            (
+                label,
+                spec.label,
+                f"{t:.2f}",
+                f"{base:.2f}",
+                f"{ratio / points:.2f}",
+                f"{cpu_ratio / points:.2f}",
+            )
+        )
+        print(
+            f"[{label}] {spec.label}: {t:.2f} s, gradient {base:.2f} s, ratio "
+            f"{ratio / points:.2f} (CPU {cpu_ratio / points:.2f}); {total:.0f} s with the "
+            "trace",
+            file=sys.stderr,
+            flush=True,
+        )
         del analyzer
     bench.print_table(rows)
     return 0

@@ -72,16 +72,20 @@ def make_data(n: int):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    return (rng.uniform(0, 1, (n, 64, 64, 3)).astype(np.float32),
-            rng.integers(0, 10, n).astype(np.int64))
+    return (
+        rng.uniform(0, 1, (n, 64, 64, 3)).astype(np.float32),
+        rng.integers(0, 10, n).astype(np.int64),
+    )
 
 
 def compiled_model():
     import keras
 
     model = build_model()
-    model.compile(optimizer=keras.optimizers.SGD(0.01),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     return model
 
 
@@ -109,8 +113,7 @@ def child_time(args) -> dict:
     for _ in range(args.repeats):
         runs["train"].append(timed(train))
         runs["fit"].append(timed(fit))
-    one_batch = timed(lambda: computer.compute(x[:BATCH_SIZE], batch_size=BATCH_SIZE,
-                                               verbose=0))
+    one_batch = timed(lambda: computer.compute(x[:BATCH_SIZE], batch_size=BATCH_SIZE, verbose=0))
     return {"runs": runs, "first": first, "one_batch": one_batch}
 
 
@@ -133,7 +136,8 @@ def child_replicas(args) -> dict:
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * args.n)
+        cpu, [tf.config.LogicalDeviceConfiguration()] * args.n
+    )
 
     from pattern_keras.patterns import PatternComputer
 
@@ -159,8 +163,7 @@ def run_child(child: str, timeout: float, **options) -> dict:
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -169,7 +172,7 @@ def run_child(child: str, timeout: float, **options) -> dict:
         raise RuntimeError(f"{child} ran past {timeout} s; killed") from None
     for line in out.splitlines():
         if line.startswith(RESULT):
-            return json.loads(line[len(RESULT):])
+            return json.loads(line[len(RESULT) :])
     raise RuntimeError(f"{child} failed (exit {proc.returncode}):\n{err[-3000:]}")
 
 
@@ -188,25 +191,33 @@ def report_time(result: dict, images: int) -> str:
         t = statistics.median(r[i] for r in train)
         ratio = statistics.median(a[i] / b[i] for a, b in zip(fit, train))
         rows.append([what, f"{t:.1f} s", f"{f:.1f} s", f"{ratio:.2f}×"])
-    text = table(["time", f"training epoch ({images} images)", "PatternComputer.compute",
-                  "fit / epoch (median ratio)"], rows)
+    text = table(
+        [
+            "time",
+            f"training epoch ({images} images)",
+            "PatternComputer.compute",
+            "fit / epoch (median ratio)",
+        ],
+        rows,
+    )
     first = result["first"]
     wall, cpu = result["one_batch"]
     return text + (
         f"\n\nFirst runs (with tracing, untimed above): epoch {first['train'][0]:.1f} s wall / "
         f"{first['train'][1]:.1f} s CPU, fit {first['fit'][0]:.1f} s / {first['fit'][1]:.1f} s. "
         f"A refit of one batch (the step already traced): {wall:.1f} s wall, {cpu:.1f} s CPU. "
-        f"{len(fit)} timed repeat(s).")
+        f"{len(fit)} timed repeat(s)."
+    )
 
 
 def report_memory(results: dict) -> str:
     base = results["memory-baseline"]["maxrss_mb"]
     fit = results["memory-fit"]["maxrss_mb"] - base
     train = results["memory-train"]["maxrss_mb"] - base
-    return table(["peak RSS", "baseline (model + data)", "training epoch", "PatternComputer",
-                  "fit / epoch"],
-                 [["MB", f"{base:.0f}", f"+{train:.0f}", f"+{fit:.0f}",
-                   f"{fit / train:.2f}×"]])
+    return table(
+        ["peak RSS", "baseline (model + data)", "training epoch", "PatternComputer", "fit / epoch"],
+        [["MB", f"{base:.0f}", f"+{train:.0f}", f"+{fit:.0f}", f"{fit / train:.2f}×"]],
+    )
 
 
 def report_replicas(results: list[dict]) -> str:
@@ -217,10 +228,27 @@ def report_replicas(results: list[dict]) -> str:
         cpu = statistics.median(run[1] for run in r["runs"])
         throughput = r["images"] / wall
         single = single or throughput
-        rows.append([str(r["replicas"]), f"{wall:.1f} s", f"{cpu:.1f} s", f"{throughput:.1f}",
-                     f"{r['images'] / cpu:.1f}", f"{throughput / single:.2f}×"])
-    return table(["replicas (logical CPUs)", f"fit ({results[0]['images']} images), wall",
-                  "CPU", "images/s", "images per CPU-second", "images/s vs 1 replica"], rows)
+        rows.append(
+            [
+                str(r["replicas"]),
+                f"{wall:.1f} s",
+                f"{cpu:.1f} s",
+                f"{throughput:.1f}",
+                f"{r['images'] / cpu:.1f}",
+                f"{throughput / single:.2f}×",
+            ]
+        )
+    return table(
+        [
+            "replicas (logical CPUs)",
+            f"fit ({results[0]['images']} images), wall",
+            "CPU",
+            "images/s",
+            "images per CPU-second",
+            "images/s vs 1 replica",
+        ],
+        rows,
+    )
 
 
 def main(argv=None) -> None:
@@ -229,13 +257,18 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--replica-images", type=int, default=256)
-    parser.add_argument("--quick", action="store_true",
-                        help="one timed repeat; 128 images for the replica table")
+    parser.add_argument(
+        "--quick", action="store_true", help="one timed repeat; 128 images for the replica table"
+    )
     parser.add_argument("--skip-time", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-replicas", action="store_true")
-    parser.add_argument("--timeout", type=float, default=1800,
-                        help="seconds before a measurement subprocess is killed")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=1800,
+        help="seconds before a measurement subprocess is killed",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -254,13 +287,19 @@ def main(argv=None) -> None:
         print("## Time: PatternComputer.compute vs one training epoch\n")
         print(report_time(result, args.images) + "\n", flush=True)
     if not args.skip_memory:
-        results = {c: run_child(c, args.timeout, images=args.images)
-                   for c in ("memory-baseline", "memory-fit", "memory-train")}
+        results = {
+            c: run_child(c, args.timeout, images=args.images)
+            for c in ("memory-baseline", "memory-fit", "memory-train")
+        }
         print("## Peak memory (each in its own process)\n")
         print(report_memory(results) + "\n", flush=True)
     if not args.skip_replicas:
-        results = [run_child("replicas", args.timeout, n=n, images=args.replica_images,
-                             repeats=args.repeats) for n in args.replicas]
+        results = [
+            run_child(
+                "replicas", args.timeout, n=n, images=args.replica_images, repeats=args.repeats
+            )
+            for n in args.replicas
+        ]
         print("## Statistics throughput with MirroredStrategy\n")
         print(report_replicas(results) + "\n", flush=True)
 

@@ -7,6 +7,7 @@ each folder in a fresh process (the checkout at CODE_ROOT, default this one, on 
 printing the process's peak resident memory (``ru_maxrss``). Streaming keeps it flat; loading
 the folder at once grows it by about 0.2 MB per image here (float32 array plus PIL copies).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,12 +36,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         keras.utils.set_random_seed(5)
-        model = keras.Sequential([
-            keras.Input((64, 64, 3)),
-            keras.layers.Conv2D(4, 3, strides=4, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(2),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input((64, 64, 3)),
+                keras.layers.Conv2D(4, 3, strides=4, activation="relu"),
+                keras.layers.Flatten(),
+                keras.layers.Dense(2),
+            ]
+        )
         model.save(tmp / "m.keras")
         rng = np.random.default_rng(6)
         print(f"{'images':>8}  peak RSS (MB)   [{root}]")
@@ -48,12 +51,22 @@ def main() -> None:
             folder = tmp / f"images{n}"
             folder.mkdir()
             for i in range(n):
-                keras.utils.save_img(folder / f"{i:05d}.png",
-                                     rng.integers(0, 256, (64, 64, 3)), scale=False)
+                keras.utils.save_img(
+                    folder / f"{i:05d}.png", rng.integers(0, 256, (64, 64, 3)), scale=False
+                )
             result = subprocess.run(
-                [sys.executable, "-c", SCRIPT, str(tmp / "m.keras"), str(folder),
-                 str(tmp / f"p{n}.h5")],
-                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": root})
+                [
+                    sys.executable,
+                    "-c",
+                    SCRIPT,
+                    str(tmp / "m.keras"),
+                    str(folder),
+                    str(tmp / f"p{n}.h5"),
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": root},
+            )
             report = json.loads(result.stdout.strip().splitlines()[-1])
             if report["code"] != 0:
                 sys.exit(result.stderr)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def _module(name: str):
@@ -66,8 +66,9 @@ def measure(label: str, model, x: np.ndarray, repeats: int) -> tuple[str, ...]:
     check = analyzer.check_patterns_current
     analyze()
     check()
-    cpu_ratios, wall_ratios, analyze_cpu, analyze_wall, check_cpu, check_wall = ([] for _ in
-                                                                                range(6))
+    cpu_ratios, wall_ratios, analyze_cpu, analyze_wall, check_cpu, check_wall = (
+        [] for _ in range(6)
+    )
     for _ in range(repeats):
         a_wall, a_cpu = timed(analyze)
         c_wall, c_cpu = timed(check)
@@ -79,17 +80,25 @@ def measure(label: str, model, x: np.ndarray, repeats: int) -> tuple[str, ...]:
         check_wall.append(c_wall)
     med = statistics.median
     n_weights = sum(int(np.prod(w.shape)) for w in model.weights)
-    return (label, f"{n_weights / 1e6:.1f} M", f"{med(analyze_cpu):.2f}", f"{med(check_cpu):.3f}",
-            f"{100 * med(cpu_ratios):.2f} %", f"{med(analyze_wall):.2f}",
-            f"{med(check_wall):.3f}", f"{100 * med(wall_ratios):.2f} %")
+    return (
+        label,
+        f"{n_weights / 1e6:.1f} M",
+        f"{med(analyze_cpu):.2f}",
+        f"{med(check_cpu):.3f}",
+        f"{100 * med(cpu_ratios):.2f} %",
+        f"{med(analyze_wall):.2f}",
+        f"{med(check_wall):.3f}",
+        f"{100 * med(wall_ratios):.2f} %",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--only", nargs="*", choices=["VGG16", "ResNet50"],
-                        default=["VGG16", "ResNet50"])
+    parser.add_argument(
+        "--only", nargs="*", choices=["VGG16", "ResNet50"], default=["VGG16", "ResNet50"]
+    )
     args = parser.parse_args(argv)
     bench = _module("analyze")
     x = bench.images(8, args.size)
@@ -98,16 +107,18 @@ def main(argv: list[str] | None = None) -> int:
         import keras
 
         keras.utils.set_random_seed(0)
-        model = keras.applications.VGG16(weights=None, input_shape=(args.size, args.size, 3),
-                                         classifier_activation=None)
+        model = keras.applications.VGG16(
+            weights=None, input_shape=(args.size, args.size, 3), classifier_activation=None
+        )
         rows.append(measure(f"VGG16 {args.size}×{args.size}, 8 images", model, x, args.repeats))
         del model
     if "ResNet50" in args.only:
         model = _module("analyze_resnet").resnet50(args.size)
-        rows.append(measure(f"ResNet50 {args.size}×{args.size}, 8 images", model, x,
-                            args.repeats))
-    print("| network | weights | analyze CPU (s) | check CPU (s) | check/analyze CPU | "
-          "analyze wall (s) | check wall (s) | check/analyze wall |")
+        rows.append(measure(f"ResNet50 {args.size}×{args.size}, 8 images", model, x, args.repeats))
+    print(
+        "| network | weights | analyze CPU (s) | check CPU (s) | check/analyze CPU | "
+        "analyze wall (s) | check wall (s) | check/analyze wall |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

@@ -9,6 +9,7 @@ Run::
 
     python examples/digits.py --output digits.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,22 +17,25 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def build_model(classes: int = 10):
     import keras
 
     layers = keras.layers
-    return keras.Sequential([
-        keras.Input((8, 8, 1)),
-        layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
-        layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
-        layers.MaxPooling2D(name="pool"),
-        layers.Flatten(name="flatten"),
-        layers.Dense(64, activation="relu", name="dense"),
-        layers.Dense(classes, name="logits"),
-    ], name="digits_cnn")
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
+            layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
+            layers.MaxPooling2D(name="pool"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(64, activation="relu", name="dense"),
+            layers.Dense(classes, name="logits"),
+        ],
+        name="digits_cnn",
+    )
 
 
 def main(argv=None) -> int:
@@ -60,9 +64,11 @@ def main(argv=None) -> int:
 
     keras.utils.set_random_seed(args.seed)
     model = build_model()
-    model.compile(keras.optimizers.Adam(2e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(2e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     epochs = 2 if args.quick else args.epochs
     model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
     accuracy = model.evaluate(x_test, y_test, verbose=0)[1]
@@ -82,18 +88,19 @@ def main(argv=None) -> int:
         "PatternNet": pattern_net,
         "PatternAttribution": pattern_attribution,
     }
-    shown = x_test[:args.rows]
+    shown = x_test[: args.rows]
     explanations = {name: a.analyze(shown) for name, a in analyzers.items()}
     predicted = model.predict(shown, verbose=0).argmax(axis=1)
     figure = plot.explanation_grid(
-        shown, explanations,
-        row_labels=[f"{t} (pred. {p})" for t, p in zip(y_test[:args.rows], predicted)],
-        title="digits: explanations of the predicted class")
+        shown,
+        explanations,
+        row_labels=[f"{t} (pred. {p})" for t, p in zip(y_test[: args.rows], predicted)],
+        title="digits: explanations of the predicted class",
+    )
     plot.save_figure(figure, args.output)
     print(f"Saved the grid to {args.output}")
 
-    print("Image degradation on the test digits (1x1 patches, 16 steps; AOPC, higher is "
-          "better):")
+    print("Image degradation on the test digits (1x1 patches, 16 steps; AOPC, higher is better):")
     for name in ("Gradient", "GuidedBackprop", "LRP-Z", "PatternAttribution"):
         result = image_degradation(model, analyzers[name], x_test, patch_size=1, steps=16)
         print(f"  {name:>18}: {result.aopc:.3f}")

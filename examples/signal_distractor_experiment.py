@@ -40,22 +40,24 @@ input, and the inputs of layers after a ReLU have a large mean (see
 estimators as the paper does: linear and two-component far above filter and random, in every
 layer, with the two-component estimator no better than the linear one on this network.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import pattern_keras as pk  # noqa: E402
-from pattern_keras.datasets import signal_distractor  # noqa: E402
-from pattern_keras.evaluation import (  # noqa: E402
+import pattern_keras as pk
+from pattern_keras.datasets import signal_distractor
+from pattern_keras.evaluation import (
     signal_cosine,
     signal_estimator_quality,
     topk_precision,
@@ -106,12 +108,14 @@ def make_analyzers(model: keras.Model, x_fit: np.ndarray) -> dict[str, Any]:
         net = pk.PatternNet(model, pattern_type=kind).fit(x_fit, batch_size=256, verbose=0)
         analyzers[f"PatternNet ({kind})"] = net
         analyzers[f"PatternAttribution ({kind})"] = pk.PatternAttribution(
-            model, pattern_type=kind, patterns=net.patterns)
+            model, pattern_type=kind, patterns=net.patterns
+        )
     return {name: analyzers[name] for name in METHODS}
 
 
-def run_experiment(seed: int = 0, n_train: int = 3000, n_test: int = 500, epochs: int = 20,
-                   batch_size: int = 64) -> dict[str, Any]:
+def run_experiment(
+    seed: int = 0, n_train: int = 3000, n_test: int = 500, epochs: int = 20, batch_size: int = 64
+) -> dict[str, Any]:
     """Train the network on fresh data and score every analyzer and estimator.
 
     Returns
@@ -124,11 +128,19 @@ def run_experiment(seed: int = 0, n_train: int = 3000, n_test: int = 500, epochs
     train = signal_distractor(n_train, seed=2 * seed + 1)
     test = signal_distractor(n_test, seed=2 * seed + 2)
     model = build_model(seed)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+    )
     start = time.perf_counter()
-    model.fit(train.x, train.labels.astype("float32"), epochs=epochs, batch_size=batch_size,
-              shuffle=True, verbose=0)
+    model.fit(
+        train.x,
+        train.labels.astype("float32"),
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        verbose=0,
+    )
     train_seconds = time.perf_counter() - start
     logit = np.asarray(model(test.x, training=False))[:, 0]
     accuracy = float(np.mean((logit > 0) == (test.labels == 1)))
@@ -143,8 +155,13 @@ def run_experiment(seed: int = 0, n_train: int = 3000, n_test: int = 500, epochs
             "topk": float(topk_precision(explanation, test.support).mean()),
         }
     quality = signal_estimator_quality(model, train.x, test.x, estimators=ESTIMATORS)
-    return {"scores": scores, "quality": quality, "accuracy": accuracy,
-            "train_seconds": train_seconds, "model": model}
+    return {
+        "scores": scores,
+        "quality": quality,
+        "accuracy": accuracy,
+        "train_seconds": train_seconds,
+        "model": model,
+    }
 
 
 def _cell(values: Sequence[float]) -> str:
@@ -179,9 +196,11 @@ def markdown_tables(runs: Sequence[dict[str, Any]]) -> str:
 CLAIMS = {
     "PatternNet ({kind}) cosine > Gradient, DeConvNet, GuidedBackprop": lambda s, kind: (
         s[f"PatternNet ({kind})"]["cosine"]
-        > max(s[m]["cosine"] for m in ("Gradient", "DeConvNet", "GuidedBackprop"))),
+        > max(s[m]["cosine"] for m in ("Gradient", "DeConvNet", "GuidedBackprop"))
+    ),
     "PatternAttribution ({kind}) top-k precision > LRPZ": lambda s, kind: (
-        s[f"PatternAttribution ({kind})"]["topk"] > s["LRPZ"]["topk"]),
+        s[f"PatternAttribution ({kind})"]["topk"] > s["LRPZ"]["topk"]
+    ),
 }
 
 
@@ -189,8 +208,10 @@ def claims_table(runs: Sequence[dict[str, Any]]) -> str:
     """In how many runs each of the paper's claims holds, per pattern type."""
     lines = ["| claim | linear patterns | relu (two-component) patterns |", "|---|---|---|"]
     for text, holds in CLAIMS.items():
-        cells = [f"{sum(bool(holds(run['scores'], kind)) for run in runs)}/{len(runs)} seeds"
-                 for kind in ("linear", "relu")]
+        cells = [
+            f"{sum(bool(holds(run['scores'], kind)) for run in runs)}/{len(runs)} seeds"
+            for kind in ("linear", "relu")
+        ]
         lines.append(f"| {text.format(kind='·')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -205,13 +226,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = []
     for seed in args.seeds:
         run = run_experiment(seed, n_train=args.n_train, n_test=args.n_test, epochs=args.epochs)
-        print(f"seed {seed}: test accuracy {run['accuracy']:.3f}, trained in "
-              f"{run['train_seconds']:.1f} s", file=sys.stderr)
+        print(
+            f"seed {seed}: test accuracy {run['accuracy']:.3f}, trained in "
+            f"{run['train_seconds']:.1f} s",
+            file=sys.stderr,
+        )
         runs.append(run)
     seeds = ", ".join(str(s) for s in args.seeds)
-    print(f"Signal/distractor data, 16×16, {args.n_train} training and {args.n_test} test "
-          f"images; Conv2D(8)–MaxPool–Dense(16)–Dense(1), {args.epochs} epochs; seeds {seeds}; "
-          f"test accuracy {_cell([r['accuracy'] for r in runs])}.\n")
+    print(
+        f"Signal/distractor data, 16×16, {args.n_train} training and {args.n_test} test "
+        f"images; Conv2D(8)–MaxPool–Dense(16)–Dense(1), {args.epochs} epochs; seeds {seeds}; "
+        f"test accuracy {_cell([r['accuracy'] for r in runs])}.\n"
+    )
     print(markdown_tables(runs))
     print()
     print(claims_table(runs))

@@ -18,6 +18,7 @@ Run::
 
     python examples/toy_example.py --output toy_example.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 A_SIGNAL = np.array([1.0, 0.0])
 A_DISTRACTOR = np.array([1.0, 1.0])
@@ -45,16 +46,21 @@ def toy_model():
     """The optimal linear model ``y = wᵀx`` with ``w = (1, -1)`` and no bias."""
     import keras
 
-    model = keras.Sequential([keras.Input((2,)),
-                              keras.layers.Dense(1, use_bias=False, name="w")], name="toy")
+    model = keras.Sequential(
+        [keras.Input((2,)), keras.layers.Dense(1, use_bias=False, name="w")], name="toy"
+    )
     model.get_layer("w").set_weights([W.reshape(2, 1).astype(np.float32)])
     return model
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", "-o", default="toy_example.png",
-                        help="where to save the figure (default toy_example.png)")
+    parser.add_argument(
+        "--output",
+        "-o",
+        default="toy_example.png",
+        help="where to save the figure (default toy_example.png)",
+    )
     parser.add_argument("--n", type=int, default=10_000, help="samples to fit on (10,000)")
     parser.add_argument("--sigma", type=float, default=0.3, help="distractor std (0.3)")
     parser.add_argument("--seed", type=int, default=0)
@@ -64,8 +70,10 @@ def main(argv=None) -> int:
 
     x, y = toy_data(args.n, args.sigma, args.seed)
     model = toy_model()
-    print(f"Toy example: x = a_s*y + a_d*eps, a_s = {A_SIGNAL}, a_d = {A_DISTRACTOR}, "
-          f"y ~ U[-1, 1], eps ~ N(0, {args.sigma}^2).")
+    print(
+        f"Toy example: x = a_s*y + a_d*eps, a_s = {A_SIGNAL}, a_d = {A_DISTRACTOR}, "
+        f"y ~ U[-1, 1], eps ~ N(0, {args.sigma}^2)."
+    )
     print("The distractor eps has zero mean, as the paper assumes.")
     print(f"Filter w = {W} (w.x = y exactly); fitting patterns on {args.n} samples.\n")
 
@@ -75,8 +83,10 @@ def main(argv=None) -> int:
     a = patterns["w"][:, 0]
     print(f"fitted pattern a+ = {np.round(a, 4)}   (expected a_s = {A_SIGNAL})")
     if patterns.has_negative("w"):
-        print(f"fitted pattern a- = {np.round(patterns.negative('w')[:, 0], 4)}   "
-              "(the output is not rectified, so both regimes are kept)")
+        print(
+            f"fitted pattern a- = {np.round(patterns.negative('w')[:, 0], 4)}   "
+            "(the output is not rectified, so both regimes are kept)"
+        )
     linear = pk.PatternNet(model, pattern_type="linear").fit(x, batch_size=1000, verbose=0)
     print(f"linear pattern a  = {np.round(linear.patterns['w'][:, 0], 4)}\n")
 
@@ -94,8 +104,10 @@ def main(argv=None) -> int:
     for i, xi in enumerate(samples):
         cells = " | ".join(f"({r[i, 0]:+.3f}, {r[i, 1]:+.3f})".rjust(18) for r in results.values())
         print(f"({xi[0]:+.3f}, {xi[1]:+.3f}) {y[i]:+7.3f} | {cells}")
-    print("\nExpected: Gradient = w = (1, -1); LRP-Z = w*x; PatternNet = a_s*y = (y, 0); "
-          "PatternAttribution = w*a_s*y = (y, 0).")
+    print(
+        "\nExpected: Gradient = w = (1, -1); LRP-Z = w*x; PatternNet = a_s*y = (y, 0); "
+        "PatternAttribution = w*a_s*y = (y, 0)."
+    )
 
     figure = make_figure(x, y, a, results, samples, y[:4])
     folder = os.path.dirname(os.path.abspath(args.output))
@@ -117,8 +129,9 @@ def make_figure(x, y, a, results, samples, sample_y):
 
     def arrow(vector, colour, label):
         v = np.asarray(vector, float)
-        left.annotate("", xy=v, xytext=(0, 0),
-                      arrowprops=dict(arrowstyle="->", color=colour, lw=2.5))
+        left.annotate(
+            "", xy=v, xytext=(0, 0), arrowprops=dict(arrowstyle="->", color=colour, lw=2.5)
+        )
         left.plot([], [], color=colour, lw=2.5, label=label)
 
     arrow(A_SIGNAL, "black", "signal direction a_s = (1, 0)")
@@ -138,14 +151,20 @@ def make_figure(x, y, a, results, samples, sample_y):
     for j, name in enumerate(names):
         for k in range(2):
             offset = (2 * j + k) * width - 0.4 + width / 2
-            right.bar(positions + offset, results[name][:, k], width,
-                      color=colours[j % len(colours)], alpha=1.0 if k == 0 else 0.45,
-                      label=f"{name} ({'x1' if k == 0 else 'x2'})")
+            right.bar(
+                positions + offset,
+                results[name][:, k],
+                width,
+                color=colours[j % len(colours)],
+                alpha=1.0 if k == 0 else 0.45,
+                label=f"{name} ({'x1' if k == 0 else 'x2'})",
+            )
     right.axhline(0, color="black", lw=0.8)
-    right.set_xticks(positions,
-                     [f"x=({s[0]:+.2f},{s[1]:+.2f})\ny={t:+.2f}" for s, t in zip(samples,
-                                                                               sample_y)],
-                     fontsize=8)
+    right.set_xticks(
+        positions,
+        [f"x=({s[0]:+.2f},{s[1]:+.2f})\ny={t:+.2f}" for s, t in zip(samples, sample_y)],
+        fontsize=8,
+    )
     right.set_title("explanations of 4 samples (x1 dark, x2 light)")
     right.legend(fontsize=7, ncol=2)
     return figure

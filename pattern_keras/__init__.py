@@ -75,8 +75,18 @@ _EXPORTS = {
     "PatternStatistics": "pattern_keras.patterns",
     "model_fingerprint": "pattern_keras.patterns",
 }
-_SUBMODULES = ("analyzers", "datasets", "demo", "engine", "evaluation", "graph", "layers",
-               "patterns", "plot", "rules")
+_SUBMODULES = (
+    "analyzers",
+    "datasets",
+    "demo",
+    "engine",
+    "evaluation",
+    "graph",
+    "layers",
+    "patterns",
+    "plot",
+    "rules",
+)
 
 __all__ = [
     "__version__",

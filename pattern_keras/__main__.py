@@ -1,4 +1,5 @@
 """``python -m pattern_keras``: the same command line as ``pattern-keras``."""
+
 import sys
 
 from pattern_keras.cli import main

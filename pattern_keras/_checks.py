@@ -15,15 +15,25 @@ input_specs` gives it: one ``(shape, dtype)`` per model input, the batch axis ``
 from __future__ import annotations
 
 import numbers
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-__all__ = ["positive_int", "model_inputs", "batch_shape", "neuron_selection", "selection_mask",
-           "finite_values", "keras_x", "dense", "NEURON_SELECTION_MODES"]
+__all__ = [
+    "positive_int",
+    "model_inputs",
+    "batch_shape",
+    "neuron_selection",
+    "selection_mask",
+    "finite_values",
+    "keras_x",
+    "dense",
+    "NEURON_SELECTION_MODES",
+]
 
 NEURON_SELECTION_MODES = ("max_activation", "index", "all")
 
@@ -47,8 +57,13 @@ def _expected(shape: Sequence[Any], batch: str = "batch") -> str:
     return f"({batch}, {', '.join(str(d) for d in shape[1:])})"
 
 
-def model_inputs(x: Any, specs: Sequence[Spec], name: str = "input",
-                 as_numpy: bool = False, allow_empty: bool = False) -> list[Any]:
+def model_inputs(
+    x: Any,
+    specs: Sequence[Spec],
+    name: str = "input",
+    as_numpy: bool = False,
+    allow_empty: bool = False,
+) -> list[Any]:
     """Check ``x`` against the model's inputs and return one array per input.
 
     Parameters
@@ -77,14 +92,21 @@ def model_inputs(x: Any, specs: Sequence[Spec], name: str = "input",
     multi = len(specs) > 1
     if multi:
         if not isinstance(x, (list, tuple)) or len(x) != len(specs):
-            got = f"a {type(x).__name__}" if not isinstance(x, (list, tuple)) \
-                else f"{len(x)} arrays"
-            raise ValueError(f"The model has {len(specs)} inputs: pass a list of {len(specs)} "
-                             f"arrays as {name}, got {got}.")
+            got = (
+                f"a {type(x).__name__}" if not isinstance(x, (list, tuple)) else f"{len(x)} arrays"
+            )
+            raise ValueError(
+                f"The model has {len(specs)} inputs: pass a list of {len(specs)} "
+                f"arrays as {name}, got {got}."
+            )
         xs = list(x)
     else:
-        if isinstance(x, (list, tuple)) and len(x) == 1 and not np.isscalar(x[0]) \
-                and np.ndim(x[0]) == len(specs[0][0]):
+        if (
+            isinstance(x, (list, tuple))
+            and len(x) == 1
+            and not np.isscalar(x[0])
+            and np.ndim(x[0]) == len(specs[0][0])
+        ):
             x = x[0]
         xs = [x]
     out = []
@@ -104,17 +126,22 @@ def model_inputs(x: Any, specs: Sequence[Spec], name: str = "input",
         if not (np.issubdtype(arr_dtype, np.number) or np.issubdtype(arr_dtype, np.bool_)):
             raise ValueError(f"The {what} must be numeric; got an array of dtype {arr_dtype}.")
         if len(xi_shape) != len(shape):
-            raise ValueError(f"The {what} has rank {len(xi_shape)} (shape {xi_shape}); the model "
-                             f"expects rank {len(shape)}: {_expected(shape)}.")
+            raise ValueError(
+                f"The {what} has rank {len(xi_shape)} (shape {xi_shape}); the model "
+                f"expects rank {len(shape)}: {_expected(shape)}."
+            )
         for axis, (got, want) in enumerate(zip(xi_shape[1:], shape[1:]), start=1):
             if want is not None and got != want:
-                raise ValueError(f"The {what} has shape {xi_shape}; the model expects "
-                                 f"{_expected(shape)}: axis {axis} is {got}, expected {want}.")
+                raise ValueError(
+                    f"The {what} has shape {xi_shape}; the model expects "
+                    f"{_expected(shape)}: axis {axis} is {got}, expected {want}."
+                )
         if xi_shape[0] == 0 and not allow_empty:
             raise ValueError(f"The {what} is an empty batch (shape {xi_shape}).")
         if n is not None and xi_shape[0] != n:
-            raise ValueError(f"All inputs must have the same number of samples; got {n} and "
-                             f"{xi_shape[0]}.")
+            raise ValueError(
+                f"All inputs must have the same number of samples; got {n} and {xi_shape[0]}."
+            )
         n = xi_shape[0]
         if as_numpy:
             a = xi.numpy() if tf.is_tensor(xi) else xi
@@ -128,9 +155,12 @@ def batch_shape(shape: Sequence[Any], spec: Spec, name: str = "Batches") -> None
     """Check a batch's (possibly partly unknown) shape inside a data pipeline against ``spec``."""
     shape, want = tuple(shape), spec[0]
     if len(shape) != len(want) or any(
-            w is not None and s is not None and s != w for s, w in zip(shape[1:], want[1:])):
-        raise ValueError(f"{name} have shape {shape}; the model expects {_expected(want)}. "
-                         "Is the dataset batched?")
+        w is not None and s is not None and s != w for s, w in zip(shape[1:], want[1:])
+    ):
+        raise ValueError(
+            f"{name} have shape {shape}; the model expects {_expected(want)}. "
+            "Is the dataset batched?"
+        )
 
 
 def finite_values(arrays: Sequence[Any], name: str = "input", offset: int = 0) -> None:
@@ -165,10 +195,12 @@ def finite_values(arrays: Sequence[Any], name: str = "input", offset: int = 0) -
         bad_rows = rows if bad_rows is None else bad_rows | rows
     if count:
         first = offset + int(np.flatnonzero(bad_rows)[0])
-        raise ValueError(f"The {name} holds {count} NaN or infinite value"
-                         f"{'s' if count > 1 else ''} (the first in sample {first}, counting "
-                         "from 0): an explanation of such an input would be meaningless. Clean "
-                         "or drop those samples.")
+        raise ValueError(
+            f"The {name} holds {count} NaN or infinite value"
+            f"{'s' if count > 1 else ''} (the first in sample {first}, counting "
+            "from 0): an explanation of such an input would be meaningless. Clean "
+            "or drop those samples."
+        )
 
 
 def dense(value: Any, name: str = "data") -> None:
@@ -180,7 +212,8 @@ def dense(value: Any, name: str = "data") -> None:
         if isinstance(item, kinds):
             raise ValueError(
                 f"The {name} is a {type(item).__name__}: patterns need dense batches shaped like "
-                "the model's input (convert with `.to_tensor()` / `tf.sparse.to_dense`).")
+                "the model's input (convert with `.to_tensor()` / `tf.sparse.to_dense`)."
+            )
 
 
 def keras_x(element: Any, input_names: Sequence[str], name: str = "data") -> Any:
@@ -216,8 +249,11 @@ def keras_x(element: Any, input_names: Sequence[str], name: str = "data") -> Any
     if isinstance(element, dict):
         x = element
     elif isinstance(element, (list, tuple)):
-        if (n_inputs > 1 and len(element) == n_inputs
-                and not any(isinstance(e, nested) for e in element)):
+        if (
+            n_inputs > 1
+            and len(element) == n_inputs
+            and not any(isinstance(e, nested) for e in element)
+        ):
             x = element  # a flat list with one array per input
         elif 1 <= len(element) <= 3:
             x = element[0]
@@ -226,14 +262,20 @@ def keras_x(element: Any, input_names: Sequence[str], name: str = "data") -> Any
                     f"The {name} has a sample_weight (the third element of (x, y, "
                     "sample_weight)): pattern statistics are unweighted, so it would be "
                     "ignored. Drop it, or repeat samples to weight them. (A list of batches? "
-                    "Pass a generator or a tf.data.Dataset.)")
+                    "Pass a generator or a tf.data.Dataset.)"
+                )
         else:
             raise ValueError(
                 f"The {name} is a {type(element).__name__} of {len(element)} elements; pass x, "
                 f"(x, y) or (x, y, sample_weight)"
-                + (f", with x a list of {n_inputs} arrays or a dict keyed by input name "
-                   f"{list(input_names)}" if n_inputs > 1 else "")
-                + ", or a generator or tf.data.Dataset of such batches.")
+                + (
+                    f", with x a list of {n_inputs} arrays or a dict keyed by input name "
+                    f"{list(input_names)}"
+                    if n_inputs > 1
+                    else ""
+                )
+                + ", or a generator or tf.data.Dataset of such batches."
+            )
     else:
         x = element
     dense(x, name)
@@ -245,21 +287,23 @@ def keras_x(element: Any, input_names: Sequence[str], name: str = "data") -> Any
                 f"The {name} is a dict with the keys {sorted(str(k) for k in x)}; the model's "
                 f"inputs are {list(input_names)}"
                 + (f" (missing: {missing})" if missing else "")
-                + (f" (unknown: {extra})" if extra else "") + ".")
+                + (f" (unknown: {extra})" if extra else "")
+                + "."
+            )
         x = tuple(x[k] for k in input_names)
     if n_inputs == 1:
         if isinstance(x, (list, tuple)):
             if len(x) != 1:
-                raise ValueError(f"The model has 1 input; the {name} gives "
-                                 f"{len(x)} arrays as x.")
+                raise ValueError(f"The model has 1 input; the {name} gives {len(x)} arrays as x.")
             x = x[0]
         return x
     if not isinstance(x, (list, tuple)) or len(x) != n_inputs:
-        got = (f"{len(x)} arrays" if isinstance(x, (list, tuple))
-               else f"a {type(x).__name__}")
-        raise ValueError(f"The model has {n_inputs} inputs {list(input_names)}: the {name} "
-                         f"must give x as a list of {n_inputs} arrays or a dict keyed by input "
-                         f"name, got {got}.")
+        got = f"{len(x)} arrays" if isinstance(x, (list, tuple)) else f"a {type(x).__name__}"
+        raise ValueError(
+            f"The model has {n_inputs} inputs {list(input_names)}: the {name} "
+            f"must give x as a list of {n_inputs} arrays or a dict keyed by input "
+            f"name, got {got}."
+        )
     return tuple(x)
 
 
@@ -269,8 +313,9 @@ def keras_x(element: Any, input_names: Sequence[str], name: str = "data") -> Any
 def selection_mode(mode: Any) -> str:
     """``mode`` if it is one of :data:`NEURON_SELECTION_MODES`, else ``ValueError``."""
     if mode not in NEURON_SELECTION_MODES:
-        raise ValueError(f"neuron_selection_mode must be one of {NEURON_SELECTION_MODES}, "
-                         f"got {mode!r}.")
+        raise ValueError(
+            f"neuron_selection_mode must be one of {NEURON_SELECTION_MODES}, got {mode!r}."
+        )
     return mode
 
 
@@ -284,24 +329,30 @@ def neuron_selection(selection: Any, mode: str, n: int, num_outputs: int) -> tf.
 
     if mode != "index":
         if selection is not None:
-            raise ValueError(f"neuron_selection is only used with neuron_selection_mode='index'; "
-                             f"this analyzer uses {mode!r}.")
+            raise ValueError(
+                f"neuron_selection is only used with neuron_selection_mode='index'; "
+                f"this analyzer uses {mode!r}."
+            )
         return tf.zeros((n,), tf.int32)
     if selection is None:
-        raise ValueError("neuron_selection_mode='index' needs neuron_selection: an int or one "
-                         "int per sample.")
+        raise ValueError(
+            "neuron_selection_mode='index' needs neuron_selection: an int or one int per sample."
+        )
     sel = np.asarray(selection)
     if not np.issubdtype(sel.dtype, np.integer):
         raise ValueError(f"neuron_selection must be integers, got {sel.dtype}: {sel!r}.")
     if sel.ndim == 0:
         sel = np.full((n,), int(sel))
     if sel.shape != (n,):
-        raise ValueError(f"neuron_selection must be an int or one int per sample ({n}); got "
-                         f"shape {sel.shape}.")
+        raise ValueError(
+            f"neuron_selection must be an int or one int per sample ({n}); got shape {sel.shape}."
+        )
     bad = sel[(sel < 0) | (sel >= num_outputs)]
     if bad.size:
-        raise ValueError(f"neuron_selection {int(bad[0])} is out of range: the model has "
-                         f"{num_outputs} output neurons (0 to {num_outputs - 1}).")
+        raise ValueError(
+            f"neuron_selection {int(bad[0])} is out of range: the model has "
+            f"{num_outputs} output neurons (0 to {num_outputs - 1})."
+        )
     return tf.convert_to_tensor(sel, tf.int32)
 
 

@@ -1,5 +1,6 @@
 """The images ``pattern-keras analyze`` writes: per input an overlay of each explanation on the
 input, enlarged to a readable size, and one grid (inputs x methods) with a colour bar."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,8 +40,13 @@ def _as_displayable(x: np.ndarray) -> np.ndarray:
     return x if x.shape[-1] in (1, 3) else x.mean(axis=-1, keepdims=True)
 
 
-def write_images(folder: str, x: np.ndarray, names: Sequence[str],
-                 explanations: Mapping[str, np.ndarray], grid_rows: int = 16) -> Written | None:
+def write_images(
+    folder: str,
+    x: np.ndarray,
+    names: Sequence[str],
+    explanations: Mapping[str, np.ndarray],
+    grid_rows: int = 16,
+) -> Written | None:
     """Write the overlays and ``grid.png`` for image inputs; ``None`` (nothing written) for
     inputs that are not images ``(N, H, W, C)``.
 
@@ -74,9 +80,11 @@ def write_images(folder: str, x: np.ndarray, names: Sequence[str],
             count += 1
     rows = min(grid_rows, len(x))
     figure = plot.explanation_grid(
-        images[:rows], {m: e[:rows] for m, e in explanations.items()},
+        images[:rows],
+        {m: e[:rows] for m, e in explanations.items()},
         row_labels=[str(n) for n in names[:rows]],
-        title=(f"first {rows} of {len(x)} inputs" if rows < len(x) else None))
+        title=(f"first {rows} of {len(x)} inputs" if rows < len(x) else None),
+    )
     grid = "grid.png"
     plot.save_figure(figure, os.path.join(folder, grid), dpi=80)
     return Written(overlays=count, size=(x.shape[1] * factor, x.shape[2] * factor), grid=grid)

@@ -5,6 +5,7 @@ that reads ``batch_size`` files per batch), so its memory does not grow with the
 images; ``analyze`` reads all of its inputs with :func:`read_images`, since it keeps every
 explanation anyway.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,11 @@ def list_images(path: str) -> tuple[list[str], list[str]]:
     whole file name with dots replaced where two stems collide).
     """
     if os.path.isdir(path):
-        names = sorted(f for f in os.listdir(path)
-                       if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+        names = sorted(
+            f
+            for f in os.listdir(path)
+            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+        )
         if not names:
             raise ImageError(f"folder '{path}' holds no PNG or JPEG images")
         files = [os.path.join(path, f) for f in names]
@@ -58,8 +62,9 @@ def read_image(file: str, mode: str, size: Sequence[int] | None) -> np.ndarray:
     import keras
 
     try:
-        img = keras.utils.load_img(file, color_mode=mode,
-                                   target_size=None if size is None else tuple(size))
+        img = keras.utils.load_img(
+            file, color_mode=mode, target_size=None if size is None else tuple(size)
+        )
     except Exception as err:  # PIL raises several types for broken files
         text = " ".join(str(err).split()) or type(err).__name__
         raise ImageError(f"could not read image '{file}': {text}") from None
@@ -99,12 +104,15 @@ def check_same_size(files: Sequence[str]) -> None:
             raise ImageError(
                 f"images have different sizes ({os.path.basename(first[0])}: "
                 f"{first[1][0]}x{first[1][1]}, {os.path.basename(file)}: {size[0]}x{size[1]}): "
-                "give --image-size H W")
+                "give --image-size H W"
+            )
 
 
 def _size_mismatch(first: str, a: np.ndarray, other: str, b: np.ndarray) -> str:
-    return (f"images have different sizes ({os.path.basename(first)}: {a.shape[1]}x{a.shape[0]}"
-            f", {os.path.basename(other)}: {b.shape[1]}x{b.shape[0]}): give --image-size H W")
+    return (
+        f"images have different sizes ({os.path.basename(first)}: {a.shape[1]}x{a.shape[0]}"
+        f", {os.path.basename(other)}: {b.shape[1]}x{b.shape[0]}): give --image-size H W"
+    )
 
 
 def _pydataset_base():
@@ -135,9 +143,14 @@ class ImageBatches(_pydataset_base()):
     20,000 images. Batches are read in the calling thread (no workers), in order.
     """
 
-    def __init__(self, files: Sequence[str], batch_size: int, mode: str,
-                 size: Sequence[int] | None = None,
-                 transform: Callable[[np.ndarray], Any] | None = None) -> None:
+    def __init__(
+        self,
+        files: Sequence[str],
+        batch_size: int,
+        mode: str,
+        size: Sequence[int] | None = None,
+        transform: Callable[[np.ndarray], Any] | None = None,
+    ) -> None:
         super().__init__()
         self.files = list(files)
         self.batch_size = int(batch_size)
@@ -152,7 +165,7 @@ class ImageBatches(_pydataset_base()):
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(index)
-        chunk = self.files[index * self.batch_size:(index + 1) * self.batch_size]
+        chunk = self.files[index * self.batch_size : (index + 1) * self.batch_size]
         batch = read_images(chunk, self.mode, self.size)
         if self._first_shape is None:
             self._first_shape = batch.shape[1:]
@@ -160,5 +173,6 @@ class ImageBatches(_pydataset_base()):
             raise ImageError(
                 f"images have different sizes ({os.path.basename(self.files[0])}: "
                 f"{self._first_shape[1]}x{self._first_shape[0]}, {os.path.basename(chunk[0])}: "
-                f"{batch.shape[2]}x{batch.shape[1]}): give --image-size H W")
+                f"{batch.shape[2]}x{batch.shape[1]}): give --image-size H W"
+            )
         return batch if self.transform is None else self.transform(batch)

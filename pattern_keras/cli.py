@@ -27,6 +27,7 @@ deviation).
 Exit codes: 0 done; 2 a usage or input error (one line on stderr, no traceback); 1 anything
 else (one line; ``--debug`` shows the traceback).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,8 @@ import functools
 import os
 import sys
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main", "UsageError", "load_data", "load_model", "PREPROCESS_MODES"]
 
@@ -124,8 +126,10 @@ def load_model(path: str, unsafe: bool = False):
     if not os.path.exists(path):
         raise UsageError(f"model file '{path}' does not exist")
     if os.path.isdir(path):
-        raise UsageError(f"'{path}' is a folder; MODEL must be a .keras or .h5 file "
-                         "(a TensorFlow SavedModel cannot be loaded by Keras 3)")
+        raise UsageError(
+            f"'{path}' is a folder; MODEL must be a .keras or .h5 file "
+            "(a TensorFlow SavedModel cannot be loaded by Keras 3)"
+        )
     if not path.lower().endswith((".keras", ".h5", ".hdf5")):
         raise UsageError(f"model file '{path}' must end in .keras or .h5")
     try:
@@ -134,18 +138,25 @@ def load_model(path: str, unsafe: bool = False):
         message = _one_line(err)
         if "safe_mode" in message or "unsafe" in message.lower():
             reason = message.split(". ")[0].rstrip(".")
-            raise UsageError(f"could not load model '{path}' in safe mode: {reason}; if you "
-                             "trust this file, add --unsafe") from None
+            raise UsageError(
+                f"could not load model '{path}' in safe mode: {reason}; if you "
+                "trust this file, add --unsafe"
+            ) from None
         raise UsageError(f"could not load model '{path}': {message}") from None
 
 
 def _one_line(err: BaseException, limit: int = 400) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def load_data(path: str, key: str | None = None, image_size: Sequence[int] | None = None,
-              preprocess: str = "none", model: Any = None) -> tuple[Any, list[str]]:
+def load_data(
+    path: str,
+    key: str | None = None,
+    image_size: Sequence[int] | None = None,
+    preprocess: str = "none",
+    model: Any = None,
+) -> tuple[Any, list[str]]:
     """Read DATA/INPUTS: a ``.npy``, a ``.npz``, a folder of images or one image file.
 
     Parameters
@@ -176,8 +187,9 @@ def load_data(path: str, key: str | None = None, image_size: Sequence[int] | Non
     import numpy as np
 
     if preprocess not in PREPROCESS_MODES:
-        raise UsageError(f"--preprocess must be one of {', '.join(PREPROCESS_MODES)}; "
-                         f"got '{preprocess}'")
+        raise UsageError(
+            f"--preprocess must be one of {', '.join(PREPROCESS_MODES)}; got '{preprocess}'"
+        )
     if not os.path.exists(path):
         raise UsageError(f"data '{path}' does not exist")
     if os.path.isdir(path) or path.lower().endswith(IMAGE_EXTENSIONS):
@@ -196,9 +208,11 @@ def load_data(path: str, key: str | None = None, image_size: Sequence[int] | Non
     finite = np.isfinite(x)
     if not finite.all():
         rows = np.flatnonzero(~finite.reshape(len(x), -1).all(axis=1))
-        raise UsageError(f"data '{path}' holds {int(finite.size - finite.sum())} NaN or "
-                         f"infinite values (the first in sample {int(rows[0])}, counting "
-                         "from 0)")
+        raise UsageError(
+            f"data '{path}' holds {int(finite.size - finite.sum())} NaN or "
+            f"infinite values (the first in sample {int(rows[0])}, counting "
+            "from 0)"
+        )
     x = _preprocess(x, preprocess)
     if model is not None:
         x = _fit_to_model(x, model, path)
@@ -227,17 +241,20 @@ def _load_array_file(path: str, key: str | None):
                     else:
                         raise UsageError(
                             f"'{path}' holds the arrays {', '.join(keys) or '(none)'} and none "
-                            "is called 'x': pick one with --key")
+                            "is called 'x': pick one with --key"
+                        )
                 if key not in keys:
-                    raise UsageError(f"'{path}' has no array '{key}'; it holds "
-                                     f"{', '.join(keys) or '(none)'}")
+                    raise UsageError(
+                        f"'{path}' has no array '{key}'; it holds {', '.join(keys) or '(none)'}"
+                    )
                 return archive[key]
     except UsageError:
         raise
     except (OSError, ValueError, EOFError) as err:
         raise UsageError(f"could not read '{path}': {_one_line(err)}") from None
-    raise UsageError(f"data '{path}' must be a .npy or .npz file, a folder of images or one "
-                     "PNG/JPEG image")
+    raise UsageError(
+        f"data '{path}' must be a .npy or .npz file, a folder of images or one PNG/JPEG image"
+    )
 
 
 def _model_image_shape(model: Any) -> tuple[int | None, int | None, int | None] | None:
@@ -262,7 +279,8 @@ def _image_settings(path: str, image_size: Sequence[int] | None, model: Any):
     if model is not None and image_shape is None:
         raise UsageError(
             f"images need a model with one image input (batch, H, W, C); this "
-            f"model's input is {_input_signature(model)}")
+            f"model's input is {_input_signature(model)}"
+        )
     try:
         mode = _images.color_mode(image_shape[2] if image_shape else 3)
     except _images.ImageError as err:
@@ -298,19 +316,23 @@ def _preprocess(x, mode: str):
     if mode == "tf":
         return x / 127.5 - 1.0
     if x.ndim < 2 or x.shape[-1] != 3:
-        raise UsageError(f"--preprocess {mode} needs RGB data (3 channels last); the data has "
-                         f"shape {x.shape}")
+        raise UsageError(
+            f"--preprocess {mode} needs RGB data (3 channels last); the data has shape {x.shape}"
+        )
     if mode == "caffe":
         return (x[..., ::-1] - np.asarray(_IMAGENET_MEAN_BGR, np.float32)).astype(np.float32)
     # torch
-    return ((x / 255.0 - np.asarray(_IMAGENET_MEAN, np.float32))
-            / np.asarray(_IMAGENET_STD, np.float32)).astype(np.float32)
+    return (
+        (x / 255.0 - np.asarray(_IMAGENET_MEAN, np.float32)) / np.asarray(_IMAGENET_STD, np.float32)
+    ).astype(np.float32)
 
 
 def _input_signature(model: Any) -> str:
     shapes = [tuple(t.shape) for t in model.inputs]
-    text = ", ".join("(" + ", ".join("batch" if d is None and i == 0 else str(d)
-                                      for i, d in enumerate(s)) + ")" for s in shapes)
+    text = ", ".join(
+        "(" + ", ".join("batch" if d is None and i == 0 else str(d) for i, d in enumerate(s)) + ")"
+        for s in shapes
+    )
     return text
 
 
@@ -319,8 +341,10 @@ def _fit_to_model(x, model: Any, path: str):
     from pattern_keras import _checks
 
     if len(model.inputs) != 1:
-        raise UsageError(f"the command line handles models with one input; this model has "
-                         f"{len(model.inputs)} inputs: {_input_signature(model)}")
+        raise UsageError(
+            f"the command line handles models with one input; this model has "
+            f"{len(model.inputs)} inputs: {_input_signature(model)}"
+        )
     want = tuple(model.inputs[0].shape)
     if x.ndim == len(want) - 1 and want[-1] == 1:
         x = x[..., None]
@@ -357,20 +381,23 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     try:
         computer = PatternComputer(model, pattern_type=args.pattern_type)
     except ValueError as err:  # unsupported layers, no linear layer, ...
-        raise UsageError(f"cannot fit patterns for model '{args.model}': {_one_line(err)}") \
-            from None
-    _say(args, f"Fitting {args.pattern_type} patterns of {len(computer.keys)} layers on "
-               f"{count}")
+        raise UsageError(
+            f"cannot fit patterns for model '{args.model}': {_one_line(err)}"
+        ) from None
+    _say(args, f"Fitting {args.pattern_type} patterns of {len(computer.keys)} layers on {count}")
     from pattern_keras import _images
 
     try:
         statistics = computer.compute_statistics(
-            data, batch_size=args.batch_size, steps=args.steps, verbose=0 if args.quiet else 1)
+            data, batch_size=args.batch_size, steps=args.steps, verbose=0 if args.quiet else 1
+        )
     except _images.ImageError as err:
         raise UsageError(f"{err} (in '{args.data}')") from None
     statistics.save(args.output)
-    _say(args, f"Wrote {args.output} ({statistics.n_samples} samples, layers: "
-               f"{', '.join(statistics)})")
+    _say(
+        args,
+        f"Wrote {args.output} ({statistics.n_samples} samples, layers: {', '.join(statistics)})",
+    )
     return EXIT_OK
 
 
@@ -399,9 +426,7 @@ def _image_batches(args: argparse.Namespace, model: Any):
 
 
 def _load_patterns_for(path: str, model: Any):
-    from pattern_keras.patterns import PatternFileError, model_fingerprint
-
-    from pattern_keras.patterns import io
+    from pattern_keras.patterns import PatternFileError, io, model_fingerprint
 
     fingerprint = model_fingerprint(model)
     try:
@@ -412,8 +437,9 @@ def _load_patterns_for(path: str, model: Any):
     except PatternFileError as err:
         raise UsageError(_one_line(err)) from None
     except io._OtherModel as err:
-        raise UsageError(f"pattern file '{path}' was fitted on another model: "
-                         f"{err.mismatch}") from None
+        raise UsageError(
+            f"pattern file '{path}' was fitted on another model: {err.mismatch}"
+        ) from None
 
 
 #: Analyze options that set an analyzer's parameter: option dest -> (constructor argument,
@@ -426,8 +452,14 @@ METHOD_OPTIONS = {
     "samples": ("samples", ("smoothgrad",)),
     "noise_scale": ("noise_scale", ("smoothgrad",)),
 }
-_OPTION_NAMES = {"epsilon": "--epsilon", "alpha": "--alpha", "beta": "--beta",
-                 "ig_steps": "--steps", "samples": "--samples", "noise_scale": "--noise-scale"}
+_OPTION_NAMES = {
+    "epsilon": "--epsilon",
+    "alpha": "--alpha",
+    "beta": "--beta",
+    "ig_steps": "--steps",
+    "samples": "--samples",
+    "noise_scale": "--noise-scale",
+}
 
 
 def _method_kwargs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -439,8 +471,10 @@ def _method_kwargs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         if value is None:
             continue
         if not any(m in users for m in methods):
-            raise UsageError(f"{_OPTION_NAMES[dest]} is only used by {' and '.join(users)}, "
-                             f"not by {', '.join(methods)}")
+            raise UsageError(
+                f"{_OPTION_NAMES[dest]} is only used by {' and '.join(users)}, "
+                f"not by {', '.join(methods)}"
+            )
         for m in methods:
             if m in users:
                 per_method[m][argument] = value
@@ -461,15 +495,20 @@ def _method_kwargs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ab.setdefault("alpha", 1.0)
         ab.setdefault("beta", 0.0)
         if ab["alpha"] < 1 or ab["beta"] < 0 or abs(ab["alpha"] - ab["beta"] - 1) > 1e-9:
-            raise UsageError(f"lrp.alpha_beta needs alpha - beta = 1 with beta >= 0; got "
-                             f"--alpha {ab['alpha']:g} --beta {ab['beta']:g}")
+            raise UsageError(
+                f"lrp.alpha_beta needs alpha - beta = 1 with beta >= 0; got "
+                f"--alpha {ab['alpha']:g} --beta {ab['beta']:g}"
+            )
         per_method["lrp.alpha_beta"] = {"alpha": ab.pop("alpha"), "beta": ab.pop("beta"), **ab}
     return per_method
 
 
 def _describe(method: str, kwargs: dict[str, Any]) -> str:
-    shown = {k: v for k, v in kwargs.items() if k not in ("patterns", "pattern_type",
-                                                          "neuron_selection_mode")}
+    shown = {
+        k: v
+        for k, v in kwargs.items()
+        if k not in ("patterns", "pattern_type", "neuron_selection_mode")
+    }
     if not shown:
         return method
     return f"{method} ({', '.join(f'{k}={v:g}' for k, v in shown.items())})"
@@ -487,15 +526,21 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
             close = difflib.get_close_matches(method, names, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise UsageError(f"unknown method '{method}'; {hint}known: {', '.join(names)} "
-                             "(see 'pattern-keras methods')")
+            raise UsageError(
+                f"unknown method '{method}'; {hint}known: {', '.join(names)} "
+                "(see 'pattern-keras methods')"
+            )
     pattern_methods = [m for m in methods if m in PATTERN_METHODS]
     if args.patterns is not None and not pattern_methods:
-        raise UsageError(f"--patterns is only used by {' and '.join(PATTERN_METHODS)}, "
-                         f"not by {', '.join(methods)}")
+        raise UsageError(
+            f"--patterns is only used by {' and '.join(PATTERN_METHODS)}, "
+            f"not by {', '.join(methods)}"
+        )
     if args.patterns is None and pattern_methods:
-        raise UsageError(f"'{pattern_methods[0]}' needs fitted patterns: give --patterns FILE "
-                         "(fit them with 'pattern-keras fit MODEL DATA -o FILE')")
+        raise UsageError(
+            f"'{pattern_methods[0]}' needs fitted patterns: give --patterns FILE "
+            "(fit them with 'pattern-keras fit MODEL DATA -o FILE')"
+        )
     _check_positive("--batch-size", args.batch_size)
     _check_positive("--grid-rows", args.grid_rows)
     if args.neuron is not None and args.neuron < 0:
@@ -525,17 +570,24 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         try:
             analyzers[method] = pk.create_analyzer(method, model, **kwargs)
         except ValueError as err:  # unsupported layers, patterns that do not fit, ...
-            raise UsageError(f"cannot analyze model '{args.model}' with '{method}': "
-                             f"{_one_line(err)}") from None
+            raise UsageError(
+                f"cannot analyze model '{args.model}' with '{method}': {_one_line(err)}"
+            ) from None
         if args.neuron is not None and args.neuron >= analyzers[method].num_outputs:
-            raise UsageError(f"--neuron {args.neuron} is out of range: the model has "
-                             f"{analyzers[method].num_outputs} output neurons (0 to "
-                             f"{analyzers[method].num_outputs - 1})")
+            raise UsageError(
+                f"--neuron {args.neuron} is out of range: the model has "
+                f"{analyzers[method].num_outputs} output neurons (0 to "
+                f"{analyzers[method].num_outputs - 1})"
+            )
     explanations = {}
     for method, analyzer in analyzers.items():
         _say(args, f"Explaining {len(x)} inputs with {_describe(method, per_method[method])}")
-        result = analyzer.analyze(x, neuron_selection=args.neuron, batch_size=args.batch_size,
-                                  verbose=0 if args.quiet else 1)
+        result = analyzer.analyze(
+            x,
+            neuron_selection=args.neuron,
+            batch_size=args.batch_size,
+            verbose=0 if args.quiet else 1,
+        )
         explanations[method] = np.asarray(result, dtype=np.float32)
     os.makedirs(args.output, exist_ok=True)
     if len(explanations) == 1:
@@ -547,27 +599,40 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from pattern_keras import _cli_output
 
     shown = {m: np.where(np.isfinite(e), e, 0.0) for m, e in explanations.items()}
-    written = _cli_output.write_images(args.output, x, names, shown,
-                                       grid_rows=args.grid_rows)
-    bad = {m: int((~np.isfinite(e).reshape(len(e), -1).all(axis=1)).sum())
-           for m, e in explanations.items()}
+    written = _cli_output.write_images(args.output, x, names, shown, grid_rows=args.grid_rows)
+    bad = {
+        m: int((~np.isfinite(e).reshape(len(e), -1).all(axis=1)).sum())
+        for m, e in explanations.items()
+    }
     if any(bad.values()):
-        hint = (" (patterns fitted on too little data? fit on more samples)"
-                if any(bad[m] for m in pattern_methods) else "")
+        hint = (
+            " (patterns fitted on too little data? fit on more samples)"
+            if any(bad[m] for m in pattern_methods)
+            else ""
+        )
         if len(bad) == 1:
             what = f"{bad[methods[0]]} of {len(x)} explanations contain NaN or inf values"
         else:
-            what = ("explanations contain NaN or inf values ("
-                    + ", ".join(f"{m}: {n} of {len(x)}" for m, n in bad.items() if n) + ")")
-        raise _Failure(f"{what}{hint}; they are in {args.output}/{arrays} as computed and "
-                       "shown as 0 in the PNGs")
+            what = (
+                "explanations contain NaN or inf values ("
+                + ", ".join(f"{m}: {n} of {len(x)}" for m, n in bad.items() if n)
+                + ")"
+            )
+        raise _Failure(
+            f"{what}{hint}; they are in {args.output}/{arrays} as computed and "
+            "shown as 0 in the PNGs"
+        )
     shapes = ", ".join(f"{m} {e.shape}" for m, e in explanations.items())
     if written:
-        _say(args, f"Wrote {written.overlays} overlays ({written.size[1]}x{written.size[0]} "
-                   f"px), {written.grid} and {arrays} ({shapes}) to {args.output}")
+        _say(
+            args,
+            f"Wrote {written.overlays} overlays ({written.size[1]}x{written.size[0]} "
+            f"px), {written.grid} and {arrays} ({shapes}) to {args.output}",
+        )
     else:
-        _say(args, f"Wrote {arrays} ({shapes}) to {args.output} (no PNGs: the inputs are not "
-                   "images)")
+        _say(
+            args, f"Wrote {arrays} ({shapes}) to {args.output} (no PNGs: the inputs are not images)"
+        )
     return EXIT_OK
 
 
@@ -615,10 +680,13 @@ def _cmd_import_patterns(args: argparse.Namespace) -> int:
         raise UsageError(_one_line(err)) from None
     patterns.save(args.output)
     both = [k for k in patterns if patterns.has_negative(k)]
-    _say(args, f"Wrote {args.output} ({args.pattern_type} patterns of {len(patterns)} layers: "
-               f"{', '.join(patterns)}"
-               + (f"; the pattern of {', '.join(both)} serves both regimes" if both else "")
-               + ")")
+    _say(
+        args,
+        f"Wrote {args.output} ({args.pattern_type} patterns of {len(patterns)} layers: "
+        f"{', '.join(patterns)}"
+        + (f"; the pattern of {', '.join(both)} serves both regimes" if both else "")
+        + ")",
+    )
     return EXIT_OK
 
 
@@ -662,8 +730,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _quiet_tensorflow()
     from pattern_keras.demo import run_demo
 
-    run_demo(args.output, quick=True if args.quick else None, seed=args.seed,
-             verbose=0 if args.quiet else 1)
+    run_demo(
+        args.output,
+        quick=True if args.quick else None,
+        seed=args.seed,
+        verbose=0 if args.quiet else 1,
+    )
     return EXIT_OK
 
 
@@ -733,142 +805,231 @@ def _say(args: argparse.Namespace, message: str) -> None:
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data options")
     g.add_argument("--key", help="array of a .npz file (default: 'x', or its only array)")
-    g.add_argument("--image-size", nargs=2, type=int, metavar=("H", "W"),
-                   help="resize the images of a folder to H x W (default: the model's input "
-                        "size)")
-    g.add_argument("--preprocess", choices=PREPROCESS_MODES, default="none",
-                   help="input convention, as in keras.applications: none (values as read, "
-                        "images 0..255), unit (/255), caffe (BGR, ImageNet means subtracted), "
-                        "tf ([-1, 1]), torch (ImageNet mean/std); default none")
-    g.add_argument("--unsafe", action="store_true",
-                   help="load the model with Keras's safe mode off (only for files you trust: "
-                        "Lambda layers run code)")
+    g.add_argument(
+        "--image-size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        help="resize the images of a folder to H x W (default: the model's input size)",
+    )
+    g.add_argument(
+        "--preprocess",
+        choices=PREPROCESS_MODES,
+        default="none",
+        help="input convention, as in keras.applications: none (values as read, "
+        "images 0..255), unit (/255), caffe (BGR, ImageNet means subtracted), "
+        "tf ([-1, 1]), torch (ImageNet mean/std); default none",
+    )
+    g.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="load the model with Keras's safe mode off (only for files you trust: "
+        "Lambda layers run code)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``pattern-keras`` (all subcommands)."""
-    from pattern_keras.patterns.statistics import ESTIMATORS  # numpy only: no TensorFlow
     from pattern_keras._version import __version__
+    from pattern_keras.patterns.statistics import ESTIMATORS  # numpy only: no TensorFlow
 
     parser = _Parser(
         prog=PROG,
-        description="PatternNet, PatternAttribution and the gradient/LRP family for Keras "
-                    "models.",
-        epilog="Exit codes: 0 done, 2 usage or input error, 1 anything else.")
+        description="PatternNet, PatternAttribution and the gradient/LRP family for Keras models.",
+        epilog="Exit codes: 0 done, 2 usage or input error, 1 anything else.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--debug", "--traceback", dest="traceback", action="store_true",
-                        help="show the full traceback of an unexpected error")
+    parser.add_argument(
+        "--debug",
+        "--traceback",
+        dest="traceback",
+        action="store_true",
+        help="show the full traceback of an unexpected error",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("fit", help="fit patterns for a model on data",
-                       description="Fit the patterns (and keep their statistics, for 'merge') "
-                                   "of MODEL on DATA and save them to an HDF5 file.")
+    p = sub.add_parser(
+        "fit",
+        help="fit patterns for a model on data",
+        description="Fit the patterns (and keep their statistics, for 'merge') "
+        "of MODEL on DATA and save them to an HDF5 file.",
+    )
     p.add_argument("model", metavar="MODEL", help="a .keras or .h5 model file")
-    p.add_argument("data", metavar="DATA",
-                   help="a .npy, a .npz, a folder of images (read in batches), or one image")
-    p.add_argument("-o", "--output", required=True, metavar="PATTERNS.h5",
-                   help="the pattern file to write")
-    p.add_argument("--pattern-type", choices=tuple(ESTIMATORS), default="relu",
-                   help="signal estimator (default relu): " + "; ".join(
-                       f"{e.name}: {e.description}" for e in ESTIMATORS.values()))
+    p.add_argument(
+        "data",
+        metavar="DATA",
+        help="a .npy, a .npz, a folder of images (read in batches), or one image",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, metavar="PATTERNS.h5", help="the pattern file to write"
+    )
+    p.add_argument(
+        "--pattern-type",
+        choices=tuple(ESTIMATORS),
+        default="relu",
+        help="signal estimator (default relu): "
+        + "; ".join(f"{e.name}: {e.description}" for e in ESTIMATORS.values()),
+    )
     p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
     p.add_argument("--steps", type=int, help="use only the first STEPS batches")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     _add_data_options(p)
     p.set_defaults(handler=_cmd_fit)
 
-    p = sub.add_parser("analyze", help="explain a model's outputs for inputs",
-                       description="Explain MODEL's output for each input with one or more "
-                                   "methods. Writes, per input and method, an overlay of the "
-                                   "explanation on the input (red = positive, blue = negative; "
-                                   "enlarged to a readable size); grid.png (inputs x methods, "
-                                   "with a colour bar); and the raw explanations, shaped like "
-                                   "the inputs: explanations.npy for one method, "
-                                   "explanations.npz (one array per method name) for several.")
+    p = sub.add_parser(
+        "analyze",
+        help="explain a model's outputs for inputs",
+        description="Explain MODEL's output for each input with one or more "
+        "methods. Writes, per input and method, an overlay of the "
+        "explanation on the input (red = positive, blue = negative; "
+        "enlarged to a readable size); grid.png (inputs x methods, "
+        "with a colour bar); and the raw explanations, shaped like "
+        "the inputs: explanations.npy for one method, "
+        "explanations.npz (one array per method name) for several.",
+    )
     p.add_argument("model", metavar="MODEL", help="a .keras or .h5 model file")
-    p.add_argument("inputs", metavar="INPUTS",
-                   help="a .npy, a .npz, a folder of images, or one PNG/JPEG image")
-    p.add_argument("-m", "--method", required=True, metavar="NAME", action="append",
-                   help="analyzer name, e.g. gradient, lrp.z, pattern.attribution (see "
-                        "'pattern-keras methods'); give it several times for several methods")
-    p.add_argument("--patterns", metavar="PATTERNS.h5",
-                   help="fitted patterns (required by pattern.net and pattern.attribution; "
-                        "their pattern types are read from the file)")
-    p.add_argument("--neuron", type=int, metavar="INDEX",
-                   help="output neuron to explain (default: the largest output per input)")
+    p.add_argument(
+        "inputs", metavar="INPUTS", help="a .npy, a .npz, a folder of images, or one PNG/JPEG image"
+    )
+    p.add_argument(
+        "-m",
+        "--method",
+        required=True,
+        metavar="NAME",
+        action="append",
+        help="analyzer name, e.g. gradient, lrp.z, pattern.attribution (see "
+        "'pattern-keras methods'); give it several times for several methods",
+    )
+    p.add_argument(
+        "--patterns",
+        metavar="PATTERNS.h5",
+        help="fitted patterns (required by pattern.net and pattern.attribution; "
+        "their pattern types are read from the file)",
+    )
+    p.add_argument(
+        "--neuron",
+        type=int,
+        metavar="INDEX",
+        help="output neuron to explain (default: the largest output per input)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
-    p.add_argument("--grid-rows", type=int, default=16, metavar="N",
-                   help="inputs shown in grid.png (default: the first 16)")
+    p.add_argument(
+        "--grid-rows",
+        type=int,
+        default=16,
+        metavar="N",
+        help="inputs shown in grid.png (default: the first 16)",
+    )
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress output (no progress bar either)")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress output (no progress bar either)"
+    )
     g = p.add_argument_group("method options")
-    g.add_argument("--epsilon", type=float, metavar="EPS",
-                   help="lrp.epsilon: the stabilizer (default 1e-7)")
-    g.add_argument("--alpha", type=float,
-                   help="lrp.alpha_beta: weight of positive contributions (alpha - beta = 1; "
-                        "default alpha 1, beta 0)")
+    g.add_argument(
+        "--epsilon", type=float, metavar="EPS", help="lrp.epsilon: the stabilizer (default 1e-7)"
+    )
+    g.add_argument(
+        "--alpha",
+        type=float,
+        help="lrp.alpha_beta: weight of positive contributions (alpha - beta = 1; "
+        "default alpha 1, beta 0)",
+    )
     g.add_argument("--beta", type=float, help="lrp.alpha_beta: weight of negative contributions")
-    g.add_argument("--steps", dest="ig_steps", type=int, metavar="N",
-                   help="integrated_gradients: path steps (default 64)")
-    g.add_argument("--samples", type=int, metavar="N",
-                   help="smoothgrad: noisy copies per input (default 64)")
-    g.add_argument("--noise-scale", type=float, metavar="S",
-                   help="smoothgrad: noise sigma as a fraction of the input's range "
-                        "(default 0.1)")
+    g.add_argument(
+        "--steps",
+        dest="ig_steps",
+        type=int,
+        metavar="N",
+        help="integrated_gradients: path steps (default 64)",
+    )
+    g.add_argument(
+        "--samples", type=int, metavar="N", help="smoothgrad: noisy copies per input (default 64)"
+    )
+    g.add_argument(
+        "--noise-scale",
+        type=float,
+        metavar="S",
+        help="smoothgrad: noise sigma as a fraction of the input's range (default 0.1)",
+    )
     _add_data_options(p)
     p.set_defaults(handler=_cmd_analyze)
 
-    p = sub.add_parser("merge", help="merge pattern statistics fitted on parts of the data",
-                       description="Merge statistics files (written by 'fit') of the same "
-                                   "model into one, as if fitted on all the data at once.")
+    p = sub.add_parser(
+        "merge",
+        help="merge pattern statistics fitted on parts of the data",
+        description="Merge statistics files (written by 'fit') of the same "
+        "model into one, as if fitted on all the data at once.",
+    )
     p.add_argument("files", nargs="+", metavar="FILE.h5", help="statistics files to merge")
     p.add_argument("-o", "--output", required=True, metavar="C.h5", help="the file to write")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=_cmd_merge)
 
-    p = sub.add_parser("import-patterns", help="convert an iNNvestigate 1.x pattern file",
-                       description="Read patterns saved by iNNvestigate 1.x (an .npz of arr_0 "
-                                   "... arr_N, one array per layer with a kernel, in layer "
-                                   "order; e.g. the published VGG16 ImageNet patterns), check "
-                                   "them against MODEL, and save them as a pattern_keras "
-                                   "pattern file for 'analyze --patterns'.")
+    p = sub.add_parser(
+        "import-patterns",
+        help="convert an iNNvestigate 1.x pattern file",
+        description="Read patterns saved by iNNvestigate 1.x (an .npz of arr_0 "
+        "... arr_N, one array per layer with a kernel, in layer "
+        "order; e.g. the published VGG16 ImageNet patterns), check "
+        "them against MODEL, and save them as a pattern_keras "
+        "pattern file for 'analyze --patterns'.",
+    )
     p.add_argument("model", metavar="MODEL", help="a .keras or .h5 model file")
     p.add_argument("file", metavar="FILE.npz", help="the iNNvestigate pattern file")
-    p.add_argument("-o", "--output", required=True, metavar="PATTERNS.h5",
-                   help="the pattern file to write")
-    p.add_argument("--pattern-type", choices=("relu", "linear"), default="relu",
-                   help="the estimator the file was fitted with (the file does not say): relu "
-                        "(default) or linear")
-    p.add_argument("--unsafe", action="store_true",
-                   help="load the model with Keras's safe mode off (only for files you trust)")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="PATTERNS.h5", help="the pattern file to write"
+    )
+    p.add_argument(
+        "--pattern-type",
+        choices=("relu", "linear"),
+        default="relu",
+        help="the estimator the file was fitted with (the file does not say): relu "
+        "(default) or linear",
+    )
+    p.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="load the model with Keras's safe mode off (only for files you trust)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no output")
     p.set_defaults(handler=_cmd_import_patterns)
 
-    p = sub.add_parser("methods", help="list the analyzers",
-                       description="List the analyzer names with a one-line description.")
+    p = sub.add_parser(
+        "methods",
+        help="list the analyzers",
+        description="List the analyzer names with a one-line description.",
+    )
     p.set_defaults(handler=_cmd_methods)
 
-    p = sub.add_parser("demo", help="train a small CNN on generated data and explain it",
-                       description="Train a small CNN on generated signal/distractor images, "
-                                   "fit patterns, and write explanations, image degradation "
-                                   "curves, signal estimator quality, the patterns and a "
-                                   "summary (about a minute on a CPU).")
-    p.add_argument("-o", "--output", default="pattern-keras-demo", metavar="DIR",
-                   help="output folder (default ./pattern-keras-demo)")
-    p.add_argument("--quick", action="store_true",
-                   help="a tiny run in seconds (also: PATTERN_KERAS_DEMO_QUICK=1)")
+    p = sub.add_parser(
+        "demo",
+        help="train a small CNN on generated data and explain it",
+        description="Train a small CNN on generated signal/distractor images, "
+        "fit patterns, and write explanations, image degradation "
+        "curves, signal estimator quality, the patterns and a "
+        "summary (about a minute on a CPU).",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default="pattern-keras-demo",
+        metavar="DIR",
+        help="output folder (default ./pattern-keras-demo)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny run in seconds (also: PATTERN_KERAS_DEMO_QUICK=1)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=_cmd_demo)
     return parser
 
 
-def _show_warning(command: str, message, category, filename, lineno, file=None,
-                  line=None) -> None:
+def _show_warning(command: str, message, category, filename, lineno, file=None, line=None) -> None:
     """A library warning in one line, like the errors (no source line)."""
-    print(f"{PROG} {command}: warning: {_one_line(message, limit=600)}",
-          file=file or sys.stderr)
+    print(f"{PROG} {command}: warning: {_one_line(message, limit=600)}", file=file or sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -899,14 +1060,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - the last line of defence, reported in one line
+    except Exception as err:
         if args.traceback or os.environ.get("PATTERN_KERAS_TRACEBACK"):
             import traceback
 
             traceback.print_exc()
-        print(f"{PROG} {args.command}: error: {type(err).__name__}: {_one_line(err)}"
-              + ("" if args.traceback else " (run with --debug for details)"),
-              file=sys.stderr)
+        print(
+            f"{PROG} {args.command}: error: {type(err).__name__}: {_one_line(err)}"
+            + ("" if args.traceback else " (run with --debug for details)"),
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
 
 

@@ -11,6 +11,7 @@ with a package on an offline machine.
 
 Conventions: images are channels_last, ``(n, H, W, 1)``, float32.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -232,8 +233,7 @@ def load_digits(n_class: int = 10) -> tuple[np.ndarray, np.ndarray]:
         from sklearn import datasets as sklearn_datasets
     except ImportError as error:  # optional dependency: only this loader needs it
         raise ImportError(
-            "load_digits needs scikit-learn, which ships the digits data: "
-            "pip install scikit-learn"
+            "load_digits needs scikit-learn, which ships the digits data: pip install scikit-learn"
         ) from error
     digits = sklearn_datasets.load_digits(n_class=n_class)
     x = (digits.images / 16.0).astype(np.float32)[..., None]

@@ -25,13 +25,15 @@ Use it from the shell (``pattern-keras demo [--output DIR] [--quick]``) or from 
 ``quick=True`` (or the environment variable ``PATTERN_KERAS_DEMO_QUICK=1``) runs a tiny version
 of the same steps in a few seconds, for tests.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -73,14 +75,15 @@ class DemoSettings:
     learning_rate: float = 3e-3
 
     @classmethod
-    def default(cls) -> "DemoSettings":
+    def default(cls) -> DemoSettings:
         return cls()
 
     @classmethod
-    def quick(cls) -> "DemoSettings":
+    def quick(cls) -> DemoSettings:
         """A tiny run of every step (seconds): for tests, not for conclusions."""
-        return cls(n_train=512, n_test=64, epochs=2, n_grid=4, n_degradation=16,
-                   degradation_steps=8)
+        return cls(
+            n_train=512, n_test=64, epochs=2, n_grid=4, n_degradation=16, degradation_steps=8
+        )
 
 
 @dataclasses.dataclass
@@ -120,8 +123,7 @@ def build_model(image_size: int = 16, l2: float = 1e-2):
         [
             keras.Input((image_size, image_size, 1)),
             layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1", **reg),
-            layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv2",
-                          **reg),
+            layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv2", **reg),
             layers.Flatten(name="flatten"),
             layers.Dense(32, activation="relu", name="dense1", **reg),
             layers.Dense(2, name="logits", **reg),
@@ -194,8 +196,10 @@ def run_demo(
 
     # 1. data
     shape = (s.image_size, s.image_size)
-    say(f"[1/6] Generating {s.n_train} training and {s.n_test} test images "
-        f"({shape[0]}x{shape[1]}, signal + distractors)")
+    say(
+        f"[1/6] Generating {s.n_train} training and {s.n_test} test images "
+        f"({shape[0]}x{shape[1]}, signal + distractors)"
+    )
     train = signal_distractor(s.n_train, shape=shape, seed=seed + 1)
     test = signal_distractor(s.n_test, shape=shape, seed=seed + 2)
 
@@ -208,8 +212,9 @@ def run_demo(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    model.fit(train.x, train.labels, epochs=s.epochs, batch_size=s.batch_size, shuffle=True,
-              verbose=0)
+    model.fit(
+        train.x, train.labels, epochs=s.epochs, batch_size=s.batch_size, shuffle=True, verbose=0
+    )
     logits = model.predict(test.x, batch_size=256, verbose=0)
     accuracy = float(np.mean(np.argmax(logits, axis=1) == test.labels))
     say(f"      test accuracy {accuracy:.3f}")
@@ -236,17 +241,21 @@ def run_demo(
     figure = plot.explanation_grid(
         test.x[grid_index],
         columns,
-        row_labels=[f"true {int(test.labels[i])} / predicted {int(predicted[i])}"
-                    for i in grid_index],
+        row_labels=[
+            f"true {int(test.labels[i])} / predicted {int(predicted[i])}" for i in grid_index
+        ],
         title="signal/distractor test images (rows: true class / predicted class); "
-              "each method explains the predicted class's logit",
+        "each method explains the predicted class's logit",
     )
     plot.save_figure(figure, files["explanations"])
 
-    cosine = {label: float(np.mean(signal_cosine(e, test.signal)))
-              for label, e in explanations.items()}
-    precision = {label: float(np.mean(topk_precision(e, test.support, absolute=True)))
-                 for label, e in explanations.items()}
+    cosine = {
+        label: float(np.mean(signal_cosine(e, test.signal))) for label, e in explanations.items()
+    }
+    precision = {
+        label: float(np.mean(topk_precision(e, test.support, absolute=True)))
+        for label, e in explanations.items()
+    }
 
     # 5. image degradation
     n_deg = min(s.n_degradation, s.n_test)
@@ -257,12 +266,15 @@ def run_demo(
     say(f"[5/6] Image degradation: {n_deg} images, {patch}x{patch} patches, {steps} steps")
     results = {}
     for label in DEGRADATION_METHODS:
-        results[label] = image_degradation(model, explanations[label][:n_deg], x_deg,
-                                           patch_size=patch, steps=steps, seed=seed)
-    results["random"] = image_degradation(model, None, x_deg, patch_size=patch, steps=steps,
-                                          order="random", seed=seed)
+        results[label] = image_degradation(
+            model, explanations[label][:n_deg], x_deg, patch_size=patch, steps=steps, seed=seed
+        )
+    results["random"] = image_degradation(
+        model, None, x_deg, patch_size=patch, steps=steps, order="random", seed=seed
+    )
     figure = plot_degradation(
-        results, title=f"image degradation ({patch}x{patch} patches, most relevant first)")
+        results, title=f"image degradation ({patch}x{patch} patches, most relevant first)"
+    )
     plot.save_figure(figure, files["degradation"])
     aopc = {label: float(r.aopc) for label, r in results.items()}
 
@@ -270,8 +282,10 @@ def run_demo(
     say("[6/6] Measuring the signal estimators' quality rho(S) per layer")
     quality = signal_estimator_quality(model, train.x, test.x)
     plot.save_figure(plot_signal_estimator_quality(quality), files["signal_quality"])
-    rho = {str(layer): {str(k): float(v) for k, v in values.items()}
-           for layer, values in quality.items()}
+    rho = {
+        str(layer): {str(k): float(v) for k, v in values.items()}
+        for layer, values in quality.items()
+    }
 
     seconds = time.perf_counter() - started
     metrics = {
@@ -332,13 +346,19 @@ def _write_summary(path, s, seed, metrics, patch, steps, n_deg, train) -> None:
     for layer, values in metrics["rho"].items():
         parts = " ".join(f"{k}={v:.4f}" for k, v in values.items())
         lines.append(f"rho[{layer}]: {parts}")
-    lines += ["", "# against the true signal, mean over the test images (higher is better):",
-              "# |cosine| with the signal a_s*y; precision of the top-k pixels (k = support "
-              "size, by |value|) on the signal's support"]
-    lines += [f"signal_cosine[{label}]: {value:.4f}"
-              for label, value in metrics["signal_cosine"].items()]
-    lines += [f"topk_precision[{label}]: {value:.4f}"
-              for label, value in metrics["topk_precision"].items()]
+    lines += [
+        "",
+        "# against the true signal, mean over the test images (higher is better):",
+        "# |cosine| with the signal a_s*y; precision of the top-k pixels (k = support "
+        "size, by |value|) on the signal's support",
+    ]
+    lines += [
+        f"signal_cosine[{label}]: {value:.4f}" for label, value in metrics["signal_cosine"].items()
+    ]
+    lines += [
+        f"topk_precision[{label}]: {value:.4f}"
+        for label, value in metrics["topk_precision"].items()
+    ]
     lines += ["", f"seconds: {metrics['seconds']:.1f}"]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

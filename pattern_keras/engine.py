@@ -13,7 +13,8 @@ Both functions are plain TensorFlow code meant to run inside one ``tf.function``
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import tensorflow as tf
 
@@ -63,8 +64,9 @@ class Program:
         When Keras runs on another backend than TensorFlow (saying how to select it).
     """
 
-    def __init__(self, model: Any, *, strip_softmax: bool = True,
-                 fold_batch_norm: bool = False) -> None:
+    def __init__(
+        self, model: Any, *, strip_softmax: bool = True, fold_batch_norm: bool = False
+    ) -> None:
         _graph.require_tensorflow_backend()
         graph = _graph.trace_model(model)
         if len(graph.outputs) != 1:
@@ -81,10 +83,15 @@ class Program:
         self.output = graph.outputs[0]
         self.input_specs = graph.input_specs
         self.output_shape = next(
-            (n.output_shapes[n.outputs.index(self.output)] for n in graph.nodes
-             if self.output in n.outputs),
+            (
+                n.output_shapes[n.outputs.index(self.output)]
+                for n in graph.nodes
+                if self.output in n.outputs
+            ),
             graph.input_specs[graph.inputs.index(self.output)][0]
-            if self.output in graph.inputs else None)
+            if self.output in graph.inputs
+            else None,
+        )
         self.ops = ops
         shapes = {slot: spec[0] for slot, spec in zip(graph.inputs, graph.input_specs)}
         for node in graph.nodes:
@@ -117,8 +124,11 @@ class Program:
     def _strip_final_softmax(self) -> None:
         """Drop a final softmax or sigmoid: explanations are of the logit."""
         last = self.producer(self.output)
-        if last is not None and last.kind == "activation" and last.activation in ("softmax",
-                                                                                   "sigmoid"):
+        if (
+            last is not None
+            and last.kind == "activation"
+            and last.activation in ("softmax", "sigmoid")
+        ):
             self.ops.remove(last)
             self.output = last.inputs[0]
 
@@ -137,8 +147,9 @@ class Program:
             if op.kind != "linear" or op.outputs[0] == self.output:
                 continue
             users = self.consumers(op.outputs[0])
-            op.rectified = (len(users) == 1 and users[0].kind == "activation"
-                            and users[0].activation == "relu")
+            op.rectified = (
+                len(users) == 1 and users[0].kind == "activation" and users[0].activation == "relu"
+            )
 
     def _fold_batch_norms(self) -> None:
         for bn in [op for op in self.ops if op.kind == "affine" and op.affine is not None]:
@@ -153,10 +164,15 @@ class Program:
             folded = _fold(part, bn.affine)
             index = self.ops.index(linear)
             self.ops[index] = Op(
-                key=linear.key, kind="linear", layer=linear.layer, inputs=linear.inputs,
+                key=linear.key,
+                kind="linear",
+                layer=linear.layer,
+                inputs=linear.inputs,
                 outputs=bn.outputs,
                 forward=lambda xs, p=folded: [p.add_bias(p.apply(xs[0], p.kernel))],
-                linear=folded, pattern_key=linear.pattern_key)
+                linear=folded,
+                pattern_key=linear.pattern_key,
+            )
             self.ops.remove(bn)
 
     # -- introspection ---------------------------------------------------------------------
@@ -183,10 +199,17 @@ def _fold(part: LinearPart, affine: Callable[[], tuple[Any, Any, int]]) -> Linea
         b = shift if part.bias_fn is None else part.bias * scale + shift
         return b
 
-    return LinearPart(kernel, bias, part.raw_apply, kernel_shape=part.kernel_shape,
-                      out_axes=part.out_axes, channel_axis=part.channel_axis,
-                      padded_apply=part.padded_apply, shiftable=part.shiftable,
-                      compute_dtype=part.compute_dtype)
+    return LinearPart(
+        kernel,
+        bias,
+        part.raw_apply,
+        kernel_shape=part.kernel_shape,
+        out_axes=part.out_axes,
+        channel_axis=part.channel_axis,
+        padded_apply=part.padded_apply,
+        shiftable=part.shiftable,
+        compute_dtype=part.compute_dtype,
+    )
 
 
 def forward(program: Program, inputs: Sequence[Any]) -> dict[int, Any]:
@@ -226,8 +249,9 @@ def if_samples(batch: Any, fn: Callable[[], Any], empty: Callable[[], Any]) -> A
     return tf.cond(tf.shape(batch)[0] > 0, fn, empty)
 
 
-def forward_intervals(program: Program, lows: Sequence[Any], highs: Sequence[Any],
-                      where: Callable[[Op], bool]) -> dict[int, tuple[Any, Any]]:
+def forward_intervals(
+    program: Program, lows: Sequence[Any], highs: Sequence[Any], where: Callable[[Op], bool]
+) -> dict[int, tuple[Any, Any]]:
     """Elementwise bounds ``(low, high)`` of the input slots and of every slot computed from
     them by ops that ``where(op)`` admits, each op run on both bounds of its inputs.
 
@@ -246,8 +270,13 @@ def forward_intervals(program: Program, lows: Sequence[Any], highs: Sequence[Any
     return bounds
 
 
-def backward(program: Program, values: dict[int, Any], seed: Any,
-             rule_for: Callable[[Op], Rule], renormalize: bool = False) -> list[Any]:
+def backward(
+    program: Program,
+    values: dict[int, Any],
+    seed: Any,
+    rule_for: Callable[[Op], Rule],
+    renormalize: bool = False,
+) -> list[Any]:
     """Walk the program in reverse from ``seed`` at the output; return signals at the inputs.
 
     Parameters
@@ -278,10 +307,12 @@ def backward(program: Program, values: dict[int, Any], seed: Any,
         upstream = [signals.pop(s, None) for s in op.outputs]
         if all(g is None for g in upstream):
             continue
-        upstream = [tf.zeros_like(values[s]) if g is None else g
-                    for s, g in zip(op.outputs, upstream)]
-        downstream = rule_for(op)(op, [values[s] for s in op.inputs],
-                                  [values[s] for s in op.outputs], upstream)
+        upstream = [
+            tf.zeros_like(values[s]) if g is None else g for s, g in zip(op.outputs, upstream)
+        ]
+        downstream = rule_for(op)(
+            op, [values[s] for s in op.inputs], [values[s] for s in op.outputs], upstream
+        )
         for slot, g in zip(op.inputs, downstream):
             if g is None:
                 continue
@@ -293,10 +324,13 @@ def backward(program: Program, values: dict[int, Any], seed: Any,
 
 def _renormalized(signals: dict[int, Any]) -> dict[int, Any]:
     """All signals divided by their common per-sample largest magnitude (1 where it is 0)."""
+
     def per_sample_max(t):
         return tf.reduce_max(tf.abs(tf.reshape(t, [tf.shape(t)[0], -1])), axis=1)
 
     scale = tf.reduce_max(tf.stack([per_sample_max(t) for t in signals.values()]), axis=0)
     scale = tf.where(scale > 0, scale, tf.ones_like(scale))
-    return {slot: t / tf.reshape(tf.cast(scale, t.dtype), [-1] + [1] * (len(t.shape) - 1))
-            for slot, t in signals.items()}
+    return {
+        slot: t / tf.reshape(tf.cast(scale, t.dtype), [-1] + [1] * (len(t.shape) - 1))
+        for slot, t in signals.items()
+    }

@@ -14,13 +14,20 @@ their inner nodes get keys ``"outer/inner"``. Tensors are identified by integer 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 from keras.src.models.functional import Functional  # private: the Functional graph class
 
-__all__ = ["CallNode", "ModelGraph", "trace_model", "call_has_training_arg", "causal_padding",
-           "require_tensorflow_backend"]
+__all__ = [
+    "CallNode",
+    "ModelGraph",
+    "trace_model",
+    "call_has_training_arg",
+    "causal_padding",
+    "require_tensorflow_backend",
+]
 
 
 def require_tensorflow_backend() -> None:
@@ -34,7 +41,8 @@ def require_tensorflow_backend() -> None:
         raise RuntimeError(
             f"pattern_keras needs Keras's TensorFlow backend, but Keras runs on {backend!r}: "
             "set the environment variable KERAS_BACKEND=tensorflow before Keras is first "
-            "imported (or \"backend\": \"tensorflow\" in ~/.keras/keras.json).")
+            'imported (or "backend": "tensorflow" in ~/.keras/keras.json).'
+        )
 
 
 @dataclasses.dataclass(eq=False)
@@ -157,10 +165,10 @@ def trace_model(model: keras.Model) -> ModelGraph:
     nodes: list[CallNode] = []
     input_slots = [next(counter) for _ in functional.inputs]
     output_slots = _inline(functional, input_slots, "", nodes, counter)
-    input_specs = [
-        (tuple(t.shape), str(t.dtype)) for t in functional.inputs
-    ]
-    return ModelGraph(inputs=input_slots, outputs=output_slots, nodes=nodes, input_specs=input_specs)
+    input_specs = [(tuple(t.shape), str(t.dtype)) for t in functional.inputs]
+    return ModelGraph(
+        inputs=input_slots, outputs=output_slots, nodes=nodes, input_specs=input_specs
+    )
 
 
 def _inline(

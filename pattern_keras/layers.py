@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -246,34 +247,54 @@ def _activation_name(fn: Any) -> str:
 
 #: Gating activations ``f(z) = z·g(z)`` and ``f'(0)``, the value of ``g`` at ``z = 0`` (the
 #: derivative TensorFlow takes there). ``g(z) = f(z)/z`` elsewhere.
-GATING_ACTIVATIONS = {"silu": 0.5, "hard_silu": 0.5, "gelu": 0.5, "tanh": 1.0, "elu": 1.0,
-                      "selu": 1.0507009873554805, "leaky_relu": None, "prelu": None}
+GATING_ACTIVATIONS = {
+    "silu": 0.5,
+    "hard_silu": 0.5,
+    "gelu": 0.5,
+    "tanh": 1.0,
+    "elu": 1.0,
+    "selu": 1.0507009873554805,
+    "leaky_relu": None,
+    "prelu": None,
+}
 #: Other elementwise activations: every rule uses their derivative (LRP passes relevance).
 OTHER_ACTIVATIONS = ("sigmoid", "softplus", "hard_sigmoid")
-_SUPPORTED_ACTIVATIONS = (("relu", "linear") + tuple(GATING_ACTIVATIONS) + OTHER_ACTIVATIONS
-                          + ("softmax",))
+_SUPPORTED_ACTIVATIONS = (
+    ("relu", "linear") + tuple(GATING_ACTIVATIONS) + OTHER_ACTIVATIONS + ("softmax",)
+)
 
 
 def _ratio_gate(fn: Callable[[Any], Any], at_zero: float) -> Callable[[Sequence[Any]], Any]:
     """``g(z) = f(z)/z``, and ``f'(0)`` where ``z = 0``."""
+
     def gate(inputs):
         z = inputs[0]
         zero = tf.equal(z, 0)
         ratio = fn(z) / tf.where(zero, tf.ones_like(z), z)
         return tf.where(zero, tf.cast(at_zero, z.dtype), ratio)
+
     return gate
 
 
 def _slope_gate(slope_fn: Callable[[], Any]) -> Callable[[Sequence[Any]], Any]:
     """``g(z) = 1`` for ``z > 0``, the (learned) slope elsewhere: leaky ReLU and PReLU."""
+
     def gate(inputs):
         z = inputs[0]
         return tf.where(z > 0, tf.ones_like(z), tf.cast(slope_fn(), z.dtype))
+
     return gate
 
 
-def _activation_op(key: str, layer: Any, name: str, fn: Callable[[Any], Any], slot_in: int,
-                   slot_out: int, gate: Callable[[Sequence[Any]], Any] | None = None) -> Op:
+def _activation_op(
+    key: str,
+    layer: Any,
+    name: str,
+    fn: Callable[[Any], Any],
+    slot_in: int,
+    slot_out: int,
+    gate: Callable[[Sequence[Any]], Any] | None = None,
+) -> Op:
     if name not in _SUPPORTED_ACTIVATIONS:
         raise ValueError(
             f"Layer '{key}' ({type(layer).__name__}) uses the activation '{name}', which has no "
@@ -285,16 +306,25 @@ def _activation_op(key: str, layer: Any, name: str, fn: Callable[[Any], Any], sl
             gate = _slope_gate(lambda: 0.2)
         else:
             gate = _ratio_gate(fn, GATING_ACTIVATIONS[name])
-    return Op(key=key, kind="activation", layer=layer, inputs=(slot_in,), outputs=(slot_out,),
-              forward=lambda xs: [fn(xs[0])], activation=name, gate=gate)
+    return Op(
+        key=key,
+        kind="activation",
+        layer=layer,
+        inputs=(slot_in,),
+        outputs=(slot_out,),
+        forward=lambda xs: [fn(xs[0])],
+        activation=name,
+        gate=gate,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Linear layers
 
 
-def _same_padding(in_sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
-                  dilation: Sequence[int]) -> list[tuple[int, int]]:
+def _same_padding(
+    in_sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilation: Sequence[int]
+) -> list[tuple[int, int]]:
     """TensorFlow's 'same' padding as explicit (before, after) amounts per spatial axis."""
     pads = []
     for n, k, s, d in zip(in_sizes, kernel, strides, dilation):
@@ -304,8 +334,13 @@ def _same_padding(in_sizes: Sequence[int], kernel: Sequence[int], strides: Seque
     return pads
 
 
-def _explicit_padding(layer: Any, x_shape: Sequence[Any], kernel_spatial: Sequence[int],
-                      strides: Sequence[int], dilation: Sequence[int]):
+def _explicit_padding(
+    layer: Any,
+    x_shape: Sequence[Any],
+    kernel_spatial: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+):
     """``(pad, known)``: a function padding ``x`` as the layer would (``None`` for no padding),
     and whether the padding is known (false for 'same' padding on an input of unknown size)."""
     padding = getattr(layer, "padding", "valid")
@@ -338,9 +373,15 @@ def _pad_amounts(mode: str, n: Any, k: int, s: int, d: int, causal: int) -> tupl
     return total // 2, total - total // 2
 
 
-def _crop_to_read(x: Any, mode: str, kernel_spatial: Sequence[int], strides: Sequence[int],
-                  dilation: Sequence[int], spatial_axes: Sequence[int],
-                  causal: Sequence[int]) -> Any:
+def _crop_to_read(
+    x: Any,
+    mode: str,
+    kernel_spatial: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    spatial_axes: Sequence[int],
+    causal: Sequence[int],
+) -> Any:
     """``x`` cut to the extent the convolution's windows actually read.
 
     With a stride above 1 the last rows and columns of an input (after its padding) may lie
@@ -393,8 +434,7 @@ def _pointwise_apply(depthwise: bool, strides: Sequence[int], channels_last: boo
         k_in, k_out = int(k.shape[-2]), int(k.shape[-1])
         flat = tf.reshape(x, [-1, channels])
         if depthwise:
-            out = tf.reshape(flat[:, :, None] * tf.reshape(k, [1, k_in, k_out]),
-                             [-1, k_in * k_out])
+            out = tf.reshape(flat[:, :, None] * tf.reshape(k, [1, k_in, k_out]), [-1, k_in * k_out])
             out_channels = k_in * k_out
         elif k_in == channels:
             out = tf.matmul(flat, tf.reshape(k, [k_in, k_out]))
@@ -402,8 +442,11 @@ def _pointwise_apply(depthwise: bool, strides: Sequence[int], channels_last: boo
         else:  # grouped: input channel block g feeds output channel block g
             groups = channels // k_in
             per_group = k_out // groups
-            out = tf.einsum("pgi,igo->pgo", tf.reshape(flat, [-1, groups, k_in]),
-                            tf.reshape(k, [k_in, groups, per_group]))
+            out = tf.einsum(
+                "pgi,igo->pgo",
+                tf.reshape(flat, [-1, groups, k_in]),
+                tf.reshape(k, [k_in, groups, per_group]),
+            )
             out = tf.reshape(out, [-1, k_out])
             out_channels = k_out
         dims = [d if d is not None else tf.shape(x)[i] for i, d in enumerate(x.shape[:-1])]
@@ -411,6 +454,7 @@ def _pointwise_apply(depthwise: bool, strides: Sequence[int], channels_last: boo
         if not channels_last:
             out = tf.transpose(out, [0, rank - 1] + list(range(1, rank - 1)))
         return out
+
     return apply
 
 
@@ -445,20 +489,25 @@ def _conv_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPar
 
         def apply(x, k):
             k = tf.cast(k, x.dtype)
-            x = _crop_to_read(x, pad_mode, kernel_spatial, strides, dilation, spatial_axes,
-                              causal)
+            x = _crop_to_read(x, pad_mode, kernel_spatial, strides, dilation, spatial_axes, causal)
             mode = pad_mode
             if pad_mode == "causal":
                 x = tf.pad(x, _graph.causal_padding(layer))
                 mode = "valid"
-            return op(x, k, strides=strides, padding=mode, dilation_rate=dilation,
-                      data_format=fmt)
+            return op(x, k, strides=strides, padding=mode, dilation_rate=dilation, data_format=fmt)
+
         return apply
 
     def part(variable, bias, apply, **kw):
-        return LinearPart(lambda: variable, (lambda: bias) if bias is not None else None, apply,
-                          kernel_shape=tuple(int(d) for d in variable.shape),
-                          channel_axis=channel_axis, compute_dtype=layer.compute_dtype, **kw)
+        return LinearPart(
+            lambda: variable,
+            (lambda: bias) if bias is not None else None,
+            apply,
+            kernel_shape=tuple(int(d) for d in variable.shape),
+            channel_axis=channel_axis,
+            compute_dtype=layer.compute_dtype,
+            **kw,
+        )
 
     def padded(pad, kernel_spatial, depthwise):
         """``padded_apply`` for the statistics; ``None`` where nothing is padded."""
@@ -468,18 +517,32 @@ def _conv_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPar
 
     bias = layer.bias if layer.use_bias else None
     if isinstance(layer, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)):
+
         def apply_t(x, k):
             return keras.ops.conv_transpose(
-                x, tf.cast(k, x.dtype), strides=strides, padding=padding, output_padding=layer.output_padding,
-                dilation_rate=dilation, data_format=fmt)
+                x,
+                tf.cast(k, x.dtype),
+                strides=strides,
+                padding=padding,
+                output_padding=layer.output_padding,
+                dilation_rate=dilation,
+                data_format=fmt,
+            )
+
         return [("", part(layer.kernel, bias, apply_t, out_axes=(-2,), shiftable=False))]
 
     if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
         dk, pk = layer.depthwise_kernel, layer.pointwise_kernel
         spatial = tuple(int(d) for d in dk.shape[:-2])
         pad, known = _explicit_padding(layer, x_shape, spatial, strides, dilation)
-        first = part(dk, None, windowed(spatial, True, padding), out_axes=(-2, -1),
-                     shiftable=known, padded_apply=padded(pad, spatial, True))
+        first = part(
+            dk,
+            None,
+            windowed(spatial, True, padding),
+            out_axes=(-2, -1),
+            shiftable=known,
+            padded_apply=padded(pad, spatial, True),
+        )
         ones = (1,) * len(strides)
         second = part(pk, bias, _pointwise_apply(False, ones, channels_last))
         return [("depthwise_kernel", first), ("pointwise_kernel", second)]
@@ -488,17 +551,35 @@ def _conv_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPar
     spatial = tuple(int(d) for d in k.shape[:-2])
     pad, known = _explicit_padding(layer, x_shape, spatial, strides, dilation)
     depthwise = isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D))
-    return [("", part(k, bias, windowed(spatial, depthwise, padding),
-                      out_axes=(-2, -1) if depthwise else (-1,),
-                      shiftable=known, padded_apply=padded(pad, spatial, depthwise)))]
+    return [
+        (
+            "",
+            part(
+                k,
+                bias,
+                windowed(spatial, depthwise, padding),
+                out_axes=(-2, -1) if depthwise else (-1,),
+                shiftable=known,
+                padded_apply=padded(pad, spatial, depthwise),
+            ),
+        )
+    ]
 
 
 def _dense_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPart]]:
     kernel, bias = layer.kernel, (layer.bias if layer.use_bias else None)
-    return [("", LinearPart(lambda: kernel, (lambda: bias) if bias is not None else None,
-                            lambda x, k: keras.ops.matmul(x, tf.cast(k, x.dtype)),
-                            kernel_shape=tuple(int(d) for d in kernel.shape),
-                            compute_dtype=layer.compute_dtype))]
+    return [
+        (
+            "",
+            LinearPart(
+                lambda: kernel,
+                (lambda: bias) if bias is not None else None,
+                lambda x, k: keras.ops.matmul(x, tf.cast(k, x.dtype)),
+                kernel_shape=tuple(int(d) for d in kernel.shape),
+                compute_dtype=layer.compute_dtype,
+            ),
+        )
+    ]
 
 
 def _linear_ops(node: _graph.CallNode, x_shape: Sequence[Any], parts_fn) -> list[Op]:
@@ -511,10 +592,18 @@ def _linear_ops(node: _graph.CallNode, x_shape: Sequence[Any], parts_fn) -> list
     for i, (suffix, part) in enumerate(parts):
         last = i == len(parts) - 1
         out = node.outputs[0] if (last and act_name == "linear") else -(id(part))
-        ops.append(Op(key=node.key, kind="linear", layer=layer, inputs=(slot,), outputs=(out,),
-                      forward=lambda xs, p=part: [p.add_bias(p.apply(xs[0], p.kernel))],
-                      linear=part,
-                      pattern_key=f"{node.key}/{suffix}" if suffix else node.key))
+        ops.append(
+            Op(
+                key=node.key,
+                kind="linear",
+                layer=layer,
+                inputs=(slot,),
+                outputs=(out,),
+                forward=lambda xs, p=part: [p.add_bias(p.apply(xs[0], p.kernel))],
+                linear=part,
+                pattern_key=f"{node.key}/{suffix}" if suffix else node.key,
+            )
+        )
         slot = out
     if act_name != "linear":
         ops.append(_activation_op(node.key, layer, act_name, act, slot, node.outputs[0]))
@@ -525,11 +614,22 @@ def _linear_ops(node: _graph.CallNode, x_shape: Sequence[Any], parts_fn) -> list
 # The registry: layer class -> a function building its ops
 
 
-def _simple(kind: str, averages: bool = False
-            ) -> Callable[[_graph.CallNode, Sequence[Any]], list[Op]]:
+def _simple(
+    kind: str, averages: bool = False
+) -> Callable[[_graph.CallNode, Sequence[Any]], list[Op]]:
     def build(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
-        return [Op(key=node.key, kind=kind, layer=node.layer, inputs=node.inputs,
-                   outputs=node.outputs, forward=node.call, averages=averages)]
+        return [
+            Op(
+                key=node.key,
+                kind=kind,
+                layer=node.layer,
+                inputs=node.inputs,
+                outputs=node.outputs,
+                forward=node.call,
+                averages=averages,
+            )
+        ]
+
     return build
 
 
@@ -542,7 +642,8 @@ def _activation_layer(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]
             raise ValueError(
                 f"Layer '{node.key}' is a ReLU with negative_slope={layer.negative_slope}, "
                 f"threshold={layer.threshold} and max_value={layer.max_value}; supported are "
-                "plain ReLUs (max_value allowed) and leaky ones (negative_slope, no max_value).")
+                "plain ReLUs (max_value allowed) and leaky ones (negative_slope, no max_value)."
+            )
         name = "relu" if slope == 0.0 else "leaky_relu"
         if slope != 0.0:
             gate = _slope_gate(lambda: slope)
@@ -556,27 +657,55 @@ def _activation_layer(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]
         name = "softmax"
     else:
         name = _activation_name(layer.activation)
-    return [_activation_op(node.key, layer, name, lambda x: node.call([x])[0], node.inputs[0],
-                           node.outputs[0], gate=gate)]
+    return [
+        _activation_op(
+            node.key,
+            layer,
+            name,
+            lambda x: node.call([x])[0],
+            node.inputs[0],
+            node.outputs[0],
+            gate=gate,
+        )
+    ]
 
 
 def _activation_function_op(name: str):
     """An activation written as a graph op (``keras.ops.sigmoid(x)`` in a functional model)."""
+
     def build(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
         gate = None
         if name == "leaky_relu":
             slope = float(node.layer.negative_slope)
             gate = _slope_gate(lambda: slope)
-        return [_activation_op(node.key, node.layer, name, lambda x: node.call([x])[0],
-                               node.inputs[0], node.outputs[0], gate=gate)]
+        return [
+            _activation_op(
+                node.key,
+                node.layer,
+                name,
+                lambda x: node.call([x])[0],
+                node.inputs[0],
+                node.outputs[0],
+                gate=gate,
+            )
+        ]
+
     return build
 
 
 def _affine(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
     """An elementwise affine map that never folds (Rescaling, Normalization, LayerScale,
     constant arithmetic): LRP takes its ε/z-rule, every other method its derivative."""
-    return [Op(key=node.key, kind="affine", layer=node.layer, inputs=node.inputs,
-               outputs=node.outputs, forward=node.call)]
+    return [
+        Op(
+            key=node.key,
+            kind="affine",
+            layer=node.layer,
+            inputs=node.inputs,
+            outputs=node.outputs,
+            forward=node.call,
+        )
+    ]
 
 
 def _identity(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
@@ -586,8 +715,16 @@ def _identity(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
     def forward(xs):
         return [tf.cast(xs[0], dtype)]
 
-    return [Op(key=node.key, kind="move", layer=node.layer, inputs=node.inputs[:1],
-               outputs=node.outputs, forward=forward)]
+    return [
+        Op(
+            key=node.key,
+            kind="move",
+            layer=node.layer,
+            inputs=node.inputs[:1],
+            outputs=node.outputs,
+            forward=forward,
+        )
+    ]
 
 
 def _layer_norm(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
@@ -615,8 +752,17 @@ def _layer_norm(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
             y = y + tf.reshape(tf.cast(layer.beta, compute), shape)
         return [tf.cast(y, x.dtype)]
 
-    return [Op(key=node.key, kind="affine", layer=layer, inputs=node.inputs,
-               outputs=node.outputs, forward=node.call, held=held)]
+    return [
+        Op(
+            key=node.key,
+            kind="affine",
+            layer=layer,
+            inputs=node.inputs,
+            outputs=node.outputs,
+            forward=node.call,
+            held=held,
+        )
+    ]
 
 
 def _product(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
@@ -625,20 +771,31 @@ def _product(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
     if len(node.inputs) != 2:
         raise ValueError(
             f"Layer '{node.key}' multiplies {len(node.inputs)} tensors; only a product of two "
-            "tensors, one of them a gate, is supported.")
+            "tensors, one of them a gate, is supported."
+        )
 
     def forward(xs):
         return [keras.ops.multiply(xs[0], xs[1])]
 
-    return [Op(key=node.key, kind="activation", layer=node.layer, inputs=node.inputs,
-               outputs=node.outputs, forward=forward, activation="product",
-               gate=lambda xs: xs[1])]
+    return [
+        Op(
+            key=node.key,
+            kind="activation",
+            layer=node.layer,
+            inputs=node.inputs,
+            outputs=node.outputs,
+            forward=forward,
+            activation="product",
+            gate=lambda xs: xs[1],
+        )
+    ]
 
 
 def _arithmetic(sum_like: bool, product: bool = False, averages: bool = False):
     """``x + y``, ``x - y``, ``x * y``, ``x / y`` written as graph ops: with one tensor operand
     and a constant, an elementwise affine map; with two tensors, a sum (``averages``: of
     non-negative weights, ``x + y``), or a product."""
+
     def build(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
         if len(node.inputs) == 1:
             return _affine(node, x_shape)
@@ -648,7 +805,9 @@ def _arithmetic(sum_like: bool, product: bool = False, averages: bool = False):
             return _product(node, x_shape)
         raise ValueError(
             f"Operation '{node.key}' ({type(node.layer).__name__}) divides two tensors; "
-            "pattern_keras has no backward rule for a quotient of two tensors.")
+            "pattern_keras has no backward rule for a quotient of two tensors."
+        )
+
     return build
 
 
@@ -658,7 +817,8 @@ def _broadcast_onto(small: tuple[Any, ...], big: tuple[Any, ...]) -> bool:
         return False
     pairs = list(zip(small[::-1], big[::-1]))
     return all(s == 1 or (s == b and s is not None) for s, b in pairs) and (
-        len(small) < len(big) or any(s == 1 and b != 1 for s, b in pairs))
+        len(small) < len(big) or any(s == 1 and b != 1 for s, b in pairs)
+    )
 
 
 def resolve_products(ops: list[Op], shapes: dict[int, tuple[Any, ...]]) -> None:
@@ -703,7 +863,8 @@ def resolve_products(ops: list[Op], shapes: dict[int, tuple[Any, ...]]) -> None:
                 f"(shapes {sa} and {sb}) neither of which is a gate: pattern_keras supports a "
                 "product whose one operand is computed from the other (x·g(x), e.g. "
                 "x·sigmoid(x)) or broadcast from a smaller shape (squeeze-and-excitation); any "
-                "other product of two tensors has no backward rule.")
+                "other product of two tensors has no backward rule."
+            )
         if gate == a and a != b:
             op.inputs = (b, a)
 
@@ -720,8 +881,17 @@ def _batch_norm(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
             shift = shift + tf.convert_to_tensor(layer.beta)
         return scale, shift, axis
 
-    return [Op(key=node.key, kind="affine", layer=layer, inputs=node.inputs, outputs=node.outputs,
-               forward=node.call, affine=scale_and_shift)]
+    return [
+        Op(
+            key=node.key,
+            kind="affine",
+            layer=layer,
+            inputs=node.inputs,
+            outputs=node.outputs,
+            forward=node.call,
+            affine=scale_and_shift,
+        )
+    ]
 
 
 _REGISTRY: dict[type, Callable[[_graph.CallNode, Sequence[Any]], list[Op]]] = {}
@@ -737,9 +907,18 @@ def _register_builtin() -> None:
         return _linear_ops(node, shape, _conv_parts)
 
     _REGISTRY[L.Dense] = dense
-    for cls in (L.Conv1D, L.Conv2D, L.Conv3D, L.DepthwiseConv1D, L.DepthwiseConv2D,
-                L.SeparableConv1D, L.SeparableConv2D, L.Conv1DTranspose, L.Conv2DTranspose,
-                L.Conv3DTranspose):
+    for cls in (
+        L.Conv1D,
+        L.Conv2D,
+        L.Conv3D,
+        L.DepthwiseConv1D,
+        L.DepthwiseConv2D,
+        L.SeparableConv1D,
+        L.SeparableConv2D,
+        L.Conv1DTranspose,
+        L.Conv2DTranspose,
+        L.Conv3DTranspose,
+    ):
         _REGISTRY[cls] = conv
     for cls in (L.Activation, L.ReLU, L.Softmax, L.LeakyReLU, L.PReLU, L.ELU):
         _REGISTRY[cls] = _activation_layer
@@ -747,8 +926,14 @@ def _register_builtin() -> None:
     _REGISTRY[L.LayerNormalization] = _layer_norm
     for cls in (L.Rescaling, L.Normalization):
         _REGISTRY[cls] = _affine
-    for cls in (L.RandomFlip, L.RandomRotation, L.RandomZoom, L.RandomTranslation,
-                L.RandomContrast, L.RandomBrightness):
+    for cls in (
+        L.RandomFlip,
+        L.RandomRotation,
+        L.RandomZoom,
+        L.RandomTranslation,
+        L.RandomContrast,
+        L.RandomBrightness,
+    ):
         _REGISTRY[cls] = _identity
     _REGISTRY[L.Multiply] = _product
     _REGISTRY[L.Subtract] = _simple("sum")
@@ -759,11 +944,21 @@ def _register_builtin() -> None:
         _REGISTRY[cls] = _arithmetic(sum_like=False)
     from keras.src.ops import nn as knn  # activations written as graph ops
 
-    for cls, name in ((knn.Relu, "relu"), (knn.Relu6, "relu"), (knn.Sigmoid, "sigmoid"),
-                      (knn.Silu, "silu"), (knn.HardSigmoid, "hard_sigmoid"),
-                      (knn.HardSilu, "hard_silu"), (knn.Gelu, "gelu"), (knn.Elu, "elu"),
-                      (knn.Selu, "selu"), (knn.Softplus, "softplus"), (knp.Tanh, "tanh"),
-                      (knn.LeakyRelu, "leaky_relu"), (knn.Softmax, "softmax")):
+    for cls, name in (
+        (knn.Relu, "relu"),
+        (knn.Relu6, "relu"),
+        (knn.Sigmoid, "sigmoid"),
+        (knn.Silu, "silu"),
+        (knn.HardSigmoid, "hard_sigmoid"),
+        (knn.HardSilu, "hard_silu"),
+        (knn.Gelu, "gelu"),
+        (knn.Elu, "elu"),
+        (knn.Selu, "selu"),
+        (knn.Softplus, "softplus"),
+        (knp.Tanh, "tanh"),
+        (knn.LeakyRelu, "leaky_relu"),
+        (knn.Softmax, "softmax"),
+    ):
         _REGISTRY[cls] = _activation_function_op(name)
     # Layers that keras.applications defines for itself (found by class, not imported
     # eagerly: a Keras release that moves them only loses these entries).
@@ -776,17 +971,44 @@ def _register_builtin() -> None:
         _REGISTRY[LayerScale] = _affine
         _REGISTRY[StochasticDepth] = _identity
         _REGISTRY[CustomScaleLayer] = _simple("sum")
-    for cls in (L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.GlobalMaxPooling1D,
-                L.GlobalMaxPooling2D, L.GlobalMaxPooling3D):
+    for cls in (
+        L.MaxPooling1D,
+        L.MaxPooling2D,
+        L.MaxPooling3D,
+        L.GlobalMaxPooling1D,
+        L.GlobalMaxPooling2D,
+        L.GlobalMaxPooling3D,
+    ):
         _REGISTRY[cls] = _simple("max_pool")
-    for cls in (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-                L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-                L.Add, L.Average):
+    for cls in (
+        L.AveragePooling1D,
+        L.AveragePooling2D,
+        L.AveragePooling3D,
+        L.GlobalAveragePooling1D,
+        L.GlobalAveragePooling2D,
+        L.GlobalAveragePooling3D,
+        L.Add,
+        L.Average,
+    ):
         _REGISTRY[cls] = _simple("sum", averages=True)
-    for cls in (L.Flatten, L.Reshape, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D,
-                L.SpatialDropout3D, L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
-                L.Cropping1D, L.Cropping2D, L.Cropping3D, L.Concatenate, L.Identity,
-                L.InputLayer, L.Permute):
+    for cls in (
+        L.Flatten,
+        L.Reshape,
+        L.Dropout,
+        L.SpatialDropout1D,
+        L.SpatialDropout2D,
+        L.SpatialDropout3D,
+        L.ZeroPadding1D,
+        L.ZeroPadding2D,
+        L.ZeroPadding3D,
+        L.Cropping1D,
+        L.Cropping2D,
+        L.Cropping3D,
+        L.Concatenate,
+        L.Identity,
+        L.InputLayer,
+        L.Permute,
+    ):
         _REGISTRY[cls] = _simple("move")
 
 
@@ -829,8 +1051,17 @@ def register_layer(layer_class: type, kind: str) -> None:
         name = "relu" if kind == "relu" else "linear"
 
         def build(node, shape, name=name):
-            return [_activation_op(node.key, node.layer, name, lambda x: node.call([x])[0],
-                                   node.inputs[0], node.outputs[0])]
+            return [
+                _activation_op(
+                    node.key,
+                    node.layer,
+                    name,
+                    lambda x: node.call([x])[0],
+                    node.inputs[0],
+                    node.outputs[0],
+                )
+            ]
+
         _REGISTRY[layer_class] = build
     else:
         _REGISTRY[layer_class] = _simple(kind)
@@ -863,7 +1094,8 @@ def ops_for_node(node: _graph.CallNode, input_shape: Sequence[Any]) -> list[Op]:
             "that pattern_keras does not support: of the preprocessing layers only Rescaling, "
             "Normalization and RandomFlip, RandomRotation, RandomZoom, RandomTranslation, "
             "RandomContrast, RandomBrightness (the identity at inference) are. Apply it to the "
-            "data before the model, or build the model without it.")
+            "data before the model, or build the model without it."
+        )
     if builder is None:
         raise ValueError(
             f"Layer '{node.key}' of class {type(node.layer).__name__} is not supported: no "

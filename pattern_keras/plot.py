@@ -35,17 +35,17 @@ add_sign_colorbar
 save_figure
     ``fig.savefig`` that first creates the parent folders.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
-
-import numpy as np
-from numpy.typing import ArrayLike
+from collections.abc import Mapping, Sequence
 
 import matplotlib
+import numpy as np
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 
 __all__ = [
     "heatmap",
@@ -82,7 +82,9 @@ def _as_float(x: ArrayLike, name: str) -> np.ndarray:
         raise ValueError(f"{name} is empty (shape {arr.shape}).")
     if not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf); shape {arr.shape}.")
+        raise ValueError(
+            f"{name} contains {bad} non-finite value(s) (NaN or inf); shape {arr.shape}."
+        )
     return arr
 
 
@@ -455,7 +457,11 @@ SIGN_KEY = "red = positive, blue = negative"
 
 
 def _explanation_batch(
-    name: str, value: ArrayLike, n: int, hw: tuple[int, int], images_batched: bool,
+    name: str,
+    value: ArrayLike,
+    n: int,
+    hw: tuple[int, int],
+    images_batched: bool,
     images_shape: tuple[int, ...],
 ) -> np.ndarray:
     """Validate one explanation against the images; return ``(N, H, W, C)``."""
@@ -466,8 +472,11 @@ def _explanation_batch(
         expected += f", or (H, W) / (H, W, C) with H, W={hw[0]}, {hw[1]}"
     if arr.ndim == 4:
         pass
-    elif arr.ndim == 3 and arr.shape[0] == n and arr.shape[1:3] == hw and (
-        images_batched or arr.shape[:2] != hw
+    elif (
+        arr.ndim == 3
+        and arr.shape[0] == n
+        and arr.shape[1:3] == hw
+        and (images_batched or arr.shape[:2] != hw)
     ):
         arr = arr[..., None]  # (N, H, W)
     elif not images_batched and arr.ndim in (2, 3):
@@ -599,8 +608,7 @@ def explanation_grid(
     ncols = 1 + len(columns)
     with_colorbar = colorbar and signed
     if figsize is None:
-        figsize = (2.0 * ncols + (1.0 if with_colorbar else 0.0),
-                   2.0 * n + (0.4 if title else 0.0))
+        figsize = (2.0 * ncols + (1.0 if with_colorbar else 0.0), 2.0 * n + (0.4 if title else 0.0))
     fig = Figure(figsize=figsize, layout="constrained")
     axes = fig.subplots(n, ncols, squeeze=False)
     for i in range(n):
@@ -626,8 +634,9 @@ def explanation_grid(
     return fig
 
 
-def add_sign_colorbar(fig: Figure, axes, cmap: str | Colormap = "seismic",
-                      percentile: float = 99.5):
+def add_sign_colorbar(
+    fig: Figure, axes, cmap: str | Colormap = "seismic", percentile: float = 99.5
+):
     """Add the colour bar of the signed maps, with the "red = positive, blue = negative" key.
 
     Parameters
@@ -654,8 +663,13 @@ def add_sign_colorbar(fig: Figure, axes, cmap: str | Colormap = "seismic",
     rows = np.shape(axes)[0] if np.ndim(axes) == 2 else 1
     # About three rows tall: a bar the height of a 16-row grid would dwarf the maps.
     shrink = 0.9 if rows <= 3 else max(0.2, 2.7 / rows)
-    bar = fig.colorbar(mappable, ax=axes, shrink=shrink, ticks=[-1.0, 0.0, 1.0],
-                       aspect=30 * shrink if rows > 3 else 30)
+    bar = fig.colorbar(
+        mappable,
+        ax=axes,
+        shrink=shrink,
+        ticks=[-1.0, 0.0, 1.0],
+        aspect=30 * shrink if rows > 3 else 30,
+    )
     bar.ax.set_yticklabels(["−max", "0", "+max"])
     scale = "max" if float(percentile) >= 100 else f"{float(percentile):g}th pct."
     bar.set_label(f"{SIGN_KEY}\n(each map scaled to its own {scale} of |value|)")

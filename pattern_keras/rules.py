@@ -12,7 +12,8 @@ activations are separate ops.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import tensorflow as tf
 
@@ -30,8 +31,9 @@ __all__ = [
 ]
 
 
-def vjp(fn: Callable[[Sequence[Any]], Sequence[Any]], inputs: Sequence[Any],
-        upstream: Sequence[Any]) -> list[Any]:
+def vjp(
+    fn: Callable[[Sequence[Any]], Sequence[Any]], inputs: Sequence[Any], upstream: Sequence[Any]
+) -> list[Any]:
     """Vector-Jacobian product of ``fn`` at ``inputs`` with ``upstream``.
 
     Inside a ``tf.function`` the recomputed forward ops that the product does not need are
@@ -43,8 +45,12 @@ def vjp(fn: Callable[[Sequence[Any]], Sequence[Any]], inputs: Sequence[Any],
         for x in inputs:
             tape.watch(x)
         outputs = fn(inputs)
-    return tape.gradient(list(outputs), inputs, output_gradients=list(upstream),
-                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return tape.gradient(
+        list(outputs),
+        inputs,
+        output_gradients=list(upstream),
+        unconnected_gradients=tf.UnconnectedGradients.ZERO,
+    )
 
 
 class GradientRule:
@@ -80,8 +86,9 @@ class LinearRule:
         keeps both.
     """
 
-    def __init__(self, kernel: Callable[[Op, Any], list[tuple[Any, Any]]] | None = None,
-                 name: str = "W") -> None:
+    def __init__(
+        self, kernel: Callable[[Op, Any], list[tuple[Any, Any]]] | None = None, name: str = "W"
+    ) -> None:
         self.kernel = kernel
         self.name = name
 
@@ -172,8 +179,13 @@ class Term:
 
     __slots__ = ("inputs", "fn", "sign", "value")
 
-    def __init__(self, inputs: Sequence[Any], fn: Callable[[Sequence[Any]], Sequence[Any]],
-                 sign: float = 1.0, value: Sequence[Any] | None = None) -> None:
+    def __init__(
+        self,
+        inputs: Sequence[Any],
+        fn: Callable[[Sequence[Any]], Sequence[Any]],
+        sign: float = 1.0,
+        value: Sequence[Any] | None = None,
+    ) -> None:
         self.inputs = list(inputs)
         self.fn = fn
         self.sign = sign
@@ -307,7 +319,8 @@ class Composite:
         if rule is None:
             raise ValueError(
                 f"No backward rule for op '{op.key}' of kind {op.kind!r} in {self!r}: give the "
-                "Composite a rule for this kind (or a default).")
+                "Composite a rule for this kind (or a default)."
+            )
         return rule
 
     def __repr__(self) -> str:
@@ -335,8 +348,10 @@ def _linear_term(op: Op, x: Any, kernel: Any, sign: float = 1.0) -> Term:
 
 def _require_linear(op: Op, rule: Any) -> None:
     if op.kind != "linear":
-        raise TypeError(f"{rule!r} applies to linear ops only; op '{op.key}' is of kind "
-                        f"{op.kind!r}. Map other kinds to another rule in the Composite.")
+        raise TypeError(
+            f"{rule!r} applies to linear ops only; op '{op.key}' is of kind "
+            f"{op.kind!r}. Map other kinds to another rule in the Composite."
+        )
 
 
 class AlphaBetaRule(BasicRule):
@@ -367,8 +382,13 @@ class AlphaBetaRule(BasicRule):
         ReLU), so the ``x⁻`` terms are skipped (they are zero): half the work.
     """
 
-    def __init__(self, alpha: float = 1.0, beta: float = 0.0, bias: bool = True,
-                 nonnegative_input: Callable[[Op], bool] | None = None) -> None:
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 0.0,
+        bias: bool = True,
+        nonnegative_input: Callable[[Op], bool] | None = None,
+    ) -> None:
         if alpha < 0 or beta < 0:
             raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}.")
         super().__init__(0.0)
@@ -396,11 +416,13 @@ class AlphaBetaRule(BasicRule):
                 terms.append(_linear_term(op, x_neg, k_for_neg))
             return terms
 
-        groups = [(self.alpha, regime(w_pos, w_neg),
-                   None if bias is None else tf.maximum(bias, 0.0))]
+        groups = [
+            (self.alpha, regime(w_pos, w_neg), None if bias is None else tf.maximum(bias, 0.0))
+        ]
         if self.beta != 0.0:
-            groups.append((-self.beta, regime(w_neg, w_pos),
-                           None if bias is None else tf.minimum(bias, 0.0)))
+            groups.append(
+                (-self.beta, regime(w_neg, w_pos), None if bias is None else tf.minimum(bias, 0.0))
+            )
         return groups
 
     def __repr__(self) -> str:
@@ -448,8 +470,17 @@ class BoundedRule(BasicRule):
         high = tf.broadcast_to(tf.cast(self.high(op), x.dtype), tf.shape(x))
         kernel = tf.cast(op.linear.kernel, x.dtype)
         w_pos, w_neg = _signed_parts(kernel)
-        return [(None, [_linear_term(op, x, kernel), _linear_term(op, low, w_pos, -1.0),
-                        _linear_term(op, high, w_neg, -1.0)], None)]
+        return [
+            (
+                None,
+                [
+                    _linear_term(op, x, kernel),
+                    _linear_term(op, low, w_pos, -1.0),
+                    _linear_term(op, high, w_neg, -1.0),
+                ],
+                None,
+            )
+        ]
 
     def __repr__(self) -> str:
         return "BoundedRule()"

@@ -33,8 +33,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SIZES = tuple(range(28, 65))
 #: One analyzer per backward rule applied to a convolution, for the compiled sweep.
-COMPILED_ANALYZERS = ("gradient", "lrp.epsilon", "lrp.alpha_2_beta_1", "deep_taylor.bounded",
-                      "pattern.attribution")
+COMPILED_ANALYZERS = (
+    "gradient",
+    "lrp.epsilon",
+    "lrp.alpha_2_beta_1",
+    "deep_taylor.bounded",
+    "pattern.attribution",
+)
 CHANNELS = 2
 BATCH = 2
 
@@ -51,9 +56,15 @@ def build_model(kernel: int, sizes=SIZES):
     for n in sizes:
         x = keras.Input((n, n, CHANNELS), name=f"x{n}")
         inputs.append(x)
-        for padding in (("valid",) if kernel == 1 else ("valid", "same")):
-            h = L.Conv2D(CHANNELS, kernel, strides=2, padding=padding, activation="relu",
-                         name=f"conv{n}_{padding}")(x)
+        for padding in ("valid",) if kernel == 1 else ("valid", "same"):
+            h = L.Conv2D(
+                CHANNELS,
+                kernel,
+                strides=2,
+                padding=padding,
+                activation="relu",
+                name=f"conv{n}_{padding}",
+            )(x)
             branches.append(L.GlobalAveragePooling2D(name=f"gap{n}_{padding}")(h))
     h = L.Add(name="sum")(branches)
     return keras.Model(inputs, L.Dense(2, name="logits")(h), name=f"sweep_k{kernel}")
@@ -80,7 +91,7 @@ def main(argv=None) -> int:
     data = [rng.normal(size=(BATCH, n, n, CHANNELS)).astype(np.float32) for n in sizes]
 
     fitted = {}
-    for pattern_type in (("relu", "linear") if eager else ("relu",)):
+    for pattern_type in ("relu", "linear") if eager else ("relu",):
         analyzer = pk.PatternAttribution(model, pattern_type=pattern_type)
         analyzer.fit(data, batch_size=BATCH, verbose=0)
         fitted[pattern_type] = analyzer.patterns

@@ -70,7 +70,8 @@ def no_empty_batch_layer():
         class NoEmptyBatch(keras.layers.Layer):
             def call(self, x):
                 check = tf.debugging.assert_positive(
-                    tf.shape(x)[0], message="NoEmptyBatch: a model op ran on an empty batch")
+                    tf.shape(x)[0], message="NoEmptyBatch: a model op ran on an empty batch"
+                )
                 with tf.control_dependencies([check]):
                     return tf.identity(x)
 
@@ -120,7 +121,7 @@ def batches(x, batch_size: int = BATCH_SIZE, labels: bool = True, kill_at: int |
     for i, start in enumerate(range(0, len(x), batch_size)):
         if kill_at is not None and i >= kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-        xb = x[start:start + batch_size]
+        xb = x[start : start + batch_size]
         yield (xb, np.zeros(len(xb), np.int64)) if labels else xb
 
 
@@ -162,7 +163,8 @@ def run_mirrored(args) -> None:
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * args.replicas)
+        cpu, [tf.config.LogicalDeviceConfiguration()] * args.replicas
+    )
 
     import numpy as np
 
@@ -176,7 +178,8 @@ def run_mirrored(args) -> None:
     results = {"replicas": strategy.num_replicas_in_sync}
     # How the last global batch is split: with 4·32 + 1 samples, one replica gets nothing.
     *_, last = strategy.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensor_slices(x).batch(BATCH_SIZE))
+        tf.data.Dataset.from_tensor_slices(x).batch(BATCH_SIZE)
+    )
     results["last_shards"] = [int(t.shape[0]) for t in strategy.experimental_local_results(last)]
     with strategy.scope():
         inside = build_cnn()
@@ -191,11 +194,13 @@ def run_mirrored(args) -> None:
         with strategy.scope() if where == "scope" else contextlib.nullcontext():
             if how == "computer":  # the strategy given to the constructor
                 stats = PatternComputer(model, strategy=strategy).compute_statistics(
-                    data, batch_size=BATCH_SIZE, verbose=0)
+                    data, batch_size=BATCH_SIZE, verbose=0
+                )
                 results.update(stats_results(f"{where}-{kind}-{how}", stats))
             else:  # the strategy given to analyzer.fit
-                analyzer = PatternNet(model).fit(data, batch_size=BATCH_SIZE, verbose=0,
-                                                 strategy=strategy)
+                analyzer = PatternNet(model).fit(
+                    data, batch_size=BATCH_SIZE, verbose=0, strategy=strategy
+                )
                 results.update(patterns_results(f"{where}-{kind}-{how}", analyzer.patterns))
     np.savez(args.out, **results)
 
@@ -220,7 +225,8 @@ def run_multiworker(args) -> None:
     x = np.load(args.data)["x"]
     results = {"replicas": strategy.num_replicas_in_sync, "task_index": task["index"]}
     stats = PatternComputer(model, strategy=strategy).compute_statistics(
-        x, batch_size=BATCH_SIZE, verbose=0, checkpoint_path=args.checkpoint)
+        x, batch_size=BATCH_SIZE, verbose=0, checkpoint_path=args.checkpoint
+    )
     results.update(stats_results("numpy-computer", stats))
     analyzer = PatternNet(model).fit(batches(x), verbose=0, strategy=strategy)
     results.update(patterns_results("generator-analyzer", analyzer.patterns))
@@ -230,7 +236,8 @@ def run_multiworker(args) -> None:
     bad[40, 1, 2, 0] = np.nan
     try:
         PatternComputer(model, strategy=strategy).compute_statistics(
-            bad, batch_size=BATCH_SIZE, verbose=0)
+            bad, batch_size=BATCH_SIZE, verbose=0
+        )
         results["nonfinite_error"] = ""
     except ValueError as err:
         results["nonfinite_error"] = str(err)
@@ -246,8 +253,11 @@ def run_killed(args) -> None:
     model.load_weights(args.weights)
     x = np.load(args.data)["x"]
     PatternComputer(model).compute_statistics(
-        batches(x, kill_at=args.kill_after), verbose=0, checkpoint_path=args.checkpoint,
-        checkpoint_every=2)
+        batches(x, kill_at=args.kill_after),
+        verbose=0,
+        checkpoint_path=args.checkpoint,
+        checkpoint_every=2,
+    )
     sys.exit("the fit finished: the generator should have killed this process")
 
 
@@ -262,7 +272,8 @@ def main(argv=None) -> None:
     parser.add_argument("--kill-after", type=int, default=3)
     args = parser.parse_args(argv)
     {"mirrored": run_mirrored, "multiworker": run_multiworker, "killed": run_killed}[args.mode](
-        args)
+        args
+    )
 
 
 if __name__ == "__main__":

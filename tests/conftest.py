@@ -38,6 +38,7 @@ luck. The fractions, from the arithmetic (u = 2⁻²⁴ ≈ 6e-8, float32's unit
 Where a test wants exactness (the same code path, a saved and reloaded array, float64 sums) it
 compares bit for bit (``np.testing.assert_array_equal``) or in float64.
 """
+
 import os
 
 import numpy as np
@@ -65,8 +66,12 @@ def assert_close(actual, expected, rtol_of_max: float = PASS, *, err_msg: str = 
     scale = float(finite.max()) if finite.size else 0.0
     atol = rtol_of_max * scale
     np.testing.assert_allclose(
-        actual, expected, rtol=0, atol=atol,
-        err_msg=f"{err_msg} (tolerance {rtol_of_max:g} of the largest magnitude {scale:.6g})")
+        actual,
+        expected,
+        rtol=0,
+        atol=atol,
+        err_msg=f"{err_msg} (tolerance {rtol_of_max:g} of the largest magnitude {scale:.6g})",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +90,8 @@ def reference_mlp():
     h = keras.layers.Dense(16, activation="relu", name="dense2")(h)
     model = keras.Model(x, keras.layers.Dense(10, name="dense3")(h))
     for name in ("dense1", "dense2", "dense3"):
-        model.get_layer(name).set_weights([ref[f"weights/{name}/kernel"],
-                                           ref[f"weights/{name}/bias"]])
+        model.get_layer(name).set_weights(
+            [ref[f"weights/{name}/kernel"], ref[f"weights/{name}/bias"]]
+        )
     assert_close(model.predict(ref["x_analyze"], verbose=0), ref["logits"], PASS)
     return model, ref

@@ -13,6 +13,7 @@ notebook's install cell runs ``pip install $PK_PIP_SPEC`` into the new environme
 ``repo_kernel`` runs this interpreter with the checkout first on ``PYTHONPATH``: what
 ``tools/regenerate.py notebooks`` uses to store outputs made by the current code.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,15 +59,22 @@ def make_fresh_env(path: pathlib.Path) -> str:
     python = path / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     target = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True).stdout.strip()
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     pathlib.Path(target, "_pk_shared_site.pth").write_text(
-        "".join(f"{folder}\n" for folder in _site_packages()))
+        "".join(f"{folder}\n" for folder in _site_packages())
+    )
     return str(python)
 
 
 def _notebook_env(workdir: pathlib.Path | None, quick: bool) -> dict[str, str]:
-    env = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONNOUSERSITE": "1",
-           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    env = {
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONNOUSERSITE": "1",
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    }
     if workdir is not None:
         env["PK_NB_WORKDIR"] = str(workdir)
     if quick:
@@ -112,7 +120,8 @@ def repo_kernel(tmp: pathlib.Path, quick: bool = False):
     workdir.mkdir(parents=True, exist_ok=True)
     env = _notebook_env(None, quick)
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+    )
     _write_kernelspec(tmp / "jupyter", sys.executable, env)
     with _jupyter_path(tmp / "jupyter"):
         yield KERNEL_NAME, workdir

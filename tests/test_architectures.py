@@ -3,6 +3,7 @@ convolutions, ReLU6, BatchNormalization everywhere) run through every analyzer f
 folding preserves their outputs; patterns of depthwise, separable and transposed convolutions
 equal a float64 numpy reference with explicit patches; PatternNet crosses Add and Concatenate
 as a hand-written backward pass does; nested models give ``outer/inner`` pattern keys."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,9 +14,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import DEEP_PASS, PASS, STATISTICS, assert_close
 
 import pattern_keras as pk
-from conftest import DEEP_PASS, PASS, STATISTICS, assert_close
 from pattern_keras import engine
 
 L = keras.layers
@@ -54,8 +55,9 @@ def apps():
         if name not in cache:
             build, size = APPS[name]
             keras.utils.set_random_seed(10)
-            model = build(weights=None, input_shape=(size, size, 3), classes=10,
-                          classifier_activation=None)
+            model = build(
+                weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None
+            )
             randomize_batch_norm(model, seed=11)
             x = np.random.default_rng(12).uniform(-1, 1, (2, size, size, 3)).astype("float32")
             y = model(x).numpy()
@@ -83,8 +85,12 @@ def analyzer_families(model):
 # Tracing a big graph costs 5-15 s per analyzer on two cores, running it eagerly under 1 s:
 # every family runs eagerly (the same rule code, op by op), and one family per application
 # also runs compiled, as users run it.
-COMPILED = {"ResNet50": "integrated_gradients", "MobileNetV2": "smoothgrad",
-            "DenseNet121": "deep_taylor", "Xception": "lrp.alpha_2_beta_1"}
+COMPILED = {
+    "ResNet50": "integrated_gradients",
+    "MobileNetV2": "smoothgrad",
+    "DenseNet121": "deep_taylor",
+    "Xception": "lrp.alpha_2_beta_1",
+}
 
 
 @contextlib.contextmanager
@@ -112,7 +118,7 @@ def test_batch_norm_folding_preserves_outputs(apps, name):
     n_bn = sum(isinstance(layer, L.BatchNormalization) for layer in model.layers)
     left = sum(op.kind == "affine" for op in program.ops)
     assert left < n_bn
-    if name != "DenseNet121":        # DenseNet's pre-activation BNs follow no linear layer
+    if name != "DenseNet121":  # DenseNet's pre-activation BNs follow no linear layer
         assert left == 0
     # Conv → BN → ReLU: the folded layer is rectified (unfolded, the BN stands between).
     unfolded = engine.Program(model)
@@ -122,9 +128,13 @@ def test_batch_norm_folding_preserves_outputs(apps, name):
         users = unfolded.consumers(slot)
         return len(users) == 1 and users[0].kind == "activation" and users[0].activation == "relu"
 
-    expected = sum(1 for op in unfolded.ops if op.kind == "affine"
-                   and getattr(unfolded.producer(op.inputs[0]), "kind", None) == "linear"
-                   and relu_after(op.outputs[0]))
+    expected = sum(
+        1
+        for op in unfolded.ops
+        if op.kind == "affine"
+        and getattr(unfolded.producer(op.inputs[0]), "kind", None) == "linear"
+        and relu_after(op.outputs[0])
+    )
     assert expected > 0
     assert sum(op.rectified for op in program.linear_ops) == expected
 
@@ -152,7 +162,7 @@ def test_patternnet_and_patternattribution(apps, name):
     model, x, _ = apps(name)
     data = np.random.default_rng(13).uniform(-1, 1, (4,) + x.shape[1:]).astype("float32")
     with eagerly():
-        net = pk.PatternNet(model).fit(data, batch_size=2, verbose=0)      # two batches
+        net = pk.PatternNet(model).fit(data, batch_size=2, verbose=0)  # two batches
         keys = list(net.patterns)
         assert len(keys) == len({op.pattern_key for op in net._program.linear_ops})
         for key in keys:
@@ -192,8 +202,12 @@ def ref_patterns(X, w, b):
         return num / (w @ num)
 
     cov = ((X - X.mean(0)) * (y - mean_y)[:, None]).mean(0)
-    return {"pos": regime(z > 0), "neg": regime(z <= 0), "linear": cov / (w @ cov),
-            "active": np.mean(z > 0)}
+    return {
+        "pos": regime(z > 0),
+        "neg": regime(z <= 0),
+        "linear": cov / (w @ cov),
+        "active": np.mean(z > 0),
+    }
 
 
 def patches(x, k, stride, padding):
@@ -208,8 +222,11 @@ def patches(x, k, stride, padding):
     out = [(n - k) // stride + 1 for n in x.shape[1:3]]
     p = np.empty((x.shape[0], out[0], out[1], k, k, x.shape[-1]))
     for i, j in itertools.product(range(k), range(k)):
-        p[:, :, :, i, j] = x[:, i:i + (out[0] - 1) * stride + 1:stride,
-                             j:j + (out[1] - 1) * stride + 1:stride]
+        p[:, :, :, i, j] = x[
+            :,
+            i : i + (out[0] - 1) * stride + 1 : stride,
+            j : j + (out[1] - 1) * stride + 1 : stride,
+        ]
     return p
 
 
@@ -261,7 +278,7 @@ def transpose_reference(P, kernel, bias):
     """Conv2DTranspose kernel (k, k, out, in): neuron o sees the patch (k, k, in)."""
     M = int(np.prod(P.shape[:3]))
     X = P.reshape(M, -1)
-    as_conv = np.transpose(kernel, (0, 1, 3, 2))            # (k, k, in, out)
+    as_conv = np.transpose(kernel, (0, 1, 3, 2))  # (k, k, in, out)
     z, refs, active = dense_reference(X, as_conv, bias)
     refs = {key: np.transpose(v, (0, 1, 3, 2)) for key, v in refs.items()}
     return z.reshape(P.shape[:3] + (-1,)), refs, active
@@ -304,31 +321,35 @@ def conv_family():
     # DepthwiseConv2D
     x_dw = np.float64(x)
     P = patches(x_dw, 3, 2, "same")
-    z, refs["dw"], active = depthwise_reference(P, np.float64(dw.kernel.numpy()),
-                                                np.float64(dw.bias.numpy()))
+    z, refs["dw"], active = depthwise_reference(
+        P, np.float64(dw.kernel.numpy()), np.float64(dw.bias.numpy())
+    )
     assert_close(sub_output(model, d, x), z, PASS)
     actives = [active]
     # SeparableConv2D, depthwise part: no bias, not rectified (feeds the pointwise part)
     h_in = np.maximum(z, 0)
     P = patches(h_in, 2, 1, "valid")
     dk = np.float64(sep.depthwise_kernel.numpy())
-    z_d, refs["sep/depthwise_kernel"], _ = depthwise_reference(P, dk, np.zeros(dk.shape[-2] *
-                                                                               dk.shape[-1]))
+    z_d, refs["sep/depthwise_kernel"], _ = depthwise_reference(
+        P, dk, np.zeros(dk.shape[-2] * dk.shape[-1])
+    )
     # pointwise part: a 1×1 convolution of the depthwise output, with the layer's bias
     pk_ = np.float64(sep.pointwise_kernel.numpy())
     X = z_d.reshape(-1, z_d.shape[-1])
-    z_p, refs["sep/pointwise_kernel"], active = dense_reference(X, pk_,
-                                                                np.float64(sep.bias.numpy()))
+    z_p, refs["sep/pointwise_kernel"], active = dense_reference(
+        X, pk_, np.float64(sep.bias.numpy())
+    )
     z_p = z_p.reshape(z_d.shape[:3] + (-1,))
     assert_close(sub_output(model, s, x), z_p, PASS)
     actives.append(active)
     # Conv2DTranspose
     P = transpose_patches(np.maximum(z_p, 0), 3, 2)
-    z_t, refs["tr"], active = transpose_reference(P, np.float64(tr.kernel.numpy()),
-                                                  np.float64(tr.bias.numpy()))
+    z_t, refs["tr"], active = transpose_reference(
+        P, np.float64(tr.kernel.numpy()), np.float64(tr.bias.numpy())
+    )
     assert_close(model(x).numpy(), z_t, PASS)
     actives.append(active)
-    for a in actives:       # both regimes are exercised everywhere
+    for a in actives:  # both regimes are exercised everywhere
         assert np.all((a > 0.05) & (a < 0.95)), a
     return model, x, refs
 
@@ -349,8 +370,7 @@ def test_conv_family_patterns_equal_numpy_reference(conv_family, pattern_type):
         else:
             assert_close(patterns[key], ref["pos"], STATISTICS, err_msg=key)
             if not computer.plans[key].rectified:
-                assert_close(patterns.negative(key), ref["neg"], STATISTICS,
-                             err_msg=key + " (a₋)")
+                assert_close(patterns.negative(key), ref["neg"], STATISTICS, err_msg=key + " (a₋)")
             else:
                 assert not patterns.has_negative(key)
 
@@ -445,8 +465,9 @@ def test_nested_model_pattern_keys_and_values():
     dense.bias.assign(center(np.float32(x @ dense.kernel.numpy()), np.random.default_rng(0)))
     patterns = pk.PatternComputer(model).compute(x, batch_size=16, verbose=0)
     assert sorted(patterns) == ["head", "inner/dense"]
-    _, ref, active = dense_reference(np.float64(x), np.float64(dense.kernel.numpy()),
-                                     np.float64(dense.bias.numpy()))
+    _, ref, active = dense_reference(
+        np.float64(x), np.float64(dense.kernel.numpy()), np.float64(dense.bias.numpy())
+    )
     assert np.all((active > 0.05) & (active < 0.95))
     assert_close(patterns["inner/dense"], ref["pos"], STATISTICS)
     r = pk.PatternAttribution(model, patterns=patterns).analyze(x[:3])

@@ -21,8 +21,7 @@ def small_model():
     return keras.Model(x, keras.layers.Dense(2)(keras.layers.Dense(3, activation="relu")(x)))
 
 
-@pytest.mark.parametrize("build", [pk.Gradient, pk.LRPZ, pk.PatternAttribution,
-                                   pk.PatternComputer])
+@pytest.mark.parametrize("build", [pk.Gradient, pk.LRPZ, pk.PatternAttribution, pk.PatternComputer])
 def test_other_backend_is_refused_in_one_sentence(monkeypatch, build):
     model = small_model()
     monkeypatch.setattr(keras.config, "backend", lambda: "jax")
@@ -45,9 +44,13 @@ def test_jax_backend_in_a_subprocess():
         "except RuntimeError as err:\n"
         "    print('REFUSED', err)\n"
     )
-    env = dict(os.environ, KERAS_BACKEND="jax",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=600, env=env)
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="jax",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "REFUSED" in proc.stdout and "KERAS_BACKEND=tensorflow" in proc.stdout, proc.stdout

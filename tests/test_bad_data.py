@@ -5,6 +5,7 @@ tampered or oversized pattern files and checkpoints, stale patterns, resuming wi
 size, non-finite data, Keras-style data. Tampered files are re-signed (their checksum recomputed)
 where a test checks the structural checks behind the checksum.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,9 +68,11 @@ def resign(path: Path) -> None:
 
 
 def loaders(model):
-    return {"Patterns.load": pk.Patterns.load,
-            "PatternStatistics.load": pk.PatternStatistics.load,
-            "analyzer": lambda p: pk.PatternNet(model).load_patterns(p)}
+    return {
+        "Patterns.load": pk.Patterns.load,
+        "PatternStatistics.load": pk.PatternStatistics.load,
+        "analyzer": lambda p: pk.PatternNet(model).load_patterns(p),
+    }
 
 
 def refused_everywhere(path, model, match, skip=()):
@@ -91,8 +94,9 @@ def test_declared_shape_is_checked_before_any_array_is_read(fitted, tmp_path, mo
     bad = copy_of(path, tmp_path)
     with h5py.File(bad, "a") as f:
         del f["patterns/head/a"]
-        f["patterns/head"].create_dataset("a", shape=(200_000, 100_000), dtype="f8",
-                                          chunks=(1000, 1000))  # 160 GB declared, never written
+        f["patterns/head"].create_dataset(
+            "a", shape=(200_000, 100_000), dtype="f8", chunks=(1000, 1000)
+        )  # 160 GB declared, never written
         # Its metadata re-signed (not its values: the checksum over them would read them).
         f.attrs[pio.METADATA_CHECKSUM_ATTR] = pio._digest(f, values=False)
     assert bad.stat().st_size < 200_000
@@ -137,8 +141,9 @@ def test_a_negative_is_validated_like_a(fitted, tmp_path, case):
                 if case == "scalar":
                     f["patterns/head"].create_dataset("a_negative", data=np.float32(1.0))
                 elif case == "wrong shape":
-                    f["patterns/head"].create_dataset("a_negative",
-                                                      data=np.ones((3, 8), np.float32))
+                    f["patterns/head"].create_dataset(
+                        "a_negative", data=np.ones((3, 8), np.float32)
+                    )
         resign(bad)
         if case in ("scalar", "wrong shape"):
             refused_everywhere(bad, model, r"a_negative' has shape")
@@ -150,10 +155,16 @@ def test_a_negative_is_validated_like_a(fitted, tmp_path, case):
                 pk.PatternAttribution(model, patterns=str(bad))
     # In memory too: a scalar or missing a₋ is refused by set_patterns.
     good = analyzer.patterns
-    for negative, message in (({"head": np.float32(1.0)}, r"shape \(\)"),
-                              ({}, "no negative-regime pattern")):
-        hand = pk.Patterns({k: good[k] for k in good}, negative=negative,
-                           pattern_types=good.pattern_types, fingerprint=good.fingerprint)
+    for negative, message in (
+        ({"head": np.float32(1.0)}, r"shape \(\)"),
+        ({}, "no negative-regime pattern"),
+    ):
+        hand = pk.Patterns(
+            {k: good[k] for k in good},
+            negative=negative,
+            pattern_types=good.pattern_types,
+            fingerprint=good.fingerprint,
+        )
         with pytest.raises(ValueError, match=message):
             pk.PatternAttribution(model).set_patterns(hand)
 
@@ -162,24 +173,44 @@ def test_damaged_checkpoint_entries_raise_pattern_file_error(fitted, tmp_path):
     """A missing, wrong-shaped, extra, duplicated or non-finite entry names itself."""
     model, x, _, path = fitted
     cases = {
-        "missing sum": (lambda f: f.__delitem__("statistics/head/sum_xy"),
-                        "lacks the entry 'sum_xy'"),
-        "wrong-shaped sum": (lambda f: (f.__delitem__("statistics/head/n"),
-                                        f["statistics/head"].create_dataset("n", data=[1.0])),
-                             r"/statistics/head/n' has shape \(1,\)"),
-        "extra sum": (lambda f: f["statistics/fc"].create_dataset("sum_x", data=np.ones((5, 8))),
-                      "unexpected entry 'sum_x'"),
-        "integer sum": (lambda f: (f.__delitem__("statistics/head/n"),
-                                   f["statistics/head"].create_dataset("n", data=[1, 2, 3])),
-                        "dtype int64"),
-        "duplicated layer": (lambda f: f["patterns"].__setitem__("copy", f["patterns/head"]),
-                             "claims the layer key 'head'.*duplicated"),
-        "NaN sum": (lambda f: f["statistics/head/sum_y"].__setitem__(0, np.nan),
-                    "sum_y' holds 1 NaN"),
-        "missing root attribute": (lambda f: f.attrs.__delitem__("n_samples"),
-                                   "lacks the attribute 'n_samples'"),
-        "malformed out_axes": (lambda f: f["statistics/head"].attrs.__setitem__(
-            "out_axes", np.array([5])), "malformed attribute 'out_axes'"),
+        "missing sum": (
+            lambda f: f.__delitem__("statistics/head/sum_xy"),
+            "lacks the entry 'sum_xy'",
+        ),
+        "wrong-shaped sum": (
+            lambda f: (
+                f.__delitem__("statistics/head/n"),
+                f["statistics/head"].create_dataset("n", data=[1.0]),
+            ),
+            r"/statistics/head/n' has shape \(1,\)",
+        ),
+        "extra sum": (
+            lambda f: f["statistics/fc"].create_dataset("sum_x", data=np.ones((5, 8))),
+            "unexpected entry 'sum_x'",
+        ),
+        "integer sum": (
+            lambda f: (
+                f.__delitem__("statistics/head/n"),
+                f["statistics/head"].create_dataset("n", data=[1, 2, 3]),
+            ),
+            "dtype int64",
+        ),
+        "duplicated layer": (
+            lambda f: f["patterns"].__setitem__("copy", f["patterns/head"]),
+            "claims the layer key 'head'.*duplicated",
+        ),
+        "NaN sum": (
+            lambda f: f["statistics/head/sum_y"].__setitem__(0, np.nan),
+            "sum_y' holds 1 NaN",
+        ),
+        "missing root attribute": (
+            lambda f: f.attrs.__delitem__("n_samples"),
+            "lacks the attribute 'n_samples'",
+        ),
+        "malformed out_axes": (
+            lambda f: f["statistics/head"].attrs.__setitem__("out_axes", np.array([5])),
+            "malformed attribute 'out_axes'",
+        ),
     }
     for name, (tamper, message) in cases.items():
         bad = copy_of(path, tmp_path, name.replace(" ", "_") + ".h5")
@@ -193,19 +224,23 @@ def test_damaged_checkpoint_entries_raise_pattern_file_error(fitted, tmp_path):
         # And a fit does not resume from it, leaving it as it was.
         before = bad.read_bytes()
         with pytest.raises(pk.PatternFileError, match=message):
-            pk.PatternComputer(model).compute_statistics(x, verbose=0,
-                                                         checkpoint_path=str(bad))
+            pk.PatternComputer(model).compute_statistics(x, verbose=0, checkpoint_path=str(bad))
         assert bad.read_bytes() == before, name
 
 
-@pytest.mark.parametrize("fingerprint, message", [
-    ("{}", "malformed fingerprint.*'layers' and 'weights_sha256'"),
-    ("[1, 2]", "malformed fingerprint"),
-    ('{"layers": [["fc", "Dense", [[5, 8]]]], "weights_sha256": 7}', "not a SHA-256"),
-    ('{"layers": [["fc", "Dense", "x"]], "weights_sha256": "' + "0" * 64 + '"}',
-     "layer entry 0"),
-    ("{not json", "malformed fingerprint.*not JSON"),
-])
+@pytest.mark.parametrize(
+    "fingerprint, message",
+    [
+        ("{}", "malformed fingerprint.*'layers' and 'weights_sha256'"),
+        ("[1, 2]", "malformed fingerprint"),
+        ('{"layers": [["fc", "Dense", [[5, 8]]]], "weights_sha256": 7}', "not a SHA-256"),
+        (
+            '{"layers": [["fc", "Dense", "x"]], "weights_sha256": "' + "0" * 64 + '"}',
+            "layer entry 0",
+        ),
+        ("{not json", "malformed fingerprint.*not JSON"),
+    ],
+)
 def test_malformed_fingerprint_is_refused(fitted, tmp_path, fingerprint, message):
     model, _, _, path = fitted
     bad = copy_of(path, tmp_path)
@@ -237,9 +272,12 @@ def test_links_external_storage_and_virtual_datasets_are_not_followed(fitted, tm
             layout[:] = h5py.VirtualSource(str(outside), "a", shape=(8, 3))
             g.create_virtual_dataset("a", layout)
 
-    for how, message in (("external link", "external link"), ("soft link", "soft link"),
-                         ("external storage", "external files"),
-                         ("virtual", "virtual dataset")):
+    for how, message in (
+        ("external link", "external link"),
+        ("soft link", "soft link"),
+        ("external storage", "external files"),
+        ("virtual", "virtual dataset"),
+    ):
         bad = copy_of(path, tmp_path, how.replace(" ", "_") + ".h5")
         with h5py.File(bad, "a") as f:
             replace_head_a(f, how)
@@ -329,13 +367,23 @@ def test_leftover_of_a_killed_save_is_removed_by_the_next_save(fitted, tmp_path)
     _, _, analyzer, _ = fitted
     target = tmp_path / "p.h5"
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(target),
-                           str(REPO / "pattern_keras" / "patterns" / "io.py")], env=env,
-                          capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _KILLED_SAVE,
+            str(target),
+            str(REPO / "pattern_keras" / "patterns" / "io.py"),
+        ],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     leftovers = [p.name for p in tmp_path.iterdir()]
-    assert len(leftovers) == 1 and leftovers[0].startswith("p.h5.") \
-        and leftovers[0].endswith(".tmp"), leftovers  # named after its target
+    assert (
+        len(leftovers) == 1 and leftovers[0].startswith("p.h5.") and leftovers[0].endswith(".tmp")
+    ), leftovers  # named after its target
     other = tmp_path / "other.h5.1.abc.tmp"  # another target's temporary file: not touched
     other.write_bytes(b"x")
     analyzer.save_patterns(str(target))
@@ -383,10 +431,13 @@ def test_patterns_of_weights_trained_further_are_refused_at_analyze(fitted, tmp_
     expected = analyzer.analyze(x[:8])
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
     model.fit(x[:16], np.zeros((16, 3)), epochs=1, batch_size=16, verbose=0)  # one step
-    with pytest.raises(pk.StalePatternsError, match="changed after its patterns were fitted"
-                       r".*Refit.*allow_stale_patterns=True") as info:
+    with pytest.raises(
+        pk.StalePatternsError,
+        match="changed after its patterns were fitted"
+        r".*Refit.*allow_stale_patterns=True",
+    ) as info:
         analyzer.analyze(x[:8])
-    assert "fc/kernel" in str(info.value)   # names the first changed weight
+    assert "fc/kernel" in str(info.value)  # names the first changed weight
     # The explicit opt-out uses them anyway, on the new weights.
     stale = analyzer.analyze(x[:8], allow_stale_patterns=True)
     assert stale.shape == expected.shape and not np.allclose(stale, expected)
@@ -412,23 +463,23 @@ def test_resume_with_another_batch_size_counts_every_sample_once(tmp_path):
     whole = computer.compute_statistics(x, batch_size=16, verbose=0)
     checkpoint = tmp_path / "fit.h5"
     # 37 samples in batches of 10 (the last one partial), as if the fit had stopped there.
-    part = computer.compute_statistics(x[:37], batch_size=10, verbose=0,
-                                       checkpoint_path=str(checkpoint))
+    part = computer.compute_statistics(
+        x[:37], batch_size=10, verbose=0, checkpoint_path=str(checkpoint)
+    )
     assert part.n_samples == 37
     for batch_size in (7, 64):  # a smaller and a larger batch size than the checkpoint's
         resumed_from = copy_of(checkpoint, tmp_path, f"resume{batch_size}.h5")
-        resumed = computer.compute_statistics(x, batch_size=batch_size, verbose=0,
-                                              checkpoint_path=str(resumed_from))
+        resumed = computer.compute_statistics(
+            x, batch_size=batch_size, verbose=0, checkpoint_path=str(resumed_from)
+        )
         assert resumed.n_samples == 100
         for key in whole:
             for got, want in zip(resumed[key].patterns(), whole[key].patterns()):
                 if want is not None:
-                    np.testing.assert_allclose(got, want, rtol=1e-5,
-                                               atol=1e-6 * np.abs(want).max())
+                    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
             for name in whole[key].sums:
                 if name in ("n", "n_pos"):
-                    np.testing.assert_array_equal(resumed[key].sums[name],
-                                                  whole[key].sums[name])
+                    np.testing.assert_array_equal(resumed[key].sums[name], whole[key].sums[name])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,24 +497,33 @@ def test_one_nan_in_1e5_samples_is_named_and_nothing_of_its_batch_is_kept(tmp_pa
         checkpoint = tmp_path / "fit.h5"
         if checkpoint.exists():
             checkpoint.unlink()
-        with pytest.raises(ValueError, match=r"holds 1 NaN or infinite value in batch 72 "
-                                             rf"\(the first in sample {position} of the stream"):
-            computer.compute_statistics(bad, batch_size=1024, verbose=0,
-                                        checkpoint_path=str(checkpoint))
+        with pytest.raises(
+            ValueError,
+            match=r"holds 1 NaN or infinite value in batch 72 "
+            rf"\(the first in sample {position} of the stream",
+        ):
+            computer.compute_statistics(
+                bad, batch_size=1024, verbose=0, checkpoint_path=str(checkpoint)
+            )
         # The checkpoint keeps exactly the 71 good batches before it, nothing of the bad one.
         kept = pk.PatternStatistics.load(str(checkpoint))
         assert kept.n_samples == 71 * 1024
     # Fixed, the fit resumes from there and equals the fit of the clean data.
-    resumed = computer.compute_statistics(x, batch_size=4096, verbose=0,
-                                          checkpoint_path=str(checkpoint))
+    resumed = computer.compute_statistics(
+        x, batch_size=4096, verbose=0, checkpoint_path=str(checkpoint)
+    )
     whole = computer.compute_statistics(x, batch_size=1024, verbose=0)
     assert resumed.n_samples == whole.n_samples == 100_000
     for key in whole:
         for name in ("n", "n_pos"):  # counts: every sample once
             np.testing.assert_array_equal(resumed[key].sums[name], whole[key].sums[name])
         for name in whole[key].sums:  # float32 per-batch sums, batched otherwise
-            np.testing.assert_allclose(resumed[key].sums[name], whole[key].sums[name],
-                                       rtol=1e-5, atol=1e-5 * np.abs(whole[key].sums[name]).max())
+            np.testing.assert_allclose(
+                resumed[key].sums[name],
+                whole[key].sums[name],
+                rtol=1e-5,
+                atol=1e-5 * np.abs(whole[key].sums[name]).max(),
+            )
     # Analyzer.fit refuses the same way.
     bad = x[:2048].copy()
     bad[1500, 0] = np.nan
@@ -473,15 +533,17 @@ def test_one_nan_in_1e5_samples_is_named_and_nothing_of_its_batch_is_kept(tmp_pa
 
 def test_zero_over_zero_is_zero_with_a_warning_and_an_overflow_is_an_error():
     x_in = keras.Input((3,))
-    model = keras.Model(x_in, L.Dense(2, name="out")(L.Dense(4, activation="relu",
-                                                               name="hidden")(x_in)))
+    model = keras.Model(
+        x_in, L.Dense(2, name="out")(L.Dense(4, activation="relu", name="hidden")(x_in))
+    )
     hidden = model.get_layer("hidden")
     kernel = np.array([[1, -1, 0.5, 0], [0.5, -1, -0.5, 0], [0, -1, 1, 0]], np.float32)
     hidden.set_weights([kernel, np.array([0, -100, 0, 0], np.float32)])  # neuron 1 never fires
     model.get_layer("out").set_weights([np.ones((4, 2), np.float32), np.zeros(2, np.float32)])
     x = np.random.default_rng(0).uniform(0.1, 1, (64, 3)).astype(np.float32)
-    with pytest.warns(pk.patterns.statistics.UndefinedPatternWarning,
-                      match=r"'hidden' 2 of 4 neurons \(a₊\)"):  # the dead one and the zero one
+    with pytest.warns(
+        pk.patterns.statistics.UndefinedPatternWarning, match=r"'hidden' 2 of 4 neurons \(a₊\)"
+    ):  # the dead one and the zero one
         patterns = pk.PatternComputer(model).compute(x, verbose=0)
     np.testing.assert_array_equal(patterns["hidden"][:, [1, 3]], 0.0)
     assert np.all(np.isfinite(patterns["hidden"])) and np.any(patterns["hidden"][:, 0] != 0)
@@ -522,20 +584,50 @@ def test_cli_user_errors_are_one_line_exit_2_before_any_work(cli_files, capsys, 
 
     d = cli_files
     calls = []
-    monkeypatch.setattr(PatternComputer, "compute_statistics",
-                        lambda *a, **k: calls.append(1) or pytest.fail("fitted anyway"))
+    monkeypatch.setattr(
+        PatternComputer,
+        "compute_statistics",
+        lambda *a, **k: calls.append(1) or pytest.fail("fitted anyway"),
+    )
     cases = [
-        (["fit", d / "model.keras", d / "x.npy", "-o", d / "a_file" / "p.h5"],
-         "cannot write .*a_file' is a file, not a folder"),
-        (["analyze", d / "model.keras", d / "x.npy", "-m", "gradient", "-o",
-          d / "a_file" / "out"], "cannot write .*a_file' is a file, not a folder"),
-        (["analyze", d / "model.keras", d / "x.npy", "-m", "patern.net", "--patterns",
-          d / "p.h5", "-o", d / "out"], "unknown method 'patern.net'; did you mean "
-                                        "'pattern.net'"),
-        (["fit", d / "model.keras", d / "nan.npy", "-o", d / "p.h5"],
-         r"holds 1 NaN or infinite values \(the first in sample 17"),
-        (["analyze", d / "model.keras", d / "nan.npy", "-m", "gradient", "-o", d / "out"],
-         r"holds 1 NaN or infinite values \(the first in sample 17"),
+        (
+            ["fit", d / "model.keras", d / "x.npy", "-o", d / "a_file" / "p.h5"],
+            "cannot write .*a_file' is a file, not a folder",
+        ),
+        (
+            [
+                "analyze",
+                d / "model.keras",
+                d / "x.npy",
+                "-m",
+                "gradient",
+                "-o",
+                d / "a_file" / "out",
+            ],
+            "cannot write .*a_file' is a file, not a folder",
+        ),
+        (
+            [
+                "analyze",
+                d / "model.keras",
+                d / "x.npy",
+                "-m",
+                "patern.net",
+                "--patterns",
+                d / "p.h5",
+                "-o",
+                d / "out",
+            ],
+            "unknown method 'patern.net'; did you mean 'pattern.net'",
+        ),
+        (
+            ["fit", d / "model.keras", d / "nan.npy", "-o", d / "p.h5"],
+            r"holds 1 NaN or infinite values \(the first in sample 17",
+        ),
+        (
+            ["analyze", d / "model.keras", d / "nan.npy", "-m", "gradient", "-o", d / "out"],
+            r"holds 1 NaN or infinite values \(the first in sample 17",
+        ),
     ]
     for argv, message in cases:
         code, out, err = run_cli(argv, capsys)
@@ -547,19 +639,21 @@ def test_cli_user_errors_are_one_line_exit_2_before_any_work(cli_files, capsys, 
         locked = d / "locked"
         locked.mkdir()
         os.chmod(locked, 0o500)
-        code, _, err = run_cli(["fit", d / "model.keras", d / "x.npy", "-o", locked / "p.h5"],
-                               capsys)
+        code, _, err = run_cli(
+            ["fit", d / "model.keras", d / "x.npy", "-o", locked / "p.h5"], capsys
+        )
         assert code == 2 and "no permission to write" in err
 
 
 def test_cli_runtime_failure_is_one_line_exit_1_and_debug_shows_the_traceback(
-        cli_files, capsys, monkeypatch):
+    cli_files, capsys, monkeypatch
+):
     from pattern_keras.patterns import PatternComputer
 
     d = cli_files
 
     def boom(*args, **kwargs):
-        warnings.warn("a warning\nover two lines", UserWarning)
+        warnings.warn("a warning\nover two lines", UserWarning, stacklevel=2)
         raise RuntimeError("the device fell over")
 
     monkeypatch.setattr(PatternComputer, "compute_statistics", boom)
@@ -569,7 +663,8 @@ def test_cli_runtime_failure_is_one_line_exit_1_and_debug_shows_the_traceback(
     assert err.strip().splitlines() == [  # a library warning is one line too
         "pattern-keras fit: warning: a warning over two lines",
         "pattern-keras fit: error: RuntimeError: the device fell over (run with --debug for "
-        "details)"]
+        "details)",
+    ]
     code, _, err = run_cli(["--debug"] + argv, capsys)
     assert code == 1 and "Traceback" in err and "the device fell over" in err
 
@@ -581,15 +676,19 @@ def test_analyze_refuses_non_finite_inputs(fitted, cls):
     bad = x[:10].copy()
     bad[6, 1] = np.inf
     bad[8, 0] = np.nan
-    with pytest.raises(ValueError, match=r"holds 2 NaN or infinite values \(the first in "
-                                         r"sample 6"):
+    with pytest.raises(
+        ValueError,
+        match=r"holds 2 NaN or infinite values \(the first in "
+        r"sample 6",
+    ):
         explainer.analyze(bad)
     import tensorflow as tf
 
     # In a dataset the sample is counted over the whole stream (here: batch 2, row 4).
     with pytest.raises(ValueError, match=r"holds 1 NaN or infinite value \(the first in sample 9"):
-        explainer.analyze(tf.data.Dataset.from_tensor_slices(np.concatenate(
-            [x[:5], bad[:4], bad[8:9]])).batch(5))
+        explainer.analyze(
+            tf.data.Dataset.from_tensor_slices(np.concatenate([x[:5], bad[:4], bad[8:9]])).batch(5)
+        )
     explainer.analyze(x[:10])  # clean rows still work
 
 
@@ -613,8 +712,9 @@ def _assert_same_fit(got, want):
     assert got.n_samples == want.n_samples
     a, b = got.patterns(), want.patterns()
     for key in b:
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5 * np.abs(b[key]).max(),
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            a[key], b[key], rtol=1e-4, atol=1e-5 * np.abs(b[key]).max(), err_msg=key
+        )
 
 
 def test_fit_takes_keras_style_data_and_ignores_y():
@@ -629,19 +729,19 @@ def test_fit_takes_keras_style_data_and_ignores_y():
 
     def gen(y):
         for i in range(0, 96, 32):
-            yield (x[i:i + 32], y[i:i + 32])
+            yield (x[i : i + 32], y[i : i + 32])
 
     forms = {
         "(x, labels)": (x, labels),
-        "(x, y shaped like x)": (x, x * 2),   # an autoencoder's y: not fitted as data
+        "(x, y shaped like x)": (x, x * 2),  # an autoencoder's y: not fitted as data
         "(x, y, None)": (x, labels, None),
         "dataset (x, y)": tf.data.Dataset.from_tensor_slices((x, labels)).batch(32),
         "dataset ({name: x}, y)": tf.data.Dataset.from_tensor_slices(({name: x}, labels)).batch(32),
         "generator (x, y)": gen(labels),
-        "generator of dicts": ({name: x[i:i + 32]} for i in range(0, 96, 32)),
-        "PyDataset (x, y)": _Batches([(x[i:i + 32], labels[i:i + 32]) for i in (0, 32, 64)]),
+        "generator of dicts": ({name: x[i : i + 32]} for i in range(0, 96, 32)),
+        "PyDataset (x, y)": _Batches([(x[i : i + 32], labels[i : i + 32]) for i in (0, 32, 64)]),
     }
-    for label, form in forms.items():
+    for _label, form in forms.items():
         _assert_same_fit(computer.compute_statistics(form, batch_size=32, verbose=0), want)
     # The analyzer's fit takes them too.
     fitted = pk.PatternNet(model).fit((x, x), verbose=0)
@@ -658,8 +758,12 @@ def test_fit_multi_input_data_as_list_or_dict_keyed_by_input_name():
     xa, xb = x[:, :3], x[:, 3:]
     computer = pk.PatternComputer(model)
     want = computer.compute_statistics([xa, xb], batch_size=16, verbose=0)
-    for form in ({"b": xb, "a": xa}, ({"a": xa, "b": xb}, np.zeros(64)), ((xa, xb), None),
-                 tf.data.Dataset.from_tensor_slices(({"b": xb, "a": xa}, np.zeros(64))).batch(16)):
+    for form in (
+        {"b": xb, "a": xa},
+        ({"a": xa, "b": xb}, np.zeros(64)),
+        ((xa, xb), None),
+        tf.data.Dataset.from_tensor_slices(({"b": xb, "a": xa}, np.zeros(64))).batch(16),
+    ):
         _assert_same_fit(computer.compute_statistics(form, batch_size=16, verbose=0), want)
     with pytest.raises(ValueError, match=r"keys \['a'\].*inputs are \['a', 'b'\].*missing"):
         computer.compute_statistics({"a": xa}, verbose=0)
@@ -672,18 +776,25 @@ def test_fit_refuses_sample_weight_unknown_types_ragged_and_bad_steps():
     x = data(64)
     w = np.ones(64, np.float32)
     computer = pk.PatternComputer(model)
-    for form in ((x, None, w), tf.data.Dataset.from_tensor_slices((x, x[:, 0], w)).batch(16),
-                 ((x[i:i + 16], None, w[i:i + 16]) for i in range(0, 64, 16))):
+    for form in (
+        (x, None, w),
+        tf.data.Dataset.from_tensor_slices((x, x[:, 0], w)).batch(16),
+        ((x[i : i + 16], None, w[i : i + 16]) for i in range(0, 64, 16)),
+    ):
         with pytest.raises(ValueError, match="sample_weight.*unweighted"):
             computer.compute_statistics(form, verbose=0)
-    for form, message in (("x.npy", "type str"), (7, "type int"), ({1, 2}, "set"),
-                          ([x, x], "list of 2 values"),
-                          (tf.ragged.constant([[1.0] * 5, [2.0] * 5]), "RaggedTensor"),
-                          (tf.data.Dataset.from_tensor_slices(
-                              tf.ragged.constant([[1.0] * 5, [2.0] * 4])).batch(2),
-                           "RaggedTensor"),
-                          ((np.array(["a"] * 64, object)[:, None].repeat(5, 1) for _ in [0]),
-                           "numeric")):
+    for form, message in (
+        ("x.npy", "type str"),
+        (7, "type int"),
+        ({1, 2}, "set"),
+        ([x, x], "list of 2 values"),
+        (tf.ragged.constant([[1.0] * 5, [2.0] * 5]), "RaggedTensor"),
+        (
+            tf.data.Dataset.from_tensor_slices(tf.ragged.constant([[1.0] * 5, [2.0] * 4])).batch(2),
+            "RaggedTensor",
+        ),
+        ((np.array(["a"] * 64, object)[:, None].repeat(5, 1) for _ in [0]), "numeric"),
+    ):
         with pytest.raises(ValueError, match=message):
             computer.compute_statistics(form, verbose=0)
     for steps in (1.5, 0, "2", True):

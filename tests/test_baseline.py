@@ -9,6 +9,7 @@ float32 arithmetic, and another CPU sums in another order; neither may change a 
 no longer produces fails too (an analyzer silently dropped); an analyzer added since is not in the
 baseline and is skipped by design. See ``tests/data/make_baseline.py`` for how it was made.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -39,11 +40,17 @@ def baseline():
 def test_outputs_equal_frozen_baseline(network, baseline):
     make = _maker()
     spec = make.networks(stored=baseline)[network]
-    np.testing.assert_allclose(make.weight_checksum(spec[0]),
-                               baseline[f"{network}/weights/checksum"], rtol=1e-12,
-                               err_msg=f"{network} was not rebuilt as frozen")
-    expected = {k: v for k, v in baseline.items() if k.startswith(f"{network}/")
-                and k.split("/")[1] not in ("inputs", "weights")}
+    np.testing.assert_allclose(
+        make.weight_checksum(spec[0]),
+        baseline[f"{network}/weights/checksum"],
+        rtol=1e-12,
+        err_msg=f"{network} was not rebuilt as frozen",
+    )
+    expected = {
+        k: v
+        for k, v in baseline.items()
+        if k.startswith(f"{network}/") and k.split("/")[1] not in ("inputs", "weights")
+    }
     names = sorted({k.split("/")[1] for k in expected})
     assert len(names) >= 15, names
     now = make.outputs(network, spec, analyzers=names)

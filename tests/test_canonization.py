@@ -1,15 +1,16 @@
 """BatchNormalization folding (``engine.Program(fold_batch_norm=True)``): the folded program
 computes what the model computes, folds only what it may, leaves the model untouched, and makes
 patterns belong to the effective kernel of a layer that the following ReLU makes rectified."""
+
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import PASS, SPLIT, assert_close
 
 import pattern_keras as pk
-from conftest import PASS, SPLIT, assert_close
 from pattern_keras import engine
 
 L = keras.layers
@@ -68,8 +69,8 @@ def test_conv_bn_relu_folds_and_preserves_output(use_bias):
     model = conv_bn_relu(use_bias)
     program = check_fold(model, images((8, 8, 3)))
     conv = next(op for op in program.ops if op.key == "conv")
-    assert conv.rectified          # the ReLU after the BN gates the folded layer
-    assert conv.linear.bias_fn is not None   # the BN's shift became a bias
+    assert conv.rectified  # the ReLU after the BN gates the folded layer
+    assert conv.linear.bias_fn is not None  # the BN's shift became a bias
     conv2 = next(op for op in program.ops if op.key == "conv2")
     assert not conv2.rectified
     # Without folding the BN stays an op and the conv is not rectified.
@@ -81,8 +82,9 @@ def test_conv_bn_relu_folds_and_preserves_output(use_bias):
 def test_folded_kernel_and_bias_values():
     model = conv_bn_relu()
     conv, bn = model.get_layer("conv"), model.get_layer("bn")
-    gamma, beta, mean, var = [v.numpy() for v in (bn.gamma, bn.beta, bn.moving_mean,
-                                                   bn.moving_variance)]
+    gamma, beta, mean, var = [
+        v.numpy() for v in (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance)
+    ]
     scale = gamma / np.sqrt(var + bn.epsilon)
     program = engine.Program(model, fold_batch_norm=True)
     part = next(op for op in program.ops if op.key == "conv").linear
@@ -105,12 +107,12 @@ def test_folding_follows_weight_changes():
 def test_dense_bn():
     keras.utils.set_random_seed(2)
     x = keras.Input((7,))
-    h = L.BatchNormalization(name="bn_in")(x)          # no linear layer before: stays affine
+    h = L.BatchNormalization(name="bn_in")(x)  # no linear layer before: stays affine
     h = L.Dense(6, name="d1")(h)
     h = L.BatchNormalization(name="bn1")(h)
     h = L.Activation("relu")(h)
     h = L.Dense(5, activation="relu", name="d2")(h)
-    h = L.BatchNormalization(name="bn2")(h)             # after a fused ReLU: stays affine
+    h = L.BatchNormalization(name="bn2")(h)  # after a fused ReLU: stays affine
     model = keras.Model(x, L.Dense(3, name="out")(h))
     randomize_batch_norm(model)
     program = check_fold(model, images((7,)), n_affine_left=2)
@@ -154,10 +156,13 @@ def test_other_linear_layers_fold(kind):
         h = L.Dense(3, name="lin")(x)
     else:
         x = keras.Input((7, 7, 3))
-        layer = {"depthwise": lambda: L.DepthwiseConv2D(3, depth_multiplier=2, padding="same",
-                                                        name="lin"),
-                 "separable": lambda: L.SeparableConv2D(4, 3, name="lin"),
-                 "transpose": lambda: L.Conv2DTranspose(4, 3, strides=2, name="lin")}[kind]()
+        layer = {
+            "depthwise": lambda: L.DepthwiseConv2D(
+                3, depth_multiplier=2, padding="same", name="lin"
+            ),
+            "separable": lambda: L.SeparableConv2D(4, 3, name="lin"),
+            "transpose": lambda: L.Conv2DTranspose(4, 3, strides=2, name="lin"),
+        }[kind]()
         h = layer(x)
     h = L.BatchNormalization(name="bn")(h)
     h = L.ReLU()(h)
@@ -180,8 +185,10 @@ def test_channels_first():
     try:
         model(x)
     except tf.errors.UnimplementedError:
-        pytest.skip("channels_first convolutions do not run on this device (TensorFlow's CPU "
-                    "kernels are NHWC only)")
+        pytest.skip(
+            "channels_first convolutions do not run on this device (TensorFlow's CPU "
+            "kernels are NHWC only)"
+        )
     program = check_fold(model, x)
     assert next(op for op in program.ops if op.key == "conv").rectified
 
@@ -214,8 +221,9 @@ def hand_folded(model):
     h = L.BatchNormalization(name="bn2", center=False, scale=False)(h)
     h = L.Flatten()(h)
     folded = keras.Model(x, L.Dense(3, name="out")(h))
-    folded.get_layer("conv").set_weights([conv.kernel.numpy() * scale,
-                                          (conv.bias.numpy() - mean) * scale + beta])
+    folded.get_layer("conv").set_weights(
+        [conv.kernel.numpy() * scale, (conv.bias.numpy() - mean) * scale + beta]
+    )
     for name in ("conv2", "bn2", "out"):
         folded.get_layer(name).set_weights(model.get_layer(name).get_weights())
     return folded
@@ -229,8 +237,9 @@ def test_patterns_belong_to_the_folded_kernel():
     computer = pk.PatternComputer(model)
     assert computer.plans["conv"].rectified
     assert not computer.plans["conv2"].rectified
-    assert_close(computer.plans["conv"].part.kernel.numpy(),
-                 folded.get_layer("conv").kernel.numpy(), PASS)
+    assert_close(
+        computer.plans["conv"].part.kernel.numpy(), folded.get_layer("conv").kernel.numpy(), PASS
+    )
     patterns = computer.compute(x, batch_size=32, verbose=0)
     reference = pk.PatternComputer(folded).compute(x, batch_size=32, verbose=0)
     assert sorted(patterns) == sorted(reference) == ["conv", "conv2", "out"]
@@ -245,4 +254,3 @@ def test_patterns_belong_to_the_folded_kernel():
     a = pk.PatternAttribution(model, patterns=patterns).analyze(x[:4])
     b = pk.PatternAttribution(folded, patterns=reference).analyze(x[:4])
     assert_close(a, b, SPLIT)
-

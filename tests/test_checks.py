@@ -1,5 +1,6 @@
 """The shared input checks (``pattern_keras._checks``): what they accept, what they refuse and
 what they say, independently of the entry points that call them."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,20 +30,27 @@ def test_model_inputs_casts_and_keeps_values():
     [a] = _checks.model_inputs(x, ONE, as_numpy=True)
     assert a.dtype == np.float32
     np.testing.assert_array_equal(a, x)
-    [t] = _checks.model_inputs([x], ONE)          # a one-element list for a one-input model
+    [t] = _checks.model_inputs([x], ONE)  # a one-element list for a one-input model
     assert tf.is_tensor(t) and t.dtype == tf.float32
     np.testing.assert_array_equal(t.numpy(), x)
 
 
-@pytest.mark.parametrize("x, specs, message", [
-    (np.zeros((2, 4)), ONE, r"The x has shape \(2, 4\); the model expects \(batch, 3\): axis 1"),
-    (np.zeros((2, 3, 1)), ONE, r"The x has rank 3 .*expects rank 2"),
-    (np.zeros((0, 3)), ONE, r"The x is an empty batch \(shape \(0, 3\)\)"),
-    (np.array([["a"] * 3]), ONE, r"The x must be numeric.*<U1"),
-    (np.zeros((2, 3)), TWO, r"2 inputs: pass a list of 2 arrays as x, got a ndarray"),
-    ([np.zeros((2, 3)), np.zeros((3, 2, 2))], TWO, r"same number of samples; got 2 and 3"),
-    ([np.zeros((2, 3)), np.zeros((2, 2, 3))], TWO, r"The x\[1\] has shape \(2, 2, 3\)"),
-])
+@pytest.mark.parametrize(
+    "x, specs, message",
+    [
+        (
+            np.zeros((2, 4)),
+            ONE,
+            r"The x has shape \(2, 4\); the model expects \(batch, 3\): axis 1",
+        ),
+        (np.zeros((2, 3, 1)), ONE, r"The x has rank 3 .*expects rank 2"),
+        (np.zeros((0, 3)), ONE, r"The x is an empty batch \(shape \(0, 3\)\)"),
+        (np.array([["a"] * 3]), ONE, r"The x must be numeric.*<U1"),
+        (np.zeros((2, 3)), TWO, r"2 inputs: pass a list of 2 arrays as x, got a ndarray"),
+        ([np.zeros((2, 3)), np.zeros((3, 2, 2))], TWO, r"same number of samples; got 2 and 3"),
+        ([np.zeros((2, 3)), np.zeros((2, 2, 3))], TWO, r"The x\[1\] has shape \(2, 2, 3\)"),
+    ],
+)
 def test_model_inputs_refusals_say_what_came(x, specs, message):
     with pytest.raises(ValueError, match=message):
         _checks.model_inputs(x, specs, name="x")

@@ -1,4 +1,5 @@
 """Tests of the ``pattern-keras`` command line (pattern_keras.cli), mostly in-process."""
+
 from __future__ import annotations
 
 import configparser
@@ -11,10 +12,10 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import PASS, SPLIT, STATISTICS, assert_close
 from matplotlib import image as mpimg
 
 import pattern_keras as pk
-from conftest import PASS, SPLIT, STATISTICS, assert_close
 from pattern_keras import cli
 from pattern_keras.patterns import Patterns, PatternStatistics
 
@@ -136,9 +137,22 @@ def test_fit_writes_patterns_and_statistics(files, fitted):
 
 def test_fit_options_and_formats(files, tmp_path, capsys):
     out = tmp_path / "p.h5"
-    code, stdout, _ = run(["fit", files["model_h5"], files["npz"], "-o", out,
-                           "--pattern-type", "linear", "--batch-size", "8", "--steps", "2"],
-                          capsys)
+    code, stdout, _ = run(
+        [
+            "fit",
+            files["model_h5"],
+            files["npz"],
+            "-o",
+            out,
+            "--pattern-type",
+            "linear",
+            "--batch-size",
+            "8",
+            "--steps",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 0, stdout
     patterns = Patterns.load(out)
     assert patterns.n_samples == 16  # 2 batches of 8
@@ -155,8 +169,9 @@ def test_fit_options_and_formats(files, tmp_path, capsys):
 
 def test_analyze_gradient_writes_pngs_and_raw_explanations(files, tmp_path, capsys):
     out = tmp_path / "out"
-    code, stdout, _ = run(["analyze", files["model"], files["npy"], "--method", "gradient",
-                           "-o", out], capsys)
+    code, stdout, _ = run(
+        ["analyze", files["model"], files["npy"], "--method", "gradient", "-o", out], capsys
+    )
     assert code == 0
     raw = np.load(out / "explanations.npy")
     model = keras.models.load_model(files["model"], compile=False)
@@ -172,12 +187,28 @@ def test_analyze_gradient_writes_pngs_and_raw_explanations(files, tmp_path, caps
 @pytest.mark.parametrize("method", ["pattern.attribution", "pattern.net"])
 def test_analyze_with_patterns_and_neuron(files, fitted, tmp_path, capsys, method):
     out = tmp_path / "out"
-    code, _, err = run(["analyze", files["model"], files["npy"], "-m", method, "--patterns",
-                        fitted, "--neuron", "2", "-o", out, "-q"], capsys)
+    code, _, err = run(
+        [
+            "analyze",
+            files["model"],
+            files["npy"],
+            "-m",
+            method,
+            "--patterns",
+            fitted,
+            "--neuron",
+            "2",
+            "-o",
+            out,
+            "-q",
+        ],
+        capsys,
+    )
     assert code == 0, err
     model = keras.models.load_model(files["model"], compile=False)
-    analyzer = pk.create_analyzer(method, model, patterns=Patterns.load(fitted),
-                                  neuron_selection_mode="index")
+    analyzer = pk.create_analyzer(
+        method, model, patterns=Patterns.load(fitted), neuron_selection_mode="index"
+    )
     expected = analyzer.analyze(files["x"], neuron_selection=2)
     assert_close(np.load(out / "explanations.npy"), expected, PASS)
     assert len(list(out.glob("0*.png"))) == 20 and (out / "grid.png").exists()
@@ -185,11 +216,39 @@ def test_analyze_with_patterns_and_neuron(files, fitted, tmp_path, capsys, metho
 
 def test_analyze_with_linear_patterns(files, tmp_path):
     patterns = tmp_path / "linear.h5"
-    assert cli.main(["fit", files["model"], files["npy"], "-o", str(patterns), "-q",
-                     "--pattern-type", "linear"]) == 0
+    assert (
+        cli.main(
+            [
+                "fit",
+                files["model"],
+                files["npy"],
+                "-o",
+                str(patterns),
+                "-q",
+                "--pattern-type",
+                "linear",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "out"
-    assert cli.main(["analyze", files["model"], files["npy"], "-m", "pattern.attribution",
-                     "--patterns", str(patterns), "-o", str(out), "-q"]) == 0
+    assert (
+        cli.main(
+            [
+                "analyze",
+                files["model"],
+                files["npy"],
+                "-m",
+                "pattern.attribution",
+                "--patterns",
+                str(patterns),
+                "-o",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert np.load(out / "explanations.npy").shape == (20, 8, 8, 1)
 
 
@@ -197,20 +256,21 @@ def _write_images(folder: pathlib.Path, sizes):
     folder.mkdir()
     rng = np.random.default_rng(1)
     for i, (h, w) in enumerate(sizes):
-        keras.utils.save_img(folder / f"img{i}.png", rng.integers(0, 256, (h, w, 3)),
-                             scale=False)
+        keras.utils.save_img(folder / f"img{i}.png", rng.integers(0, 256, (h, w, 3)), scale=False)
     return folder
 
 
 @pytest.fixture(scope="module")
 def rgb_model(tmp_path_factory):
     keras.utils.set_random_seed(2)
-    model = keras.Sequential([
-        keras.Input((6, 6, 3)),
-        keras.layers.Conv2D(2, 3, activation="relu", name="conv"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(2, name="logits"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 3)),
+            keras.layers.Conv2D(2, 3, activation="relu", name="conv"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2, name="logits"),
+        ]
+    )
     path = tmp_path_factory.mktemp("rgb") / "rgb.keras"
     model.save(path)
     return str(path)
@@ -227,23 +287,53 @@ def test_image_folder_is_resized_and_preprocessed(rgb_model, tmp_path):
 
     for mode in ("caffe", "tf", "torch"):
         y, _ = cli.load_data(str(folder), preprocess=mode, model=model)
-        assert_close(y, imagenet_utils.preprocess_input(x.copy(), mode=mode), PASS,
-                     err_msg=mode)
+        assert_close(y, imagenet_utils.preprocess_input(x.copy(), mode=mode), PASS, err_msg=mode)
     y, _ = cli.load_data(str(folder), preprocess="unit", model=model)
     assert_close(y, x / 255, PASS)
     # --image-size overrides, then the model refuses the shape.
     with pytest.raises(cli.UsageError, match=r"shape \(3, 4, 5, 3\).*expects"):
         cli.load_data(str(folder), image_size=(4, 5), model=model)
     out = tmp_path / "out"
-    assert cli.main(["analyze", rgb_model, str(folder), "-m", "lrp.epsilon", "--preprocess",
-                     "unit", "-o", str(out), "-q"]) == 0
+    assert (
+        cli.main(
+            [
+                "analyze",
+                rgb_model,
+                str(folder),
+                "-m",
+                "lrp.epsilon",
+                "--preprocess",
+                "unit",
+                "-o",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in out.glob("*.png")) == [
-        "grid.png", "img0.png", "img1.png", "img2.png"]
+        "grid.png",
+        "img0.png",
+        "img1.png",
+        "img2.png",
+    ]
 
 
 def test_caffe_needs_rgb(files, capsys):
-    code, _, err = run(["analyze", files["model"], files["npy"], "-m", "gradient",
-                        "--preprocess", "caffe", "-o", files["dir"] / "never"], capsys)
+    code, _, err = run(
+        [
+            "analyze",
+            files["model"],
+            files["npy"],
+            "-m",
+            "gradient",
+            "--preprocess",
+            "caffe",
+            "-o",
+            files["dir"] / "never",
+        ],
+        capsys,
+    )
     assert_usage_error(code, err, "needs RGB")
 
 
@@ -255,8 +345,19 @@ def test_merge_of_two_halves_equals_the_fit_on_all(files, fitted, tmp_path, caps
     np.save(tmp_path / "a.npy", x[:12])
     np.save(tmp_path / "b.npy", x[12:])
     for part in ("a", "b"):
-        assert cli.main(["fit", files["model"], str(tmp_path / f"{part}.npy"), "-o",
-                         str(tmp_path / f"{part}.h5"), "-q"]) == 0
+        assert (
+            cli.main(
+                [
+                    "fit",
+                    files["model"],
+                    str(tmp_path / f"{part}.npy"),
+                    "-o",
+                    str(tmp_path / f"{part}.h5"),
+                    "-q",
+                ]
+            )
+            == 0
+        )
     merged = tmp_path / "merged.h5"
     code, out, _ = run(["merge", tmp_path / "a.h5", tmp_path / "b.h5", "-o", merged], capsys)
     assert code == 0 and "20 samples" in out
@@ -274,8 +375,7 @@ def test_merge_refuses_other_models(files, fitted, tmp_path, capsys):
     assert_usage_error(code, err, "cannot merge", "different models")
     code, _, err = run(["merge", fitted, "-o", tmp_path / "m.h5"], capsys)
     assert_usage_error(code, err, "at least two")
-    code, _, err = run(["merge", fitted, tmp_path / "missing.h5", "-o", tmp_path / "m.h5"],
-                       capsys)
+    code, _, err = run(["merge", fitted, tmp_path / "missing.h5", "-o", tmp_path / "m.h5"], capsys)
     assert_usage_error(code, err, "missing.h5", "does not exist")
     code, _, err = run(["merge", fitted, files["npy"], "-o", tmp_path / "m.h5"], capsys)
     assert_usage_error(code, err, "x.npy")
@@ -285,44 +385,97 @@ def test_merge_refuses_other_models(files, fitted, tmp_path, capsys):
 
 
 ERROR_CASES = {
-    "missing model": (["fit", "{dir}/nope.keras", "{npy}", "-o", "{dir}/p.h5"],
-                      ["nope.keras", "does not exist"]),
-    "missing data": (["fit", "{model}", "{dir}/nope.npy", "-o", "{dir}/p.h5"],
-                     ["nope.npy", "does not exist"]),
-    "unreadable model": (["fit", "{garbage}", "{npy}", "-o", "{dir}/p.h5"],
-                         ["could not load model", "garbage.keras"]),
+    "missing model": (
+        ["fit", "{dir}/nope.keras", "{npy}", "-o", "{dir}/p.h5"],
+        ["nope.keras", "does not exist"],
+    ),
+    "missing data": (
+        ["fit", "{model}", "{dir}/nope.npy", "-o", "{dir}/p.h5"],
+        ["nope.npy", "does not exist"],
+    ),
+    "unreadable model": (
+        ["fit", "{garbage}", "{npy}", "-o", "{dir}/p.h5"],
+        ["could not load model", "garbage.keras"],
+    ),
     "model extension": (["fit", "{npy}", "{npy}", "-o", "{dir}/p.h5"], [".keras or .h5"]),
-    "wrong shape": (["analyze", "{model}", "{wrong_shape}", "-m", "gradient", "-o", "{dir}/o"],
-                    ["shape (4, 9, 9, 1)", "expects (batch, 8, 8, 1)"]),
-    "unknown method": (["analyze", "{model}", "{npy}", "-m", "nonsense", "-o", "{dir}/o"],
-                       ["unknown method 'nonsense'", "gradient"]),
+    "wrong shape": (
+        ["analyze", "{model}", "{wrong_shape}", "-m", "gradient", "-o", "{dir}/o"],
+        ["shape (4, 9, 9, 1)", "expects (batch, 8, 8, 1)"],
+    ),
+    "unknown method": (
+        ["analyze", "{model}", "{npy}", "-m", "nonsense", "-o", "{dir}/o"],
+        ["unknown method 'nonsense'", "gradient"],
+    ),
     "pattern method without patterns": (
         ["analyze", "{model}", "{npy}", "-m", "pattern.attribution", "-o", "{dir}/o"],
-        ["needs fitted patterns", "--patterns"]),
+        ["needs fitted patterns", "--patterns"],
+    ),
     "patterns for a gradient": (
-        ["analyze", "{model}", "{npy}", "-m", "gradient", "--patterns", "{fitted}",
-         "-o", "{dir}/o"], ["only used by"]),
+        [
+            "analyze",
+            "{model}",
+            "{npy}",
+            "-m",
+            "gradient",
+            "--patterns",
+            "{fitted}",
+            "-o",
+            "{dir}/o",
+        ],
+        ["only used by"],
+    ),
     "patterns of another model": (
-        ["analyze", "{other}", "{npy}", "-m", "pattern.net", "--patterns", "{fitted}",
-         "-o", "{dir}/o"], ["fitted on another model"]),
+        [
+            "analyze",
+            "{other}",
+            "{npy}",
+            "-m",
+            "pattern.net",
+            "--patterns",
+            "{fitted}",
+            "-o",
+            "{dir}/o",
+        ],
+        ["fitted on another model"],
+    ),
     "not a pattern file": (
-        ["analyze", "{model}", "{npy}", "-m", "pattern.net", "--patterns", "{npy}",
-         "-o", "{dir}/o"], ["x.npy"]),
-    "npz key": (["fit", "{model}", "{npz}", "--key", "z", "-o", "{dir}/p.h5"],
-                ["no array 'z'", "x, y"]),
-    "ambiguous npz": (["fit", "{model}", "{ambiguous_npz}", "-o", "{dir}/p.h5"],
-                      ["--key"]),
-    "neuron out of range": (["analyze", "{model}", "{npy}", "-m", "gradient", "--neuron", "3",
-                             "-o", "{dir}/o"], ["--neuron 3 is out of range", "3 output"]),
+        [
+            "analyze",
+            "{model}",
+            "{npy}",
+            "-m",
+            "pattern.net",
+            "--patterns",
+            "{npy}",
+            "-o",
+            "{dir}/o",
+        ],
+        ["x.npy"],
+    ),
+    "npz key": (
+        ["fit", "{model}", "{npz}", "--key", "z", "-o", "{dir}/p.h5"],
+        ["no array 'z'", "x, y"],
+    ),
+    "ambiguous npz": (["fit", "{model}", "{ambiguous_npz}", "-o", "{dir}/p.h5"], ["--key"]),
+    "neuron out of range": (
+        ["analyze", "{model}", "{npy}", "-m", "gradient", "--neuron", "3", "-o", "{dir}/o"],
+        ["--neuron 3 is out of range", "3 output"],
+    ),
     "fit output is a folder": (["fit", "{model}", "{npy}", "-o", "{dir}"], ["is a folder"]),
-    "image size for arrays": (["fit", "{model}", "{npy}", "-o", "{dir}/p.h5",
-                               "--image-size", "8", "8"], ["--image-size"]),
+    "image size for arrays": (
+        ["fit", "{model}", "{npy}", "-o", "{dir}/p.h5", "--image-size", "8", "8"],
+        ["--image-size"],
+    ),
     "missing arguments": (["fit", "{model}"], ["required", "DATA"]),
-    "bad choice": (["fit", "{model}", "{npy}", "-o", "{dir}/p.h5", "--pattern-type", "x"],
-                   ["--pattern-type"]),
+    "bad choice": (
+        ["fit", "{model}", "{npy}", "-o", "{dir}/p.h5", "--pattern-type", "x"],
+        ["--pattern-type"],
+    ),
     "unknown command": (["explain"], ["invalid choice"]),
-    "non-positive batch size": (["fit", "{model}", "{npy}", "-o", "{dir}/p.h5",
-                                 "--batch-size", "0"], ["--batch-size"]),
+    "non-positive batch size": (
+        ["fit", "{model}", "{npy}", "-o", "{dir}/p.h5", "--batch-size", "0"],
+        ["--batch-size"],
+    ),
 }
 
 
@@ -366,7 +519,8 @@ def test_unexpected_errors_exit_1_in_one_line(monkeypatch, capsys):
     assert code == 1
     assert err.strip().splitlines() == [
         "pattern-keras methods: error: RuntimeError: something broke across lines "
-        "(run with --debug for details)"]
+        "(run with --debug for details)"
+    ]
     code, _, err = run(["--traceback", "methods"], capsys)
     assert code == 1 and "Traceback" in err
 
@@ -390,9 +544,23 @@ def _env():
 def test_python_dash_m_exit_codes(files, tmp_path):
     """One subprocess: a usage error through ``python -m pattern_keras``."""
     result = subprocess.run(
-        [sys.executable, "-m", "pattern_keras", "analyze", files["model"], files["npy"],
-         "-m", "pattern.net", "-o", str(tmp_path / "o")],
-        capture_output=True, text=True, env=_env(), timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "pattern_keras",
+            "analyze",
+            files["model"],
+            files["npy"],
+            "-m",
+            "pattern.net",
+            "-o",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "pattern-keras analyze: error: 'pattern.net' needs fitted patterns" in result.stderr
@@ -401,12 +569,17 @@ def test_python_dash_m_exit_codes(files, tmp_path):
 def test_installed_console_script(files, tmp_path):
     """Runs the installed ``pattern-keras`` script, where the package is installed."""
     script = shutil.which("pattern-keras") or (
-        os.path.join(os.path.dirname(sys.executable), "pattern-keras"))
+        os.path.join(os.path.dirname(sys.executable), "pattern-keras")
+    )
     if not os.path.exists(script):
         pytest.skip("the package is not installed (no pattern-keras script)")
-    result = subprocess.run([script, "fit", files["model"], files["npy"], "-o",
-                             str(tmp_path / "p.h5"), "-q"],
-                            capture_output=True, text=True, env=_env(), timeout=120)
+    result = subprocess.run(
+        [script, "fit", files["model"], files["npy"], "-o", str(tmp_path / "p.h5"), "-q"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert Patterns.load(tmp_path / "p.h5").n_samples == 20
 
@@ -422,11 +595,13 @@ def test_non_finite_explanations_exit_1_after_writing(files, tmp_path, monkeypat
 
     monkeypatch.setattr(pk, "create_analyzer", lambda name, model, **kw: NaNAnalyzer())
     out = tmp_path / "out"
-    code, _, err = run(["analyze", files["model"], files["npy"], "-m", "gradient", "-o", out],
-                       capsys)
+    code, _, err = run(
+        ["analyze", files["model"], files["npy"], "-m", "gradient", "-o", out], capsys
+    )
     assert code == 1
     assert err.strip().splitlines() == [
         f"pattern-keras analyze: error: 1 of 20 explanations contain NaN or inf values; they "
-        f"are in {out}/explanations.npy as computed and shown as 0 in the PNGs"]
+        f"are in {out}/explanations.npy as computed and shown as 0 in the PNGs"
+    ]
     assert np.isnan(np.load(out / "explanations.npy")).sum() == 1
     assert len(list(out.glob("0*.png"))) == 20

@@ -1,21 +1,33 @@
 """Layers without a rule are refused when an analyzer is built (recurrent layers, attention, a
 user's own layer), and ``register_layer`` makes a user's layer work with every analyzer."""
+
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import PASS, assert_close
 
 import pattern_keras as pk
-from conftest import PASS, assert_close
 
 L = keras.layers
 
 EVERY_ANALYZER = [
-    pk.Gradient, pk.InputTimesGradient, pk.DeConvNet, pk.GuidedBackprop, pk.LRPZ,
-    pk.LRPEpsilon, pk.LRPAlpha1Beta0, pk.LRPAlpha2Beta1, pk.LRPZPlus, pk.DeepTaylor,
-    pk.IntegratedGradients, pk.SmoothGrad, pk.PatternNet, pk.PatternAttribution,
+    pk.Gradient,
+    pk.InputTimesGradient,
+    pk.DeConvNet,
+    pk.GuidedBackprop,
+    pk.LRPZ,
+    pk.LRPEpsilon,
+    pk.LRPAlpha1Beta0,
+    pk.LRPAlpha2Beta1,
+    pk.LRPZPlus,
+    pk.DeepTaylor,
+    pk.IntegratedGradients,
+    pk.SmoothGrad,
+    pk.PatternNet,
+    pk.PatternAttribution,
 ]
 
 
@@ -72,16 +84,22 @@ def unregistered_model():
     return keras.Model(x, L.Dense(2)(h))
 
 
-@pytest.mark.parametrize("build, name, cls_name", [
-    (lstm_model, "my_lstm", "LSTM"),
-    (attention_model, "my_attention", "MultiHeadAttention"),
-    (unregistered_model, "my_custom", "Unregistered"),
-])
+@pytest.mark.parametrize(
+    "build, name, cls_name",
+    [
+        (lstm_model, "my_lstm", "LSTM"),
+        (attention_model, "my_attention", "MultiHeadAttention"),
+        (unregistered_model, "my_custom", "Unregistered"),
+    ],
+)
 def test_unsupported_layers_are_refused_at_construction(build, name, cls_name):
     model = build()
     for analyzer in EVERY_ANALYZER:
-        with pytest.raises(ValueError, match=rf"'{name}' of class {cls_name} is not supported"
-                                             r".*register_layer"):
+        with pytest.raises(
+            ValueError,
+            match=rf"'{name}' of class {cls_name} is not supported"
+            r".*register_layer",
+        ):
             analyzer(model)
     with pytest.raises(ValueError, match=rf"'{name}'.*not supported"):
         pk.PatternComputer(model)
@@ -98,7 +116,8 @@ def scale_model():
     h = Rectifier(name="rect")(L.Dense(5, use_bias=False, name="d2")(h))
     model = keras.Model(x, L.Dense(3, use_bias=False, name="out")(h))
     model.get_layer("scale").factor.assign(
-        np.random.default_rng(1).uniform(0.5, 2.0, 8).astype("float32"))
+        np.random.default_rng(1).uniform(0.5, 2.0, 8).astype("float32")
+    )
     return model
 
 
@@ -153,7 +172,7 @@ def test_registered_subclass_is_covered():
     # Scale's registration covers the subclass ("sum": its own VJP): d(w_j·2·f⊙x)/dx = 2 f w_j.
     x = np.random.default_rng(6).normal(size=(3, 4)).astype("float32")
     y = model(x).numpy()
-    w = model.get_layer("d").kernel.numpy()[:, y.argmax(1)].T          # (3, 4)
+    w = model.get_layer("d").kernel.numpy()[:, y.argmax(1)].T  # (3, 4)
     want = 2.0 * np.array([0.5, 1.0, -2.0, 3.0], np.float32) * w
     np.testing.assert_allclose(pk.Gradient(model).analyze(x), want, rtol=1e-6, atol=1e-7)
 

@@ -1,4 +1,5 @@
 """Tests of pattern_keras.datasets and pattern_keras.evaluation.groundtruth."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -95,8 +96,15 @@ def test_distractors_mislead_the_naive_linear_explanation(data):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(n=0), dict(shape=(16,)), dict(shape=(1, 16)), dict(n_distractors=-1), dict(noise=-0.1),
-     dict(signal_fraction=0.0), dict(distractor_scale=0.0)],
+    [
+        dict(n=0),
+        dict(shape=(16,)),
+        dict(shape=(1, 16)),
+        dict(n_distractors=-1),
+        dict(noise=-0.1),
+        dict(signal_fraction=0.0),
+        dict(distractor_scale=0.0),
+    ],
 )
 def test_bad_arguments(kwargs):
     arguments = dict(n=4)

@@ -1,13 +1,14 @@
 """Tests of pattern_keras.evaluation.degradation (image degradation / AOPC)."""
+
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
+from conftest import PASS, assert_close
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 
-from conftest import PASS, assert_close
 from pattern_keras.evaluation.degradation import (
     DegradationResult,
     image_degradation,
@@ -182,11 +183,13 @@ def test_random_order_is_seeded_and_a_permutation_per_image():
 
     def replacement_order(seed):
         model = Recorder()
-        image_degradation(model, None, x, patch_size=1, order="random", seed=seed, fill="zero",
-                          batch_size=1)
+        image_degradation(
+            model, None, x, patch_size=1, order="random", seed=seed, fill="zero", batch_size=1
+        )
         # 3 clean images, then steps 1..16 of each image in turn.
-        zeroed = np.concatenate([np.zeros((3, 1, 16), bool),
-                                 model.images[3:].reshape(3, 16, 16) == 0], axis=1)
+        zeroed = np.concatenate(
+            [np.zeros((3, 1, 16), bool), model.images[3:].reshape(3, 16, 16) == 0], axis=1
+        )
         newly = zeroed[:, 1:] & ~zeroed[:, :-1]
         assert np.all(newly.sum(axis=2) == 1)  # one pixel per step
         return np.argmax(newly, axis=2)  # (3, 16): pixel replaced at each step
@@ -374,9 +377,12 @@ def test_plot_degradation_returns_a_figure_with_one_line_per_result(tmp_path):
 
 def test_plot_degradation_legend_is_outside_the_curves():
     x = np.ones((1, 2, 2, 1), np.float32)
-    results = {"a": image_degradation(Recorder(), x, x, patch_size=1, fill="zero"),
-               "random": image_degradation(Recorder(), x, x, patch_size=1, fill="zero",
-                                           order="random", seed=0)}
+    results = {
+        "a": image_degradation(Recorder(), x, x, patch_size=1, fill="zero"),
+        "random": image_degradation(
+            Recorder(), x, x, patch_size=1, fill="zero", order="random", seed=0
+        ),
+    }
     figure = plot_degradation(results)
     figure.canvas.draw()
     (ax,) = figure.axes

@@ -1,4 +1,5 @@
 """Tests of ``pattern-keras demo`` (pattern_keras.demo): a tiny run, every output checked."""
+
 from __future__ import annotations
 
 import os
@@ -75,8 +76,9 @@ def test_quick_demo_in_process(tmp_path, capsys):
     assert result.metrics["fit_samples"] == settings.n_train
     assert set(result.metrics["aopc"]) == {*demo.DEGRADATION_METHODS, "random"}
     # The summary file says what the result says (4 decimals there).
-    assert float(entries["test_accuracy"]) == pytest.approx(result.metrics["test_accuracy"],
-                                                            abs=1e-4)
+    assert float(entries["test_accuracy"]) == pytest.approx(
+        result.metrics["test_accuracy"], abs=1e-4
+    )
     for measure in ("aopc", "signal_cosine", "topk_precision"):
         for label, value in result.metrics[measure].items():
             assert float(entries[f"{measure}[{label}]"]) == pytest.approx(value, abs=1e-4)
@@ -110,7 +112,12 @@ def test_demo_command_line(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, "-m", "pattern_keras", "demo", "--quick", "--output", str(out)],
-        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert re.search(r"Done in \d+ s\. Wrote to .*demo", result.stdout)

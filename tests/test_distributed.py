@@ -5,6 +5,7 @@ before TensorFlow's first op, and a MultiWorkerMirroredStrategy owns its process
 subprocess is bounded by a hard kill (TensorFlow catches SIGTERM; a worker whose peer is gone
 waits for ever), so a stuck worker fails the test instead of hanging the suite.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,11 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+import _fit_worker as worker
 import numpy as np
 import pytest
-
-import _fit_worker as worker
 from conftest import SPLIT, assert_close
+
 from pattern_keras import PatternNet
 from pattern_keras.patterns import PatternComputer, PatternStatistics
 
@@ -36,7 +37,8 @@ N_SAMPLES = 4 * worker.BATCH_SIZE + 1
 def worker_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env.pop("TF_CONFIG", None)
     env.update(extra)
@@ -44,12 +46,21 @@ def worker_env(**extra: str) -> dict[str, str]:
 
 
 def start_worker(mode: str, files: dict, *args: str, env=None, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, str(WORKER), mode, "--weights", str(files["weights"]),
-           "--data", str(files["data"]), *args]
+    cmd = [
+        sys.executable,
+        str(WORKER),
+        mode,
+        "--weights",
+        str(files["weights"]),
+        "--data",
+        str(files["data"]),
+        *args,
+    ]
     handle = open(log, "wb")
     try:
-        return subprocess.Popen(cmd, cwd=REPO, env=env or worker_env(), stdout=handle,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            cmd, cwd=REPO, env=env or worker_env(), stdout=handle, stderr=subprocess.STDOUT
+        )
     finally:
         handle.close()
 
@@ -71,8 +82,11 @@ def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout: float = T
 
 
 def tails(logs: list[Path], n: int = 3000) -> str:
-    return "\n".join(f"--- {log.name}:\n{log.read_bytes()[-n:].decode(errors='replace')}"
-                     for log in logs if log.exists())
+    return "\n".join(
+        f"--- {log.name}:\n{log.read_bytes()[-n:].decode(errors='replace')}"
+        for log in logs
+        if log.exists()
+    )
 
 
 def free_ports(n: int) -> list[int]:
@@ -110,12 +124,18 @@ def cnn(tmp_path_factory):
     x = worker.make_data(N_SAMPLES)
     data = folder / "data.npz"
     np.savez(data, x=x)
-    stats = PatternComputer(model).compute_statistics(x, batch_size=worker.BATCH_SIZE,
-                                                      verbose=0)
+    stats = PatternComputer(model).compute_statistics(x, batch_size=worker.BATCH_SIZE, verbose=0)
     reference = worker.stats_results("single", stats)
     assert len([k for k in reference if k.count("::") == 1]) == 5  # n_samples + 4 layers
-    return {"weights": weights, "data": data, "folder": folder, "model": model, "x": x,
-            "reference": reference, "stats": stats}
+    return {
+        "weights": weights,
+        "data": data,
+        "folder": folder,
+        "model": model,
+        "x": x,
+        "reference": reference,
+        "stats": stats,
+    }
 
 
 def test_mirrored_strategy_equals_single_device(cnn, tmp_path):
@@ -140,13 +160,21 @@ def test_multi_worker_mirrored_strategy_equals_single_device(cnn, tmp_path):
     procs, logs, outs = [], [], []
     try:
         for index in range(2):
-            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker",
-                                                                 "index": index}})
+            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
             outs.append(tmp_path / f"worker{index}.npz")
             logs.append(tmp_path / f"worker{index}.log")
-            procs.append(start_worker(
-                "multiworker", cnn, "--out", str(outs[-1]), "--checkpoint", str(checkpoint),
-                env=worker_env(TF_CONFIG=tf_config), log=logs[-1]))
+            procs.append(
+                start_worker(
+                    "multiworker",
+                    cnn,
+                    "--out",
+                    str(outs[-1]),
+                    "--checkpoint",
+                    str(checkpoint),
+                    env=worker_env(TF_CONFIG=tf_config),
+                    log=logs[-1],
+                )
+            )
         codes = wait_all(procs, logs)
     finally:
         for proc in procs:  # also when starting the second worker failed
@@ -176,7 +204,8 @@ def test_in_process_default_strategy_matches_explicit_one(cnn):
     model = cnn["model"]
     x = cnn["x"]
     explicit = PatternComputer(model, strategy=tf.distribute.get_strategy()).compute(
-        x, batch_size=worker.BATCH_SIZE, verbose=0)
+        x, batch_size=worker.BATCH_SIZE, verbose=0
+    )
     analyzer = PatternNet(model).fit(x, batch_size=worker.BATCH_SIZE, verbose=0)
     for key in explicit:
         np.testing.assert_array_equal(explicit[key], analyzer.patterns[key])

@@ -4,6 +4,7 @@
 package and of its public submodules, and their public methods, inherited ones included as long
 as they are defined in pattern_keras.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -11,8 +12,14 @@ import inspect
 
 import pytest
 
-MODULES = ["pattern_keras", "pattern_keras.analyzers", "pattern_keras.patterns",
-           "pattern_keras.evaluation", "pattern_keras.datasets", "pattern_keras.plot"]
+MODULES = [
+    "pattern_keras",
+    "pattern_keras.analyzers",
+    "pattern_keras.patterns",
+    "pattern_keras.evaluation",
+    "pattern_keras.datasets",
+    "pattern_keras.plot",
+]
 # pattern_keras.layers' other names (Op, LinearPart, ops_for_node) are the engine's internals.
 EXTRA = {"pattern_keras.layers": ["register_layer", "supported_layer_names"]}
 
@@ -53,15 +60,17 @@ def _missing_sections(obj) -> list[str]:
     if inspect.isclass(obj):
         # A class documents its constructor's parameters, or (a dataclass, a result) its
         # attributes.
-        if params and not any(f"{section}\n----------" in doc
-                              for section in ("Parameters", "Attributes")):
+        if params and not any(
+            f"{section}\n----------" in doc for section in ("Parameters", "Attributes")
+        ):
             missing.append("Parameters")
         return missing
     if params and "Parameters\n----------" not in doc:
         missing.append("Parameters")
     returns = signature.return_annotation
     if returns not in (None, "None") and not any(
-            f"{section}\n{'-' * len(section)}" in doc for section in ("Returns", "Yields")):
+        f"{section}\n{'-' * len(section)}" in doc for section in ("Returns", "Yields")
+    ):
         missing.append("Returns")
     for name in params:
         # Every parameter is named in the docstring (its own entry, or a shared one like
@@ -76,8 +85,12 @@ CALLABLES = _public_callables()
 
 def test_the_walk_finds_the_api():
     names = {name for name, _ in CALLABLES}
-    for expected in ("_PatternAnalyzer.fit", "_PatternAnalyzer.save_patterns",
-                     "Analyzer.analyze", "pattern_keras.analyzers.registry.create_analyzer"):
+    for expected in (
+        "_PatternAnalyzer.fit",
+        "_PatternAnalyzer.save_patterns",
+        "Analyzer.analyze",
+        "pattern_keras.analyzers.registry.create_analyzer",
+    ):
         assert expected in names, expected
 
 

@@ -7,6 +7,7 @@ ones (``tests/test_distributed.py``, where the last global batch leaves a replic
 shard), show that pattern_keras never calls a model with one, in the fit, in ``analyze`` and
 in the evaluation code.
 """
+
 from __future__ import annotations
 
 import _fit_worker as worker
@@ -82,7 +83,7 @@ def test_fit_skips_empty_batches(cnn, x):
     def generator():
         yield EMPTY
         for start in range(0, len(x), 3):
-            yield x[start:start + 3]
+            yield x[start : start + 3]
         yield EMPTY
 
     for data in (with_empty_batches(x, 3), generator()):
@@ -100,9 +101,9 @@ def test_fit_skips_empty_batches(cnn, x):
 def test_evaluation_runs_on_the_guarded_model(cnn, x):
     """The evaluation code reaches the model through partial batches only (7 samples in
     batches of 3 or 2), never an empty one."""
-    quality = signal_estimator_quality(cnn, x, x[:3], estimators=("linear",), batch_size=2,
-                                       layers=["dense"])
+    quality = signal_estimator_quality(
+        cnn, x, x[:3], estimators=("linear",), batch_size=2, layers=["dense"]
+    )
     assert np.isfinite(quality["dense"]["linear"])
-    result = image_degradation(cnn, pk.Gradient(cnn), x[:3], patch_size=5, steps=2,
-                               batch_size=2)
+    result = image_degradation(cnn, pk.Gradient(cnn), x[:3], patch_size=5, steps=2, batch_size=2)
     assert result.per_image.shape == (3, 3)

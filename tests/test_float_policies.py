@@ -63,7 +63,7 @@ def dense_patterns(X, W, b):
         for k in range(W.shape[1]):
             m = mask[:, k]
             ex = X[m].mean(0)
-            exy = (X[m] * Y[m, k:k + 1]).mean(0)
+            exy = (X[m] * Y[m, k : k + 1]).mean(0)
             num = exy - ex * Y[:, k].mean()
             a[:, k] = num / (W[:, k] @ num)
         out.append(a)
@@ -109,8 +109,7 @@ def test_float64_model_gradient_and_patterns(restore_policy):
 # mixed precision
 
 
-@pytest.mark.parametrize("policy, tolerance", [("mixed_float16", 1e-2),
-                                               ("mixed_bfloat16", 5e-2)])
+@pytest.mark.parametrize("policy, tolerance", [("mixed_float16", 1e-2), ("mixed_bfloat16", 5e-2)])
 def test_mixed_policy_every_analyzer_and_fit(restore_policy, policy, tolerance):
     """Every analyzer and the fit run; Gradient equals the mixed model's own tape; the patterns
     match those of a float32 copy of the model within ``tolerance`` of each layer's largest
@@ -133,10 +132,15 @@ def test_mixed_policy_every_analyzer_and_fit(restore_policy, policy, tolerance):
     for key in expected:
         got, want = fitted.patterns[key], expected[key]
         assert got.dtype == np.float32
-        np.testing.assert_allclose(got, want, rtol=0, atol=tolerance * np.abs(want).max(),
-                                   err_msg=key)
-    np.testing.assert_allclose(fitted.patterns.negative("logits"), expected.negative("logits"),
-                               rtol=0, atol=tolerance * np.abs(expected.negative("logits")).max())
+        np.testing.assert_allclose(
+            got, want, rtol=0, atol=tolerance * np.abs(want).max(), err_msg=key
+        )
+    np.testing.assert_allclose(
+        fitted.patterns.negative("logits"),
+        expected.negative("logits"),
+        rtol=0,
+        atol=tolerance * np.abs(expected.negative("logits")).max(),
+    )
 
     options = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 4}}
     for name in pk.analyzer_names():

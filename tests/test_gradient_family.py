@@ -1,6 +1,7 @@
 """Gradient, InputTimesGradient, DeConvNet, GuidedBackprop, LRP-z and LRP-ε against independent
 references: ``tf.GradientTape``, hand-written backward passes (numpy / single TF ops), and the
 outputs of iNNvestigate 1.0.9 (``tests/data/innvestigate-1.0.9-mlp.npz``)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import DEEP_PASS, PASS, assert_close
+
 from pattern_keras.analyzers import (
     LRPZ,
     DeConvNet,
@@ -158,11 +159,11 @@ def bn_graph():
     b2 = L.BatchNormalization(name="bn2")(c2)
     res = L.Activation("relu", name="r2")(L.Add(name="add")([b2, r1]))
     side = L.Conv2D(4, 1, activation="relu", name="side")(x)
-    h = L.Concatenate(name="cat")([res, side])          # 10×10×10
-    h = L.MaxPooling2D(2, name="mp")(h)                  # 5×5×10
-    h = L.ZeroPadding2D(1, name="zp")(h)                 # 7×7×10
-    h = L.AveragePooling2D(2, strides=1, name="ap")(h)   # 6×6×10
-    h = L.Cropping2D(1, name="crop")(h)                  # 4×4×10
+    h = L.Concatenate(name="cat")([res, side])  # 10×10×10
+    h = L.MaxPooling2D(2, name="mp")(h)  # 5×5×10
+    h = L.ZeroPadding2D(1, name="zp")(h)  # 7×7×10
+    h = L.AveragePooling2D(2, strides=1, name="ap")(h)  # 6×6×10
+    h = L.Cropping2D(1, name="crop")(h)  # 4×4×10
     h = L.Reshape((16, 10), name="reshape")(h)
     h = L.Dropout(0.5, name="drop")(h)
     a = L.GlobalAveragePooling1D(name="gap")(h)
@@ -182,8 +183,10 @@ def nested_model():
     h = L.BatchNormalization(name="bn")(h)
     block = keras.Model(i, L.Add(name="add")([h, i]), name="block")
     randomize_batch_norm(block, seed=1)
-    head = keras.Sequential([keras.Input((144,)), L.Dense(8, activation="relu", name="fc"),
-                             L.Dense(3, name="logits")], name="head")
+    head = keras.Sequential(
+        [keras.Input((144,)), L.Dense(8, activation="relu", name="fc"), L.Dense(3, name="logits")],
+        name="head",
+    )
     x = keras.Input((6, 6, 4))
     h = block(x)
     h = block(h)  # the same nested model called twice
@@ -196,9 +199,15 @@ def nested_model():
 
 
 MODES = [("max_activation", None), ("index", 2), ("index", [0, 2, 1, 0]), ("all", None)]
-MODELS = {"mlp": (mlp, (10,)), "cnn2d": (cnn2d, (12, 12, 4)), "cnn1d": (cnn1d, (16, 3)),
-          "cnn3d": (cnn3d, (6, 6, 4, 2)), "other_convs": (cnn_other_convs, (8, 8, 3)),
-          "bn_graph": (bn_graph, (10, 10, 3)), "nested": (nested_model, (6, 6, 4))}
+MODELS = {
+    "mlp": (mlp, (10,)),
+    "cnn2d": (cnn2d, (12, 12, 4)),
+    "cnn1d": (cnn1d, (16, 3)),
+    "cnn3d": (cnn3d, (6, 6, 4, 2)),
+    "other_convs": (cnn_other_convs, (8, 8, 3)),
+    "bn_graph": (bn_graph, (10, 10, 3)),
+    "nested": (nested_model, (6, 6, 4)),
+}
 
 
 @pytest.fixture(scope="module")
@@ -272,8 +281,13 @@ def relu_rule(g, pre, method):
 
 def mlp_reference(model, x, method, mode, sel=None):
     """DeConvNet / GBP of the ReLU MLP of :func:`mlp` in numpy float64."""
-    ws = [(model.get_layer(n).kernel.numpy().astype("float64"),
-           model.get_layer(n).bias.numpy().astype("float64")) for n in ("d1", "d2", "d3")]
+    ws = [
+        (
+            model.get_layer(n).kernel.numpy().astype("float64"),
+            model.get_layer(n).bias.numpy().astype("float64"),
+        )
+        for n in ("d1", "d2", "d3")
+    ]
     a = x.astype("float64")
     pres = []
     for w, b in ws[:-1]:
@@ -292,8 +306,9 @@ def mlp_reference(model, x, method, mode, sel=None):
 
 
 @pytest.mark.parametrize("cls, method", [(DeConvNet, "deconvnet"), (GuidedBackprop, "gbp")])
-@pytest.mark.parametrize("mode, sel", [("max_activation", None), ("index", 1),
-                                       ("index", [4, 0, 2, 3, 1, 1])])
+@pytest.mark.parametrize(
+    "mode, sel", [("max_activation", None), ("index", 1), ("index", [4, 0, 2, 3, 1, 1])]
+)
 def test_deconvnet_guided_backprop_mlp(cls, method, mode, sel):
     model = mlp()
     x = normal((6, 10), seed=12)
@@ -332,7 +347,7 @@ def small_cnn():
 def cnn_reference(model, x, method, mode, sel=None):
     """DeConvNet / GBP of :func:`small_cnn`: explicit float64 forward, backward with
     ``conv2d_transpose``, transposed matmuls and the max-pool's own VJP."""
-    f64 = lambda v: tf.constant(np.asarray(v), tf.float64)  # noqa: E731
+    f64 = lambda v: tf.constant(np.asarray(v), tf.float64)
     k1, b1 = (f64(w) for w in model.get_layer("c1").get_weights())
     k2, b2 = (f64(w) for w in model.get_layer("c2").get_weights())
     w3, b3 = (f64(w) for w in model.get_layer("fc").get_weights())
@@ -376,8 +391,11 @@ def test_references_agree_with_tape():
     model = mlp()
     x = normal((6, 10), seed=12)
     y = selected_value(model(x), "max_activation")
-    assert_close(mlp_reference(model, x, "gradient", "max_activation"),
-                 tape_gradient(model_logits(model), x) * y[:, None], PASS)
+    assert_close(
+        mlp_reference(model, x, "gradient", "max_activation"),
+        tape_gradient(model_logits(model), x) * y[:, None],
+        PASS,
+    )
     model = small_cnn()
     x = normal((5, 9, 9, 2), seed=15)
     ref = cnn_reference(model, x, "gradient", "max_activation")
@@ -402,8 +420,9 @@ def bias_free_cnn():
     return keras.Model(x, L.Dense(4, use_bias=False)(h))
 
 
-@pytest.mark.parametrize("build, shape", [(lambda: mlp(use_bias=False), (10,)),
-                                          (bias_free_cnn, (10, 10, 2))])
+@pytest.mark.parametrize(
+    "build, shape", [(lambda: mlp(use_bias=False), (10,)), (bias_free_cnn, (10, 10, 2))]
+)
 def test_lrp_z_conserves_relevance_bias_free(build, shape):
     model = build()
     x = np.abs(normal((6,) + shape, seed=17)) if len(shape) > 1 else normal((6,) + shape, seed=17)
@@ -433,8 +452,13 @@ def test_lrp_z_equals_input_times_gradient_with_biases(built_models):
 def lrp_epsilon_reference(model, x, epsilon, mode="max_activation", sel=None):
     """LRP-ε for the MLP of :func:`mlp` in float64:
     ``R_i = x_i Σ_j W_ij R_j / (z_j + ε sign z_j)`` with ``sign(0) = 1``; ReLUs pass relevance."""
-    ws = [(model.get_layer(n).kernel.numpy().astype("float64"),
-           model.get_layer(n).bias.numpy().astype("float64")) for n in ("d1", "d2", "d3")]
+    ws = [
+        (
+            model.get_layer(n).kernel.numpy().astype("float64"),
+            model.get_layer(n).bias.numpy().astype("float64"),
+        )
+        for n in ("d1", "d2", "d3")
+    ]
     acts, a = [], x.astype("float64")
     zs = []
     for i, (w, b) in enumerate(ws):
@@ -458,8 +482,12 @@ def test_lrp_epsilon_matches_explicit_formula(epsilon):
     x = normal((6, 10), seed=19)
     for mode, sel in [("max_activation", None), ("index", [1, 0, 4, 4, 2, 3])]:
         got = LRPEpsilon(model, epsilon=epsilon, neuron_selection_mode=mode).analyze(x, sel)
-        assert_close(got, lrp_epsilon_reference(model, x, epsilon, mode, sel), PASS,
-                     err_msg=f"eps={epsilon} {mode}")
+        assert_close(
+            got,
+            lrp_epsilon_reference(model, x, epsilon, mode, sel),
+            PASS,
+            err_msg=f"eps={epsilon} {mode}",
+        )
 
 
 def test_lrp_epsilon_tends_to_lrp_z(built_models):
@@ -512,8 +540,9 @@ REFERENCE_ANALYZERS = {
     "guided_backprop": lambda m, mode: GuidedBackprop(m, mode),
     "lrp.z": lambda m, mode: LRPZ(m, mode),
     "lrp.epsilon": lambda m, mode: LRPEpsilon(m, epsilon=1e-7, neuron_selection_mode=mode),
-    "lrp.epsilon[epsilon=0.1]": lambda m, mode: LRPEpsilon(m, epsilon=0.1,
-                                                             neuron_selection_mode=mode),
+    "lrp.epsilon[epsilon=0.1]": lambda m, mode: LRPEpsilon(
+        m, epsilon=0.1, neuron_selection_mode=mode
+    ),
 }
 
 
@@ -550,8 +579,9 @@ def vgg16():
 @pytest.fixture(scope="module")
 def resnet50():
     keras.utils.set_random_seed(31)
-    model = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10,
-                                        classifier_activation=None)
+    model = keras.applications.ResNet50(
+        weights=None, input_shape=(64, 64, 3), classes=10, classifier_activation=None
+    )
     randomize_batch_norm(model, seed=2)
     return model
 
@@ -606,18 +636,24 @@ def test_error_wrong_rank(small):
         Gradient(small).analyze(np.zeros((10,), "float32"))
 
 
-@pytest.mark.parametrize("bad", [np.full((2, 10), "a"), np.full((2, 10), None, dtype=object),
-                                 [["x"] * 10] * 2])
+@pytest.mark.parametrize(
+    "bad", [np.full((2, 10), "a"), np.full((2, 10), None, dtype=object), [["x"] * 10] * 2]
+)
 def test_error_non_numeric(small, bad):
     with pytest.raises(ValueError, match=r"numeric.*(<U|str|object)"):
         Gradient(small).analyze(bad)
 
 
-@pytest.mark.parametrize("sel, pattern", [(5, r"5 is out of range.*5 output neurons"),
-                                          (-1, r"-1 is out of range"),
-                                          ([0, 1, 7], r"7 is out of range"),
-                                          ([0, 1], r"one int per sample \(3\).*\(2,\)"),
-                                          (1.5, r"integers")])
+@pytest.mark.parametrize(
+    "sel, pattern",
+    [
+        (5, r"5 is out of range.*5 output neurons"),
+        (-1, r"-1 is out of range"),
+        ([0, 1, 7], r"7 is out of range"),
+        ([0, 1], r"one int per sample \(3\).*\(2,\)"),
+        (1.5, r"integers"),
+    ],
+)
 def test_error_neuron_index(small, sel, pattern):
     with pytest.raises(ValueError, match=pattern):
         Gradient(small, "index").analyze(np.zeros((3, 10), "float32"), neuron_selection=sel)
@@ -634,8 +670,11 @@ def test_error_empty_batch(small):
 
 
 def test_error_selection_with_other_mode(small):
-    with pytest.raises(ValueError, match=r"only used with neuron_selection_mode='index'.*"
-                                         r"'max_activation'"):
+    with pytest.raises(
+        ValueError,
+        match=r"only used with neuron_selection_mode='index'.*"
+        r"'max_activation'",
+    ):
         Gradient(small).analyze(np.zeros((3, 10), "float32"), neuron_selection=1)
     with pytest.raises(ValueError, match="neuron_selection_mode must be one of"):
         Gradient(small, "maximum")
@@ -713,8 +752,9 @@ def test_dataset_tensor_and_batch_size_give_the_same(small):
     assert_close(analyzer.analyze(ds, sel), want, PASS)
     labels = np.arange(7)
     ds_xy = tf.data.Dataset.from_tensor_slices((x, labels)).batch(2)
-    np.testing.assert_array_equal(analyzer.analyze(ds_xy, sel),
-                                  analyzer.analyze(x, sel, batch_size=2))
+    np.testing.assert_array_equal(
+        analyzer.analyze(ds_xy, sel), analyzer.analyze(x, sel, batch_size=2)
+    )
     # max_activation over a dataset of (x, y)
     lrp = LRPZ(small)
     np.testing.assert_array_equal(lrp.analyze(ds_xy), lrp.analyze(x, batch_size=2))

@@ -1,11 +1,12 @@
 """Tests for the Keras adapter (pattern_keras.graph): node order, keys, slots, replay."""
+
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
-
 from conftest import PASS, assert_close
+
 from pattern_keras import graph
 from pattern_keras.graph import trace_model
 
@@ -68,13 +69,16 @@ def test_functional_order_keys_slots_and_replay():
 
 def test_sequential():
     keras.utils.set_random_seed(1)
-    model = keras.Sequential([
-        keras.Input((8, 8, 2)),
-        keras.layers.Conv2D(3, 3, name="c"),
-        keras.layers.MaxPooling2D(name="p"),
-        keras.layers.Flatten(name="f"),
-        keras.layers.Dense(4, name="d"),
-    ], name="seq")
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 2)),
+            keras.layers.Conv2D(3, 3, name="c"),
+            keras.layers.MaxPooling2D(name="p"),
+            keras.layers.Flatten(name="f"),
+            keras.layers.Dense(4, name="d"),
+        ],
+        name="seq",
+    )
     g = trace_model(model)
     assert [n.key for n in g.nodes] == ["c", "p", "f", "d"]
     assert g.input_specs == [((None, 8, 8, 2), "float32")]
@@ -123,12 +127,18 @@ def test_nested_functional_in_functional():
 
 def test_nested_in_sequential_two_levels():
     keras.utils.set_random_seed(4)
-    inner_seq = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="z")],
-                                 name="deep")
-    middle = keras.Sequential([keras.Input((4,)), make_inner("fn"),
-                               keras.layers.Dense(4, name="m"), ], name="middle")
-    model = keras.Sequential([
-        keras.Input((4,)), middle, inner_seq, keras.layers.Dense(2, name="last")], name="outer")
+    inner_seq = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="z")], name="deep")
+    middle = keras.Sequential(
+        [
+            keras.Input((4,)),
+            make_inner("fn"),
+            keras.layers.Dense(4, name="m"),
+        ],
+        name="middle",
+    )
+    model = keras.Sequential(
+        [keras.Input((4,)), middle, inner_seq, keras.layers.Dense(2, name="last")], name="outer"
+    )
     g = trace_model(model)
     assert [n.key for n in g.nodes] == ["middle/fn/a", "middle/fn/b", "middle/m", "deep/z", "last"]
     check_slots(g)
@@ -212,8 +222,10 @@ def test_branches_concatenate_and_call_arguments():
     assert keys.index("cb") < keys.index("bn") < keys.index("drop") < keys.index("cat")
     assert keys.index("ca") < keys.index("cat") < keys.index("gap")
     cat = g.nodes[keys.index("cat")]
-    assert cat.inputs == (g.nodes[keys.index("ca")].outputs[0],
-                          g.nodes[keys.index("drop")].outputs[0])
+    assert cat.inputs == (
+        g.nodes[keys.index("ca")].outputs[0],
+        g.nodes[keys.index("drop")].outputs[0],
+    )
     check_slots(g)
     xv = data((6, 6, 2))
     # Inference mode: BN uses its moving statistics and dropout is off, run after run.

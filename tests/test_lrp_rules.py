@@ -1,14 +1,15 @@
 """LRP-αβ, LRP-z⁺ and deep Taylor decomposition (zᴮ) against float64 numpy re-implementations in
 matrix form, and their properties: conservation, non-negativity, BatchNorm canonization, the
 treatment of Add and average pooling, bounds through padding."""
+
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
+from conftest import PASS, assert_close
 
 import pattern_keras as pk
-from conftest import PASS, assert_close
 from pattern_keras.rules import AlphaBetaRule, BoundedRule
 
 L = keras.layers
@@ -25,7 +26,7 @@ def _safe_ratio(r, z):
 def ref_alpha_beta(x, w, b, r, alpha, beta, bias=True):
     """``R_i = Σ_j (α (z_ij)₊ / z_j⁺ − β (z_ij)₋ / z_j⁻) R_j``,
     ``z_j^± = Σ_i (z_ij)_± (+ b_j^±)``."""
-    z = x[:, :, None] * w[None]                         # (n, i, j)
+    z = x[:, :, None] * w[None]  # (n, i, j)
     zp, zn = np.maximum(z, 0), np.minimum(z, 0)
     bp = np.maximum(b, 0) if bias else 0.0
     bn = np.minimum(b, 0) if bias else 0.0
@@ -36,8 +37,11 @@ def ref_alpha_beta(x, w, b, r, alpha, beta, bias=True):
 
 def ref_bounded(x, w, low, high, r):
     """``R_i = Σ_j (x_i w_ij − l_i w_ij⁺ − h_i w_ij⁻) / Σ_i(·) R_j`` (no bias)."""
-    z = (x[:, :, None] * w[None] - low[:, :, None] * np.maximum(w, 0)[None]
-         - high[:, :, None] * np.minimum(w, 0)[None])
+    z = (
+        x[:, :, None] * w[None]
+        - low[:, :, None] * np.maximum(w, 0)[None]
+        - high[:, :, None] * np.minimum(w, 0)[None]
+    )
     s = _safe_ratio(r, z.sum(1))
     return (z * s[:, None, :]).sum(2)
 
@@ -58,9 +62,14 @@ def mlp(use_bias=True, seed=0, sizes=(10, 16, 12, 5)):
 
 
 def dense_params(model):
-    return [(np.float64(lay.kernel.numpy()),
-             np.float64(lay.bias.numpy()) if lay.use_bias else np.zeros(lay.units))
-            for lay in model.layers if isinstance(lay, L.Dense)]
+    return [
+        (
+            np.float64(lay.kernel.numpy()),
+            np.float64(lay.bias.numpy()) if lay.use_bias else np.zeros(lay.units),
+        )
+        for lay in model.layers
+        if isinstance(lay, L.Dense)
+    ]
 
 
 def ref_backward(model, x, first_rule, rule):
@@ -128,7 +137,7 @@ def test_deep_taylor_bounded_equals_numpy_reference(low, high):
     x = signed_inputs()
     if low == "array":
         rng = np.random.default_rng(7)
-        low = (x.min(0) - rng.uniform(0.1, 1.0, 10)).astype("float32")   # one per feature
+        low = (x.min(0) - rng.uniform(0.1, 1.0, 10)).astype("float32")  # one per feature
         high = (x.max(0) + rng.uniform(0.1, 1.0, 10)).astype("float32")
     lo = np.broadcast_to(np.float64(low), x.shape)
     hi = np.broadcast_to(np.float64(high), x.shape)
@@ -244,8 +253,9 @@ def test_sign_split_rules_fold_batch_norm():
     model = keras.Model(x_in, L.Dense(3, name="out")(h))
     bn = model.get_layer("bn")
     rng = np.random.default_rng(0)
-    bn.set_weights([rng.uniform(0.5, 2, 5), rng.normal(0, 0.5, 5), rng.normal(0, 1, 5),
-                    rng.uniform(0.3, 3, 5)])
+    bn.set_weights(
+        [rng.uniform(0.5, 2, 5), rng.normal(0, 0.5, 5), rng.normal(0, 1, 5), rng.uniform(0.3, 3, 5)]
+    )
     conv = model.get_layer("conv")
     conv.bias.assign(rng.normal(0, 0.3, 5).astype("float32"))
     gamma, beta, mean, var = bn.get_weights()
@@ -254,8 +264,9 @@ def test_sign_split_rules_fold_batch_norm():
     f_in = keras.Input((6, 6, 3))
     f = L.Conv2D(5, 3, activation="relu", name="conv")(f_in)
     folded = keras.Model(f_in, L.Dense(3, name="out")(L.Flatten()(f)))
-    folded.get_layer("conv").set_weights([conv.kernel.numpy() * scale,
-                                          (conv.bias.numpy() - mean) * scale + beta])
+    folded.get_layer("conv").set_weights(
+        [conv.kernel.numpy() * scale, (conv.bias.numpy() - mean) * scale + beta]
+    )
     folded.get_layer("out").set_weights(model.get_layer("out").get_weights())
     x = np.random.default_rng(1).normal(size=(6, 6, 6, 3)).astype("float32")
     assert_close(folded(x), model(x), PASS)
@@ -273,8 +284,9 @@ def test_add_and_average_pooling_take_the_z_rule():
     s = L.Add(name="add")([a, b])
     model = keras.Model(x_in, L.Dense(3, name="out")(s))
     x = np.random.default_rng(2).normal(size=(7, 6)).astype("float32")
-    (wa, ba), (wb, bb), (wo, bo) = [[np.float64(v) for v in model.get_layer(n).get_weights()]
-                                    for n in ("a", "b", "out")]
+    (wa, ba), (wb, bb), (wo, bo) = [
+        [np.float64(v) for v in model.get_layer(n).get_weights()] for n in ("a", "b", "out")
+    ]
     xa = np.maximum(x @ wa + ba, 0)
     xb = np.maximum(x @ wb + bb, 0)
     y = (xa + xb) @ wo + bo
@@ -285,7 +297,8 @@ def test_add_and_average_pooling_take_the_z_rule():
     ratio = _safe_ratio(rs, xa + xb)
     ra, rb = xa * ratio, xb * ratio
     want = ref_alpha_beta(np.float64(x), wa, ba, ra, 2.0, 1.0) + ref_alpha_beta(
-        np.float64(x), wb, bb, rb, 2.0, 1.0)
+        np.float64(x), wb, bb, rb, 2.0, 1.0
+    )
     assert_close(pk.LRPAlpha2Beta1(model).analyze(x), want)
 
 
@@ -322,10 +335,15 @@ def test_rules_refuse_non_linear_ops():
             rule(pool, [], [], [])
 
 
-@pytest.mark.parametrize("name, cls", [("lrp.alpha_1_beta_0", pk.LRPAlpha1Beta0),
-                                       ("lrp.alpha_2_beta_1", pk.LRPAlpha2Beta1),
-                                       ("lrp.z_plus", pk.LRPZPlus),
-                                       ("deep_taylor.bounded", pk.DeepTaylor)])
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("lrp.alpha_1_beta_0", pk.LRPAlpha1Beta0),
+        ("lrp.alpha_2_beta_1", pk.LRPAlpha2Beta1),
+        ("lrp.z_plus", pk.LRPZPlus),
+        ("deep_taylor.bounded", pk.DeepTaylor),
+    ],
+)
 def test_registered_names(name, cls):
     assert name in pk.analyzer_names()
     model = mlp()
@@ -357,6 +375,5 @@ def test_index_and_all_selection_modes():
             r = y.copy()
         for k in range(len(params) - 1, -1, -1):
             r = rule(acts[k], *params[k], r)
-        got = pk.LRPAlpha2Beta1(model, neuron_selection_mode=mode).analyze(
-            x, neuron_selection=sel)
+        got = pk.LRPAlpha2Beta1(model, neuron_selection_mode=mode).analyze(x, neuron_selection=sel)
         assert_close(got, r)

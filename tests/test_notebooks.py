@@ -6,6 +6,7 @@ packages (TensorFlow, Keras, ipykernel, pip) but not pattern_keras (see ``notebo
 cell must find pattern_keras missing and install it; cells added by the test check both. With
 ``PK_NB_QUICK=1`` every step is tiny.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -29,8 +30,21 @@ TIMEOUT = 600
 def wheel(tmp_path_factory):
     """A wheel of this checkout (what a Colab user would upload), built once."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--disable-pip-version-check", "-w", str(out), str(ROOT)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-w",
+            str(out),
+            str(ROOT),
+        ],
+        check=True,
+    )
     (path,) = out.glob("pattern_keras-*.whl")
     return path
 
@@ -44,10 +58,20 @@ def test_the_notebooks_exist():
 def test_notebook_is_committed_with_its_figures(path):
     """Outputs are saved (``tools/regenerate.py notebooks``): figures show when only viewed."""
     nb = nbformat.read(path, as_version=4)
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if "image/png" in o.get("data", {})]
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    images = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if "image/png" in o.get("data", {})
+    ]
+    errors = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     assert images and not errors
 
 
@@ -64,15 +88,18 @@ def test_notebook_runs_where_pattern_keras_is_missing(path, wheel, tmp_path):
     before = nbformat.v4.new_code_cell(
         "import importlib.util, sys\n"
         "assert importlib.util.find_spec('pattern_keras') is None, 'preinstalled'\n"
-        f"assert sys.prefix == {str(tmp_path / 'venv')!r}, sys.prefix")
+        f"assert sys.prefix == {str(tmp_path / 'venv')!r}, sys.prefix"
+    )
     after = nbformat.v4.new_code_cell(
         "import pattern_keras, pathlib\n"
         f"assert pathlib.Path(pattern_keras.__file__).is_relative_to({str(tmp_path / 'venv')!r})"
-        ", pattern_keras.__file__")
-    nb.cells[position:position + 1] = [before, install, after]
+        ", pattern_keras.__file__"
+    )
+    nb.cells[position : position + 1] = [before, install, after]
     with fresh_kernel(tmp_path, pip_spec=str(wheel), quick=True) as (kernel, workdir, _):
-        client = nbclient.NotebookClient(nb, kernel_name=kernel, timeout=TIMEOUT,
-                                         resources={"metadata": {"path": str(workdir)}})
+        client = nbclient.NotebookClient(
+            nb, kernel_name=kernel, timeout=TIMEOUT, resources={"metadata": {"path": str(workdir)}}
+        )
         client.execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]

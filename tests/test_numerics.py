@@ -5,13 +5,14 @@ second moments, below float32's resolution. The fit (float32 per-batch ops on sh
 float64 accumulation) must match a float64 numpy reference within 1e-4; the same statistics
 taken the naive way in float32 must not.
 """
+
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
-
 from conftest import STATISTICS
+
 from pattern_keras.patterns import PatternComputer
 
 N = 200_000
@@ -49,7 +50,7 @@ def regime_patterns(x, y, masks, w):
     for mask in masks:
         m = mask.astype(np.float64)
         n = m.sum(axis=0)
-        e_x = (x.T @ m) / n                       # (D, K)
+        e_x = (x.T @ m) / n  # (D, K)
         e_xy = (x.T @ (y * m)) / n
         cov = e_xy - e_x * mean_y
         patterns.append(cov / np.sum(cov * w, axis=0, keepdims=True))
@@ -83,7 +84,8 @@ def relative_error(got, want) -> float:
 @pytest.mark.parametrize("pattern_type", ["relu", "linear"])
 def test_fit_matches_a_float64_reference(problem, pattern_type):
     stats = PatternComputer(problem["model"], pattern_type=pattern_type).compute_statistics(
-        problem["x"], batch_size=BATCH, verbose=0)
+        problem["x"], batch_size=BATCH, verbose=0
+    )
     assert stats.n_samples == N and stats.n_batches == N // BATCH
     want = reference(problem, pattern_type)
     for key, (ref_a, ref_neg) in want.items():
@@ -110,12 +112,17 @@ def naive_hidden_pattern(problem, pattern_type, accumulate):
     b = b1.astype(np.float32)
     total = {}
     for start in range(0, N, BATCH):
-        xb = x[start:start + BATCH]
+        xb = x[start : start + BATCH]
         y = xb @ w
         # "linear": every sample counts; "relu": the positive regime.
         mask = ((y + b) > 0 if pattern_type == "relu" else np.ones_like(y)).astype(np.float32)
-        batch = {"n": np.full(4, len(xb), np.float32), "sum_y": y.sum(axis=0),
-                 "n_r": mask.sum(axis=0), "sum_x_r": xb.T @ mask, "sum_xy_r": xb.T @ (y * mask)}
+        batch = {
+            "n": np.full(4, len(xb), np.float32),
+            "sum_y": y.sum(axis=0),
+            "n_r": mask.sum(axis=0),
+            "sum_x_r": xb.T @ mask,
+            "sum_xy_r": xb.T @ (y * mask),
+        }
         for name, value in batch.items():
             total[name] = total.get(name, 0) + value.astype(accumulate)
     s = total
@@ -124,13 +131,16 @@ def naive_hidden_pattern(problem, pattern_type, accumulate):
     return (cov / np.sum(cov * w.astype(accumulate), axis=0, keepdims=True)).astype(np.float64)
 
 
-@pytest.mark.parametrize("pattern_type, accumulate, at_least", [
-    ("relu", np.float32, TOLERANCE),
-    ("linear", np.float32, 100 * TOLERANCE),
-    ("linear", np.float64, 100 * TOLERANCE),
-], ids=["relu-float32-accumulator", "linear-float32-accumulator", "linear-float32-products"])
-def test_naive_float32_statistics_fail_the_same_bound(problem, pattern_type, accumulate,
-                                                      at_least):
+@pytest.mark.parametrize(
+    "pattern_type, accumulate, at_least",
+    [
+        ("relu", np.float32, TOLERANCE),
+        ("linear", np.float32, 100 * TOLERANCE),
+        ("linear", np.float64, 100 * TOLERANCE),
+    ],
+    ids=["relu-float32-accumulator", "linear-float32-accumulator", "linear-float32-products"],
+)
+def test_naive_float32_statistics_fail_the_same_bound(problem, pattern_type, accumulate, at_least):
     """Without the shift, float32 statistics miss the float64 reference by more than 1e-4.
 
     Measured with this seed: the two-component a₊ is off by 2.7e-4 with a float32

@@ -1,6 +1,7 @@
 """The pattern file (HDF5): round trips, layout, refusal of other models and of damaged files,
 statistics (save, load, merge), and the fitted patterns and analyses of the reference
 implementation (iNNvestigate 1.0.9, ``tests/data/innvestigate-1.0.9-mlp.npz``)."""
+
 from __future__ import annotations
 
 import copy
@@ -12,9 +13,9 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from conftest import STATISTICS, assert_close
 
 import pattern_keras as pk
-from conftest import STATISTICS, assert_close
 
 L = keras.layers
 DATA = Path(__file__).parent / "data"
@@ -26,8 +27,9 @@ DATA = Path(__file__).parent / "data"
 
 def mlp(seed=0, hidden=8, name="mlp"):
     """Input(5) → nested Sequential 'block' (Dense 'fc', relu) → Dense 'head'(3)."""
-    inner = keras.Sequential([keras.Input((5,)), L.Dense(hidden, activation="relu", name="fc")],
-                             name="block")
+    inner = keras.Sequential(
+        [keras.Input((5,)), L.Dense(hidden, activation="relu", name="fc")], name="block"
+    )
     x = keras.Input((5,))
     model = keras.Model(x, L.Dense(3, name="head")(inner(x)), name=name)
     rng = np.random.default_rng(seed)
@@ -58,8 +60,10 @@ def fitted(tmp_path_factory):
 def test_save_load_analyze_identical(fitted):
     model, x, analyzer, path = fitted
     expected = analyzer.analyze(x[:20])
-    for loaded in (pk.PatternAttribution(model, patterns=str(path)),
-                   pk.PatternAttribution(model).load_patterns(str(path))):
+    for loaded in (
+        pk.PatternAttribution(model, patterns=str(path)),
+        pk.PatternAttribution(model).load_patterns(str(path)),
+    ):
         np.testing.assert_array_equal(loaded.analyze(x[:20]), expected)
     patterns = pk.Patterns.load(str(path))
     assert sorted(patterns) == sorted(analyzer.patterns) == ["block/fc", "head"]
@@ -98,9 +102,10 @@ def test_file_layout(fitted):
             assert str(g.attrs["pattern_type"]) == "relu"
             assert g["a"].shape == shape and g["a"].dtype == np.float32
             np.testing.assert_array_equal(g["a"][()], analyzer.patterns[key])
-        assert "a_negative" not in f["patterns/block/fc"]   # rectified: a₊ only
-        np.testing.assert_array_equal(f["patterns/head/a_negative"][()],
-                                      analyzer.patterns.negative("head"))
+        assert "a_negative" not in f["patterns/block/fc"]  # rectified: a₊ only
+        np.testing.assert_array_equal(
+            f["patterns/head/a_negative"][()], analyzer.patterns.negative("head")
+        )
         assert "statistics" in f and "block/fc" in f["statistics"]
 
 
@@ -121,11 +126,15 @@ def test_file_holds_only_arrays_and_attributes(fitted, monkeypatch):
             for attr in obj.attrs:
                 dtype = obj.attrs.get_id(attr).dtype
                 assert dtype.kind in "fiub" or h5py.check_string_dtype(dtype) is not None, (
-                    name, attr, dtype)
+                    name,
+                    attr,
+                    dtype,
+                )
                 value = obj.attrs[attr]
                 assert isinstance(value, (str, np.ndarray, np.number, np.bool_)), (name, attr)
                 if isinstance(value, np.ndarray):
                     assert value.dtype.kind in "fiub", (name, attr, value.dtype)
+
     # And loading unpickles nothing.
     def refuse(*args, **kwargs):
         raise AssertionError("loading a pattern file must not unpickle")
@@ -142,7 +151,7 @@ def test_file_holds_only_arrays_and_attributes(fitted, monkeypatch):
 
 def test_loading_into_another_model_names_the_first_mismatch(fitted):
     _, _, _, path = fitted
-    wider = mlp(hidden=7)     # another architecture: block/fc has 7 units
+    wider = mlp(hidden=7)  # another architecture: block/fc has 7 units
     with pytest.raises(ValueError, match="block/fc") as info:
         pk.PatternNet(wider, patterns=str(path))
     assert "[5, 7]" in str(info.value) and "[5, 8]" in str(info.value)
@@ -152,8 +161,7 @@ def test_loading_into_another_model_names_the_first_mismatch(fitted):
     with pytest.raises(ValueError, match="weight values differ"):
         pk.PatternAttribution(retrained, patterns=str(path))
     x = keras.Input((5,))
-    renamed = keras.Model(x, L.Dense(3, name="other")(L.Dense(8, activation="relu",
-                                                              name="fc")(x)))
+    renamed = keras.Model(x, L.Dense(3, name="other")(L.Dense(8, activation="relu", name="fc")(x)))
     with pytest.raises(ValueError, match="'block/fc'") as info:  # the first layer differs
         pk.PatternNet(renamed, patterns=str(path))
     assert "'fc'" in str(info.value)
@@ -167,7 +175,7 @@ def test_damaged_files_raise_pattern_file_error(fitted, tmp_path):
     _, _, _, path = fitted
     raw = path.read_bytes()
     truncated = tmp_path / "truncated.h5"
-    truncated.write_bytes(raw[:len(raw) // 2])
+    truncated.write_bytes(raw[: len(raw) // 2])
     garbage = tmp_path / "garbage.h5"
     garbage.write_bytes(np.random.default_rng(0).bytes(4096))
     foreign = tmp_path / "foreign.h5"
@@ -181,11 +189,18 @@ def test_damaged_files_raise_pattern_file_error(fitted, tmp_path):
     future.write_bytes(raw)
     with h5py.File(future, "a") as f:
         f.attrs["format_version"] = 99
-    cases = {truncated: "truncated|corrupt|damaged", garbage: "HDF5|corrupt",
-             foreign: "not a pattern_keras pattern file", gutted: "damaged",
-             future: "version 99"}
-    loaders = (pk.Patterns.load, pk.PatternStatistics.load,
-               lambda p: pk.PatternNet(mlp(), patterns=p))
+    cases = {
+        truncated: "truncated|corrupt|damaged",
+        garbage: "HDF5|corrupt",
+        foreign: "not a pattern_keras pattern file",
+        gutted: "damaged",
+        future: "version 99",
+    }
+    loaders = (
+        pk.Patterns.load,
+        pk.PatternStatistics.load,
+        lambda p: pk.PatternNet(mlp(), patterns=p),
+    )
     for bad, message in cases.items():
         # (The gutted file's statistics are intact: only the pattern readers must refuse it.)
         for load in loaders if bad is not gutted else loaders[::2]:
@@ -209,8 +224,11 @@ def _stats_equal(a, b):
     assert a.fingerprint == b.fingerprint
     for key in a:
         la, lb = a[key], b[key]
-        assert (la.pattern_type, la.rectified, tuple(la.out_axes)) == \
-            (lb.pattern_type, lb.rectified, tuple(lb.out_axes))
+        assert (la.pattern_type, la.rectified, tuple(la.out_axes)) == (
+            lb.pattern_type,
+            lb.rectified,
+            tuple(lb.out_axes),
+        )
         assert la.shift_x == lb.shift_x
         np.testing.assert_array_equal(la.shift_y, lb.shift_y)
         np.testing.assert_array_equal(la.kernel, lb.kernel)
@@ -304,23 +322,28 @@ def reference(reference_mlp):
 def test_reference_patterns_and_analyses(reference, pattern_type):
     model, ref = reference
     patterns = pk.PatternComputer(model, pattern_type=pattern_type).compute(
-        ref["x_fit"], batch_size=64, verbose=0)
+        ref["x_fit"], batch_size=64, verbose=0
+    )
     for name in ("dense1", "dense2", "dense3"):
         # The reference varies by ~2e-5 relative from run to run (REFERENCE.md).
-        assert_close(patterns[name], ref[f"patterns/{pattern_type}/{name}"], STATISTICS,
-                     err_msg=name)
+        assert_close(
+            patterns[name], ref[f"patterns/{pattern_type}/{name}"], STATISTICS, err_msg=name
+        )
     x = ref["x_analyze"]
     logits = ref["logits"]
     assert np.all(logits.max(1) > 0)  # max_activation rows: a₊ regime, comparable everywhere
     positive3 = logits[:, 3] > 0
     assert 0 < positive3.sum() < len(x)
-    for cls, name in ((pk.PatternNet, "pattern.net"),
-                      (pk.PatternAttribution, "pattern.attribution")):
+    for cls, name in (
+        (pk.PatternNet, "pattern.net"),
+        (pk.PatternAttribution, "pattern.attribution"),
+    ):
         out = cls(model, pattern_type=pattern_type, patterns=patterns).analyze(x)
         expected = ref[f"{name}[{pattern_type}]/max_activation"]
         assert_close(out, expected, STATISTICS, err_msg=f"{name} max_activation")
-        out3 = cls(model, pattern_type=pattern_type, patterns=patterns,
-                   neuron_selection_mode="index").analyze(x, neuron_selection=3)
+        out3 = cls(
+            model, pattern_type=pattern_type, patterns=patterns, neuron_selection_mode="index"
+        ).analyze(x, neuron_selection=3)
         expected3 = ref[f"{name}[{pattern_type}]/index3"]
         # The reference uses only a₊ for the logits; our "relu" logits keep both regimes, so
         # rows with logit 3 ≤ 0 differ by design (MATH.md).
@@ -336,14 +359,15 @@ def test_patterns_of_the_model_before_further_training_are_refused():
     import keras
 
     keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu"),
-                              keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, activation="relu"), keras.layers.Dense(2)]
+    )
     x = np.random.default_rng(3).normal(size=(64, 4)).astype("float32")
     analyzer = pk.PatternNet(model).fit(x, verbose=0)
     old = analyzer.patterns
     kernel, bias = model.layers[0].get_weights()
-    model.layers[0].set_weights([kernel + 0.5, bias])        # "trained further"
+    model.layers[0].set_weights([kernel + 0.5, bias])  # "trained further"
     with pytest.raises(ValueError, match="weight values differ"):
         analyzer.set_patterns(old)
-    analyzer.fit(x, verbose=0)                               # a new fit is accepted
+    analyzer.fit(x, verbose=0)  # a new fit is accepted
     assert analyzer.patterns.fingerprint == pk.model_fingerprint(model)

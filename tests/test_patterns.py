@@ -2,6 +2,7 @@
 references: the paper's toy example in closed form, a 64-dimensional linear generative model,
 and a float64 numpy implementation of the estimators of ``design/MATH.md`` with explicit patch
 extraction for convolutions."""
+
 from __future__ import annotations
 
 import itertools
@@ -11,9 +12,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import PASS, STATISTICS, assert_close
 
 import pattern_keras as pk
-from conftest import PASS, STATISTICS, assert_close
 
 L = keras.layers
 
@@ -45,9 +46,12 @@ def ref_neuron(X, w, b):
 
     cov = ((X - X.mean(0)) * (y - mean_y)[:, None]).mean(0)
     den = w @ cov
-    return {"pos": regime(z > 0), "neg": regime(z <= 0),
-            "linear": cov / den if den != 0 else np.zeros_like(w),
-            "active": float(np.mean(z > 0))}
+    return {
+        "pos": regime(z > 0),
+        "neg": regime(z <= 0),
+        "linear": cov / den if den != 0 else np.zeros_like(w),
+        "active": float(np.mean(z > 0)),
+    }
 
 
 def same_pads(n, k, s, d):
@@ -70,12 +74,15 @@ def extract_patches(x, ksize, strides, dilation, padding):
     else:
         raise ValueError(padding)
     xp = np.pad(x, [(0, 0)] + pads + [(0, 0)])
-    out = [(xp.shape[1 + i] - ((ksize[i] - 1) * dilation[i] + 1)) // strides[i] + 1
-           for i in range(nd)]
+    out = [
+        (xp.shape[1 + i] - ((ksize[i] - 1) * dilation[i] + 1)) // strides[i] + 1 for i in range(nd)
+    ]
     patches = np.empty((x.shape[0], *out, *ksize, x.shape[-1]))
     for offs in itertools.product(*[range(k) for k in ksize]):
-        src = tuple(slice(o * d, o * d + (n - 1) * s + 1, s)
-                    for o, d, s, n in zip(offs, dilation, strides, out))
+        src = tuple(
+            slice(o * d, o * d + (n - 1) * s + 1, s)
+            for o, d, s, n in zip(offs, dilation, strides, out)
+        )
         patches[(slice(None),) * (1 + nd) + offs] = xp[(slice(None),) + src]
     return patches
 
@@ -86,7 +93,7 @@ def layer_reference(layer, x_in):
     kernel = np.asarray(layer.kernel.numpy(), np.float64)
     depthwise = isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D))
     n_out = kernel.shape[-2] * kernel.shape[-1] if depthwise else kernel.shape[-1]
-    bias = (np.asarray(layer.bias.numpy(), np.float64) if layer.use_bias else np.zeros(n_out))
+    bias = np.asarray(layer.bias.numpy(), np.float64) if layer.use_bias else np.zeros(n_out)
     refs = {k: np.zeros_like(kernel) for k in ("pos", "neg", "linear")}
     active = []
     if isinstance(layer, L.Dense):
@@ -100,7 +107,7 @@ def layer_reference(layer, x_in):
     nd = kernel.ndim - 2
     ksize = kernel.shape[:nd]
     patches = extract_patches(x_in, ksize, layer.strides, layer.dilation_rate, layer.padding)
-    out_shape = patches.shape[:1 + nd]
+    out_shape = patches.shape[: 1 + nd]
     M = int(np.prod(out_shape))
     P = patches.reshape(M, *ksize, patches.shape[-1])
     if depthwise:
@@ -122,7 +129,7 @@ def layer_reference(layer, x_in):
         z = np.zeros((M, cout))
         for o in range(cout):
             g = o // cout_g
-            X = P[..., g * cin_g:(g + 1) * cin_g].reshape(M, -1)
+            X = P[..., g * cin_g : (g + 1) * cin_g].reshape(M, -1)
             w = kernel[..., o].reshape(-1)
             z[:, o] = X @ w + bias[o]
             r = ref_neuron(X, w, bias[o])
@@ -224,7 +231,8 @@ def test_toy_lrp_z_shows_w_times_x(toy):
 def test_toy_patternnet_and_patternattribution_recover_the_signal(toy, pattern_type):
     model, x, y = toy
     patterns = pk.PatternComputer(model, pattern_type=pattern_type).compute(
-        x, batch_size=1000, verbose=0)
+        x, batch_size=1000, verbose=0
+    )
     xs, ys = x[:500], y[:500]
     signal = np.stack([ys, np.zeros_like(ys)], 1)  # a_s·y = w ⊙ a_s·y = (y, 0)
     tol = 0.02 * np.abs(ys)[:, None] + 1e-6
@@ -249,8 +257,7 @@ def test_toy_with_distractor_mean_documented_bias():
     x, _ = toy_data(mu=mu, seed=1)
     model = toy_model()
     relu = pk.PatternComputer(model, pattern_type="relu").compute(x, batch_size=1000, verbose=0)
-    linear = pk.PatternComputer(model, pattern_type="linear").compute(x, batch_size=1000,
-                                                                      verbose=0)
+    linear = pk.PatternComputer(model, pattern_type="linear").compute(x, batch_size=1000, verbose=0)
     np.testing.assert_allclose(relu["dense"][:, 0], [1 + 1.5 * mu, 1.5 * mu], atol=0.03)
     np.testing.assert_allclose(relu.negative("dense")[:, 0], [1 - 1.5 * mu, -1.5 * mu], atol=0.03)
     np.testing.assert_allclose(linear["dense"][:, 0], [1, 0], atol=0.02)
@@ -278,23 +285,24 @@ def test_64d_patternnet_recovers_the_signal_direction(pattern_type):
     # Distractors that overlap the signal direction: the optimal filter must turn away from a_s.
     a_d = np.stack([0.9 * a_s + 0.5 * rng.normal(size=dim) for _ in range(3)], 1)
     y = rng.choice([-1.0, 1.0], n) * rng.uniform(0.5, 1.5, n)
-    x = (np.outer(y, a_s) + rng.normal(0, 2.0, (n, 3)) @ a_d.T
-         + 1e-3 * rng.normal(size=(n, dim))).astype(np.float32)
+    x = (
+        np.outer(y, a_s) + rng.normal(0, 2.0, (n, 3)) @ a_d.T + 1e-3 * rng.normal(size=(n, dim))
+    ).astype(np.float32)
     w = np.linalg.pinv(np.column_stack([a_s, a_d]))[0]  # wᵀa_s = 1, wᵀa_dk = 0
     inp = keras.Input((dim,))
     model = keras.Model(inp, L.Dense(1, use_bias=False, name="dense")(inp))
     set_dense(model, "dense", w.reshape(dim, 1))
     train, test = slice(0, 3000), slice(3000, n)
-    net = pk.PatternNet(model, pattern_type=pattern_type).fit(x[train], batch_size=256,
-                                                               verbose=0)
+    net = pk.PatternNet(model, pattern_type=pattern_type).fit(x[train], batch_size=256, verbose=0)
     truth = np.outer(y[test], a_s)
     cos_net = cosine_rows(net.analyze(x[test], batch_size=500).astype(np.float64), truth)
     cos_grad = cosine_rows(pk.Gradient(model).analyze(x[test], batch_size=500), truth)
     assert cos_net.mean() > 0.99 and cos_net.min() > 0.99, (cos_net.mean(), cos_net.min())
     assert np.abs(cos_grad).max() < 0.5, np.abs(cos_grad).max()
     # PatternAttribution: w ⊙ a·y, whose sum is the output (wᵀa = 1 by construction).
-    attribution = pk.PatternAttribution(model, pattern_type=pattern_type,
-                                        patterns=net.patterns).analyze(x[test], batch_size=500)
+    attribution = pk.PatternAttribution(
+        model, pattern_type=pattern_type, patterns=net.patterns
+    ).analyze(x[test], batch_size=500)
     cos_attr = cosine_rows(attribution.astype(np.float64), np.outer(y[test], w * a_s))
     assert cos_attr.min() > 0.99, cos_attr.min()
     output = x[test].astype(np.float64) @ w
@@ -307,19 +315,20 @@ def test_64d_patternnet_recovers_the_signal_direction(pattern_type):
 
 def dense_model():
     x = keras.Input((6,))
-    h = L.ReLU()(L.Dense(5, name="d1")(x))              # rectified by a ReLU layer
-    h = L.Dense(4, name="d2")(h)                         # mid-network, not rectified
-    out = L.Dense(3, activation="relu", name="d3")(h)    # rectified (fused)
+    h = L.ReLU()(L.Dense(5, name="d1")(x))  # rectified by a ReLU layer
+    h = L.Dense(4, name="d2")(h)  # mid-network, not rectified
+    out = L.Dense(3, activation="relu", name="d3")(h)  # rectified (fused)
     return keras.Model(x, out, name="mlp")
 
 
 def conv2d_model():
     x = keras.Input((10, 9, 3))
     h = L.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="c1")(x)
-    h = L.Conv2D(6, 3, dilation_rate=2, padding="same", groups=2, activation="relu",
-                 name="grouped")(h)
+    h = L.Conv2D(
+        6, 3, dilation_rate=2, padding="same", groups=2, activation="relu", name="grouped"
+    )(h)
     h = L.DepthwiseConv2D(2, depth_multiplier=2, activation="relu", name="depthwise")(h)
-    out = L.Conv2D(3, 2, padding="valid", name="last")(h)   # the output: keeps both regimes
+    out = L.Conv2D(3, 2, padding="valid", name="last")(h)  # the output: keeps both regimes
     return keras.Model(x, out, name="cnn")
 
 
@@ -384,7 +393,8 @@ def test_patterns_equal_numpy_reference(fitted_models, kind, pattern_type):
     model, x, refs = fitted_models(kind)
     _, _, names, unrectified = MODELS[kind]
     patterns = pk.PatternComputer(model, pattern_type=pattern_type).compute(
-        x, batch_size=16, verbose=0)
+        x, batch_size=16, verbose=0
+    )
     assert sorted(patterns) == sorted(names)
     for name in names:
         ref = refs[name]
@@ -396,8 +406,9 @@ def test_patterns_equal_numpy_reference(fitted_models, kind, pattern_type):
         else:
             assert_close(patterns[name], ref["pos"], STATISTICS, err_msg=name)
             if name in unrectified:
-                assert_close(patterns.negative(name), ref["neg"], STATISTICS,
-                             err_msg=name + " (a₋)")
+                assert_close(
+                    patterns.negative(name), ref["neg"], STATISTICS, err_msg=name + " (a₋)"
+                )
                 # The two regimes really differ here (the test can tell them apart).
                 assert not np.allclose(ref["pos"], ref["neg"], rtol=1e-2)
             else:
@@ -418,7 +429,8 @@ def test_large_offset_data_keeps_its_covariance(pattern_type):
     center_biases(model, ["d"], x, seed=13)
     _, ref, _ = layer_reference(model.get_layer("d"), x)
     patterns = pk.PatternComputer(model, pattern_type=pattern_type).compute(
-        x, batch_size=100, verbose=0)
+        x, batch_size=100, verbose=0
+    )
     if pattern_type == "linear":
         assert_close(patterns["d"], ref["linear"], STATISTICS)
     else:
@@ -432,8 +444,9 @@ def test_gate_uses_the_bias(fitted_models):
     patterns = pk.PatternComputer(model, pattern_type="relu").compute(x, verbose=0)
     x_in = layer_input(model, "d1", x).astype(np.float64)
     kernel = model.get_layer("d1").kernel.numpy().astype(np.float64)
-    no_bias = np.stack([ref_neuron(x_in, kernel[:, o], 0.0)["pos"]
-                        for o in range(kernel.shape[1])], 1)
+    no_bias = np.stack(
+        [ref_neuron(x_in, kernel[:, o], 0.0)["pos"] for o in range(kernel.shape[1])], 1
+    )
     assert not np.allclose(patterns["d1"], no_bias, rtol=1e-2)
     assert_close(patterns["d1"], refs["d1"]["pos"], STATISTICS)
 
@@ -461,7 +474,7 @@ class Batches(keras.utils.PyDataset):
         return math.ceil(len(self.x) / self.batch_size)
 
     def __getitem__(self, i):
-        xb = self.x[i * self.batch_size:(i + 1) * self.batch_size]
+        xb = self.x[i * self.batch_size : (i + 1) * self.batch_size]
         return xb, np.zeros((len(xb), 3), np.float32)
 
 
@@ -493,7 +506,7 @@ def test_data_forms_give_the_same_patterns(small):
     def endless():
         while True:
             for i in range(0, len(x), bs):
-                yield x[i:i + bs], labels[i:i + bs]
+                yield x[i : i + bs], labels[i : i + bs]
 
     forms = {
         "dataset x": tf.data.Dataset.from_tensor_slices(x).batch(bs),
@@ -539,11 +552,11 @@ def test_dead_neuron_and_constant_inputs_give_zero_patterns_not_nan():
     init_kernels(model, seed=8)
     rng = np.random.default_rng(9)
     x = rng.normal(3.0, 1.0, (120, 5)).astype(np.float32)
-    x[:, 1] = 0.0     # an input that is always zero (an image corner)
-    x[:, 3] = 5.0     # an input that never varies
+    x[:, 1] = 0.0  # an input that is always zero (an image corner)
+    x[:, 3] = 5.0  # an input that never varies
     center_biases(model, ["d1", "d2"], x, seed=10)
     bias = model.get_layer("d1").bias.numpy()
-    bias[2] = -1e3    # neuron 2 never fires
+    bias[2] = -1e3  # neuron 2 never fires
     model.get_layer("d1").bias.assign(bias)
     for pattern_type in ("relu", "linear"):
         net = pk.PatternNet(model, pattern_type=pattern_type).fit(x, verbose=0)
@@ -551,14 +564,19 @@ def test_dead_neuron_and_constant_inputs_give_zero_patterns_not_nan():
         assert np.all(np.isfinite(a)) and np.all(np.isfinite(net.patterns["d2"]))
         assert np.max(np.abs(a[1])) <= 1e-6 * np.max(np.abs(a)), a[1]
         if pattern_type == "relu":
-            np.testing.assert_array_equal(a[:, 2], 0.0)   # no sample in the positive regime
+            np.testing.assert_array_equal(a[:, 2], 0.0)  # no sample in the positive regime
         else:
             # cov[x, y] of a constant input is 0. (Under "relu" a constant nonzero input does get
             # a₊ ∝ x·(E₊[y] − E[y]) ≠ 0: that is the estimator, not a defect.)
             assert np.max(np.abs(a[3])) <= 1e-5 * np.max(np.abs(a)), a[3]
         assert np.all(np.isfinite(net.analyze(x[:10])))
-        assert np.all(np.isfinite(pk.PatternAttribution(model, pattern_type=pattern_type,
-                                                        patterns=net.patterns).analyze(x[:10])))
+        assert np.all(
+            np.isfinite(
+                pk.PatternAttribution(
+                    model, pattern_type=pattern_type, patterns=net.patterns
+                ).analyze(x[:10])
+            )
+        )
 
 
 def test_zero_kernel_neuron_gives_zero_pattern():

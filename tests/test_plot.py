@@ -1,4 +1,5 @@
 """Tests for pattern_keras.plot (pure numpy + matplotlib, no display)."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -34,7 +35,12 @@ def rng():
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize(
     "shape, out_shape",
-    [((5, 6), (5, 6, 3)), ((5, 6, 3), (5, 6, 3)), ((2, 5, 6, 3), (2, 5, 6, 3)), ((2, 5, 6, 1), (2, 5, 6, 3))],
+    [
+        ((5, 6), (5, 6, 3)),
+        ((5, 6, 3), (5, 6, 3)),
+        ((2, 5, 6, 3), (2, 5, 6, 3)),
+        ((2, 5, 6, 1), (2, 5, 6, 3)),
+    ],
 )
 def test_heatmap_shapes_and_range(rng, shape, out_shape):
     out = heatmap(rng.normal(size=shape))
@@ -288,7 +294,11 @@ def test_grid_rgb_layout_titles_and_savefig(rng, tmp_path):
     assert len(fig.axes) == 3 * 4 + 1  # the grid, then the colour bar
     grid = fig.axes[:12]
     assert [ax.get_title() for ax in grid[:4]] == [
-        "Input", "gradient", "pattern.net", "pattern.attribution"]
+        "Input",
+        "gradient",
+        "pattern.net",
+        "pattern.attribution",
+    ]
     assert all(ax.get_title() == "" for ax in grid[4:])
     for ax in grid:
         assert len(ax.get_xticks()) == 0 and len(ax.get_yticks()) == 0
@@ -325,8 +335,9 @@ def test_grid_grayscale_inputs(rng, tmp_path):
 
 
 def test_grid_single_image(rng):
-    fig = explanation_grid(rng.uniform(size=(5, 5, 3)), {"m": rng.normal(size=(5, 5, 3))},
-                           colorbar=False)
+    fig = explanation_grid(
+        rng.uniform(size=(5, 5, 3)), {"m": rng.normal(size=(5, 5, 3))}, colorbar=False
+    )
     assert len(fig.axes) == 2
 
 

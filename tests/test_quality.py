@@ -5,20 +5,21 @@ patterns from MATH.md's formulas, an explicit least-squares fit with intercept),
 generative model where the answer is known: the linear estimator recovers the signal exactly, so
 its residual carries nothing about ``y`` (ρ ≈ 1), while the filter and a random direction do not.
 """
+
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
+from conftest import STATISTICS, assert_close
 from matplotlib.figure import Figure
 
-from conftest import STATISTICS, assert_close
 from pattern_keras.evaluation import (
     QualityResult,
     plot_signal_estimator_quality,
+    quality,
     signal_estimator_quality,
 )
-from pattern_keras.evaluation import quality
 
 L = keras.layers
 ESTIMATORS = ("random", "filter", "linear", "relu")
@@ -39,8 +40,9 @@ def randomize_weights(model, seed):
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if layer.weights:
-            layer.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32")
-                               for w in layer.get_weights()])
+            layer.set_weights(
+                [rng.normal(scale=0.5, size=w.shape).astype("float32") for w in layer.get_weights()]
+            )
     return model
 
 
@@ -69,7 +71,8 @@ def reference_rho(x_reg, x_test, w, b, a_pos, a_neg):
     """ρ per neuron by explicit least squares (with intercept) and an explicit correlation."""
     rho = []
     for j in range(w.shape[1]):
-        def residual(x):
+
+        def residual(x, j=j):
             y = x @ w[:, j]
             gate = (y + b[j]) > 0
             scale = np.where(gate, 1.0, 0.0)[:, None]
@@ -99,7 +102,7 @@ def conv_patches(x, kernel_size, padding, strides):
     for n in range(len(x)):
         for i in range(0, h - kh + 1, sh):
             for j in range(0, w - kw + 1, sw):
-                rows.append(x[n, i:i + kh, j:j + kw, :].reshape(-1))
+                rows.append(x[n, i : i + kh, j : j + kw, :].reshape(-1))
     return np.array(rows)
 
 
@@ -117,8 +120,9 @@ def check_against_reference(result, key, inputs, w, b):
                 assert_close(g, want, STATISTICS, err_msg=f"{key}/{name}")
             pair = want_patterns[name]
         want_rho = reference_rho(reg, test, w, b, *pair)
-        np.testing.assert_allclose(result.per_neuron[key][name].reshape(-1), want_rho,
-                                   atol=1e-4, err_msg=f"{key}/{name}")
+        np.testing.assert_allclose(
+            result.per_neuron[key][name].reshape(-1), want_rho, atol=1e-4, err_msg=f"{key}/{name}"
+        )
         assert result[key][name] == pytest.approx(np.mean(want_rho), abs=1e-4)
 
 
@@ -139,7 +143,7 @@ def test_dense_layers_match_brute_force():
     assert list(result) == ["hidden", "logits"]
     assert result.estimators == ESTIMATORS
     assert result.n_samples == {"hidden": (400, 400), "logits": (400, 400)}
-    x64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    x64 = lambda a: np.asarray(a, np.float64)
     w1, b1 = (x64(v) for v in model.get_layer("hidden").get_weights())
     w2, b2 = (x64(v) for v in model.get_layer("logits").get_weights())
     splits = (x_train[:400], x_train[400:], x_test)
@@ -156,8 +160,9 @@ def test_conv_layer_matches_brute_force(padding, strides):
     out = L.Dense(2, name="logits")(L.Flatten()(h))
     model = randomize_weights(keras.Model(inp, out), seed=4)
     x_train, x_test = correlated((300, 6, 5, 2), seed=5), correlated((150, 6, 5, 2), seed=6)
-    result = signal_estimator_quality(model, x_train, x_test, batch_size=64, layers=["conv"],
-                                      max_patches=10**6)
+    result = signal_estimator_quality(
+        model, x_train, x_test, batch_size=64, layers=["conv"], max_patches=10**6
+    )
     assert list(result) == ["conv"]
     assert result.per_neuron["conv"]["relu"].shape == (3,)
     kernel, bias = (np.asarray(v, np.float64) for v in model.get_layer("conv").get_weights())
@@ -177,7 +182,8 @@ def generative(n, seed, a_s, a_d, noise=0.1):
     y = rng.uniform(-1, 1, size=n)
     eps = rng.normal(size=(n, a_d.shape[1]))
     return (np.outer(y, a_s) + eps @ a_d.T + noise * rng.normal(size=(n, len(a_s)))).astype(
-        "float32")
+        "float32"
+    )
 
 
 def test_linear_estimator_is_right_on_a_linear_generative_model():
@@ -196,8 +202,7 @@ def test_linear_estimator_is_right_on_a_linear_generative_model():
     model.get_layer("filter").set_weights([w[:, None].astype("float32")])
     x_train = generative(60000, 8, a_s, a_d)
     x_test = generative(20000, 9, a_s, a_d)
-    result = signal_estimator_quality(model, x_train, x_test, batch_size=4096,
-                                      max_patches=10**6)
+    result = signal_estimator_quality(model, x_train, x_test, batch_size=4096, max_patches=10**6)
     rho = result["filter"]
     assert rho["linear"] > 0.97, rho
     assert rho["relu"] > 0.97, rho  # zero-mean distractors: both regimes find a_s too
@@ -245,10 +250,12 @@ def test_values_in_unit_interval_and_shapes(relu_net):
 
 def test_seeded_and_estimator_subset(relu_net):
     model, x_train, x_test = relu_net
-    first = signal_estimator_quality(model, x_train, x_test, estimators=["random", "linear"],
-                                     seed=5, max_patches=1500)
-    again = signal_estimator_quality(model, x_train, x_test, estimators=("random", "linear"),
-                                     seed=5, max_patches=1500)
+    first = signal_estimator_quality(
+        model, x_train, x_test, estimators=["random", "linear"], seed=5, max_patches=1500
+    )
+    again = signal_estimator_quality(
+        model, x_train, x_test, estimators=("random", "linear"), seed=5, max_patches=1500
+    )
     assert first == again
     assert first.estimators == ("random", "linear")
     assert all(list(v) == ["random", "linear"] for v in first.values())
@@ -259,8 +266,9 @@ def test_dead_neuron_is_nan_and_left_out_of_the_mean():
     out = L.Dense(2, name="d")(inp)
     model = keras.Model(inp, out)
     # Neuron 1 looks only at an input that never varies: y is constant.
-    model.get_layer("d").set_weights([np.array([[1, 0], [0.5, 0], [0, 0], [0, 1]], "float32"),
-                                      np.zeros(2, "float32")])
+    model.get_layer("d").set_weights(
+        [np.array([[1, 0], [0.5, 0], [0, 0], [0, 1]], "float32"), np.zeros(2, "float32")]
+    )
     x = correlated((400, 4), seed=1)
     x[:, 3] = 2.0
     result = signal_estimator_quality(model, x[:300], x[300:], estimators=("linear", "filter"))
@@ -276,7 +284,8 @@ def reference_ridge_rho(x_reg, x_test, w, b, a_pos, a_neg, ridge):
     lam = ridge * np.trace(np.cov(x_reg.T, bias=True)) / dim
     rho = []
     for j in range(w.shape[1]):
-        def residual(x):
+
+        def residual(x, j=j):
             y = x @ w[:, j]
             gate = ((y + b[j]) > 0)[:, None]
             return y, x - np.where(gate, y[:, None] * a_pos[:, j], y[:, None] * a_neg[:, j])
@@ -317,8 +326,9 @@ def test_constant_zero_inputs_match_the_ridge_regression(dead_unit_net):
     for name in ESTIMATORS:
         rho = result.per_neuron["d"][name]
         assert np.all(np.isfinite(rho)) and np.all((rho >= 0) & (rho <= 1)), (name, rho)
-        want = reference_ridge_rho(hidden[200:400], hidden[400:], w, b,
-                                   *result.estimator_patterns["d"][name], ridge=1e-6)
+        want = reference_ridge_rho(
+            hidden[200:400], hidden[400:], w, b, *result.estimator_patterns["d"][name], ridge=1e-6
+        )
         np.testing.assert_allclose(rho, want, atol=1e-4, err_msg=name)
 
 
@@ -346,16 +356,19 @@ def test_small_solve_falls_back_to_least_squares_only_where_singular():
         np.testing.assert_array_equal(got[j], np.linalg.solve(inner[j], rhs[j]))
     np.testing.assert_allclose(got[1], np.linalg.lstsq(inner[1], rhs[1], rcond=None)[0])
     regular = inner[[0, 2]]
-    np.testing.assert_array_equal(quality._solve_small(regular, rhs[[0, 2]]),
-                                  np.linalg.solve(regular, rhs[[0, 2], :, None])[..., 0])
+    np.testing.assert_array_equal(
+        quality._solve_small(regular, rhs[[0, 2]]),
+        np.linalg.solve(regular, rhs[[0, 2], :, None])[..., 0],
+    )
 
 
 def test_layer_decomposition_is_computed_once_per_layer(relu_net, monkeypatch):
     model, x_train, x_test = relu_net
     calls = []
     eigh = np.linalg.eigh
-    monkeypatch.setattr(np.linalg, "eigh", lambda a, *args, **kw: calls.append(a.shape)
-                        or eigh(a, *args, **kw))
+    monkeypatch.setattr(
+        np.linalg, "eigh", lambda a, *args, **kw: calls.append(a.shape) or eigh(a, *args, **kw)
+    )
     signal_estimator_quality(model, x_train, x_test, max_patches=500)
     assert calls == [(9, 9), (36, 36), (6, 6)]  # one per layer, not per layer and estimator
 
@@ -393,9 +406,15 @@ def test_depthwise_layer_is_skipped_with_a_warning():
 
 def test_plot_returns_a_figure(relu_net):
     result = QualityResult(
-        {"conv": {"random": 0.1, "filter": 0.3, "linear": 0.8, "relu": 0.9},
-         "fc": {"random": 0.05, "filter": 0.2, "linear": 0.6, "relu": 0.85}},
-        per_neuron={}, estimators=ESTIMATORS, estimator_patterns={}, n_samples={})
+        {
+            "conv": {"random": 0.1, "filter": 0.3, "linear": 0.8, "relu": 0.9},
+            "fc": {"random": 0.05, "filter": 0.2, "linear": 0.6, "relu": 0.85},
+        },
+        per_neuron={},
+        estimators=ESTIMATORS,
+        estimator_patterns={},
+        n_samples={},
+    )
     fig = plot_signal_estimator_quality(result)
     assert isinstance(fig, Figure)
     ax = fig.axes[0]

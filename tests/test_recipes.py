@@ -4,6 +4,7 @@ Each test does what its recipe says, in the one place the recipe names, and chec
 against an independent reference, so a recipe that stops working (or stops being enough) fails
 here.
 """
+
 from __future__ import annotations
 
 import keras
@@ -59,9 +60,16 @@ class LRPGamma(Analyzer):
 
     def _composite(self, values):
         z = ZRule()
-        return Composite({"linear": GammaRule(self.gamma), "affine": z, "sum": z,
-                          "activation": ActivationRule("pass"), "max_pool": GradientRule(),
-                          "move": GradientRule()})
+        return Composite(
+            {
+                "linear": GammaRule(self.gamma),
+                "affine": z,
+                "sum": z,
+                "activation": ActivationRule("pass"),
+                "max_pool": GradientRule(),
+                "move": GradientRule(),
+            }
+        )
 
 
 @pytest.fixture
@@ -96,11 +104,12 @@ def test_recipe_adding_a_rule(gamma_registered):
     np.testing.assert_allclose(r, numpy_gamma_lrp(model, x, 0.25), rtol=1e-4, atol=1e-6)
     y = model(x).numpy().max(1)
     keep = y > 0
-    np.testing.assert_allclose(r.sum(1)[keep], y[keep], rtol=1e-4)   # conserved, bias-free
+    np.testing.assert_allclose(r.sum(1)[keep], y[keep], rtol=1e-4)  # conserved, bias-free
     LRPGamma.gamma = 0.0
     try:  # γ = 0 is the z-rule
-        np.testing.assert_allclose(LRPGamma(model).analyze(x), pk.LRPZ(model).analyze(x),
-                                   rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            LRPGamma(model).analyze(x), pk.LRPZ(model).analyze(x), rtol=1e-5, atol=1e-7
+        )
     finally:
         LRPGamma.gamma = 0.25
 
@@ -121,8 +130,16 @@ def test_recipe_adding_a_layer_kind(monkeypatch):
     monkeypatch.setattr(pk_rules, "KINDS", kinds)
 
     def build(node, shape):
-        return [pk_layers.Op(key=node.key, kind="clip", layer=node.layer, inputs=node.inputs,
-                             outputs=node.outputs, forward=node.call)]
+        return [
+            pk_layers.Op(
+                key=node.key,
+                kind="clip",
+                layer=node.layer,
+                inputs=node.inputs,
+                outputs=node.outputs,
+                forward=node.call,
+            )
+        ]
 
     monkeypatch.setitem(pk_layers._REGISTRY, Clip, build)
     keras.utils.set_random_seed(2)
@@ -137,8 +154,9 @@ def test_recipe_adding_a_layer_kind(monkeypatch):
         tape.watch(xt)
         y = model(xt)
         score = tf.reduce_sum(y * tf.one_hot(tf.argmax(y, 1), 3))
-    np.testing.assert_allclose(pk.Gradient(model).analyze(x), tape.gradient(score, xt).numpy(),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        pk.Gradient(model).analyze(x), tape.gradient(score, xt).numpy(), rtol=1e-5, atol=1e-7
+    )
     # One without a rule for it refuses, naming the op and the kind, until it is given one.
     with pytest.raises(ValueError, match=r"No backward rule for op 'clip' of kind 'clip'"):
         pk.LRPZ(model).analyze(x)
@@ -156,8 +174,11 @@ def _derive_positive(stats):
 
 def test_recipe_adding_an_estimator(monkeypatch, tmp_path):
     relu = statistics.ESTIMATORS["relu"]
-    monkeypatch.setitem(statistics.ESTIMATORS, "positive", statistics.Estimator(
-        "positive", relu.sums, (), _derive_positive, "a₊ for every layer"))
+    monkeypatch.setitem(
+        statistics.ESTIMATORS,
+        "positive",
+        statistics.Estimator("positive", relu.sums, (), _derive_positive, "a₊ for every layer"),
+    )
     keras.utils.set_random_seed(4)
     inputs = keras.Input((6,))
     h = L.Dense(8, activation="relu", name="hidden")(inputs)

@@ -4,6 +4,7 @@ A fit killed with SIGKILL (no clean-up runs) and resumed from its last periodic 
 equals the uninterrupted fit; statistics of disjoint shards, each with its own shifts, merge
 into the statistics of the whole.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,11 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _fit_worker as worker
 import numpy as np
 import pytest
-
-import _fit_worker as worker
 from conftest import STATISTICS, assert_close
+
 from pattern_keras.patterns import PatternComputer, PatternStatistics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,8 +29,9 @@ N_BATCHES = 9
 KILL_AT = 5
 
 
-def assert_same_patterns(got: PatternStatistics, want: PatternStatistics,
-                         rtol_of_max: float | None = None) -> None:
+def assert_same_patterns(
+    got: PatternStatistics, want: PatternStatistics, rtol_of_max: float | None = None
+) -> None:
     """Equal patterns: bit for bit (``None``: the same batches with the same shifts, float64
     sums added in the same order), or to ``rtol_of_max`` of the largest entry (``STATISTICS``:
     other shifts, so other float32 per-batch sums)."""
@@ -62,9 +64,19 @@ def setup(tmp_path_factory):
 
 
 def run_killed_fit(setup, checkpoint: Path, log: Path) -> int:
-    cmd = [sys.executable, str(Path(worker.__file__).resolve()), "killed",
-           "--weights", str(setup["weights"]), "--data", str(setup["data"]),
-           "--checkpoint", str(checkpoint), "--kill-after", str(KILL_AT)]
+    cmd = [
+        sys.executable,
+        str(Path(worker.__file__).resolve()),
+        "killed",
+        "--weights",
+        str(setup["weights"]),
+        "--data",
+        str(setup["data"]),
+        "--checkpoint",
+        str(checkpoint),
+        "--kill-after",
+        str(KILL_AT),
+    ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     with open(log, "wb") as out:
@@ -101,8 +113,8 @@ def test_resumed_fit_equals_the_uninterrupted_fit(setup, killed_checkpoint, tmp_
     checkpoint.write_bytes(killed_checkpoint.read_bytes())
     partial = PatternStatistics.load(checkpoint)
     resumed = PatternComputer(setup["model"]).compute_statistics(
-        worker.batches(setup["x"]), verbose=0, checkpoint_path=str(checkpoint),
-        checkpoint_every=2)
+        worker.batches(setup["x"]), verbose=0, checkpoint_path=str(checkpoint), checkpoint_every=2
+    )
     # The batches in the checkpoint were skipped, not counted twice.
     assert resumed.n_batches == N_BATCHES and resumed.n_samples == N_SAMPLES
     assert partial.n_batches < N_BATCHES
@@ -112,7 +124,8 @@ def test_resumed_fit_equals_the_uninterrupted_fit(setup, killed_checkpoint, tmp_
     assert final.n_batches == N_BATCHES
     assert_same_patterns(final, setup["whole"])
     again = PatternComputer(setup["model"]).compute_statistics(
-        worker.batches(setup["x"]), verbose=0, checkpoint_path=str(checkpoint))
+        worker.batches(setup["x"]), verbose=0, checkpoint_path=str(checkpoint)
+    )
     assert again.n_samples == N_SAMPLES
     assert_same_patterns(again, setup["whole"])
 
@@ -124,13 +137,16 @@ def test_resume_refuses_another_model_or_pattern_type(setup, killed_checkpoint, 
     other_weights = worker.build_cnn(seed=1)
     with pytest.raises(ValueError, match="another model"):
         PatternComputer(other_weights).compute_statistics(
-            setup["x"], verbose=0, checkpoint_path=str(checkpoint))
+            setup["x"], verbose=0, checkpoint_path=str(checkpoint)
+        )
     with pytest.raises(ValueError, match="another pattern type"):
         PatternComputer(setup["model"], pattern_type="linear").compute_statistics(
-            setup["x"], verbose=0, checkpoint_path=str(checkpoint))
+            setup["x"], verbose=0, checkpoint_path=str(checkpoint)
+        )
     with pytest.raises(ValueError, match="another pattern type"):
         PatternComputer(setup["model"], pattern_type={"dense": "linear"}).compute_statistics(
-            setup["x"], verbose=0, checkpoint_path=str(checkpoint))
+            setup["x"], verbose=0, checkpoint_path=str(checkpoint)
+        )
     assert checkpoint.read_bytes() == before  # a refused resume leaves the checkpoint alone
 
 
@@ -158,8 +174,8 @@ def test_checkpoint_write_is_atomic(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(h5py, "File", spy_file)
     monkeypatch.setattr(os, "replace", spy_replace)
     stats = PatternComputer(setup["model"]).compute_statistics(
-        worker.batches(setup["x"]), verbose=0, checkpoint_path=str(checkpoint),
-        checkpoint_every=2)
+        worker.batches(setup["x"]), verbose=0, checkpoint_path=str(checkpoint), checkpoint_every=2
+    )
     writes = [name for name, mode in opened if mode != "r"]
     assert len(writes) == N_BATCHES // 2 + 1  # every 2 batches, and at the end
     assert str(checkpoint) not in writes
@@ -228,15 +244,15 @@ def test_merged_shards_equal_the_whole(setup, pattern_type, tmp_path):
     a.save(str(tmp_path / "a.h5"))
     b.save(str(tmp_path / "b.h5"))
     from_files = PatternStatistics.load(str(tmp_path / "a.h5")).merge(
-        PatternStatistics.load(str(tmp_path / "b.h5")))
+        PatternStatistics.load(str(tmp_path / "b.h5"))
+    )
     assert_same_patterns(from_files, merged)  # the same merge, saved and read: bit for bit
 
 
 def test_merge_refuses_other_models_and_pattern_types(setup):
     x = setup["x"][:40]
     mine = PatternComputer(setup["model"]).compute_statistics(x, verbose=0)
-    linear = PatternComputer(setup["model"], pattern_type="linear").compute_statistics(
-        x, verbose=0)
+    linear = PatternComputer(setup["model"], pattern_type="linear").compute_statistics(x, verbose=0)
     other = PatternComputer(worker.build_cnn(seed=1)).compute_statistics(x, verbose=0)
     with pytest.raises(ValueError, match="pattern type"):
         mine.merge(linear)

@@ -29,6 +29,7 @@ Not asserted, because it did not hold for every trained network:
   patterns on the logit layer only (two-component below) and with two-component patterns whose
   regime statistics were computed on mean-centred inputs (within 0.03).
 """
+
 from __future__ import annotations
 
 import importlib.util

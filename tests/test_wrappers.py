@@ -1,14 +1,15 @@
 """IntegratedGradients and SmoothGrad: completeness, exactness on linear models, the relative
 noise scale, seeding, batching invariance, selection modes and errors."""
+
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import PASS, assert_close
 
 import pattern_keras as pk
-from conftest import PASS, assert_close
 
 L = keras.layers
 
@@ -60,8 +61,9 @@ def small():
 def test_integrated_gradients_completeness(small, method, baseline):
     x = data()
     base = 0.0 if baseline == "zero" else data((10,), seed=9)
-    ig = pk.IntegratedGradients(small, steps=2048, baseline=base, method=method,
-                                inner_batch_size=4096)
+    ig = pk.IntegratedGradients(
+        small, steps=2048, baseline=base, method=method, inner_batch_size=4096
+    )
     attributions = ig.analyze(x)
     idx, y = selected(small, x)
     y_base = small(np.broadcast_to(np.float32(base), x.shape)).numpy()
@@ -78,8 +80,9 @@ def test_integrated_gradients_completeness_cnn_and_index_mode():
     y0 = model(np.zeros_like(x)).numpy()
     idx = np.array([0, 1, 2, 1])
     want = y[np.arange(4), idx] - y0[np.arange(4), idx]
-    np.testing.assert_allclose(attributions.reshape(4, -1).sum(1), want, rtol=0.01,
-                               atol=1e-3 * np.abs(want).max())
+    np.testing.assert_allclose(
+        attributions.reshape(4, -1).sum(1), want, rtol=0.01, atol=1e-3 * np.abs(want).max()
+    )
 
 
 def test_integrated_gradients_exact_on_linear_model():
@@ -91,8 +94,7 @@ def test_integrated_gradients_exact_on_linear_model():
     base = data((7,), seed=11)
     idx, _ = selected(model, x)
     for method, steps in [("midpoint", 1), ("trapezoid", 2), ("midpoint", 5)]:
-        got = pk.IntegratedGradients(model, steps=steps, baseline=base,
-                                     method=method).analyze(x)
+        got = pk.IntegratedGradients(model, steps=steps, baseline=base, method=method).analyze(x)
         assert_close(got, (x - base) * w[:, idx].T, PASS)
 
 
@@ -118,7 +120,8 @@ def test_integrated_gradients_batching_does_not_change_the_result(small):
     for inner in (1, 5, 13, 1000):
         for batch in (1, 3, 7):
             got = pk.IntegratedGradients(small, steps=9, inner_batch_size=inner).analyze(
-                x, batch_size=batch)
+                x, batch_size=batch
+            )
             assert_close(got, ref, PASS, err_msg=f"inner {inner}, batch {batch}")
 
 
@@ -136,17 +139,21 @@ def test_integrated_gradients_multi_input():
     y0 = model([np.zeros_like(xa), np.ones_like(xb)]).numpy()
     idx = y.argmax(1)
     want = y[np.arange(5), idx] - y0[np.arange(5), idx]
-    np.testing.assert_allclose(ra.sum(1) + rb.sum(1), want, rtol=0.01,
-                               atol=1e-3 * np.abs(want).max())
+    np.testing.assert_allclose(
+        ra.sum(1) + rb.sum(1), want, rtol=0.01, atol=1e-3 * np.abs(want).max()
+    )
 
 
 def test_integrated_gradients_errors(small):
-    for kwargs, pattern in [({"steps": 0}, "steps"), ({"steps": 2.5}, "steps"),
-                            ({"method": "simpson"}, "method"),
-                            ({"method": "trapezoid", "steps": 1}, "steps >= 2"),
-                            ({"baseline": np.zeros(9)}, r"baseline of shape \(9,\)"),
-                            ({"baseline": np.nan}, "finite"),
-                            ({"inner_batch_size": 0}, "inner_batch_size")]:
+    for kwargs, pattern in [
+        ({"steps": 0}, "steps"),
+        ({"steps": 2.5}, "steps"),
+        ({"method": "simpson"}, "method"),
+        ({"method": "trapezoid", "steps": 1}, "steps >= 2"),
+        ({"baseline": np.zeros(9)}, r"baseline of shape \(9,\)"),
+        ({"baseline": np.nan}, "finite"),
+        ({"inner_batch_size": 0}, "inner_batch_size"),
+    ]:
         with pytest.raises(ValueError, match=pattern):
             pk.IntegratedGradients(small, **kwargs)
 
@@ -187,8 +194,11 @@ def test_smoothgrad_is_the_mean_of_noisy_gradients():
     rng = np.random.default_rng(0)
     n = 4000
     idx, _ = selected(model, x)
-    noisy = tf.constant((x[None] + sigma[None, :, None] * rng.normal(size=(n,) + x.shape))
-                        .reshape(-1, 10).astype("float32"))
+    noisy = tf.constant(
+        (x[None] + sigma[None, :, None] * rng.normal(size=(n,) + x.shape))
+        .reshape(-1, 10)
+        .astype("float32")
+    )
     with tf.GradientTape() as tape:
         tape.watch(noisy)
         out = tf.gather(model(noisy), np.tile(idx, n), axis=1, batch_dims=1)
@@ -225,24 +235,30 @@ def test_smoothgrad_batching_and_selection(small):
     assert_close(got, ref, PASS)
     # Neuron selection happens on the clean sample: mode "index" with the argmax agrees.
     idx, _ = selected(small, x)
-    by_index = pk.SmoothGrad(small, samples=6, noise_scale=0.2,
-                             neuron_selection_mode="index").analyze(x, neuron_selection=idx)
+    by_index = pk.SmoothGrad(
+        small, samples=6, noise_scale=0.2, neuron_selection_mode="index"
+    ).analyze(x, neuron_selection=idx)
     np.testing.assert_array_equal(by_index, ref)  # the same pass, the same neurons
 
 
 def test_smoothgrad_errors(small):
-    for kwargs, pattern in [({"samples": 0}, "samples"), ({"noise_scale": -0.1}, "noise_scale"),
-                            ({"noise_scale": np.inf}, "noise_scale"),
-                            ({"seed": 1.5}, "seed")]:
+    for kwargs, pattern in [
+        ({"samples": 0}, "samples"),
+        ({"noise_scale": -0.1}, "noise_scale"),
+        ({"noise_scale": np.inf}, "noise_scale"),
+        ({"seed": 1.5}, "seed"),
+    ]:
         with pytest.raises(ValueError, match=pattern):
             pk.SmoothGrad(small, **kwargs)
 
 
-@pytest.mark.parametrize("name, cls", [("integrated_gradients", pk.IntegratedGradients),
-                                       ("smoothgrad", pk.SmoothGrad)])
+@pytest.mark.parametrize(
+    "name, cls", [("integrated_gradients", pk.IntegratedGradients), ("smoothgrad", pk.SmoothGrad)]
+)
 def test_registered_names(small, name, cls):
-    analyzer = pk.create_analyzer(name, small, **({"steps": 4} if "integ" in name else
-                                                   {"samples": 4}))
+    analyzer = pk.create_analyzer(
+        name, small, **({"steps": 4} if "integ" in name else {"samples": 4})
+    )
     assert type(analyzer) is cls
     x = data((2, 10))
     assert analyzer.analyze(x).shape == x.shape

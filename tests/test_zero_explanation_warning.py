@@ -1,4 +1,5 @@
 """An explanation that is zero for a sample comes with one warning naming the samples."""
+
 from __future__ import annotations
 
 import warnings
@@ -14,15 +15,17 @@ import pattern_keras as pk
 def gated_model():
     """Dense(4, relu) with all-ones kernel, no bias: every ReLU is off when sum(x) < 0."""
     inputs = keras.Input((3,))
-    hidden = keras.layers.Dense(4, activation="relu", kernel_initializer="ones",
-                                bias_initializer="zeros")(inputs)
+    hidden = keras.layers.Dense(
+        4, activation="relu", kernel_initializer="ones", bias_initializer="zeros"
+    )(inputs)
     outputs = keras.layers.Dense(2, kernel_initializer="ones", bias_initializer="zeros")(hidden)
     return keras.Model(inputs, outputs)
 
 
 def test_dead_samples_are_named_once(gated_model):
-    x = np.array([[1.0, 2.0, 3.0], [-1.0, -1.0, -1.0], [0.5, 0.5, 0.5], [-2.0, 0.0, -1.0]],
-                 np.float32)
+    x = np.array(
+        [[1.0, 2.0, 3.0], [-1.0, -1.0, -1.0], [0.5, 0.5, 0.5], [-2.0, 0.0, -1.0]], np.float32
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = pk.Gradient(gated_model).analyze(x)

@@ -11,6 +11,7 @@ copies its three figures to ``docs/images/`` and rewrites the paragraph of the R
 settings, not the tests' quick ones) and writes it back with its outputs, so that the figures
 show when the notebook is only viewed (on GitHub, in Colab before running).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,8 @@ def demo_paragraph(metrics: dict) -> str:
         f"accuracy {metrics['test_accuracy']:.2f}) shows the same picture: AOPC of the "
         f"image-degradation curves (2×2 patches) {fmt(aopc, methods)}, random order "
         f"{aopc['random']:.2f}; signal |cosine| {fmt(cos, list(cos))}; top-k precision "
-        f"{fmt(top, list(top))}.")
+        f"{fmt(top, list(top))}."
+    )
 
 
 def regenerate_readme() -> None:
@@ -54,10 +56,10 @@ def regenerate_readme() -> None:
     if not pattern.search(text):
         sys.exit(f"README.md has no {START} ... {END} block to rewrite.")
     wrapped = _wrap(paragraph, 95)
-    readme.write_text(pattern.sub(lambda _: f"{START}\n{wrapped}\n{END}", text),
-                      encoding="utf-8")
-    print(f"Wrote docs/images/{{{','.join(FIGURES)}}}.png and the README's demo numbers:\n"
-          f"{wrapped}")
+    readme.write_text(pattern.sub(lambda _: f"{START}\n{wrapped}\n{END}", text), encoding="utf-8")
+    print(
+        f"Wrote docs/images/{{{','.join(FIGURES)}}}.png and the README's demo numbers:\n{wrapped}"
+    )
 
 
 def _wrap(text: str, width: int) -> str:
@@ -74,11 +76,17 @@ def regenerate_notebooks() -> None:
     from notebook_env import repo_kernel
 
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        with tempfile.TemporaryDirectory() as tmp, repo_kernel(
-                pathlib.Path(tmp), quick=False) as (kernel_name, workdir):
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            repo_kernel(pathlib.Path(tmp), quick=False) as (kernel_name, workdir),
+        ):
             nb = nbformat.read(path, as_version=4)
-            client = nbclient.NotebookClient(nb, kernel_name=kernel_name, timeout=1800,
-                                             resources={"metadata": {"path": str(workdir)}})
+            client = nbclient.NotebookClient(
+                nb,
+                kernel_name=kernel_name,
+                timeout=1800,
+                resources={"metadata": {"path": str(workdir)}},
+            )
             client.execute()
         _strip_volatile(nb)
         nbformat.write(nb, path)
@@ -94,9 +102,13 @@ def _strip_volatile(nb) -> None:
             continue
         # TensorFlow's start-up lines (stderr) and Keras progress-bar redraws (stdout, with
         # terminal escapes): noise in a saved file, and different on every run.
-        cell["outputs"] = [o for o in cell.get("outputs", [])
-                           if not (o.get("name") == "stderr"
-                                   or (o.get("name") == "stdout" and "\x1b[" in o["text"]))]
+        cell["outputs"] = [
+            o
+            for o in cell.get("outputs", [])
+            if not (
+                o.get("name") == "stderr" or (o.get("name") == "stdout" and "\x1b[" in o["text"])
+            )
+        ]
 
 
 def main(argv=None) -> None:

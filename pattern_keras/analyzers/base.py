@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import Any, Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
 
 import keras
 import numpy as np
@@ -19,7 +20,7 @@ __all__ = ["Analyzer", "NEURON_SELECTION_MODES"]
 
 DEFAULT_BATCH_SIZE = 32
 
-ArrayLike = Union[np.ndarray, tf.Tensor, Sequence[np.ndarray], tf.data.Dataset]
+ArrayLike = Union[np.ndarray, tf.Tensor, Sequence[np.ndarray], tf.data.Dataset]  # noqa: UP007
 
 
 class Analyzer:
@@ -91,33 +92,43 @@ class Analyzer:
         program = self._program
         values = engine.forward(program, inputs)
         y = values[program.output]
-        flat, mask = _checks.selection_mask(y, self.neuron_selection_mode, selection,
-                                            self.num_outputs)
+        flat, mask = _checks.selection_mask(
+            y, self.neuron_selection_mode, selection, self.num_outputs
+        )
         seed = mask * flat if self.seed_with_value else mask
         composite = self._composite(values)
-        signals = engine.backward(program, values, tf.reshape(seed, tf.shape(y)), composite,
-                                  renormalize=self._renormalize)
+        signals = engine.backward(
+            program, values, tf.reshape(seed, tf.shape(y)), composite, renormalize=self._renormalize
+        )
         return self._postprocess(inputs, signals)
 
     def _explain_batch(self, inputs: list[Any], selection: Any) -> list[Any]:
         """:meth:`_explain`, or zeros for an empty batch without running the model (see
         :func:`pattern_keras.engine.if_samples`)."""
         inputs = list(inputs)
-        return engine.if_samples(inputs[0], lambda: list(self._explain(inputs, selection)),
-                                 lambda: [tf.zeros_like(x) for x in inputs])
+        return engine.if_samples(
+            inputs[0],
+            lambda: list(self._explain(inputs, selection)),
+            lambda: [tf.zeros_like(x) for x in inputs],
+        )
 
     def _compiled_fn(self):
         if self._compiled is None:
             signature = [
-                [tf.TensorSpec((None,) + tuple(shape[1:]), dtype)
-                 for shape, dtype in self._program.input_specs],
+                [
+                    tf.TensorSpec((None,) + tuple(shape[1:]), dtype)
+                    for shape, dtype in self._program.input_specs
+                ],
                 tf.TensorSpec((None,), tf.int32),
             ]
             # A partial (no __code__) makes TensorFlow count each analyzer's traces on their
             # own: every analyzer traces once, which is not the "frequent retracing" it warns of.
             # No AutoGraph: the pass has no tensor-dependent Python control flow to convert.
-            self._compiled = tf.function(functools.partial(type(self)._explain_batch, self),
-                                         input_signature=signature, autograph=False)
+            self._compiled = tf.function(
+                functools.partial(type(self)._explain_batch, self),
+                input_signature=signature,
+                autograph=False,
+            )
         return self._compiled
 
     def _reset_compiled(self) -> None:
@@ -125,9 +136,13 @@ class Analyzer:
 
     # -- the public API --------------------------------------------------------------------
 
-    def analyze(self, x: ArrayLike, neuron_selection: Any = None,
-                batch_size: int | None = None,
-                verbose: int = 1) -> np.ndarray | list[np.ndarray]:
+    def analyze(
+        self,
+        x: ArrayLike,
+        neuron_selection: Any = None,
+        batch_size: int | None = None,
+        verbose: int = 1,
+    ) -> np.ndarray | list[np.ndarray]:
         """Explain the selected output neuron for every sample.
 
         Parameters
@@ -165,12 +180,14 @@ class Analyzer:
         n = int(inputs[0].shape[0])
         selection = self._validate_selection(neuron_selection, n)
         batch_size = _checks.positive_int(
-            DEFAULT_BATCH_SIZE if batch_size is None else batch_size, "batch_size")
+            DEFAULT_BATCH_SIZE if batch_size is None else batch_size, "batch_size"
+        )
         fn = self._compiled_fn()
         parts: list[list[np.ndarray]] = [[] for _ in inputs]
         n_batches = -(-n // batch_size)
-        progbar = (keras.utils.Progbar(n_batches, unit_name="batch")
-                   if verbose and n_batches > 1 else None)
+        progbar = (
+            keras.utils.Progbar(n_batches, unit_name="batch") if verbose and n_batches > 1 else None
+        )
         for index, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
             out = fn([t[start:stop] for t in inputs], selection[start:stop])
@@ -182,19 +199,24 @@ class Analyzer:
         self._warn_if_zero(results)
         return results if self._multi_input else results[0]
 
-    def _analyze_dataset(self, dataset: tf.data.Dataset, neuron_selection: Any,
-                         verbose: int = 1):
+    def _analyze_dataset(self, dataset: tf.data.Dataset, neuron_selection: Any, verbose: int = 1):
         parts = None
         offset = 0
         cardinality = int(dataset.cardinality())
-        progbar = (keras.utils.Progbar(cardinality if cardinality > 0 else None,
-                                       unit_name="batch")
-                   if verbose and cardinality != 1 else None)
+        progbar = (
+            keras.utils.Progbar(cardinality if cardinality > 0 else None, unit_name="batch")
+            if verbose and cardinality != 1
+            else None
+        )
         for element in dataset:
             if isinstance(element, (tuple, list)) and not self._multi_input:
                 element = element[0]
-            elif isinstance(element, tuple) and self._multi_input and len(element) > 0 \
-                    and isinstance(element[0], (tuple, list)):
+            elif (
+                isinstance(element, tuple)
+                and self._multi_input
+                and len(element) > 0
+                and isinstance(element[0], (tuple, list))
+            ):
                 element = element[0]
             # An empty batch (a dataset may end with one) adds no rows; the compiled pass
             # returns them without running the model.
@@ -203,7 +225,7 @@ class Analyzer:
             n = int(inputs[0].shape[0])
             sel = neuron_selection
             if sel is not None and np.ndim(sel) == 1:
-                sel = np.asarray(sel)[offset:offset + n]
+                sel = np.asarray(sel)[offset : offset + n]
             selection = self._validate_selection(sel, n)
             out = self._compiled_fn()(inputs, selection)
             if parts is None:
@@ -230,8 +252,11 @@ class Analyzer:
             return
         indices = np.flatnonzero(zero)
         shown = ", ".join(str(i) for i in indices[:10]) + (", ..." if len(indices) > 10 else "")
-        seed = ("the selected output's value is 0 (this method starts the backward pass from "
-                "it), " if self.seed_with_value else "")
+        seed = (
+            "the selected output's value is 0 (this method starts the backward pass from it), "
+            if self.seed_with_value
+            else ""
+        )
         warnings.warn(
             f"{type(self).__name__}: the explanation is zero everywhere for "
             f"{len(indices)} of {len(zero)} samples (indices {shown}). This happens when the "
@@ -239,20 +264,27 @@ class Analyzer:
             "selected output is inactive for that sample (a dead or untrained network, an "
             "input far from the training data), or a rule that rectifies the signal (Guided "
             "BackProp, DeConvNet, LRP-αβ) removes all of it. Check the model's output for these "
-            "samples, or try another method.", RuntimeWarning, stacklevel=stacklevel)
+            "samples, or try another method.",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
 
     @property
     def _multi_input(self) -> bool:
         return len(self._program.inputs) > 1
 
     def _validate_inputs(self, x: Any, allow_empty: bool = False) -> list[tf.Tensor]:
-        return _checks.model_inputs(x, self._program.input_specs, name="input",
-                                    allow_empty=allow_empty)
+        return _checks.model_inputs(
+            x, self._program.input_specs, name="input", allow_empty=allow_empty
+        )
 
     def _validate_selection(self, neuron_selection: Any, n: int) -> tf.Tensor:
-        return _checks.neuron_selection(neuron_selection, self.neuron_selection_mode, n,
-                                        self.num_outputs)
+        return _checks.neuron_selection(
+            neuron_selection, self.neuron_selection_mode, n, self.num_outputs
+        )
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(model={self.model.name!r}, "
-                f"neuron_selection_mode={self.neuron_selection_mode!r})")
+        return (
+            f"{type(self).__name__}(model={self.model.name!r}, "
+            f"neuron_selection_mode={self.neuron_selection_mode!r})"
+        )

@@ -39,8 +39,9 @@ class Gradient(Analyzer):
     seed_with_value = False
 
     def _composite(self, values) -> Composite:
-        return Composite({"linear": LinearRule(), "activation": ActivationRule("gate")},
-                         default=GradientRule())
+        return Composite(
+            {"linear": LinearRule(), "activation": ActivationRule("gate")}, default=GradientRule()
+        )
 
 
 class InputTimesGradient(Gradient):
@@ -76,8 +77,10 @@ class DeConvNet(Analyzer):
     seed_with_value = True
 
     def _composite(self, values) -> Composite:
-        return Composite({"linear": LinearRule(), "activation": ActivationRule("rectify")},
-                         default=GradientRule())
+        return Composite(
+            {"linear": LinearRule(), "activation": ActivationRule("rectify")},
+            default=GradientRule(),
+        )
 
 
 class GuidedBackprop(Analyzer):
@@ -97,5 +100,7 @@ class GuidedBackprop(Analyzer):
     seed_with_value = True
 
     def _composite(self, values) -> Composite:
-        return Composite({"linear": LinearRule(), "activation": ActivationRule("gate_rectify")},
-                         default=GradientRule())
+        return Composite(
+            {"linear": LinearRule(), "activation": ActivationRule("gate_rectify")},
+            default=GradientRule(),
+        )

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from pattern_keras.analyzers.base import Analyzer
 from pattern_keras import engine
+from pattern_keras.analyzers.base import Analyzer
 from pattern_keras.rules import (
     ActivationRule,
     AlphaBetaRule,
@@ -40,8 +40,15 @@ from pattern_keras.rules import (
     ZRule,
 )
 
-__all__ = ["LRPZ", "LRPEpsilon", "LRPAlphaBeta", "LRPAlpha1Beta0", "LRPAlpha2Beta1", "LRPZPlus",
-           "DeepTaylor"]
+__all__ = [
+    "LRPZ",
+    "LRPEpsilon",
+    "LRPAlphaBeta",
+    "LRPAlpha1Beta0",
+    "LRPAlpha2Beta1",
+    "LRPZPlus",
+    "DeepTaylor",
+]
 
 
 class LRPZ(Analyzer):
@@ -65,9 +72,16 @@ class LRPZ(Analyzer):
 
     def _composite(self, values) -> Composite:
         z = ZRule(self.epsilon)
-        return Composite({"linear": z, "affine": z, "sum": z,
-                          "activation": ActivationRule("pass"), "max_pool": GradientRule(),
-                          "move": GradientRule()})
+        return Composite(
+            {
+                "linear": z,
+                "affine": z,
+                "sum": z,
+                "activation": ActivationRule("pass"),
+                "max_pool": GradientRule(),
+                "move": GradientRule(),
+            }
+        )
 
 
 class LRPEpsilon(LRPZ):
@@ -81,8 +95,9 @@ class LRPEpsilon(LRPZ):
     neuron_selection_mode : str
     """
 
-    def __init__(self, model: Any, epsilon: float = 1e-7,
-                 neuron_selection_mode: str = "max_activation") -> None:
+    def __init__(
+        self, model: Any, epsilon: float = 1e-7, neuron_selection_mode: str = "max_activation"
+    ) -> None:
         if not epsilon >= 0:
             raise ValueError(f"epsilon must be >= 0, got {epsilon}.")
         self.epsilon = float(epsilon)
@@ -131,9 +146,16 @@ class _SignSplitLRP(Analyzer):
 
     def _composite(self, values) -> Composite:
         z = ZRule(0.0)
-        return Composite({"linear": self._linear_rule(values), "affine": z, "sum": z,
-                          "activation": ActivationRule("pass"), "max_pool": GradientRule(),
-                          "move": GradientRule()})
+        return Composite(
+            {
+                "linear": self._linear_rule(values),
+                "affine": z,
+                "sum": z,
+                "activation": ActivationRule("pass"),
+                "max_pool": GradientRule(),
+                "move": GradientRule(),
+            }
+        )
 
 
 class LRPAlphaBeta(_SignSplitLRP):
@@ -161,27 +183,38 @@ class LRPAlphaBeta(_SignSplitLRP):
         If ``α − β ≠ 1`` or either is negative.
     """
 
-    def __init__(self, model: Any, alpha: float = 1.0, beta: float = 0.0, bias: bool = True,
-                 neuron_selection_mode: str = "max_activation") -> None:
+    def __init__(
+        self,
+        model: Any,
+        alpha: float = 1.0,
+        beta: float = 0.0,
+        bias: bool = True,
+        neuron_selection_mode: str = "max_activation",
+    ) -> None:
         alpha, beta = float(alpha), float(beta)
         if not (np.isfinite(alpha) and np.isfinite(beta)) or alpha < 0 or beta < 0:
-            raise ValueError(f"alpha and beta must be finite and >= 0, got alpha={alpha}, "
-                             f"beta={beta}.")
+            raise ValueError(
+                f"alpha and beta must be finite and >= 0, got alpha={alpha}, beta={beta}."
+            )
         if abs(alpha - beta - 1.0) > 1e-9:
             raise ValueError(
                 f"LRP-αβ requires alpha - beta = 1 (so that relevance is conserved); got "
                 f"alpha={alpha:g}, beta={beta:g} (alpha - beta = {alpha - beta:g}). For "
-                "example alpha=1, beta=0 or alpha=2, beta=1.")
+                "example alpha=1, beta=0 or alpha=2, beta=1."
+            )
         self.alpha, self.beta, self.bias = alpha, beta, bool(bias)
         super().__init__(model, neuron_selection_mode=neuron_selection_mode)
 
     def _linear_rule(self, values) -> Any:
-        return AlphaBetaRule(self.alpha, self.beta, bias=self.bias,
-                             nonnegative_input=self._nonnegative_input)
+        return AlphaBetaRule(
+            self.alpha, self.beta, bias=self.bias, nonnegative_input=self._nonnegative_input
+        )
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(model={self.model.name!r}, alpha={self.alpha:g}, "
-                f"beta={self.beta:g}, neuron_selection_mode={self.neuron_selection_mode!r})")
+        return (
+            f"{type(self).__name__}(model={self.model.name!r}, alpha={self.alpha:g}, "
+            f"beta={self.beta:g}, neuron_selection_mode={self.neuron_selection_mode!r})"
+        )
 
 
 class LRPAlpha1Beta0(LRPAlphaBeta):
@@ -198,10 +231,12 @@ class LRPAlpha1Beta0(LRPAlphaBeta):
         Which output neuron is explained (see :class:`Analyzer`).
     """
 
-    def __init__(self, model: Any, bias: bool = True,
-                 neuron_selection_mode: str = "max_activation") -> None:
-        super().__init__(model, alpha=1.0, beta=0.0, bias=bias,
-                         neuron_selection_mode=neuron_selection_mode)
+    def __init__(
+        self, model: Any, bias: bool = True, neuron_selection_mode: str = "max_activation"
+    ) -> None:
+        super().__init__(
+            model, alpha=1.0, beta=0.0, bias=bias, neuron_selection_mode=neuron_selection_mode
+        )
 
 
 class LRPAlpha2Beta1(LRPAlphaBeta):
@@ -218,10 +253,12 @@ class LRPAlpha2Beta1(LRPAlphaBeta):
         Which output neuron is explained (see :class:`Analyzer`).
     """
 
-    def __init__(self, model: Any, bias: bool = True,
-                 neuron_selection_mode: str = "max_activation") -> None:
-        super().__init__(model, alpha=2.0, beta=1.0, bias=bias,
-                         neuron_selection_mode=neuron_selection_mode)
+    def __init__(
+        self, model: Any, bias: bool = True, neuron_selection_mode: str = "max_activation"
+    ) -> None:
+        super().__init__(
+            model, alpha=2.0, beta=1.0, bias=bias, neuron_selection_mode=neuron_selection_mode
+        )
 
 
 class LRPZPlus(_SignSplitLRP):
@@ -269,8 +306,13 @@ class DeepTaylor(_SignSplitLRP):
     >>> pk.DeepTaylor(model, low=-1.0, high=1.0).analyze(x)   # images scaled to [-1, 1]
     """
 
-    def __init__(self, model: Any, low: Any = None, high: Any = None,
-                 neuron_selection_mode: str = "max_activation") -> None:
+    def __init__(
+        self,
+        model: Any,
+        low: Any = None,
+        high: Any = None,
+        neuron_selection_mode: str = "max_activation",
+    ) -> None:
         super().__init__(model, neuron_selection_mode=neuron_selection_mode)
         n_inputs = len(self._program.inputs)
         self.low = self._per_input(low, "low", n_inputs)
@@ -283,8 +325,9 @@ class DeepTaylor(_SignSplitLRP):
     def _per_input(value: Any, name: str, n_inputs: int) -> list[Any]:
         if n_inputs > 1 and isinstance(value, (list, tuple)):
             if len(value) != n_inputs:
-                raise ValueError(f"{name} must be one value per input ({n_inputs}), got "
-                                 f"{len(value)}.")
+                raise ValueError(
+                    f"{name} must be one value per input ({n_inputs}), got {len(value)}."
+                )
             values = list(value)
         else:
             values = [value] * n_inputs
@@ -313,13 +356,13 @@ class DeepTaylor(_SignSplitLRP):
             lows.append(tf.broadcast_to(tf.cast(lo, x.dtype), tf.shape(x)))
             highs.append(tf.broadcast_to(tf.cast(hi, x.dtype), tf.shape(x)))
 
-        return engine.forward_intervals(program, lows, highs,
-                                        where=lambda op: op.kind != "linear")
+        return engine.forward_intervals(program, lows, highs, where=lambda op: op.kind != "linear")
 
     def _linear_rule(self, values) -> Any:
         bounds = self._input_bounds(values)
-        bounded = BoundedRule(lambda op: bounds[op.inputs[0]][0],
-                              lambda op: bounds[op.inputs[0]][1])
+        bounded = BoundedRule(
+            lambda op: bounds[op.inputs[0]][0], lambda op: bounds[op.inputs[0]][1]
+        )
         z_plus = ZPlusRule(nonnegative_input=self._nonnegative_input)
 
         def rule(op, inputs, outputs, upstream):

@@ -9,7 +9,8 @@ both regimes of the two-component estimator (one not followed by a ReLU, e.g. th
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -41,16 +42,19 @@ class _PatternAnalyzer(Analyzer):
     #: "A" for PatternNet, "WA" for PatternAttribution.
     kernel_choice = "A"
 
-    def __init__(self, model: Any, pattern_type: str | Mapping[str, str] = "relu",
-                 patterns: Patterns | str | None = None,
-                 neuron_selection_mode: str = "max_activation",
-                 renormalize: bool = False) -> None:
+    def __init__(
+        self,
+        model: Any,
+        pattern_type: str | Mapping[str, str] = "relu",
+        patterns: Patterns | str | None = None,
+        neuron_selection_mode: str = "max_activation",
+        renormalize: bool = False,
+    ) -> None:
         self._renormalize = bool(renormalize)
         super().__init__(model, neuron_selection_mode=neuron_selection_mode)
         self.pattern_type = pattern_type
         # One program: the patterns are checked against the ops the rules read.
-        self._computer = PatternComputer(model, pattern_type=pattern_type,
-                                         program=self._program)
+        self._computer = PatternComputer(model, pattern_type=pattern_type, program=self._program)
         self.patterns: Patterns | None = None
         self.statistics = None
         self._variables: dict[str, tuple[tf.Variable, tf.Variable | None]] = {}
@@ -64,9 +68,16 @@ class _PatternAnalyzer(Analyzer):
 
     # -- patterns -----------------------------------------------------------------------------
 
-    def fit(self, data: Any, batch_size: int = 32, steps: int | None = None, verbose: int = 1,
-            strategy: tf.distribute.Strategy | None = None, checkpoint_path: str | None = None,
-            checkpoint_every: int | None = None) -> "_PatternAnalyzer":
+    def fit(
+        self,
+        data: Any,
+        batch_size: int = 32,
+        steps: int | None = None,
+        verbose: int = 1,
+        strategy: tf.distribute.Strategy | None = None,
+        checkpoint_path: str | None = None,
+        checkpoint_every: int | None = None,
+    ) -> _PatternAnalyzer:
         """Learn the patterns from ``data`` in one streaming pass, and use them from now on.
 
         The fit's sufficient statistics are kept in :attr:`statistics` (float64 sums, see
@@ -107,8 +118,14 @@ class _PatternAnalyzer(Analyzer):
             type.
         """
         self.statistics = self._computer.compute_statistics(
-            data, batch_size=batch_size, steps=steps, verbose=verbose, strategy=strategy,
-            checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every)
+            data,
+            batch_size=batch_size,
+            steps=steps,
+            verbose=verbose,
+            strategy=strategy,
+            checkpoint_path=checkpoint_path,
+            checkpoint_every=checkpoint_every,
+        )
         self.set_patterns(self.statistics.patterns())
         return self
 
@@ -136,8 +153,7 @@ class _PatternAnalyzer(Analyzer):
 
     def _set_patterns(self, patterns: Patterns, fingerprint) -> None:
         if not isinstance(patterns, Patterns):
-            raise TypeError(f"set_patterns takes a Patterns object, got "
-                            f"{type(patterns).__name__}.")
+            raise TypeError(f"set_patterns takes a Patterns object, got {type(patterns).__name__}.")
         if patterns.fingerprint:
             mismatch = first_mismatch(fingerprint, patterns.fingerprint)
             if mismatch:
@@ -145,30 +161,38 @@ class _PatternAnalyzer(Analyzer):
         plans = self._computer.plans
         extra = sorted(set(patterns) - set(plans))
         if extra:
-            raise ValueError(f"The patterns have an entry for layer '{extra[0]}', which the "
-                             f"model has no pattern for (its layers: {sorted(plans)}).")
+            raise ValueError(
+                f"The patterns have an entry for layer '{extra[0]}', which the "
+                f"model has no pattern for (its layers: {sorted(plans)})."
+            )
         for key, plan in plans.items():
             if key not in patterns:
                 raise ValueError(f"The patterns have no entry for layer '{key}'.")
             shape = tuple(patterns[key].shape)
             if shape != plan.part.kernel_shape:
-                raise ValueError(f"The pattern of layer '{key}' has shape {shape}; its kernel "
-                                 f"has shape {plan.part.kernel_shape}.")
+                raise ValueError(
+                    f"The pattern of layer '{key}' has shape {shape}; its kernel "
+                    f"has shape {plan.part.kernel_shape}."
+                )
             kind = patterns.pattern_types.get(key, plan.pattern_type)
             if kind != plan.pattern_type:
                 raise ValueError(
                     f"The pattern of layer '{key}' is of type {kind!r}; this analyzer was "
-                    f"built with pattern_type {plan.pattern_type!r}.")
+                    f"built with pattern_type {plan.pattern_type!r}."
+                )
             two_regimes = plan.pattern_type == "relu" and not plan.rectified
             if patterns.has_negative(key) != two_regimes:
                 raise ValueError(
-                    f"Layer '{key}' " + (
+                    f"Layer '{key}' "
+                    + (
                         "keeps both regimes (it does not feed a ReLU), but the patterns have "
                         "no negative-regime pattern a_negative for it."
-                        if two_regimes else
-                        "keeps only its positive regime, but the patterns have a "
+                        if two_regimes
+                        else "keeps only its positive regime, but the patterns have a "
                         "negative-regime pattern a_negative for it (fitted with another "
-                        "model or pattern type?)."))
+                        "model or pattern type?)."
+                    )
+                )
             arrays = [("a", patterns[key])]
             if two_regimes:
                 negative = patterns.negative(key)
@@ -176,18 +200,22 @@ class _PatternAnalyzer(Analyzer):
                     raise ValueError(
                         f"The negative-regime pattern of layer '{key}' has shape "
                         f"{tuple(negative.shape)}; its kernel has shape "
-                        f"{plan.part.kernel_shape}.")
+                        f"{plan.part.kernel_shape}."
+                    )
                 arrays.append(("a_negative", negative))
             for name, value in arrays:
                 if not np.all(np.isfinite(value)):
-                    raise ValueError(f"The pattern {name} of layer '{key}' holds NaN or "
-                                     "infinite values.")
+                    raise ValueError(
+                        f"The pattern {name} of layer '{key}' holds NaN or infinite values."
+                    )
         if not patterns.fingerprint:  # built by hand: they belong to the model as it is now
-            patterns = Patterns({k: patterns[k] for k in patterns},
-                                negative={k: patterns.negative(k) for k in patterns
-                                          if patterns.has_negative(k)},
-                                pattern_types=patterns.pattern_types,
-                                n_samples=patterns.n_samples, fingerprint=fingerprint)
+            patterns = Patterns(
+                {k: patterns[k] for k in patterns},
+                negative={k: patterns.negative(k) for k in patterns if patterns.has_negative(k)},
+                pattern_types=patterns.pattern_types,
+                n_samples=patterns.n_samples,
+                fingerprint=fingerprint,
+            )
         rebuilt = False
         for key in self._computer.plans:
             positive = patterns[key]
@@ -200,8 +228,10 @@ class _PatternAnalyzer(Analyzer):
             else:
                 self._variables[key] = (
                     tf.Variable(positive, trainable=False, name="pattern"),
-                    None if negative is None else tf.Variable(negative, trainable=False,
-                                                              name="pattern_negative"))
+                    None
+                    if negative is None
+                    else tf.Variable(negative, trainable=False, name="pattern_negative"),
+                )
                 rebuilt = True
         if rebuilt:
             self._reset_compiled()
@@ -230,7 +260,7 @@ class _PatternAnalyzer(Analyzer):
         stats = self.statistics if include_statistics else None
         self.patterns.save(path, statistics=stats)
 
-    def load_patterns(self, path: str) -> "_PatternAnalyzer":
+    def load_patterns(self, path: str) -> _PatternAnalyzer:
         """Read patterns from an HDF5 file written by :meth:`save_patterns`.
 
         Parameters
@@ -253,15 +283,17 @@ class _PatternAnalyzer(Analyzer):
 
         fingerprint = self._computer.fingerprint()
         expected = {key: plan.part.kernel_shape for key, plan in self._computer.plans.items()}
-        self._set_patterns(io.load_patterns(path, expected=expected, fingerprint=fingerprint),
-                           fingerprint)
+        self._set_patterns(
+            io.load_patterns(path, expected=expected, fingerprint=fingerprint), fingerprint
+        )
         return self
 
     def _check_ready(self) -> None:
         if self.patterns is None:
             raise NotFittedError(
                 f"{type(self).__name__} has no patterns yet: call `.fit(data)` to learn them, "
-                "or `.load_patterns(path)` to read fitted ones.")
+                "or `.load_patterns(path)` to read fitted ones."
+            )
 
     def check_patterns_current(self) -> None:
         """Check that the model's weights are those the patterns were fitted on.
@@ -279,17 +311,26 @@ class _PatternAnalyzer(Analyzer):
             If there are no patterns yet.
         """
         self._check_ready()
-        changed = self._weights_checksum.first_change(self._fitted_weights,
-                                                      self._weights_checksum())
+        changed = self._weights_checksum.first_change(
+            self._fitted_weights, self._weights_checksum()
+        )
         if changed is not None:
             raise StalePatternsError(
                 f"The weights of model '{self.model.name}' changed after its patterns were "
                 f"fitted (first changed: '{changed}'): the patterns describe the old weights. "
                 "Refit them (`analyzer.fit(data)`), or pass `allow_stale_patterns=True` to "
-                "`analyze` to use them anyway.")
+                "`analyze` to use them anyway."
+            )
 
-    def analyze(self, x: Any, neuron_selection: Any = None, batch_size: int | None = None,
-                *, allow_stale_patterns: bool = False, **kwargs: Any):
+    def analyze(
+        self,
+        x: Any,
+        neuron_selection: Any = None,
+        batch_size: int | None = None,
+        *,
+        allow_stale_patterns: bool = False,
+        **kwargs: Any,
+    ):
         """Explain the selected output neuron for every sample with the fitted patterns.
 
         Parameters
@@ -324,8 +365,9 @@ class _PatternAnalyzer(Analyzer):
         self._check_ready()
         if not allow_stale_patterns:
             self.check_patterns_current()
-        return super().analyze(x, neuron_selection=neuron_selection, batch_size=batch_size,
-                               **kwargs)
+        return super().analyze(
+            x, neuron_selection=neuron_selection, batch_size=batch_size, **kwargs
+        )
 
     # -- rules --------------------------------------------------------------------------------
 
@@ -346,14 +388,21 @@ class _PatternAnalyzer(Analyzer):
 
     def _composite(self, values) -> Composite:
         # Everything but the kernels and the ReLU gates crosses as the gradient does.
-        return Composite({"linear": LinearRule(self._kernels, name=self.kernel_choice),
-                          "activation": ActivationRule("pattern"),
-                          "affine": GradientRule(held=True)}, default=GradientRule())
+        return Composite(
+            {
+                "linear": LinearRule(self._kernels, name=self.kernel_choice),
+                "activation": ActivationRule("pattern"),
+                "affine": GradientRule(held=True),
+            },
+            default=GradientRule(),
+        )
 
     def __repr__(self) -> str:
         state = "fitted" if self.patterns is not None else "not fitted"
-        return (f"{type(self).__name__}(model={self.model.name!r}, "
-                f"pattern_type={self.pattern_type!r}, {state})")
+        return (
+            f"{type(self).__name__}(model={self.model.name!r}, "
+            f"pattern_type={self.pattern_type!r}, {state})"
+        )
 
 
 class PatternNet(_PatternAnalyzer):

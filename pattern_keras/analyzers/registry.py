@@ -55,8 +55,9 @@ def analyzer_class(name: str) -> type:
     try:
         return _ANALYZERS[name]
     except KeyError:
-        raise ValueError(f"Unknown analyzer {name!r}. Known analyzers: "
-                         f"{', '.join(_ANALYZERS)}.") from None
+        raise ValueError(
+            f"Unknown analyzer {name!r}. Known analyzers: {', '.join(_ANALYZERS)}."
+        ) from None
 
 
 def create_analyzer(name: str, model: Any, **kwargs: Any):

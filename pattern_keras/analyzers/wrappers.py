@@ -34,14 +34,16 @@ class _PointwiseGradients(Analyzer):
     seed_with_value = False
     num_points: int = 1
 
-    def __init__(self, model: Any, neuron_selection_mode: str = "max_activation",
-                 inner_batch_size: int = 32) -> None:
+    def __init__(
+        self, model: Any, neuron_selection_mode: str = "max_activation", inner_batch_size: int = 32
+    ) -> None:
         self.inner_batch_size = _checks.positive_int(inner_batch_size, "inner_batch_size")
         super().__init__(model, neuron_selection_mode=neuron_selection_mode)
 
     def _composite(self, values) -> Composite:
-        return Composite({"linear": LinearRule(), "activation": ActivationRule("gate")},
-                         default=GradientRule())
+        return Composite(
+            {"linear": LinearRule(), "activation": ActivationRule("gate")}, default=GradientRule()
+        )
 
     def _points(self, inputs: list[Any], index: Any) -> tuple[list[Any], Any]:
         """For point indices ``index`` (``m`` of them, some possibly ``>= num_points``: weight
@@ -54,15 +56,15 @@ class _PointwiseGradients(Analyzer):
 
     def _selection_mask(self, inputs: list[Any], selection: Any) -> Any:
         values = engine.forward(self._program, inputs)
-        _, mask = _checks.selection_mask(values[self._program.output],
-                                         self.neuron_selection_mode, selection,
-                                         self.num_outputs)
+        _, mask = _checks.selection_mask(
+            values[self._program.output], self.neuron_selection_mode, selection, self.num_outputs
+        )
         return mask
 
     def _explain(self, inputs, selection):
         program = self._program
         inputs = list(inputs)
-        mask = self._selection_mask(inputs, selection)          # (n, outputs)
+        mask = self._selection_mask(inputs, selection)  # (n, outputs)
         n = tf.shape(inputs[0])[0]
         total = self.num_points
         # Chunks of m points (m·n network inputs ≈ inner_batch_size), balanced so the last
@@ -70,8 +72,9 @@ class _PointwiseGradients(Analyzer):
         m0 = tf.clip_by_value(self.inner_batch_size // n, 1, total)
         chunks = (total + m0 - 1) // m0
         m = (total + chunks - 1) // chunks
-        out_shape = tf.concat([[m * n], tf.constant(self._program.output_shape[1:], tf.int32)],
-                              axis=0)
+        out_shape = tf.concat(
+            [[m * n], tf.constant(self._program.output_shape[1:], tf.int32)], axis=0
+        )
         seed = tf.reshape(tf.tile(mask, [m, 1]), out_shape)
 
         def body(i, acc):
@@ -125,9 +128,15 @@ class IntegratedGradients(_PointwiseGradients):
 
     METHODS = ("midpoint", "trapezoid")
 
-    def __init__(self, model: Any, steps: int = 64, baseline: Any = 0.0,
-                 method: str = "midpoint", neuron_selection_mode: str = "max_activation",
-                 inner_batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model: Any,
+        steps: int = 64,
+        baseline: Any = 0.0,
+        method: str = "midpoint",
+        neuron_selection_mode: str = "max_activation",
+        inner_batch_size: int = 32,
+    ) -> None:
         self.steps = _checks.positive_int(steps, "steps")
         if method not in self.METHODS:
             raise ValueError(f"method must be one of {self.METHODS}, got {method!r}.")
@@ -135,16 +144,18 @@ class IntegratedGradients(_PointwiseGradients):
             raise ValueError("The trapezoid rule needs steps >= 2.")
         self.method = method
         self.num_points = self.steps
-        super().__init__(model, neuron_selection_mode=neuron_selection_mode,
-                         inner_batch_size=inner_batch_size)
+        super().__init__(
+            model, neuron_selection_mode=neuron_selection_mode, inner_batch_size=inner_batch_size
+        )
         self.baseline = self._check_baseline(baseline)
 
     def _check_baseline(self, baseline: Any) -> list[np.ndarray]:
         specs = self._program.input_specs
         if len(specs) > 1 and isinstance(baseline, (list, tuple)):
             if len(baseline) != len(specs):
-                raise ValueError(f"baseline must be one value per input ({len(specs)}), got "
-                                 f"{len(baseline)}.")
+                raise ValueError(
+                    f"baseline must be one value per input ({len(specs)}), got {len(baseline)}."
+                )
             values = list(baseline)
         else:
             values = [baseline] * len(specs)
@@ -156,19 +167,23 @@ class IntegratedGradients(_PointwiseGradients):
                 raise ValueError(f"baseline must be numeric, got {b!r}.") from None
             sample = tuple(shape[1:])
             try:
-                np.broadcast_shapes(arr.shape, (1,) + tuple(1 if d is None else d
-                                                           for d in sample))
-                if arr.ndim > len(sample) + 1 or (arr.ndim == len(sample) + 1
-                                                  and arr.shape[0] != 1):
+                np.broadcast_shapes(arr.shape, (1,) + tuple(1 if d is None else d for d in sample))
+                if arr.ndim > len(sample) + 1 or (
+                    arr.ndim == len(sample) + 1 and arr.shape[0] != 1
+                ):
                     raise ValueError
             except ValueError:
                 raise ValueError(
                     f"baseline of shape {arr.shape} does not broadcast to one sample of input "
-                    f"{i}, shaped {sample}.") from None
+                    f"{i}, shaped {sample}."
+                ) from None
             if not np.all(np.isfinite(arr)):
                 raise ValueError("baseline must be finite.")
-            out.append(arr.astype(np.dtype(dtype)) if np.issubdtype(np.dtype(dtype), np.floating)
-                       else arr.astype(np.float32))
+            out.append(
+                arr.astype(np.dtype(dtype))
+                if np.issubdtype(np.dtype(dtype), np.floating)
+                else arr.astype(np.float32)
+            )
         return out
 
     def _alphas(self, index: Any) -> tuple[Any, Any]:
@@ -187,7 +202,7 @@ class IntegratedGradients(_PointwiseGradients):
         for x, b in zip(inputs, self.baseline):
             b = tf.cast(b, x.dtype)
             a = tf.reshape(tf.cast(alphas, x.dtype), [-1, 1] + [1] * (len(x.shape) - 1))
-            p = b + a * (x - b)[None]                         # (m, n, ...)
+            p = b + a * (x - b)[None]  # (m, n, ...)
             points.append(tf.reshape(p, tf.concat([[-1], tf.shape(x)[1:]], axis=0)))
         return points, weights
 
@@ -195,8 +210,10 @@ class IntegratedGradients(_PointwiseGradients):
         return [(x - tf.cast(b, x.dtype)) * g for x, b, g in zip(inputs, self.baseline, weighted)]
 
     def __repr__(self) -> str:
-        return (f"IntegratedGradients(model={self.model.name!r}, steps={self.steps}, "
-                f"method={self.method!r}, neuron_selection_mode={self.neuron_selection_mode!r})")
+        return (
+            f"IntegratedGradients(model={self.model.name!r}, steps={self.steps}, "
+            f"method={self.method!r}, neuron_selection_mode={self.neuron_selection_mode!r})"
+        )
 
 
 class SmoothGrad(_PointwiseGradients):
@@ -228,9 +245,15 @@ class SmoothGrad(_PointwiseGradients):
     >>> pk.SmoothGrad(model, samples=32, noise_scale=0.15).analyze(x)
     """
 
-    def __init__(self, model: Any, samples: int = 64, noise_scale: float = 0.1, seed: int = 0,
-                 neuron_selection_mode: str = "max_activation",
-                 inner_batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model: Any,
+        samples: int = 64,
+        noise_scale: float = 0.1,
+        seed: int = 0,
+        neuron_selection_mode: str = "max_activation",
+        inner_batch_size: int = 32,
+    ) -> None:
         self.samples = _checks.positive_int(samples, "samples")
         noise_scale = float(noise_scale)
         if not np.isfinite(noise_scale) or noise_scale < 0:
@@ -240,28 +263,37 @@ class SmoothGrad(_PointwiseGradients):
         self.noise_scale = noise_scale
         self.seed = int(seed)
         self.num_points = self.samples
-        super().__init__(model, neuron_selection_mode=neuron_selection_mode,
-                         inner_batch_size=inner_batch_size)
+        super().__init__(
+            model, neuron_selection_mode=neuron_selection_mode, inner_batch_size=inner_batch_size
+        )
 
     def _points(self, inputs, index):
         weights = tf.cast(index < self.samples, tf.float32) / self.samples
         points = []
         for j, x in enumerate(inputs):
             axes = list(range(1, len(x.shape)))
-            sigma = self.noise_scale * (tf.reduce_max(x, axis=axes, keepdims=True)
-                                        - tf.reduce_min(x, axis=axes, keepdims=True))
+            sigma = self.noise_scale * (
+                tf.reduce_max(x, axis=axes, keepdims=True)
+                - tf.reduce_min(x, axis=axes, keepdims=True)
+            )
             # One stateless stream per noisy copy and input: the noise does not depend on how
             # the copies are chunked.
             noise = tf.map_fn(
                 lambda k, x=x, j=j: tf.random.stateless_normal(
-                    tf.shape(x), seed=tf.stack([tf.constant(self.seed, tf.int32),
-                                                k * len(inputs) + j]), dtype=x.dtype),
-                index, fn_output_signature=x.dtype)
+                    tf.shape(x),
+                    seed=tf.stack([tf.constant(self.seed, tf.int32), k * len(inputs) + j]),
+                    dtype=x.dtype,
+                ),
+                index,
+                fn_output_signature=x.dtype,
+            )
             p = x[None] + sigma[None] * noise
             points.append(tf.reshape(p, tf.concat([[-1], tf.shape(x)[1:]], axis=0)))
         return points, weights
 
     def __repr__(self) -> str:
-        return (f"SmoothGrad(model={self.model.name!r}, samples={self.samples}, "
-                f"noise_scale={self.noise_scale:g}, seed={self.seed}, "
-                f"neuron_selection_mode={self.neuron_selection_mode!r})")
+        return (
+            f"SmoothGrad(model={self.model.name!r}, samples={self.samples}, "
+            f"noise_scale={self.noise_scale:g}, seed={self.seed}, "
+            f"neuron_selection_mode={self.neuron_selection_mode!r})"
+        )

@@ -8,12 +8,14 @@ area over the perturbation curve (AOPC) sums the fall up in one number, higher i
 
 Conventions: images are channels_last, ``(n, H, W, C)``.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import keras
 import numpy as np
@@ -33,7 +35,7 @@ OUTPUTS = ("auto", "probabilities", "logits")
 # Outputs whose rows are non-negative and sum to 1 within this are read as probabilities.
 _PROBABILITY_TOLERANCE = 1e-3
 
-AnalyzerLike = Union[np.ndarray, Callable[[np.ndarray], Any], Any]
+AnalyzerLike = Union[np.ndarray, Callable[[np.ndarray], Any], Any]  # noqa: UP007
 
 
 @dataclass(frozen=True, eq=False)
@@ -263,17 +265,30 @@ def plot_degradation(
         figure = ax.figure
     for label, result in results.items():
         # The random baseline is the reference every method should fall below: dashed grey.
-        style = ({"linestyle": "--", "color": "0.45"} if str(label).lower() == "random"
-                 else {"marker": "."})
-        ax.plot(np.arange(result.steps + 1), result.curve,
-                label=f"{label} (AOPC {result.aopc:.3f})", **style)
+        style = (
+            {"linestyle": "--", "color": "0.45"}
+            if str(label).lower() == "random"
+            else {"marker": "."}
+        )
+        ax.plot(
+            np.arange(result.steps + 1),
+            result.curve,
+            label=f"{label} (AOPC {result.aopc:.3f})",
+            **style,
+        )
     ax.set_xlabel("patches perturbed (most relevant first)")
     ax.set_ylabel("probability of initial class")
     if title is not None:
         ax.set_title(title)
     # Outside the axes, right of the curves, so that no curve is hidden behind it.
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
-              fontsize="small", title="AOPC: higher is better", title_fontsize="small")
+    ax.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+        fontsize="small",
+        title="AOPC: higher is better",
+        title_fontsize="small",
+    )
     return figure
 
 

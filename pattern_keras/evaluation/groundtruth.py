@@ -11,6 +11,7 @@ Two measures, both per sample:
 All arrays are numpy; a leading axis of length ``n`` indexes samples, the remaining axes (for
 images ``(H, W, C)``) are features.
 """
+
 from __future__ import annotations
 
 import numbers

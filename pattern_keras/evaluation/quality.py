@@ -13,13 +13,15 @@ second half, and the correlation is measured on held-out test data.
 Everything is a second moment of ``(x, y)`` per layer, so ρ comes in closed form
 (see :func:`signal_estimator_quality` for the details and the choices made).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import numbers
 import warnings
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
@@ -34,8 +36,12 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["ESTIMATORS", "QualityResult", "signal_estimator_quality",
-           "plot_signal_estimator_quality"]
+__all__ = [
+    "ESTIMATORS",
+    "QualityResult",
+    "signal_estimator_quality",
+    "plot_signal_estimator_quality",
+]
 
 #: The estimators :func:`signal_estimator_quality` knows: a random direction (the paper's
 #: baseline) and every pattern type of :data:`pattern_keras.patterns.statistics.ESTIMATORS`,
@@ -68,11 +74,14 @@ class QualityResult(dict):
         convolution) the regression and the evaluation used.
     """
 
-    def __init__(self, means: Mapping[str, Mapping[str, float]],
-                 per_neuron: Mapping[str, Mapping[str, np.ndarray]],
-                 estimators: Sequence[str],
-                 estimator_patterns: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
-                 n_samples: Mapping[str, tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        means: Mapping[str, Mapping[str, float]],
+        per_neuron: Mapping[str, Mapping[str, np.ndarray]],
+        estimators: Sequence[str],
+        estimator_patterns: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+        n_samples: Mapping[str, tuple[int, int]],
+    ) -> None:
         super().__init__({k: dict(v) for k, v in means.items()})
         self.per_neuron = {k: dict(v) for k, v in per_neuron.items()}
         self.estimators = tuple(estimators)
@@ -220,13 +229,16 @@ def signal_estimator_quality(
 
     plans = _layer_plans(program, layers, max_dim)
     seeds = np.random.SeedSequence(seed).spawn(3)
-    patterns = _estimator_patterns(model, program, plans, fit_part, estimators, batch_size,
-                                   np.random.default_rng(seeds[0]))
+    patterns = _estimator_patterns(
+        model, program, plans, fit_part, estimators, batch_size, np.random.default_rng(seeds[0])
+    )
     forward = _compiled_forward(program, plans)
-    reg = _gather_moments(forward, plans, reg_part, batch_size, max_patches,
-                          np.random.default_rng(seeds[1]))
-    tst = _gather_moments(forward, plans, test, batch_size, max_patches,
-                          np.random.default_rng(seeds[2]))
+    reg = _gather_moments(
+        forward, plans, reg_part, batch_size, max_patches, np.random.default_rng(seeds[1])
+    )
+    tst = _gather_moments(
+        forward, plans, test, batch_size, max_patches, np.random.default_rng(seeds[2])
+    )
 
     means: dict[str, dict[str, float]] = {}
     per_neuron: dict[str, dict[str, np.ndarray]] = {}
@@ -282,8 +294,7 @@ def plot_signal_estimator_quality(
         names += [n for n in per_layer if n not in names]
     own_figure = ax is None
     if own_figure:
-        figure = Figure(figsize=(max(6.5, 1.0 * len(layer_keys) + 3.5), 4.4),
-                        layout="constrained")
+        figure = Figure(figsize=(max(6.5, 1.0 * len(layer_keys) + 3.5), 4.4), layout="constrained")
         ax = figure.add_subplot()
     else:
         figure = ax.figure
@@ -292,36 +303,55 @@ def plot_signal_estimator_quality(
     colors = {"random": "0.6", "filter": "tab:orange", "linear": "tab:blue", "relu": "tab:green"}
     for i, name in enumerate(names):
         values = [result[k].get(name, math.nan) for k in layer_keys]
-        bars = ax.bar(positions + (i - (len(names) - 1) / 2) * width, values, width,
-                      label=_LABELS.get(name, name), color=colors.get(name))
+        bars = ax.bar(
+            positions + (i - (len(names) - 1) / 2) * width,
+            values,
+            width,
+            label=_LABELS.get(name, name),
+            color=colors.get(name),
+        )
         # The value on every bar: a ρ of 0 has no bar to see.
         ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
     ax.set_xticks(positions)
-    ax.set_xticklabels(layer_keys, rotation=45 if len(layer_keys) > 4 else 0, ha="right"
-                       if len(layer_keys) > 4 else "center")
+    ax.set_xticklabels(
+        layer_keys,
+        rotation=45 if len(layer_keys) > 4 else 0,
+        ha="right" if len(layer_keys) > 4 else "center",
+    )
     ax.set_xlabel("layer (network order)")
     ax.set_ylabel("ρ(S)")
     ax.set_ylim(0.0, 1.1)
     if title is not None:
         ax.set_title(title)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
-              fontsize="small", title="signal estimator S", title_fontsize="small")
+    ax.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+        fontsize="small",
+        title="signal estimator S",
+        title_fontsize="small",
+    )
     if own_figure:
-        figure.text(0.01, 0.0, _RHO_NOTE, fontsize="small", ha="left", va="bottom",
-                    wrap=True)
+        figure.text(0.01, 0.0, _RHO_NOTE, fontsize="small", ha="left", va="bottom", wrap=True)
         figure.get_layout_engine().set(rect=(0, 0.14, 1, 0.86))
     return figure
 
 
 #: What ρ(S) measures, under the figure.
-_RHO_NOTE = ("ρ(S) = 1 − max_v |corr(wᵀx, vᵀ(x − S(x)))| on held-out data: how little of a "
-             "neuron's output y = wᵀx\ncan still be predicted from the distractor x − S(x) that "
-             "the signal estimator S leaves.\n1: the estimator took all of the signal; 0: the "
-             "signal is still in the distractor. Mean over each layer's neurons.")
+_RHO_NOTE = (
+    "ρ(S) = 1 − max_v |corr(wᵀx, vᵀ(x − S(x)))| on held-out data: how little of a "
+    "neuron's output y = wᵀx\ncan still be predicted from the distractor x − S(x) that "
+    "the signal estimator S leaves.\n1: the estimator took all of the signal; 0: the "
+    "signal is still in the distractor. Mean over each layer's neurons."
+)
 
 
-_LABELS = {"random": "random (S_rand)", "filter": "filter (S_w)", "linear": "linear (S_a)",
-           "relu": "two-component (S_a±)"}
+_LABELS = {
+    "random": "random (S_rand)",
+    "filter": "filter (S_w)",
+    "linear": "linear (S_a)",
+    "relu": "two-component (S_a±)",
+}
 
 
 # --- layers ----------------------------------------------------------------------------------
@@ -344,15 +374,15 @@ def _unsupported_reason(op: Op) -> str | None:
     part = op.linear
     rank = len(part.kernel_shape)
     if tuple(a % rank for a in part.out_axes) != (rank - 1,):
-        return ("its neurons do not share one input vector (a depthwise or transposed "
-                "convolution)")
+        return "its neurons do not share one input vector (a depthwise or transposed convolution)"
     if int(getattr(op.layer, "groups", 1) or 1) > 1:
         return "it is a grouped convolution (each neuron sees only its group's channels)"
     return None
 
 
-def _layer_plans(program: engine.Program, layers: Sequence[str] | None,
-                 max_dim: int) -> dict[str, _Plan]:
+def _layer_plans(
+    program: engine.Program, layers: Sequence[str] | None, max_dim: int
+) -> dict[str, _Plan]:
     grouped: dict[str, list[Op]] = {}
     for op in program.linear_ops:
         grouped.setdefault(op.pattern_key, []).append(op)
@@ -361,8 +391,10 @@ def _layer_plans(program: engine.Program, layers: Sequence[str] | None,
             layers = [layers]
         unknown = [k for k in layers if k not in grouped]
         if unknown:
-            raise ValueError(f"layers names {unknown}, which are not Dense/convolution layers of "
-                             f"the model. Layers: {list(grouped)}.")
+            raise ValueError(
+                f"layers names {unknown}, which are not Dense/convolution layers of "
+                f"the model. Layers: {list(grouped)}."
+            )
     plans: dict[str, _Plan] = {}
     for key, ops in grouped.items():
         if layers is not None and key not in layers:
@@ -371,8 +403,7 @@ def _layer_plans(program: engine.Program, layers: Sequence[str] | None,
         if reason is not None:
             if layers is not None:
                 raise ValueError(f"Layer '{key}' cannot be evaluated: {reason}.")
-            warnings.warn(f"signal_estimator_quality skips layer '{key}': {reason}.",
-                          stacklevel=3)
+            warnings.warn(f"signal_estimator_quality skips layer '{key}': {reason}.", stacklevel=3)
             continue
         part = ops[0].linear
         dim = int(np.prod(part.kernel_shape[:-1]))
@@ -381,14 +412,21 @@ def _layer_plans(program: engine.Program, layers: Sequence[str] | None,
             raise ValueError(
                 f"Layer '{key}' has D = {dim} inputs per neuron, above max_dim = {max_dim}: the "
                 f"closed form holds D × D float64 matrices (about {gib:.1f} GiB here). Raise "
-                f"max_dim, or leave the layer out with layers=[...] (layers: {list(grouped)}).")
+                f"max_dim, or leave the layer out with layers=[...] (layers: {list(grouped)})."
+            )
         kernel = part.kernel.numpy().astype(np.float64)
-        plans[key] = _Plan(key=key, ops=ops, w=kernel.reshape(dim, -1),
-                           kernel_shape=tuple(part.kernel_shape),
-                           neuron_shape=tuple(part.neuron_shape))
+        plans[key] = _Plan(
+            key=key,
+            ops=ops,
+            w=kernel.reshape(dim, -1),
+            kernel_shape=tuple(part.kernel_shape),
+            neuron_shape=tuple(part.neuron_shape),
+        )
     if not plans:
-        raise ValueError(f"Model '{program.model.name}' has no Dense/convolution layer that "
-                         "signal_estimator_quality can evaluate.")
+        raise ValueError(
+            f"Model '{program.model.name}' has no Dense/convolution layer that "
+            "signal_estimator_quality can evaluate."
+        )
     return plans
 
 
@@ -405,8 +443,9 @@ def _estimator_patterns(model, program, plans, fit_part, estimators, batch_size,
     data = fit_part[0] if len(fit_part) == 1 else list(fit_part)
     stats = None
     if any(name not in ("random", "filter") for name in estimators):
-        stats = PatternComputer(model, pattern_type="relu", both_regimes=True) \
-            .compute_statistics(data, batch_size=batch_size, verbose=0)
+        stats = PatternComputer(model, pattern_type="relu", both_regimes=True).compute_statistics(
+            data, batch_size=batch_size, verbose=0
+        )
     out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for key, plan in plans.items():
         w = plan.w
@@ -418,7 +457,8 @@ def _estimator_patterns(model, program, plans, fit_part, estimators, batch_size,
             else:
                 layer = _filter_statistics(plan) if stats is None else stats[key]
                 a_pos, a_neg, _ = estimator(name).derive(
-                    dataclasses.replace(layer, pattern_type=name))
+                    dataclasses.replace(layer, pattern_type=name)
+                )
                 pair = (_flat(a_pos, plan), _flat(a_pos if a_neg is None else a_neg, plan))
             out[key][name] = tuple(_normalized(a, w) for a in pair)
     return out
@@ -431,9 +471,15 @@ def _flat(pattern: np.ndarray, plan: _Plan) -> np.ndarray:
 def _filter_statistics(plan: _Plan) -> LayerStatistics:
     """The library's filter estimator, which needs no data: ``w / wᵀw``."""
     n = plan.w.shape[1]
-    return LayerStatistics(pattern_type="filter", rectified=False,
-                           kernel=plan.w.reshape(plan.kernel_shape), out_axes=(-1,), shift_x=0.0,
-                           shift_y=np.zeros(n), sums={})
+    return LayerStatistics(
+        pattern_type="filter",
+        rectified=False,
+        kernel=plan.w.reshape(plan.kernel_shape),
+        out_axes=(-1,),
+        shift_x=0.0,
+        shift_y=np.zeros(n),
+        sums={},
+    )
 
 
 def _random_directions(w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -517,13 +563,16 @@ class _Moments:
 
 
 def _compiled_forward(program: engine.Program, plans: Mapping[str, _Plan]):
-    signature = [tf.TensorSpec((None,) + tuple(shape[1:]), dtype)
-                 for shape, dtype in program.input_specs]
+    signature = [
+        tf.TensorSpec((None,) + tuple(shape[1:]), dtype) for shape, dtype in program.input_specs
+    ]
 
     def run(*inputs):
         values = engine.forward(program, list(inputs))
-        return {key: [(values[op.inputs[0]], values[op.outputs[0]]) for op in plan.ops]
-                for key, plan in plans.items()}
+        return {
+            key: [(values[op.inputs[0]], values[op.outputs[0]]) for op in plan.ops]
+            for key, plan in plans.items()
+        }
 
     return tf.function(run, input_signature=signature)
 
@@ -541,18 +590,24 @@ def _patches(op: Op, x: tf.Tensor, dim: int, rows_per_image: int) -> np.ndarray:
     per_call = max(1, _CHUNK_VALUES // max(1, rows_per_image * dim))
     chunks = []
     for start in range(0, int(x.shape[0]), per_call):
-        out = part.raw_apply(x[start:start + per_call], eye)
+        out = part.raw_apply(x[start : start + per_call], eye)
         out = _channels_last(np.asarray(out), part.channel_axis)
         chunks.append(out.reshape(-1, dim))
     return np.concatenate(chunks)
 
 
-def _gather_moments(forward, plans: Mapping[str, _Plan], inputs: list[np.ndarray],
-                    batch_size: int, max_patches: int, rng: np.random.Generator):
+def _gather_moments(
+    forward,
+    plans: Mapping[str, _Plan],
+    inputs: list[np.ndarray],
+    batch_size: int,
+    max_patches: int,
+    rng: np.random.Generator,
+):
     moments = {key: _Moments(plan.dim, plan.w.shape[1]) for key, plan in plans.items()}
     n = len(inputs[0])
     for start in range(0, n, batch_size):
-        batch = [tf.constant(a[start:start + batch_size]) for a in inputs]
+        batch = [tf.constant(a[start : start + batch_size]) for a in inputs]
         b = int(batch[0].shape[0])
         outputs = forward(*batch)
         for key, plan in plans.items():
@@ -561,10 +616,16 @@ def _gather_moments(forward, plans: Mapping[str, _Plan], inputs: list[np.ndarray
                 z = _channels_last(z.numpy(), part.channel_axis).reshape(-1, plan.w.shape[1])
                 rows_per_image = len(z) // b
                 total = n * rows_per_image * len(plan.ops)
-                take = len(z) if total <= max_patches else min(
-                    len(z), math.ceil(max_patches * len(z) / total))
-                rows = (np.arange(len(z)) if take == len(z)
-                        else np.sort(rng.choice(len(z), size=take, replace=False)))
+                take = (
+                    len(z)
+                    if total <= max_patches
+                    else min(len(z), math.ceil(max_patches * len(z) / total))
+                )
+                rows = (
+                    np.arange(len(z))
+                    if take == len(z)
+                    else np.sort(rng.choice(len(z), size=take, replace=False))
+                )
                 patches = _patches(op, x, plan.dim, rows_per_image)[rows].astype(np.float64)
                 y = patches @ plan.w
                 gate = z[rows] > 0
@@ -628,8 +689,14 @@ def _solve_small(inner: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return out
 
 
-def _rho(c: Mapping[str, np.ndarray], t: Mapping[str, np.ndarray], inv: np.ndarray,
-         w: np.ndarray, a_pos: np.ndarray, a_neg: np.ndarray) -> np.ndarray:
+def _rho(
+    c: Mapping[str, np.ndarray],
+    t: Mapping[str, np.ndarray],
+    inv: np.ndarray,
+    w: np.ndarray,
+    a_pos: np.ndarray,
+    a_neg: np.ndarray,
+) -> np.ndarray:
     """ρ per neuron: ``v`` from the regression split's covariances ``c`` (``inv`` is its
     :func:`_ridge_inverse`), the correlation on the test split's ``t``."""
     u, s, dy = _low_rank(c, a_pos, a_neg)
@@ -645,8 +712,7 @@ def _rho(c: Mapping[str, np.ndarray], t: Mapping[str, np.ndarray], inv: np.ndarr
     u_t, s_t, dy_t = _low_rank(t, a_pos, a_neg)
     cov_yd = np.einsum("nd,nd->n", v, dy_t)
     uv = np.einsum("ndk,nd->nk", u_t, v)
-    var_d = (np.einsum("nd,de,ne->n", v, t["xx"], v)
-             + np.einsum("ni,nij,nj->n", uv, s_t, uv))
+    var_d = np.einsum("nd,de,ne->n", v, t["xx"], v) + np.einsum("ni,nij,nj->n", uv, s_t, uv)
     var_y = t["pp"] + t["mm"] + 2 * t["pm"]
     scale_y = np.sum(w * w, axis=0) * max(float(np.trace(t["xx"])), np.finfo(float).tiny)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -667,9 +733,9 @@ def _check_estimators(estimators: Any) -> tuple[str, ...]:
     known = ("random", *pattern_statistics.ESTIMATORS)  # the table as it is now
     unknown = [e for e in estimators if e not in known]
     if unknown or not estimators:
-        raise ValueError(f"estimators must be a non-empty selection of {known}; "
-                         f"received {estimators!r}.")
+        raise ValueError(
+            f"estimators must be a non-empty selection of {known}; received {estimators!r}."
+        )
     if len(set(estimators)) != len(estimators):
         raise ValueError(f"estimators lists one twice: {estimators!r}.")
     return estimators
-

@@ -17,12 +17,12 @@ import dataclasses
 import functools
 import itertools
 import os
-from typing import Any, Iterable, Iterator, Mapping
-
-import numpy as np
-import tensorflow as tf
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from pattern_keras import _checks, engine
 from pattern_keras.layers import Op
@@ -86,10 +86,16 @@ class PatternComputer:
         The pattern keys: every Dense/Conv layer on the path from input to output.
     """
 
-    def __init__(self, model: Any, pattern_type: str | Mapping[str, str] = "relu",
-                 strategy: tf.distribute.Strategy | None = None,
-                 fold_batch_norm: bool = True, *, program: engine.Program | None = None,
-                 both_regimes: bool = False) -> None:
+    def __init__(
+        self,
+        model: Any,
+        pattern_type: str | Mapping[str, str] = "relu",
+        strategy: tf.distribute.Strategy | None = None,
+        fold_batch_norm: bool = True,
+        *,
+        program: engine.Program | None = None,
+        both_regimes: bool = False,
+    ) -> None:
         self.model = model
         self.strategy = strategy
         if program is None:
@@ -101,16 +107,22 @@ class PatternComputer:
         for op in self.program.linear_ops:
             grouped.setdefault(op.pattern_key, []).append(op)
         if not grouped:
-            raise ValueError(f"Model '{model.name}' has no Dense or convolution layer on the "
-                             "path from input to output: there is nothing to fit.")
+            raise ValueError(
+                f"Model '{model.name}' has no Dense or convolution layer on the "
+                "path from input to output: there is nothing to fit."
+            )
         types = _resolve_pattern_types(pattern_type, list(grouped))
         self.plans = {}
         for key, ops in grouped.items():
             rectified = all(op.rectified for op in ops) and not both_regimes
             self.plans[key] = _LayerPlan(
-                key=key, ops=ops, pattern_type=types[key], rectified=rectified,
+                key=key,
+                ops=ops,
+                pattern_type=types[key],
+                rectified=rectified,
                 shiftable=all(op.linear.shiftable for op in ops),
-                stats=needed_statistics(types[key], rectified))
+                stats=needed_statistics(types[key], rectified),
+            )
         self.pattern_types = types
         self._cached_state: _State | None = None
 
@@ -133,9 +145,16 @@ class PatternComputer:
 
     # -- public API -----------------------------------------------------------------------
 
-    def compute(self, data: Any, batch_size: int = 32, steps: int | None = None,
-                verbose: int = 1, strategy: tf.distribute.Strategy | None = None,
-                checkpoint_path: str | None = None, checkpoint_every: int | None = None):
+    def compute(
+        self,
+        data: Any,
+        batch_size: int = 32,
+        steps: int | None = None,
+        verbose: int = 1,
+        strategy: tf.distribute.Strategy | None = None,
+        checkpoint_path: str | None = None,
+        checkpoint_every: int | None = None,
+    ):
         """Fit the patterns on ``data``: :meth:`compute_statistics`, then the estimators.
 
         Parameters
@@ -166,13 +185,25 @@ class PatternComputer:
             One pattern per linear layer, shaped like its kernel.
         """
         return self.compute_statistics(
-            data, batch_size=batch_size, steps=steps, verbose=verbose, strategy=strategy,
-            checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every).patterns()
+            data,
+            batch_size=batch_size,
+            steps=steps,
+            verbose=verbose,
+            strategy=strategy,
+            checkpoint_path=checkpoint_path,
+            checkpoint_every=checkpoint_every,
+        ).patterns()
 
-    def compute_statistics(self, data: Any, batch_size: int = 32, steps: int | None = None,
-                           verbose: int = 1, strategy: tf.distribute.Strategy | None = None,
-                           checkpoint_path: str | None = None,
-                           checkpoint_every: int | None = None) -> PatternStatistics:
+    def compute_statistics(
+        self,
+        data: Any,
+        batch_size: int = 32,
+        steps: int | None = None,
+        verbose: int = 1,
+        strategy: tf.distribute.Strategy | None = None,
+        checkpoint_path: str | None = None,
+        checkpoint_every: int | None = None,
+    ) -> PatternStatistics:
         """One streaming pass over ``data``, returning the sufficient statistics.
 
         Parameters
@@ -231,8 +262,12 @@ class PatternComputer:
                     f"batch {done + 1} (the first in sample {before + _first_bad(strategy, batch)}"
                     " of the stream, counting from 0); nothing of that batch was accumulated. "
                     "Clean or drop those samples"
-                    + (f" and resume from the checkpoint '{checkpoint_path}'."
-                       if checkpoint_path and done > start else "."))
+                    + (
+                        f" and resume from the checkpoint '{checkpoint_path}'."
+                        if checkpoint_path and done > start
+                        else "."
+                    )
+                )
             done += 1
             if progbar is not None:
                 progbar.update(done)
@@ -244,8 +279,9 @@ class PatternComputer:
         if done == 0:
             raise ValueError("The data yielded no batches: nothing to fit patterns on.")
         if int(state.n_samples.numpy()) == 0:
-            raise ValueError(f"The data yielded {done} batch(es) but no samples: nothing to "
-                             "fit patterns on.")
+            raise ValueError(
+                f"The data yielded {done} batch(es) but no samples: nothing to fit patterns on."
+            )
         stats = state.statistics(done)
         if checkpoint_path and chief:
             stats.save(checkpoint_path)
@@ -279,9 +315,12 @@ class PatternComputer:
         elif isinstance(data, keras.utils.PyDataset):
             length = len(data)
             target = min(steps, length) if steps else length
-            dataset = self._from_iterator((data[i] for i in range(target)))
-        elif isinstance(data, (np.ndarray, list, tuple, dict)) or tf.is_tensor(data) or (
-                hasattr(data, "__array__") and not isinstance(data, Iterator)):
+            dataset = self._from_iterator(data[i] for i in range(target))
+        elif (
+            isinstance(data, (np.ndarray, list, tuple, dict))
+            or tf.is_tensor(data)
+            or (hasattr(data, "__array__") and not isinstance(data, Iterator))
+        ):
             if isinstance(data, (tf.RaggedTensor, tf.SparseTensor)):
                 _checks.dense(data)
             if isinstance(data, list) and n_inputs == 1 and len(data) > 1:
@@ -289,12 +328,14 @@ class PatternComputer:
                 raise ValueError(
                     f"The data is a list of {len(data)} values for a model with 1 input: pass "
                     "x, or (x, y) as a tuple; for a sequence of batches, a generator or a "
-                    "tf.data.Dataset.")
+                    "tf.data.Dataset."
+                )
             x = self._select_x(data)
             arrays = _checks.model_inputs(x, specs, name="data", as_numpy=True)
             n = arrays[0].shape[0]
             dataset = tf.data.Dataset.from_tensor_slices(
-                arrays[0] if n_inputs == 1 else tuple(arrays)).batch(batch_size)
+                arrays[0] if n_inputs == 1 else tuple(arrays)
+            ).batch(batch_size)
             batches = -(-n // batch_size)
             target = min(steps, batches) if steps else batches
         elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, set, frozenset)):
@@ -303,12 +344,14 @@ class PatternComputer:
             raise ValueError(
                 f"Cannot read data of type {type(data).__name__}: pass a numpy array (or a "
                 "list or dict of them, one per input), a tuple (x, y), a tf.data.Dataset, a "
-                "generator of batches, or a keras.utils.PyDataset.")
+                "generator of batches, or a keras.utils.PyDataset."
+            )
         if steps is not None:
             dataset = dataset.take(steps)
         options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = \
+        options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.DATA
+        )
         dataset = dataset.with_options(options)
         dataset = dataset.map(lambda *x: self._cast(x if len(x) > 1 else x[0]))
         return dataset, target
@@ -323,13 +366,16 @@ class PatternComputer:
             return tf.cast(x, specs[0][1])
         return tuple(tf.cast(t, spec[1]) for t, spec in zip(x, specs))
 
-    def _state(self, strategy, element_spec, resumed) -> "_State":
+    def _state(self, strategy, element_spec, resumed) -> _State:
         """The accumulators and traced step of the last fit, reset, when this fit has the same
         strategy and batch spec (a refit, or a fit on new data of the same kind, traces
         nothing); otherwise a new one."""
         cached = self._cached_state
-        if (cached is not None and cached.strategy is strategy
-                and cached.element_spec == element_spec):
+        if (
+            cached is not None
+            and cached.strategy is strategy
+            and cached.element_spec == element_spec
+        ):
             cached.reset(resumed)
             return cached
         self._cached_state = _State(self, strategy, resumed, element_spec)
@@ -343,47 +389,63 @@ class PatternComputer:
             # Layout, shapes and the model are checked before any array is read.
             stats = PatternStatistics.load(path, expected=expected, fingerprint=self.fingerprint())
         except _OtherModel as err:
-            raise ValueError(f"Checkpoint '{path}' was written for another model: "
-                             f"{err.mismatch}.") from None
+            raise ValueError(
+                f"Checkpoint '{path}' was written for another model: {err.mismatch}."
+            ) from None
         for key, plan in self.plans.items():
             layer = stats.layers[key]
             if (layer.pattern_type, layer.rectified) != (plan.pattern_type, plan.rectified):
                 raise ValueError(
                     f"Checkpoint '{path}' was written with another pattern type for layer "
                     f"'{key}': {layer.pattern_type!r} (rectified={layer.rectified}) instead "
-                    f"of {plan.pattern_type!r} (rectified={plan.rectified}).")
+                    f"of {plan.pattern_type!r} (rectified={plan.rectified})."
+                )
         return stats
 
 
 class _State:
     """The float64 accumulators and the compiled per-batch functions of one fit."""
 
-    def __init__(self, computer: PatternComputer, strategy, resumed: PatternStatistics | None,
-                 element_spec=None):
+    def __init__(
+        self,
+        computer: PatternComputer,
+        strategy,
+        resumed: PatternStatistics | None,
+        element_spec=None,
+    ):
         self.computer = computer
         self.strategy = strategy
         plans = computer.plans
         self.shift_x = {k: tf.Variable(0.0, dtype=tf.float32, trainable=False) for k in plans}
-        self.shift_y = {k: tf.Variable(tf.zeros(p.part.neuron_shape), trainable=False)
-                        for k, p in plans.items()}
+        self.shift_y = {
+            k: tf.Variable(tf.zeros(p.part.neuron_shape), trainable=False) for k, p in plans.items()
+        }
         self.sums = {}
         self.n_samples = tf.Variable(tf.constant(0, tf.int64), trainable=False)
         for key, plan in plans.items():
             part = plan.part
             self.sums[key] = {
-                name: tf.Variable(tf.zeros(part.neuron_shape if SUMS[name].over == "neuron"
-                                           else part.kernel_shape, tf.float64), trainable=False)
-                for name in plan.stats}
+                name: tf.Variable(
+                    tf.zeros(
+                        part.neuron_shape if SUMS[name].over == "neuron" else part.kernel_shape,
+                        tf.float64,
+                    ),
+                    trainable=False,
+                )
+                for name in plan.stats
+            }
         self.element_spec = element_spec
         self.reset(resumed)
         # Partials (no __code__): each fit's traces are counted on their own by TensorFlow.
         # Traced once for the data's element spec (batch axis None): a final partial batch
         # does not trace the step a second time.
         signature = None if element_spec is None else [element_spec]
-        self._init_fn = tf.function(functools.partial(_State._init_step, self),
-                                    input_signature=signature, autograph=False)
-        self._step_fn = tf.function(functools.partial(_State._step, self),
-                                    input_signature=signature, autograph=False)
+        self._init_fn = tf.function(
+            functools.partial(_State._init_step, self), input_signature=signature, autograph=False
+        )
+        self._step_fn = tf.function(
+            functools.partial(_State._step, self), input_signature=signature, autograph=False
+        )
 
     def reset(self, resumed: PatternStatistics | None = None) -> None:
         """Start a new fit: zero sums and no shifts, or the state of a resumed checkpoint."""
@@ -422,17 +484,25 @@ class _State:
                 dtype = _statistics_dtype(values[op.outputs[0]])
                 x = tf.cast(values[op.inputs[0]], dtype)
                 y = _without_bias(op, tf.cast(values[op.outputs[0]], dtype))
-                out[key] = (tf.cast(tf.reduce_sum(x), tf.float32),
-                            tf.cast(tf.size(x), tf.float32),
-                            tf.cast(op.linear.per_neuron_sum(y), tf.float32),
-                            _count_per_neuron(op, y))
+                out[key] = (
+                    tf.cast(tf.reduce_sum(x), tf.float32),
+                    tf.cast(tf.size(x), tf.float32),
+                    tf.cast(op.linear.per_neuron_sum(y), tf.float32),
+                    _count_per_neuron(op, y),
+                )
             return out
 
         def nothing():
             zero = tf.zeros((), tf.float32)
-            return {key: (zero, zero, tf.zeros(plan.part.neuron_shape, tf.float32),
-                          tf.zeros(plan.part.neuron_shape, tf.float32))
-                    for key, plan in plans.items()}
+            return {
+                key: (
+                    zero,
+                    zero,
+                    tf.zeros(plan.part.neuron_shape, tf.float32),
+                    tf.zeros(plan.part.neuron_shape, tf.float32),
+                )
+                for key, plan in plans.items()
+            }
 
         out = engine.if_samples(inputs[0], moments, nothing)
         out["__n__"] = tf.cast(tf.shape(inputs[0])[0], tf.int64)
@@ -449,16 +519,23 @@ class _State:
                 total = None
                 for op in plan.ops:
                     op_sums = self._op_sums(plan, op, values)
-                    total = op_sums if total is None else {
-                        n: total[n] + op_sums[n] for n in total}
+                    total = op_sums if total is None else {n: total[n] + op_sums[n] for n in total}
                 out[key] = total
             return out
 
         def nothing():
-            return {key: {name: tf.zeros(plan.part.neuron_shape if SUMS[name].over == "neuron"
-                                         else plan.part.kernel_shape, tf.float64)
-                          for name in plan.stats}
-                    for key, plan in plans.items()}
+            return {
+                key: {
+                    name: tf.zeros(
+                        plan.part.neuron_shape
+                        if SUMS[name].over == "neuron"
+                        else plan.part.kernel_shape,
+                        tf.float64,
+                    )
+                    for name in plan.stats
+                }
+                for key, plan in plans.items()
+            }
 
         out = engine.if_samples(inputs[0], sums, nothing)
         out["__n__"] = tf.cast(tf.shape(inputs[0])[0], tf.int64)
@@ -499,8 +576,12 @@ class _State:
                 out = apply(xs, kernel)
             return tape.gradient(out, kernel, output_gradients=u)
 
-        weights = {"y": lambda: ys, "positive": lambda: positive,
-                   "y_positive": lambda: ys * positive, "one": lambda: tf.ones_like(z)}
+        weights = {
+            "y": lambda: ys,
+            "positive": lambda: positive,
+            "y_positive": lambda: ys * positive,
+            "one": lambda: tf.ones_like(z),
+        }
         sums = {}
         for name in plan.stats:
             what = SUMS[name]
@@ -526,7 +607,8 @@ class _State:
         if self.strategy.num_replicas_in_sync == 1:
             return tf.nest.map_structure(
                 lambda t: self.strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None),
-                self.strategy.run(fn, args=(batch,)))
+                self.strategy.run(fn, args=(batch,)),
+            )
         specs = []
 
         def packed(replica_batch):
@@ -535,12 +617,14 @@ class _State:
             specs[:] = [out, [(t.shape, t.dtype) for t in flat]]
             return tf.concat([tf.reshape(tf.cast(t, tf.float64), [-1]) for t in flat], 0)
 
-        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                     self.strategy.run(packed, args=(batch,)), axis=None)
+        total = self.strategy.reduce(
+            tf.distribute.ReduceOp.SUM, self.strategy.run(packed, args=(batch,)), axis=None
+        )
         structure, shapes = specs
         parts = tf.split(total, [int(np.prod(shape)) for shape, _ in shapes])
-        flat = [tf.cast(tf.reshape(part, shape), dtype)
-                for part, (shape, dtype) in zip(parts, shapes)]
+        flat = [
+            tf.cast(tf.reshape(part, shape), dtype) for part, (shape, dtype) in zip(parts, shapes)
+        ]
         return tf.nest.pack_sequence_as(structure, flat)
 
     def _init_step(self, batch):
@@ -587,13 +671,20 @@ class _State:
         for key, plan in self.computer.plans.items():
             part = plan.part
             layers[key] = LayerStatistics(
-                pattern_type=plan.pattern_type, rectified=plan.rectified,
-                kernel=part.kernel.numpy(), out_axes=part.out_axes,
+                pattern_type=plan.pattern_type,
+                rectified=plan.rectified,
+                kernel=part.kernel.numpy(),
+                out_axes=part.out_axes,
                 shift_x=float(self.shift_x[key].numpy()),
                 shift_y=self.shift_y[key].numpy().astype(np.float64),
-                sums={name: var.numpy() for name, var in self.sums[key].items()})
-        return PatternStatistics(layers, n_samples=int(self.n_samples.numpy()),
-                                 n_batches=n_batches, fingerprint=self.fingerprint)
+                sums={name: var.numpy() for name, var in self.sums[key].items()},
+            )
+        return PatternStatistics(
+            layers,
+            n_samples=int(self.n_samples.numpy()),
+            n_batches=n_batches,
+            fingerprint=self.fingerprint,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -658,9 +749,11 @@ def _skip_samples(dataset: tf.data.Dataset, n_skip: int) -> tf.data.Dataset:
         start = tf.maximum(skip - seen, 0)
         return tf.nest.map_structure(lambda t: t[start:], element)
 
-    return (dataset.scan(tf.constant(0, tf.int64), scan)
-            .filter(lambda seen, *e: keep(seen, e if len(e) > 1 else e[0]))
-            .map(lambda seen, *e: cut(seen, e if len(e) > 1 else e[0])))
+    return (
+        dataset.scan(tf.constant(0, tf.int64), scan)
+        .filter(lambda seen, *e: keep(seen, e if len(e) > 1 else e[0]))
+        .map(lambda seen, *e: cut(seen, e if len(e) > 1 else e[0]))
+    )
 
 
 def _count_per_neuron(op: Op, z: Any) -> Any:
@@ -681,8 +774,12 @@ def _from_iterator(iterator, select, specs) -> tf.data.Dataset:
     # empty batch is allowed: it adds nothing (the fit refuses data without any sample).
     _checks.model_inputs(first_x, specs, name="first batch", as_numpy=True, allow_empty=True)
     structure = tf.nest.map_structure(
-        lambda t: tf.TensorSpec((None,) + tuple(np.shape(t))[1:], tf.as_dtype(np.asarray(t).dtype)
-                                if not tf.is_tensor(t) else t.dtype), first_x)
+        lambda t: tf.TensorSpec(
+            (None,) + tuple(np.shape(t))[1:],
+            tf.as_dtype(np.asarray(t).dtype) if not tf.is_tensor(t) else t.dtype,
+        ),
+        first_x,
+    )
 
     def generate():
         for element in itertools.chain([first], iterator):
@@ -696,21 +793,24 @@ def _is_chief(strategy) -> bool:
     if resolver is None or not getattr(resolver, "task_type", None):
         return True
     return resolver.task_type in ("chief", None) or (
-        resolver.task_type == "worker" and int(resolver.task_id or 0) == 0)
+        resolver.task_type == "worker" and int(resolver.task_id or 0) == 0
+    )
 
 
 def _resolve_pattern_types(pattern_type, keys: list[str]) -> dict[str, str]:
     if isinstance(pattern_type, str):
         if pattern_type not in ESTIMATORS:
-            raise ValueError(f"pattern_type must be one of {tuple(ESTIMATORS)} or a dict, got "
-                             f"{pattern_type!r}.")
+            raise ValueError(
+                f"pattern_type must be one of {tuple(ESTIMATORS)} or a dict, got {pattern_type!r}."
+            )
         return {k: pattern_type for k in keys}
     if not isinstance(pattern_type, Mapping):
         raise ValueError(f"pattern_type must be a string or a dict, got {pattern_type!r}.")
     unknown = [k for k in pattern_type if k not in keys]
     if unknown:
-        raise ValueError(f"pattern_type names layers without patterns: {unknown}. Layers with "
-                         f"patterns: {keys}.")
+        raise ValueError(
+            f"pattern_type names layers without patterns: {unknown}. Layers with patterns: {keys}."
+        )
     bad = {k: v for k, v in pattern_type.items() if v not in ESTIMATORS}
     if bad:
         raise ValueError(f"Unknown pattern types {bad}; known: {tuple(ESTIMATORS)}.")

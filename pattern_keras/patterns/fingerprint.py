@@ -9,7 +9,8 @@ other weights.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -63,8 +64,10 @@ def first_mismatch(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> st
     if len(a_layers) != len(b_layers):
         longer = a_layers if len(a_layers) > len(b_layers) else b_layers
         extra = longer[min(len(a_layers), len(b_layers))][0]
-        return (f"one has {len(a_layers)} layers and the other {len(b_layers)} "
-                f"(first extra layer: '{extra}')")
+        return (
+            f"one has {len(a_layers)} layers and the other {len(b_layers)} "
+            f"(first extra layer: '{extra}')"
+        )
     if expected.get("weights_sha256") != actual.get("weights_sha256"):
         return "the architectures match but the weight values differ (another training run?)"
     return None
@@ -99,8 +102,9 @@ class WeightsChecksum:
                 if t.dtype.size >= 4:
                     bits = tf.bitcast(t, tf.uint32)
                 else:
-                    bits = tf.cast(tf.bitcast(t, tf.uint8 if t.dtype.size == 1 else tf.uint16),
-                                   tf.uint32)
+                    bits = tf.cast(
+                        tf.bitcast(t, tf.uint8 if t.dtype.size == 1 else tf.uint16), tf.uint32
+                    )
                 sums.append(tf.reduce_sum(tf.reshape(bits, [-1])))
             if not sums:
                 return tf.zeros([0], tf.uint32)

@@ -36,14 +36,21 @@ import re
 import stat
 import tempfile
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from pattern_keras._version import __version__
 
-__all__ = ["PatternFileError", "save", "load_patterns", "load_statistics", "FORMAT",
-           "FORMAT_VERSION"]
+__all__ = [
+    "PatternFileError",
+    "save",
+    "load_patterns",
+    "load_statistics",
+    "FORMAT",
+    "FORMAT_VERSION",
+]
 
 FORMAT = "pattern_keras.patterns"
 FORMAT_VERSION = 2
@@ -111,15 +118,16 @@ def save(path: str, patterns: Any, statistics: Any = None) -> None:
     h5py = _h5py()
     path = os.fspath(path)
     if not patterns.fingerprint:
-        raise ValueError("These patterns carry no model fingerprint, so a file of them could "
-                         "not be checked against a model: set them on an analyzer "
-                         "(`analyzer.set_patterns(patterns)`) and save the analyzer's.")
+        raise ValueError(
+            "These patterns carry no model fingerprint, so a file of them could "
+            "not be checked against a model: set them on an analyzer "
+            "(`analyzer.set_patterns(patterns)`) and save the analyzer's."
+        )
     _check_fingerprint(patterns.fingerprint, path)
     target = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
     folder, name = os.path.split(target)
     os.makedirs(folder, exist_ok=True)
-    mode = (stat.S_IMODE(os.stat(target).st_mode) if os.path.exists(target)
-            else 0o666 & ~_umask())
+    mode = stat.S_IMODE(os.stat(target).st_mode) if os.path.exists(target) else 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f"{name}.{os.getpid()}.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
@@ -136,8 +144,9 @@ def save(path: str, patterns: Any, statistics: Any = None) -> None:
                 g.attrs["pattern_type"] = patterns.pattern_types.get(key, "relu")
                 g.create_dataset("a", data=np.asarray(patterns[key], np.float32))
                 if patterns.has_negative(key):
-                    g.create_dataset("a_negative",
-                                     data=np.asarray(patterns.negative(key), np.float32))
+                    g.create_dataset(
+                        "a_negative", data=np.asarray(patterns.negative(key), np.float32)
+                    )
             if statistics is not None:
                 f.attrs["n_batches"] = int(statistics.n_batches)
                 sgroup = f.create_group("statistics")
@@ -213,11 +222,11 @@ def _canonical(value: Any) -> bytes:
         return b"str:" + str(len(data)).encode() + b":" + data
     array = np.asarray(value)
     if array.dtype.kind not in "fiub":
-        raise PatternFileError(f"a value of dtype {array.dtype} (only numbers and text belong "
-                               "in a pattern file)")
+        raise PatternFileError(
+            f"a value of dtype {array.dtype} (only numbers and text belong in a pattern file)"
+        )
     array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False))
-    return (array.dtype.str.encode() + b":" + str(array.shape).encode() + b":"
-            + array.tobytes())
+    return array.dtype.str.encode() + b":" + str(array.shape).encode() + b":" + array.tobytes()
 
 
 def _digest(f, values: bool = True) -> str:
@@ -261,20 +270,25 @@ def _open(path: str):
         f = h5py.File(path, "r")
     except OSError as err:
         raise PatternFileError(
-            f"'{path}' is not a readable HDF5 file (truncated or corrupt?): {err}") from None
+            f"'{path}' is not a readable HDF5 file (truncated or corrupt?): {err}"
+        ) from None
     try:
         fmt = _attr(f, "format", path, required=False)
         if fmt != FORMAT:
             raise PatternFileError(
-                f"'{path}' is an HDF5 file but not a pattern_keras pattern file.")
+                f"'{path}' is an HDF5 file but not a pattern_keras pattern file."
+            )
         version = _attr(f, "format_version", path)
         if not _is_int(version) or int(version) < 1:
-            raise PatternFileError(f"Pattern file '{path}' is damaged: malformed attribute "
-                                   f"'format_version' ({version!r}).")
+            raise PatternFileError(
+                f"Pattern file '{path}' is damaged: malformed attribute "
+                f"'format_version' ({version!r})."
+            )
         if int(version) > FORMAT_VERSION:
             raise PatternFileError(
                 f"'{path}' has pattern format version {int(version)}; this pattern_keras "
-                f"({__version__}) reads up to {FORMAT_VERSION}. Upgrade pattern_keras.")
+                f"({__version__}) reads up to {FORMAT_VERSION}. Upgrade pattern_keras."
+            )
     except BaseException:
         f.close()
         raise
@@ -290,12 +304,15 @@ def _attr(obj, name: str, path: str, required: bool = True) -> Any:
     if name not in obj.attrs:
         if not required:
             return None
-        raise PatternFileError(f"Pattern file '{path}' is damaged: '{obj.name}' lacks the "
-                               f"attribute '{name}'.")
+        raise PatternFileError(
+            f"Pattern file '{path}' is damaged: '{obj.name}' lacks the attribute '{name}'."
+        )
     aid = obj.attrs.get_id(name)
     if aid.get_storage_size() > _MAX_ATTR_BYTES:
-        raise PatternFileError(f"Pattern file '{path}' is damaged: attribute '{name}' of "
-                               f"'{obj.name}' is {aid.get_storage_size()} bytes.")
+        raise PatternFileError(
+            f"Pattern file '{path}' is damaged: attribute '{name}' of "
+            f"'{obj.name}' is {aid.get_storage_size()} bytes."
+        )
     return obj.attrs[name]
 
 
@@ -308,8 +325,9 @@ def _check_fingerprint(fingerprint: Any, path: str) -> dict[str, Any]:
     what = "malformed fingerprint"
     if not isinstance(fingerprint, Mapping) or set(fingerprint) != {"layers", "weights_sha256"}:
         keys = sorted(fingerprint) if isinstance(fingerprint, Mapping) else type(fingerprint)
-        raise _damaged(path, f"{what} (expected the entries 'layers' and 'weights_sha256', "
-                             f"found {keys})")
+        raise _damaged(
+            path, f"{what} (expected the entries 'layers' and 'weights_sha256', found {keys})"
+        )
     digest = fingerprint["weights_sha256"]
     if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
         raise _damaged(path, f"{what} ('weights_sha256' is not a SHA-256 hex digest)")
@@ -318,10 +336,14 @@ def _check_fingerprint(fingerprint: Any, path: str) -> dict[str, Any]:
         raise _damaged(path, f"{what} ('layers' is not a non-empty list)")
     seen = set()
     for i, layer in enumerate(layers):
-        ok = (isinstance(layer, list) and len(layer) == 3 and isinstance(layer[0], str)
-              and isinstance(layer[1], str) and isinstance(layer[2], list)
-              and all(isinstance(s, list) and all(_is_int(d) and d >= 0 for d in s)
-                      for s in layer[2]))
+        ok = (
+            isinstance(layer, list)
+            and len(layer) == 3
+            and isinstance(layer[0], str)
+            and isinstance(layer[1], str)
+            and isinstance(layer[2], list)
+            and all(isinstance(s, list) and all(_is_int(d) and d >= 0 for d in s) for s in layer[2])
+        )
         if not ok:
             raise _damaged(path, f"{what} (layer entry {i} is not [key, class, [shapes]])")
         if layer[0] in seen:
@@ -354,22 +376,25 @@ def _walk(group, path: str, prefix: str = ""):
         link = group.get(name, getlink=True)
         if not isinstance(link, h5py.HardLink):
             kind = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
-            raise _damaged(path, f"'{group.name.rstrip('/')}/{name}' is {kind} (a pattern file "
-                                 "holds no links; not followed)")
+            raise _damaged(
+                path,
+                f"'{group.name.rstrip('/')}/{name}' is {kind} (a pattern file "
+                "holds no links; not followed)",
+            )
         obj = group[name]
         if isinstance(obj, h5py.Dataset):
             if obj.is_virtual:
                 raise _damaged(path, f"'{obj.name}' is a virtual dataset (not followed)")
             if obj.external:
-                raise _damaged(path, f"'{obj.name}' keeps its data in external files "
-                                     "(not followed)")
+                raise _damaged(
+                    path, f"'{obj.name}' keeps its data in external files (not followed)"
+                )
             items.append((full, obj))
         elif isinstance(obj, h5py.Group):
             items.append((full, obj))
             items.extend(_walk(obj, path, full + "/"))
         else:
-            raise _damaged(path, f"'{obj.name}' is a {type(obj).__name__}, not a group or "
-                                 "dataset")
+            raise _damaged(path, f"'{obj.name}' is a {type(obj).__name__}, not a group or dataset")
     return items
 
 
@@ -387,18 +412,26 @@ def _leaves(section, path: str) -> dict[str, Any]:
         if "key" in obj.attrs:
             key = _attr(obj, "key", path)
             if not isinstance(key, str) or key != name:
-                raise _damaged(path, f"the group '{obj.name}' claims the layer key {key!r} "
-                                     "(a duplicated or misplaced entry)")
+                raise _damaged(
+                    path,
+                    f"the group '{obj.name}' claims the layer key {key!r} "
+                    "(a duplicated or misplaced entry)",
+                )
             leaves[key] = obj
             below_leaf.add(name)
         else:
             if len(obj.attrs):
-                raise _damaged(path, f"'{obj.name}' has attributes {sorted(obj.attrs)} but no "
-                                     "layer key")
+                raise _damaged(
+                    path, f"'{obj.name}' has attributes {sorted(obj.attrs)} but no layer key"
+                )
             if not any(isinstance(child, h5py.Group) for child in obj.values()) or any(
-                    isinstance(child, h5py.Dataset) for child in obj.values()):
-                raise _damaged(path, f"'{obj.name}' is neither a layer group (no 'key' "
-                                     "attribute) nor a folder of them")
+                isinstance(child, h5py.Dataset) for child in obj.values()
+            ):
+                raise _damaged(
+                    path,
+                    f"'{obj.name}' is neither a layer group (no 'key' "
+                    "attribute) nor a folder of them",
+                )
     return leaves
 
 
@@ -409,8 +442,7 @@ def _exact_members(group, allowed: set[str], required: set[str], path: str, kind
     if missing:
         raise _damaged(path, f"missing entry: '{group.name}' lacks the {kind} '{missing[0]}'")
     if extra:
-        raise _damaged(path, f"extra entry: '{group.name}' has an unexpected {kind} "
-                             f"'{extra[0]}'")
+        raise _damaged(path, f"extra entry: '{group.name}' has an unexpected {kind} '{extra[0]}'")
 
 
 def _check_dataset(obj, shape: tuple[int, ...], path: str, what: str) -> None:
@@ -418,13 +450,18 @@ def _check_dataset(obj, shape: tuple[int, ...], path: str, what: str) -> None:
     if obj.dtype.kind != "f" or obj.dtype.itemsize > 8:
         raise _damaged(path, f"'{obj.name}' has dtype {obj.dtype}; {what} must be float")
     if tuple(obj.shape) != tuple(shape):
-        raise _damaged(path, f"'{obj.name}' has shape {tuple(obj.shape)}; {what} must have "
-                             f"shape {tuple(shape)}")
+        raise _damaged(
+            path,
+            f"'{obj.name}' has shape {tuple(obj.shape)}; {what} must have shape {tuple(shape)}",
+        )
 
 
-def _read_file(path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
-               fingerprint: Mapping[str, Any] | None = None,
-               want_statistics: bool = True) -> dict[str, Any]:
+def _read_file(
+    path: str,
+    expected: Mapping[str, tuple[int, ...]] | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
+    want_statistics: bool = True,
+) -> dict[str, Any]:
     """Everything in a pattern file, validated (see the module docstring).
 
     Parameters
@@ -442,15 +479,20 @@ def _read_file(path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
         version = int(_attr(f, "format_version", path))
         root_attrs = set(_ROOT_REQUIRED) | (set(_CHECKSUMS) if version >= 2 else set())
         has_stats = "statistics" in f
-        _exact_members(f, root_attrs | {"n_batches"},
-                       root_attrs | ({"n_batches"} if has_stats and version >= 2 else set()),
-                       path, "attribute")
+        _exact_members(
+            f,
+            root_attrs | {"n_batches"},
+            root_attrs | ({"n_batches"} if has_stats and version >= 2 else set()),
+            path,
+            "attribute",
+        )
         _exact_members(f, {"patterns", "statistics"}, {"patterns"}, path, "entry")
         _walk(f, path)  # no links, external storage or virtual datasets, before reading more
         if version >= 2 and _attr(f, METADATA_CHECKSUM_ATTR, path) != _digest(f, values=False):
             raise PatternFileError(
                 f"Pattern file '{path}' is corrupt: its checksum does not match its content "
-                "(a changed or damaged attribute, entry name, shape or dtype).")
+                "(a changed or damaged attribute, entry name, shape or dtype)."
+            )
         try:
             own = json.loads(str(_attr(f, "fingerprint", path)))
         except json.JSONDecodeError as err:
@@ -473,19 +515,24 @@ def _read_file(path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
         def kernel_shape(key: str, obj) -> list[tuple[int, ...]]:
             if expected is not None:
                 if key not in expected:
-                    raise _damaged(path, f"extra entry '{obj.name}': the model has no pattern "
-                                         f"layer '{key}' (its layers: {sorted(expected)})")
+                    raise _damaged(
+                        path,
+                        f"extra entry '{obj.name}': the model has no pattern "
+                        f"layer '{key}' (its layers: {sorted(expected)})",
+                    )
                 return [tuple(expected[key])]
             candidates = _candidate_shapes(key, shapes)
             if candidates is None:
-                raise _damaged(path, f"extra entry '{obj.name}': the fingerprint lists no layer "
-                                     f"'{key}'")
+                raise _damaged(
+                    path, f"extra entry '{obj.name}': the fingerprint lists no layer '{key}'"
+                )
             return candidates
 
         def check_kernel(obj, candidates, what) -> tuple[int, ...]:
             if not candidates:
-                raise _damaged(path, f"extra entry '{obj.name}': the fingerprint's layer has no "
-                                     "weights")
+                raise _damaged(
+                    path, f"extra entry '{obj.name}': the fingerprint's layer has no weights"
+                )
             if tuple(obj.shape) not in candidates:
                 _check_dataset(obj, candidates[0], path, what)
             _check_dataset(obj, tuple(obj.shape), path, what)
@@ -510,10 +557,16 @@ def _read_file(path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
             shape = check_kernel(g["a"], kernel_shape(key, g), f"the pattern of layer '{key}'")
             if "a_negative" in g:
                 if kind != "relu":
-                    raise _damaged(path, f"extra entry '{g.name}/a_negative': a {kind!r} "
-                                         "pattern has one regime")
-                _check_dataset(g["a_negative"], shape, path,
-                               f"the negative pattern of layer '{key}' (like its 'a')")
+                    raise _damaged(
+                        path,
+                        f"extra entry '{g.name}/a_negative': a {kind!r} pattern has one regime",
+                    )
+                _check_dataset(
+                    g["a_negative"],
+                    shape,
+                    path,
+                    f"the negative pattern of layer '{key}' (like its 'a')",
+                )
 
         # -- statistics: layout and declared shapes ----------------------------------------
         stat_leaves = _leaves(f["statistics"], path) if has_stats else {}
@@ -529,35 +582,59 @@ def _read_file(path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
             shift_x = _attr(g, "shift_x", path)
             out_axes = np.asarray(_attr(g, "out_axes", path))
             if kind != kinds[key]:
-                raise _damaged(path, f"layer '{key}' has pattern type {kinds[key]!r} in "
-                                     f"'/patterns' and {kind!r} in '/statistics'")
+                raise _damaged(
+                    path,
+                    f"layer '{key}' has pattern type {kinds[key]!r} in "
+                    f"'/patterns' and {kind!r} in '/statistics'",
+                )
             if not isinstance(rectified, (bool, np.bool_)):
                 raise _damaged(path, f"malformed attribute 'rectified' of '{g.name}'")
             if not (isinstance(shift_x, (float, np.floating)) and np.isfinite(shift_x)):
-                raise _damaged(path, f"malformed attribute 'shift_x' of '{g.name}' "
-                                     f"({shift_x!r})")
+                raise _damaged(path, f"malformed attribute 'shift_x' of '{g.name}' ({shift_x!r})")
             names = needed_statistics(kind, bool(rectified))
-            _exact_members(g, {"kernel", "shift_y", *names}, {"kernel", "shift_y", *names},
-                           path, "entry")
+            _exact_members(
+                g, {"kernel", "shift_y", *names}, {"kernel", "shift_y", *names}, path, "entry"
+            )
             shape = check_kernel(g["kernel"], kernel_shape(key, g), f"the kernel of '{key}'")
             rank = len(shape)
-            if (out_axes.ndim != 1 or out_axes.dtype.kind not in "iu" or not len(out_axes)
-                    or any(not -rank <= int(a) < rank for a in out_axes)
-                    or len({int(a) % rank for a in out_axes}) != len(out_axes)):
-                raise _damaged(path, f"malformed attribute 'out_axes' of '{g.name}' "
-                                     f"({out_axes.tolist()} for a kernel of rank {rank})")
+            if (
+                out_axes.ndim != 1
+                or out_axes.dtype.kind not in "iu"
+                or not len(out_axes)
+                or any(not -rank <= int(a) < rank for a in out_axes)
+                or len({int(a) % rank for a in out_axes}) != len(out_axes)
+            ):
+                raise _damaged(
+                    path,
+                    f"malformed attribute 'out_axes' of '{g.name}' "
+                    f"({out_axes.tolist()} for a kernel of rank {rank})",
+                )
             neurons = tuple(shape[int(a)] for a in out_axes)
             _check_dataset(g["shift_y"], neurons, path, f"'shift_y' of '{key}'")
             for name in names:
-                _check_dataset(g[name], neurons if name in _NEURON_STATS else shape, path,
-                               f"'{name}' of '{key}'")
+                _check_dataset(
+                    g[name],
+                    neurons if name in _NEURON_STATS else shape,
+                    path,
+                    f"'{name}' of '{key}'",
+                )
             negative_expected = kind == "relu" and not bool(rectified)
             if ("a_negative" in pattern_leaves[key]) != negative_expected:
-                raise _damaged(path, f"'{pattern_leaves[key].name}' "
-                               + ("lacks its 'a_negative'" if negative_expected else
-                                  "has an 'a_negative' that a rectified layer does not keep"))
-            stat_meta[key] = (kind, bool(rectified), float(shift_x),
-                              tuple(int(a) for a in out_axes))
+                raise _damaged(
+                    path,
+                    f"'{pattern_leaves[key].name}' "
+                    + (
+                        "lacks its 'a_negative'"
+                        if negative_expected
+                        else "has an 'a_negative' that a rectified layer does not keep"
+                    ),
+                )
+            stat_meta[key] = (
+                kind,
+                bool(rectified),
+                float(shift_x),
+                tuple(int(a) for a in out_axes),
+            )
 
         # -- arrays: read, checksum, values ------------------------------------------------
         stored = _attr(f, CHECKSUM_ATTR, path) if version >= 2 else None
@@ -565,11 +642,16 @@ def _read_file(path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
         if version >= 2 and stored != actual:
             raise PatternFileError(
                 f"Pattern file '{path}' is corrupt: its checksum does not match its content "
-                "(a changed or damaged dataset or attribute).")
+                "(a changed or damaged dataset or attribute)."
+            )
         if version < 2:
-            warnings.warn(f"Pattern file '{path}' has format version {version}, which carries "
-                          "no checksum: its content cannot be verified. Save it again to add "
-                          "one.", PatternFileWarning, stacklevel=4)
+            warnings.warn(
+                f"Pattern file '{path}' has format version {version}, which carries "
+                "no checksum: its content cannot be verified. Save it again to add "
+                "one.",
+                PatternFileWarning,
+                stacklevel=4,
+            )
 
         def array(obj, dtype):
             value = np.asarray(obj[()], dtype)
@@ -579,9 +661,15 @@ def _read_file(path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
             return value
 
         content: dict[str, Any] = {
-            "version": version, "fingerprint": own, "n_samples": int(n_samples),
-            "n_batches": int(n_batches or 0), "kinds": kinds, "positive": {}, "negative": {},
-            "statistics": None}
+            "version": version,
+            "fingerprint": own,
+            "n_samples": int(n_samples),
+            "n_batches": int(n_batches or 0),
+            "kinds": kinds,
+            "positive": {},
+            "negative": {},
+            "statistics": None,
+        }
         for key, g in pattern_leaves.items():
             content["positive"][key] = array(g["a"], np.float32)
             if "a_negative" in g:
@@ -591,11 +679,18 @@ def _read_file(path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
             for key, g in stat_leaves.items():
                 kind, rectified, shift_x, out_axes = stat_meta[key]
                 stats[key] = dict(
-                    pattern_type=kind, rectified=rectified, shift_x=shift_x, out_axes=out_axes,
+                    pattern_type=kind,
+                    rectified=rectified,
+                    shift_x=shift_x,
+                    out_axes=out_axes,
                     kernel=array(g["kernel"], g["kernel"].dtype),
                     shift_y=array(g["shift_y"], np.float64),
-                    sums={name: array(g[name], np.float64) for name in g
-                          if name not in ("kernel", "shift_y")})
+                    sums={
+                        name: array(g[name], np.float64)
+                        for name in g
+                        if name not in ("kernel", "shift_y")
+                    },
+                )
             content["statistics"] = stats
         content["has_statistics"] = has_stats
         return content
@@ -610,8 +705,11 @@ def _read(path: str, **kwargs) -> dict[str, Any]:
         raise PatternFileError(f"Pattern file '{path}' is damaged: {err}") from None
 
 
-def load_patterns(path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
-                  fingerprint: Mapping[str, Any] | None = None):
+def load_patterns(
+    path: str,
+    expected: Mapping[str, tuple[int, ...]] | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
+):
     """Read the patterns of a pattern file.
 
     Parameters
@@ -636,13 +734,20 @@ def load_patterns(path: str, expected: Mapping[str, tuple[int, ...]] | None = No
     from pattern_keras.patterns.patterns import Patterns
 
     content = _read(path, expected=expected, fingerprint=fingerprint, want_statistics=False)
-    return Patterns(content["positive"], negative=content["negative"],
-                    pattern_types=content["kinds"], n_samples=content["n_samples"],
-                    fingerprint=content["fingerprint"])
+    return Patterns(
+        content["positive"],
+        negative=content["negative"],
+        pattern_types=content["kinds"],
+        n_samples=content["n_samples"],
+        fingerprint=content["fingerprint"],
+    )
 
 
-def load_statistics(path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
-                    fingerprint: Mapping[str, Any] | None = None):
+def load_statistics(
+    path: str,
+    expected: Mapping[str, tuple[int, ...]] | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
+):
     """Read the statistics of a pattern file, or ``None`` if it holds only patterns.
 
     Parameters and errors as :func:`load_patterns`.
@@ -653,5 +758,9 @@ def load_statistics(path: str, expected: Mapping[str, tuple[int, ...]] | None = 
     if not content["has_statistics"]:
         return None
     layers = {key: LayerStatistics(**value) for key, value in content["statistics"].items()}
-    return PatternStatistics(layers, n_samples=content["n_samples"],
-                             n_batches=content["n_batches"], fingerprint=content["fingerprint"])
+    return PatternStatistics(
+        layers,
+        n_samples=content["n_samples"],
+        n_batches=content["n_batches"],
+        fingerprint=content["fingerprint"],
+    )

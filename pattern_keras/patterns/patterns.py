@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -30,9 +31,14 @@ class Patterns(Mapping[str, np.ndarray]):
         The fingerprint of the model they were fitted on.
     """
 
-    def __init__(self, patterns: Mapping[str, Any], negative: Mapping[str, Any] | None = None,
-                 pattern_types: Mapping[str, str] | None = None, n_samples: int = 0,
-                 fingerprint: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        patterns: Mapping[str, Any],
+        negative: Mapping[str, Any] | None = None,
+        pattern_types: Mapping[str, str] | None = None,
+        n_samples: int = 0,
+        fingerprint: Mapping[str, Any] | None = None,
+    ) -> None:
         self._positive = {k: np.asarray(v, np.float32) for k, v in patterns.items()}
         self._negative = {k: np.asarray(v, np.float32) for k, v in (negative or {}).items()}
         unknown = set(self._negative) - set(self._positive)
@@ -46,8 +52,9 @@ class Patterns(Mapping[str, np.ndarray]):
         try:
             return self._positive[key]
         except KeyError:
-            raise KeyError(f"No pattern for layer '{key}'. Layers with patterns: "
-                           f"{sorted(self._positive)}.") from None
+            raise KeyError(
+                f"No pattern for layer '{key}'. Layers with patterns: {sorted(self._positive)}."
+            ) from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._positive)
@@ -95,8 +102,12 @@ class Patterns(Mapping[str, np.ndarray]):
             raise KeyError(
                 f"Layer '{key}' has no negative-regime pattern: its pattern type is "
                 f"{self.pattern_types.get(key)!r} and "
-                + ("it feeds a ReLU, so only a₊ matters." if self.pattern_types.get(key) == "relu"
-                   else "only the two-component ('relu') estimator has two regimes."))
+                + (
+                    "it feeds a ReLU, so only a₊ matters."
+                    if self.pattern_types.get(key) == "relu"
+                    else "only the two-component ('relu') estimator has two regimes."
+                )
+            )
         return self._negative[key]
 
     def save(self, path: str, statistics: Any = None) -> None:
@@ -116,7 +127,7 @@ class Patterns(Mapping[str, np.ndarray]):
         io.save(path, patterns=self, statistics=statistics)
 
     @classmethod
-    def load(cls, path: str) -> "Patterns":
+    def load(cls, path: str) -> Patterns:
         """Read a pattern file written by :meth:`save`.
 
         Without a model, the shapes in the file are checked against the weight shapes of its
@@ -192,5 +203,7 @@ class Patterns(Mapping[str, np.ndarray]):
 
     def __repr__(self) -> str:
         types = sorted(set(self.pattern_types.values()))
-        return (f"Patterns({len(self)} layers, types={types}, n_samples={self.n_samples}, "
-                f"negative regimes: {sorted(self._negative)})")
+        return (
+            f"Patterns({len(self)} layers, types={types}, n_samples={self.n_samples}, "
+            f"negative regimes: {sorted(self._negative)})"
+        )

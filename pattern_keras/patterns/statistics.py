@@ -33,12 +33,23 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
-__all__ = ["LayerStatistics", "PatternStatistics", "PATTERN_TYPES", "ESTIMATORS", "SUMS",
-           "Estimator", "Sum", "estimator", "needed_statistics", "UndefinedPatternWarning"]
+__all__ = [
+    "LayerStatistics",
+    "PatternStatistics",
+    "PATTERN_TYPES",
+    "ESTIMATORS",
+    "SUMS",
+    "Estimator",
+    "Sum",
+    "estimator",
+    "needed_statistics",
+    "UndefinedPatternWarning",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +98,7 @@ class Estimator:
     name: str
     sums: tuple[str, ...]
     negative_sums: tuple[str, ...]
-    derive: Callable[["LayerStatistics"], tuple[np.ndarray, np.ndarray | None, dict[str, int]]]
+    derive: Callable[[LayerStatistics], tuple[np.ndarray, np.ndarray | None, dict[str, int]]]
     description: str
 
 
@@ -145,7 +156,7 @@ class LayerStatistics:
             shape[axis] = size
         return per_neuron.reshape(shape)
 
-    def reshift(self, shift_x: float, shift_y: np.ndarray) -> "LayerStatistics":
+    def reshift(self, shift_x: float, shift_y: np.ndarray) -> LayerStatistics:
         """The same statistics expressed with other shifts (exact: the sums are polynomial).
 
         Parameters
@@ -171,18 +182,24 @@ class LayerStatistics:
                 continue
             n_r = s[count]
             sum_y_r = s["sum_y" + suffix] if suffix else s["sum_y"]
-            new["sum_xy" + suffix] = (s["sum_xy" + suffix] + k(dy) * s["sum_x" + suffix]
-                                      + dx * k(sum_y_r) + dx * k(n_r * dy))
+            new["sum_xy" + suffix] = (
+                s["sum_xy" + suffix]
+                + k(dy) * s["sum_x" + suffix]
+                + dx * k(sum_y_r)
+                + dx * k(n_r * dy)
+            )
             new["sum_x" + suffix] = s["sum_x" + suffix] + dx * k(n_r)
         if "sum_y_pos" in s:
             new["sum_y_pos"] = s["sum_y_pos"] + s["n_pos"] * dy
-        return dataclasses.replace(self, shift_x=float(shift_x),
-                                   shift_y=np.asarray(shift_y, np.float64).copy(), sums=new)
+        return dataclasses.replace(
+            self, shift_x=float(shift_x), shift_y=np.asarray(shift_y, np.float64).copy(), sums=new
+        )
 
     # -- the estimators ---------------------------------------------------------------------
 
-    def _regime(self, n_r: np.ndarray, sum_y_r: np.ndarray, sum_x_r: np.ndarray,
-                sum_xy_r: np.ndarray) -> tuple[np.ndarray, int]:
+    def _regime(
+        self, n_r: np.ndarray, sum_y_r: np.ndarray, sum_x_r: np.ndarray, sum_xy_r: np.ndarray
+    ) -> tuple[np.ndarray, int]:
         """``(E_r[xy] − E_r[x]E[y]) / wᵀ(·)`` from shifted sums (MATH.md, eqs. 5–7), and the
         number of neurons whose pattern is undefined (0/0) and set to 0.
 
@@ -196,8 +213,11 @@ class LayerStatistics:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             n_safe = np.where(n_r > 0, n_r, 1.0)
             mean_y = s["sum_y"] / np.where(s["n"] > 0, s["n"], 1.0)
-            num = (sum_xy_r / k(n_safe) - sum_x_r / k(n_safe) * k(mean_y)
-                   + self.shift_x * k(sum_y_r / n_safe - mean_y))
+            num = (
+                sum_xy_r / k(n_safe)
+                - sum_x_r / k(n_safe) * k(mean_y)
+                + self.shift_x * k(sum_y_r / n_safe - mean_y)
+            )
             w = self.kernel.astype(np.float64)
             den = np.sum(w * num, axis=self.input_axes, keepdims=True)
             scale = np.sum(np.abs(w * num), axis=self.input_axes, keepdims=True)
@@ -240,7 +260,8 @@ def _check_finite(a: np.ndarray, a_neg: np.ndarray | None, where: str) -> None:
             raise ValueError(
                 f"The pattern {name} of {where} has {bad} NaN or infinite values: its "
                 "statistics overflowed or are not finite (data of a very large magnitude? "
-                "rescale the inputs).")
+                "rescale the inputs)."
+            )
 
 
 class UndefinedPatternWarning(UserWarning):
@@ -256,8 +277,11 @@ def _derive_filter(stats: LayerStatistics) -> tuple[np.ndarray, None, dict[str, 
     w = stats.kernel.astype(np.float64)
     norm = np.sum(w * w, axis=stats.input_axes, keepdims=True)
     zero = norm <= 0
-    return (np.where(zero, 0.0, w / np.where(zero, 1.0, norm)), None,
-            {"a": int(np.count_nonzero(zero))})
+    return (
+        np.where(zero, 0.0, w / np.where(zero, 1.0, norm)),
+        None,
+        {"a": int(np.count_nonzero(zero))},
+    )
 
 
 def _derive_linear(stats: LayerStatistics) -> tuple[np.ndarray, None, dict[str, int]]:
@@ -271,25 +295,41 @@ def _derive_relu(stats: LayerStatistics) -> tuple[np.ndarray, np.ndarray | None,
     """The two-component estimator: ``a₊`` from the samples with ``z > 0``; ``a₋`` from the
     others (the totals minus the positive sums) where the layer keeps its negative regime."""
     s = stats.sums
-    positive, undefined = stats._regime(s["n_pos"], s["sum_y_pos"], s["sum_x_pos"],
-                                        s["sum_xy_pos"])
+    positive, undefined = stats._regime(s["n_pos"], s["sum_y_pos"], s["sum_x_pos"], s["sum_xy_pos"])
     if stats.rectified:
         return positive, None, {"a₊": undefined}
     negative, undefined_neg = stats._regime(
-        s["n"] - s["n_pos"], s["sum_y"] - s["sum_y_pos"], s["sum_x"] - s["sum_x_pos"],
-        s["sum_xy"] - s["sum_xy_pos"])
+        s["n"] - s["n_pos"],
+        s["sum_y"] - s["sum_y_pos"],
+        s["sum_x"] - s["sum_x_pos"],
+        s["sum_xy"] - s["sum_xy_pos"],
+    )
     return positive, negative, {"a₊": undefined, "a₋": undefined_neg}
 
 
 #: The signal estimators by ``pattern_type``. Adding one is one entry here plus its derivation.
 ESTIMATORS: dict[str, Estimator] = {
-    "relu": Estimator("relu", ("n", "sum_y", "n_pos", "sum_y_pos", "sum_x_pos", "sum_xy_pos"),
-                      ("sum_x", "sum_xy"), _derive_relu,
-                      "two-component estimator (a₊, and a₋ where no ReLU follows)"),
-    "linear": Estimator("linear", ("n", "sum_y", "sum_x", "sum_xy"), (), _derive_linear,
-                        "linear estimator a = cov[x, y] / var[y]"),
-    "filter": Estimator("filter", ("n", "sum_y"), (), _derive_filter,
-                        "filter w / wᵀw (DeConvNet, Guided BackProp), for comparison"),
+    "relu": Estimator(
+        "relu",
+        ("n", "sum_y", "n_pos", "sum_y_pos", "sum_x_pos", "sum_xy_pos"),
+        ("sum_x", "sum_xy"),
+        _derive_relu,
+        "two-component estimator (a₊, and a₋ where no ReLU follows)",
+    ),
+    "linear": Estimator(
+        "linear",
+        ("n", "sum_y", "sum_x", "sum_xy"),
+        (),
+        _derive_linear,
+        "linear estimator a = cov[x, y] / var[y]",
+    ),
+    "filter": Estimator(
+        "filter",
+        ("n", "sum_y"),
+        (),
+        _derive_filter,
+        "filter w / wᵀw (DeConvNet, Guided BackProp), for comparison",
+    ),
 }
 
 #: The built-in ``pattern_type`` names, in the order help texts list them (code that must see
@@ -302,8 +342,9 @@ def estimator(pattern_type: str) -> Estimator:
     try:
         return ESTIMATORS[pattern_type]
     except (KeyError, TypeError):
-        raise ValueError(f"Unknown pattern type {pattern_type!r}; known: "
-                         f"{tuple(ESTIMATORS)}.") from None
+        raise ValueError(
+            f"Unknown pattern type {pattern_type!r}; known: {tuple(ESTIMATORS)}."
+        ) from None
 
 
 def needed_statistics(pattern_type: str, rectified: bool) -> tuple[str, ...]:
@@ -331,8 +372,13 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
         The model fingerprint (:func:`pattern_keras.patterns.fingerprint.model_fingerprint`).
     """
 
-    def __init__(self, layers: Mapping[str, LayerStatistics], n_samples: int, n_batches: int,
-                 fingerprint: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        layers: Mapping[str, LayerStatistics],
+        n_samples: int,
+        n_batches: int,
+        fingerprint: Mapping[str, Any],
+    ) -> None:
         self.layers = dict(layers)
         self.n_samples = int(n_samples)
         self.n_batches = int(n_batches)
@@ -376,8 +422,11 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
             a, a_neg, counts = stats._patterns()
             _check_finite(a, a_neg, f"layer '{key}'")
             n_neurons = int(np.prod([stats.kernel.shape[ax] for ax in stats.out_axes]))
-            undefined += [f"'{key}' {n} of {n_neurons} neurons ({regime})"
-                          for regime, n in counts.items() if n]
+            undefined += [
+                f"'{key}' {n} of {n_neurons} neurons ({regime})"
+                for regime, n in counts.items()
+                if n
+            ]
             positive[key] = a.astype(np.float32)
             if a_neg is not None:
                 negative[key] = a_neg.astype(np.float32)
@@ -385,12 +434,19 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
         if undefined and warn:
             warnings.warn(
                 "Patterns undefined (0/0: a neuron never in the regime, or an input that never "
-                f"varies) were set to 0: {'; '.join(undefined)}.", UndefinedPatternWarning,
-                stacklevel=3)
-        return Patterns(positive, negative=negative, pattern_types=types,
-                        n_samples=self.n_samples, fingerprint=self.fingerprint)
+                f"varies) were set to 0: {'; '.join(undefined)}.",
+                UndefinedPatternWarning,
+                stacklevel=3,
+            )
+        return Patterns(
+            positive,
+            negative=negative,
+            pattern_types=types,
+            n_samples=self.n_samples,
+            fingerprint=self.fingerprint,
+        )
 
-    def merge(self, other: "PatternStatistics") -> "PatternStatistics":
+    def merge(self, other: PatternStatistics) -> PatternStatistics:
         """Statistics of both data sets together; a new object, both inputs unchanged.
 
         Statistics taken with different shifts (each fit picks its own from its first batch)
@@ -423,7 +479,8 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
         if set(self.layers) != set(other.layers):
             raise ValueError(
                 "Cannot merge statistics of different layers: "
-                f"{sorted(set(self.layers) ^ set(other.layers))}.")
+                f"{sorted(set(self.layers) ^ set(other.layers))}."
+            )
         merged = {}
         for key, mine in self.layers.items():
             theirs = other.layers[key]
@@ -431,12 +488,17 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
                 raise ValueError(
                     f"Cannot merge statistics of layer '{key}': pattern type "
                     f"{mine.pattern_type!r} (rectified={mine.rectified}) against "
-                    f"{theirs.pattern_type!r} (rectified={theirs.rectified}).")
+                    f"{theirs.pattern_type!r} (rectified={theirs.rectified})."
+                )
             theirs = theirs.reshift(mine.shift_x, mine.shift_y)
             sums = {name: mine.sums[name] + theirs.sums[name] for name in mine.sums}
             merged[key] = dataclasses.replace(mine, sums=sums)
-        return PatternStatistics(merged, self.n_samples + other.n_samples,
-                                 self.n_batches + other.n_batches, self.fingerprint)
+        return PatternStatistics(
+            merged,
+            self.n_samples + other.n_samples,
+            self.n_batches + other.n_batches,
+            self.fingerprint,
+        )
 
     def save(self, path: str) -> None:
         """Write the statistics (and the patterns they give) to an HDF5 file.
@@ -452,8 +514,12 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
         io.save(path, patterns=self._build_patterns(warn=False), statistics=self)
 
     @classmethod
-    def load(cls, path: str, expected: Mapping[str, tuple[int, ...]] | None = None,
-             fingerprint: Mapping[str, Any] | None = None) -> "PatternStatistics":
+    def load(
+        cls,
+        path: str,
+        expected: Mapping[str, tuple[int, ...]] | None = None,
+        fingerprint: Mapping[str, Any] | None = None,
+    ) -> PatternStatistics:
         """Read statistics written by :meth:`save` (or ``Patterns.save(..., statistics=...)``).
 
         Parameters
@@ -479,14 +545,20 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
 
         stats = io.load_statistics(path, expected=expected, fingerprint=fingerprint)
         if stats is None:
-            raise ValueError(f"'{path}' holds patterns but no statistics: save with "
-                             "`include_statistics=True` (the default) to be able to merge or "
-                             "resume.")
-            raise ValueError(f"'{path}' holds patterns but no statistics: save the fit with "
-                             "`save_patterns(path, include_statistics=True)` (the default) to "
-                             "be able to merge or resume.")
+            raise ValueError(
+                f"'{path}' holds patterns but no statistics: save with "
+                "`include_statistics=True` (the default) to be able to merge or "
+                "resume."
+            )
+            raise ValueError(
+                f"'{path}' holds patterns but no statistics: save the fit with "
+                "`save_patterns(path, include_statistics=True)` (the default) to "
+                "be able to merge or resume."
+            )
         return stats
 
     def __repr__(self) -> str:
-        return (f"PatternStatistics({len(self.layers)} layers, n_samples={self.n_samples}, "
-                f"n_batches={self.n_batches})")
+        return (
+            f"PatternStatistics({len(self.layers)} layers, n_samples={self.n_samples}, "
+            f"n_batches={self.n_batches})"
+        )

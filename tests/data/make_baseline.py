@@ -100,8 +100,9 @@ def networks(stored: dict[str, np.ndarray] | None = None) -> dict[str, tuple]:
     h = keras.layers.Dense(16, activation="relu", name="dense2")(h)
     mlp = keras.Model(x, keras.layers.Dense(10, name="dense3")(h), name="mlp")
     for name in ("dense1", "dense2", "dense3"):
-        mlp.get_layer(name).set_weights([ref[f"weights/{name}/kernel"],
-                                         ref[f"weights/{name}/bias"]])
+        mlp.get_layer(name).set_weights(
+            [ref[f"weights/{name}/kernel"], ref[f"weights/{name}/bias"]]
+        )
     modes = ("max_activation", "index3", "all")
     nets["mlp"] = (mlp, ref["x_analyze"], ref["x_fit"], modes, 64)
 
@@ -120,8 +121,9 @@ def networks(stored: dict[str, np.ndarray] | None = None) -> dict[str, tuple]:
     if stored is not None:
         n_weights = len(res.get_weights())
         res.set_weights([stored[f"resnet/weights/{i}"] for i in range(n_weights)])
-        nets = {name: (m, stored[f"{name}/inputs/x"], *rest)
-                for name, (m, _, *rest) in nets.items()}
+        nets = {
+            name: (m, stored[f"{name}/inputs/x"], *rest) for name, (m, _, *rest) in nets.items()
+        }
     return nets
 
 
@@ -136,15 +138,17 @@ def make_analyzer(name: str, model, mode: str, x_fit: np.ndarray, fit_batch_size
     import pattern_keras as pk
 
     selection_mode = "index" if mode.startswith("index") else mode
-    analyzer = pk.create_analyzer(name, model, neuron_selection_mode=selection_mode,
-                                  **SETTINGS.get(name, {}))
+    analyzer = pk.create_analyzer(
+        name, model, neuron_selection_mode=selection_mode, **SETTINGS.get(name, {})
+    )
     if hasattr(analyzer, "fit"):
         analyzer.fit(x_fit, batch_size=fit_batch_size, verbose=0)
     return analyzer
 
 
-def outputs(network: str, spec: tuple, analyzers: list[str] | None = None,
-            fitted: dict | None = None) -> dict[str, np.ndarray]:
+def outputs(
+    network: str, spec: tuple, analyzers: list[str] | None = None, fitted: dict | None = None
+) -> dict[str, np.ndarray]:
     """``{"<network>/<analyzer>/<mode>": explanation}`` for ``spec`` from :func:`networks`.
 
     ``fitted`` caches pattern analyzers' statistics between modes: the fit does not depend on
@@ -164,8 +168,13 @@ def outputs(network: str, spec: tuple, analyzers: list[str] | None = None,
 
 
 def main() -> int:
-    commit = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short=7", "HEAD"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     arrays: dict[str, np.ndarray] = {}
     for network, spec in networks().items():
         model, x = spec[0], spec[1]
@@ -179,8 +188,11 @@ def main() -> int:
     path = HERE / f"baseline-{commit}.npz"
     np.savez_compressed(path, **arrays)
     bad = [k for k, v in arrays.items() if not np.all(np.isfinite(v))]
-    print(f"wrote {path.name}: {len(arrays)} arrays, {path.stat().st_size / 1e6:.2f} MB; "
-          f"non-finite: {bad or 'none'}", file=sys.stderr)
+    print(
+        f"wrote {path.name}: {len(arrays)} arrays, {path.stat().st_size / 1e6:.2f} MB; "
+        f"non-finite: {bad or 'none'}",
+        file=sys.stderr,
+    )
     return 0
 
 
