@@ -45,7 +45,6 @@ PROG = "pattern-keras"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 PREPROCESS_MODES = ("none", "unit", "caffe", "tf", "torch")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-PATTERN_METHODS = ("pattern.net", "pattern.attribution")
 
 _IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -516,7 +515,7 @@ def _describe(method: str, kwargs: dict[str, Any]) -> str:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     _quiet_tensorflow()  # the analyzer names are known once the analyzers are imported
-    from pattern_keras.analyzers.registry import analyzer_names
+    from pattern_keras.analyzers.registry import analyzer_class, analyzer_names
 
     names = analyzer_names()
     methods = list(dict.fromkeys(args.method))
@@ -530,11 +529,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 f"unknown method '{method}'; {hint}known: {', '.join(names)} "
                 "(see 'pattern-keras methods')"
             )
-    pattern_methods = [m for m in methods if m in PATTERN_METHODS]
+    # The registry says which analyzers read patterns (a registered one of the user's too).
+    pattern_methods = [m for m in methods if analyzer_class(m).needs_patterns]
     if args.patterns is not None and not pattern_methods:
+        users = [n for n in names if analyzer_class(n).needs_patterns]
         raise UsageError(
-            f"--patterns is only used by {' and '.join(PATTERN_METHODS)}, "
-            f"not by {', '.join(methods)}"
+            f"--patterns is only used by {' and '.join(users)}, not by {', '.join(methods)}"
         )
     if args.patterns is None and pattern_methods:
         raise UsageError(
@@ -564,7 +564,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         kwargs = dict(per_method[method])
         if args.neuron is not None:
             kwargs["neuron_selection_mode"] = "index"
-        if method in PATTERN_METHODS:
+        if method in pattern_methods:
             kwargs["patterns"] = patterns
             kwargs["pattern_type"] = dict(patterns.pattern_types)
         try:

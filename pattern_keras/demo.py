@@ -165,17 +165,7 @@ def run_demo(
     -------
     DemoResult
     """
-    import keras
-
-    import pattern_keras as pk
-    from pattern_keras import plot
     from pattern_keras.datasets import signal_distractor
-    from pattern_keras.evaluation.degradation import image_degradation, plot_degradation
-    from pattern_keras.evaluation.groundtruth import signal_cosine, topk_precision
-    from pattern_keras.evaluation.quality import (
-        plot_signal_estimator_quality,
-        signal_estimator_quality,
-    )
 
     if settings is None:
         if quick is None:
@@ -194,7 +184,6 @@ def run_demo(
         "summary": os.path.join(output, "summary.txt"),
     }
 
-    # 1. data
     shape = (s.image_size, s.image_size)
     say(
         f"[1/6] Generating {s.n_train} training and {s.n_test} test images "
@@ -203,94 +192,31 @@ def run_demo(
     train = signal_distractor(s.n_train, shape=shape, seed=seed + 1)
     test = signal_distractor(s.n_test, shape=shape, seed=seed + 2)
 
-    # 2. model
     say(f"[2/6] Training a small CNN ({s.epochs} epochs)")
-    keras.utils.set_random_seed(seed)
-    model = build_model(s.image_size, s.l2)
-    model.compile(
-        optimizer=keras.optimizers.Adam(s.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    model.fit(
-        train.x, train.labels, epochs=s.epochs, batch_size=s.batch_size, shuffle=True, verbose=0
-    )
-    logits = model.predict(test.x, batch_size=256, verbose=0)
+    model, logits = _train_model(train, test, s, seed)
     accuracy = float(np.mean(np.argmax(logits, axis=1) == test.labels))
     say(f"      test accuracy {accuracy:.3f}")
 
-    # 3. patterns
     say(f"[3/6] Fitting patterns on {s.n_train} training images")
-    attribution = pk.PatternAttribution(model)
-    attribution.fit(train.x, batch_size=s.fit_batch_size, verbose=1 if verbose else 0)
-    attribution.save_patterns(files["patterns"])
-    fit_samples = attribution.patterns.n_samples
+    patterns = _fit_patterns(model, train.x, s, files["patterns"], verbose)
 
-    # 4. explanations
     say("[4/6] Explaining the test images")
-    analyzers = {}
-    for label, name in GRID_METHODS.items():
-        needs = pk.analyzer_class(name).needs_patterns  # the registry says, not the name
-        kwargs = {"patterns": attribution.patterns} if needs else {}
-        analyzers[label] = pk.create_analyzer(name, model, **kwargs)
-    explanations = {label: a.analyze(test.x) for label, a in analyzers.items()}
-    grid_index = _grid_rows(test.labels, s.n_grid)
-    columns = {label: e[grid_index] for label, e in explanations.items()}
-    columns["true signal"] = test.signal[grid_index]
-    predicted = np.argmax(logits, axis=1)
-    figure = plot.explanation_grid(
-        test.x[grid_index],
-        columns,
-        row_labels=[
-            f"true {int(test.labels[i])} / predicted {int(predicted[i])}" for i in grid_index
-        ],
-        title="signal/distractor test images (rows: true class / predicted class); "
-        "each method explains the predicted class's logit",
-    )
-    plot.save_figure(figure, files["explanations"])
+    explanations = _explain(model, patterns, test, logits, s, files["explanations"])
+    cosine, precision = _score_against_signal(explanations, test)
 
-    cosine = {
-        label: float(np.mean(signal_cosine(e, test.signal))) for label, e in explanations.items()
-    }
-    precision = {
-        label: float(np.mean(topk_precision(e, test.support, absolute=True)))
-        for label, e in explanations.items()
-    }
-
-    # 5. image degradation
     n_deg = min(s.n_degradation, s.n_test)
-    x_deg = test.x[:n_deg]
     patch = s.degradation_patch
-    n_patches = math.ceil(s.image_size / patch) ** 2
-    steps = min(s.degradation_steps, n_patches)
+    steps = min(s.degradation_steps, math.ceil(s.image_size / patch) ** 2)
     say(f"[5/6] Image degradation: {n_deg} images, {patch}x{patch} patches, {steps} steps")
-    results = {}
-    for label in DEGRADATION_METHODS:
-        results[label] = image_degradation(
-            model, explanations[label][:n_deg], x_deg, patch_size=patch, steps=steps, seed=seed
-        )
-    results["random"] = image_degradation(
-        model, None, x_deg, patch_size=patch, steps=steps, order="random", seed=seed
-    )
-    figure = plot_degradation(
-        results, title=f"image degradation ({patch}x{patch} patches, most relevant first)"
-    )
-    plot.save_figure(figure, files["degradation"])
-    aopc = {label: float(r.aopc) for label, r in results.items()}
+    aopc = _degrade(model, explanations, test.x[:n_deg], patch, steps, seed, files["degradation"])
 
-    # 6. signal estimator quality
     say("[6/6] Measuring the signal estimators' quality rho(S) per layer")
-    quality = signal_estimator_quality(model, train.x, test.x)
-    plot.save_figure(plot_signal_estimator_quality(quality), files["signal_quality"])
-    rho = {
-        str(layer): {str(k): float(v) for k, v in values.items()}
-        for layer, values in quality.items()
-    }
+    rho = _measure_quality(model, train.x, test.x, files["signal_quality"])
 
     seconds = time.perf_counter() - started
     metrics = {
         "test_accuracy": accuracy,
-        "fit_samples": int(fit_samples),
+        "fit_samples": int(patterns.n_samples),
         "aopc": aopc,
         "signal_cosine": cosine,
         "topk_precision": precision,
@@ -311,6 +237,129 @@ def run_demo(
     for key, path in files.items():
         say(f"  {os.path.basename(path):<20} {descriptions[key]}")
     return DemoResult(output=output, files=files, metrics=metrics)
+
+
+# -- the steps of run_demo ---------------------------------------------------------------------
+
+
+def _train_model(train: Any, test: Any, s: DemoSettings, seed: int) -> tuple[Any, np.ndarray]:
+    """Step 2: the seeded CNN trained on ``train``; returns it and its test logits."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(s.image_size, s.l2)
+    model.compile(
+        optimizer=keras.optimizers.Adam(s.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(
+        train.x, train.labels, epochs=s.epochs, batch_size=s.batch_size, shuffle=True, verbose=0
+    )
+    return model, model.predict(test.x, batch_size=256, verbose=0)
+
+
+def _fit_patterns(model: Any, x: np.ndarray, s: DemoSettings, path: str, verbose: int) -> Any:
+    """Step 3: PatternAttribution's patterns fitted on ``x``, saved to ``path``; returned."""
+    import pattern_keras as pk
+
+    attribution = pk.PatternAttribution(model)
+    attribution.fit(x, batch_size=s.fit_batch_size, verbose=1 if verbose else 0)
+    attribution.save_patterns(path)
+    return attribution.patterns
+
+
+def _explain(
+    model: Any, patterns: Any, test: Any, logits: np.ndarray, s: DemoSettings, path: str
+) -> dict[str, np.ndarray]:
+    """Step 4: every grid method on the test images; the grid figure written to ``path``."""
+    import pattern_keras as pk
+    from pattern_keras import plot
+
+    analyzers = {}
+    for label, name in GRID_METHODS.items():
+        needs = pk.analyzer_class(name).needs_patterns  # the registry says, not the name
+        kwargs = {"patterns": patterns} if needs else {}
+        analyzers[label] = pk.create_analyzer(name, model, **kwargs)
+    explanations = {label: a.analyze(test.x) for label, a in analyzers.items()}
+    grid_index = _grid_rows(test.labels, s.n_grid)
+    columns = {label: e[grid_index] for label, e in explanations.items()}
+    columns["true signal"] = test.signal[grid_index]
+    predicted = np.argmax(logits, axis=1)
+    figure = plot.explanation_grid(
+        test.x[grid_index],
+        columns,
+        row_labels=[
+            f"true {int(test.labels[i])} / predicted {int(predicted[i])}" for i in grid_index
+        ],
+        title="signal/distractor test images (rows: true class / predicted class); "
+        "each method explains the predicted class's logit",
+    )
+    plot.save_figure(figure, path)
+    return explanations
+
+
+def _score_against_signal(
+    explanations: dict[str, np.ndarray], test: Any
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Step 4b: mean |cosine| with the true signal and top-k precision on its support."""
+    from pattern_keras.evaluation.groundtruth import signal_cosine, topk_precision
+
+    cosine = {
+        label: float(np.mean(signal_cosine(e, test.signal))) for label, e in explanations.items()
+    }
+    precision = {
+        label: float(np.mean(topk_precision(e, test.support, absolute=True)))
+        for label, e in explanations.items()
+    }
+    return cosine, precision
+
+
+def _degrade(
+    model: Any,
+    explanations: dict[str, np.ndarray],
+    x: np.ndarray,
+    patch: int,
+    steps: int,
+    seed: int,
+    path: str,
+) -> dict[str, float]:
+    """Step 5: image degradation of the attribution methods and a random order; AOPC each."""
+    from pattern_keras import plot
+    from pattern_keras.evaluation.degradation import image_degradation, plot_degradation
+
+    n = len(x)
+    results = {}
+    for label in DEGRADATION_METHODS:
+        results[label] = image_degradation(
+            model, explanations[label][:n], x, patch_size=patch, steps=steps, seed=seed
+        )
+    results["random"] = image_degradation(
+        model, None, x, patch_size=patch, steps=steps, order="random", seed=seed
+    )
+    figure = plot_degradation(
+        results, title=f"image degradation ({patch}x{patch} patches, most relevant first)"
+    )
+    plot.save_figure(figure, path)
+    return {label: float(r.aopc) for label, r in results.items()}
+
+
+def _measure_quality(
+    model: Any, x_train: np.ndarray, x_test: np.ndarray, path: str
+) -> dict[str, dict[str, float]]:
+    """Step 6: the signal estimators' quality rho(S) per layer; the bar chart to ``path``."""
+    from pattern_keras import plot
+    from pattern_keras.evaluation.quality import (
+        plot_signal_estimator_quality,
+        signal_estimator_quality,
+    )
+
+    quality = signal_estimator_quality(model, x_train, x_test)
+    plot.save_figure(plot_signal_estimator_quality(quality), path)
+    return {
+        str(layer): {str(k): float(v) for k, v in values.items()}
+        for layer, values in quality.items()
+    }
 
 
 def _grid_rows(labels: np.ndarray, n: int) -> np.ndarray:

@@ -95,3 +95,45 @@ def reference_mlp():
         )
     assert_close(model.predict(ref["x_analyze"], verbose=0), ref["logits"], PASS)
     return model, ref
+
+
+def randomize_batch_norm(
+    model,
+    seed: int = 0,
+    *,
+    mean_scale: float = 1.0,
+    variance: tuple[float, float] = (0.3, 3.0),
+    gamma: tuple[float, float] = (0.5, 2.0),
+    beta_scale: float = 0.5,
+) -> None:
+    """Give every BatchNormalization of ``model`` (nested models too, each with ``seed + 1``)
+    random inference statistics, so that folding and the affine rules are really exercised
+    (fresh layers are the identity). Per layer, in this order: moving mean ~ N(0, mean_scale),
+    moving variance ~ U(variance), γ ~ U(gamma) (if the layer scales; a range below 0 gives
+    negative scales), β ~ N(0, beta_scale) (if it centres). Callers state the ranges they need:
+    ``BN_MILD`` keeps deep ``keras.applications`` networks well scaled."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            randomize_batch_norm(
+                layer,
+                seed + 1,
+                mean_scale=mean_scale,
+                variance=variance,
+                gamma=gamma,
+                beta_scale=beta_scale,
+            )
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0.0, mean_scale, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(*variance, n).astype("float32"))
+            if layer.scale:
+                layer.gamma.assign(rng.uniform(*gamma, n).astype("float32"))
+            if layer.center:
+                layer.beta.assign(rng.normal(0.0, beta_scale, n).astype("float32"))
+
+
+#: Statistics that keep a deep random-weight network's activations near unit scale.
+BN_MILD = dict(mean_scale=0.1, variance=(0.5, 1.5), gamma=(0.7, 1.3), beta_scale=0.1)

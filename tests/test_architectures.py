@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import DEEP_PASS, PASS, STATISTICS, assert_close
+from conftest import BN_MILD, DEEP_PASS, PASS, STATISTICS, assert_close, randomize_batch_norm
 
 import pattern_keras as pk
 from pattern_keras import engine
@@ -35,17 +35,6 @@ APPS = {
 }
 
 
-def randomize_batch_norm(model, seed):
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, L.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-            layer.gamma.assign(rng.uniform(0.7, 1.3, n).astype("float32"))
-            layer.beta.assign(rng.normal(0, 0.1, n).astype("float32"))
-
-
 @pytest.fixture(scope="module")
 def apps():
     """Each application built once for the module (lazily)."""
@@ -58,7 +47,7 @@ def apps():
             model = build(
                 weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None
             )
-            randomize_batch_norm(model, seed=11)
+            randomize_batch_norm(model, seed=11, **BN_MILD)
             x = np.random.default_rng(12).uniform(-1, 1, (2, size, size, 3)).astype("float32")
             y = model(x).numpy()
             assert np.all(np.isfinite(y)) and np.abs(y).max() > 0, name

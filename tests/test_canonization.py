@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import PASS, SPLIT, assert_close
+from conftest import randomize_batch_norm as _randomize_batch_norm
 
 import pattern_keras as pk
 from pattern_keras import engine
@@ -17,18 +18,8 @@ L = keras.layers
 
 
 def randomize_batch_norm(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            randomize_batch_norm(layer, seed + 1)
-        if isinstance(layer, L.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(size=n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.3, 3.0, size=n).astype("float32"))
-            if layer.scale:
-                layer.gamma.assign(rng.uniform(-2.0, 2.0, size=n).astype("float32"))
-            if layer.center:
-                layer.beta.assign(rng.normal(scale=0.5, size=n).astype("float32"))
+    """Wide statistics, negative scales included: folding must carry the sign."""
+    _randomize_batch_norm(model, seed, gamma=(-2.0, 2.0))
 
 
 def folded_output(model, x, fold=True):

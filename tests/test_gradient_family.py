@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import DEEP_PASS, PASS, assert_close
+from conftest import DEEP_PASS, PASS, assert_close, randomize_batch_norm
 
 from pattern_keras.analyzers import (
     LRPZ,
@@ -136,17 +136,6 @@ def cnn_other_convs():
     h = L.Conv2DTranspose(3, 3, strides=2, activation="relu")(h)
     h = L.GlobalMaxPooling2D()(h)
     return keras.Model(x, L.Dense(3, name="out")(h))
-
-
-def randomize_batch_norm(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, L.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(size=n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.3, 3.0, size=n).astype("float32"))
-            layer.gamma.assign(rng.uniform(0.5, 2.0, size=n).astype("float32"))
-            layer.beta.assign(rng.normal(scale=0.5, size=n).astype("float32"))
 
 
 def bn_graph():
