@@ -137,3 +137,39 @@ def randomize_batch_norm(
 
 #: Statistics that keep a deep random-weight network's activations near unit scale.
 BN_MILD = dict(mean_scale=0.1, variance=(0.5, 1.5), gamma=(0.7, 1.3), beta_scale=0.1)
+
+
+def mlp(
+    sizes: tuple[int, ...] = (10, 16, 12, 5),
+    *,
+    use_bias: bool = True,
+    seed: int = 0,
+    bias_scale: float = 0.3,
+    softmax: str | None = None,
+    output_name: str = "out",
+):
+    """The tests' small MLP: ``Input(sizes[0])`` → ReLU Dense layers ``d1, d2, ...`` → a linear
+    Dense ``output_name`` (10 → 16 → 12 → 5 by default). Kernels from Keras's seeded
+    initializer; biases ~ N(0, bias_scale) (0: Keras's zeros), so that rules which treat the
+    bias specially are exercised. ``softmax``: ``"fused"`` (the last layer's activation),
+    ``"activation"`` or ``"layer"`` (a separate layer ``sm``), or None."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    x = keras.Input((sizes[0],))
+    h = x
+    for i, n in enumerate(sizes[1:-1], start=1):
+        h = keras.layers.Dense(n, activation="relu", use_bias=use_bias, name=f"d{i}")(h)
+    fused = "softmax" if softmax == "fused" else None
+    out = keras.layers.Dense(sizes[-1], activation=fused, use_bias=use_bias, name=output_name)(h)
+    if softmax == "activation":
+        out = keras.layers.Activation("softmax", name="sm")(out)
+    elif softmax == "layer":
+        out = keras.layers.Softmax(name="sm")(out)
+    model = keras.Model(x, out)
+    if use_bias and bias_scale:
+        rng = np.random.default_rng(seed + 1)
+        for layer in model.layers:
+            if getattr(layer, "bias", None) is not None:
+                layer.bias.assign(rng.normal(0, bias_scale, layer.bias.shape).astype("float32"))
+    return model

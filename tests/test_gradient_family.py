@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import DEEP_PASS, PASS, assert_close, randomize_batch_norm
+from conftest import mlp as _mlp
 
 from pattern_keras.analyzers import (
     LRPZ,
@@ -77,20 +78,8 @@ def model_logits(model):
 
 
 def mlp(use_bias=True, softmax=None, seed=0):
-    """Input(10) → Dense 16 relu → Dense 12 relu → Dense 5 (+ a final softmax, three ways)."""
-    keras.utils.set_random_seed(seed)
-    x = keras.Input((10,))
-    h = L.Dense(16, activation="relu", use_bias=use_bias, name="d1")(x)
-    h = L.Dense(12, activation="relu", use_bias=use_bias, name="d2")(h)
-    if softmax == "fused":
-        out = L.Dense(5, activation="softmax", use_bias=use_bias, name="d3")(h)
-    else:
-        out = L.Dense(5, use_bias=use_bias, name="d3")(h)
-        if softmax == "activation":
-            out = L.Activation("softmax", name="sm")(out)
-        elif softmax == "layer":
-            out = L.Softmax(name="sm")(out)
-    model = keras.Model(x, out)
+    """conftest's MLP (10 → 16 → 12 → 5, the last layer named d3) with this file's biases."""
+    model = _mlp(use_bias=use_bias, softmax=softmax, seed=seed, bias_scale=0.0, output_name="d3")
     if use_bias:  # non-zero biases, so that they matter
         for layer in model.layers:
             if getattr(layer, "bias", None) is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import PASS, assert_close
+from conftest import PASS, assert_close, mlp
 
 import pattern_keras as pk
 from pattern_keras.rules import AlphaBetaRule, BoundedRule
@@ -44,21 +44,6 @@ def ref_bounded(x, w, low, high, r):
     )
     s = _safe_ratio(r, z.sum(1))
     return (z * s[:, None, :]).sum(2)
-
-
-def mlp(use_bias=True, seed=0, sizes=(10, 16, 12, 5)):
-    keras.utils.set_random_seed(seed)
-    x = keras.Input((sizes[0],))
-    h = x
-    for i, n in enumerate(sizes[1:-1]):
-        h = L.Dense(n, activation="relu", use_bias=use_bias, name=f"d{i}")(h)
-    model = keras.Model(x, L.Dense(sizes[-1], use_bias=use_bias, name="out")(h))
-    if use_bias:
-        rng = np.random.default_rng(seed + 1)
-        for layer in model.layers:
-            if getattr(layer, "bias", None) is not None:
-                layer.bias.assign(rng.normal(0, 0.3, layer.bias.shape).astype("float32"))
-    return model
 
 
 def dense_params(model):

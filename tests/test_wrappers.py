@@ -7,24 +7,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import PASS, assert_close
+from conftest import PASS, assert_close, mlp
 
 import pattern_keras as pk
 
 L = keras.layers
-
-
-def mlp(seed=0, d=10):
-    keras.utils.set_random_seed(seed)
-    x = keras.Input((d,))
-    h = L.Dense(16, activation="relu", name="d1")(x)
-    h = L.Dense(12, activation="relu", name="d2")(h)
-    model = keras.Model(x, L.Dense(5, name="out")(h))
-    rng = np.random.default_rng(seed + 1)
-    for layer in model.layers:
-        if getattr(layer, "bias", None) is not None:
-            layer.bias.assign(rng.normal(0, 0.3, layer.bias.shape).astype("float32"))
-    return model
 
 
 def cnn(seed=1):
