@@ -173,3 +173,28 @@ def mlp(
             if getattr(layer, "bias", None) is not None:
                 layer.bias.assign(rng.normal(0, bias_scale, layer.bias.shape).astype("float32"))
     return model
+
+
+def _every_analyzer() -> list:
+    import pattern_keras as pk
+
+    return [
+        pk.Gradient,
+        pk.InputTimesGradient,
+        pk.DeConvNet,
+        pk.GuidedBackprop,
+        pk.LRPZ,
+        pk.LRPEpsilon,
+        pk.LRPAlpha1Beta0,
+        pk.LRPAlpha2Beta1,
+        pk.LRPZPlus,
+        pk.DeepTaylor,
+        pk.IntegratedGradients,
+        pk.SmoothGrad,
+        pk.PatternNet,
+        pk.PatternAttribution,
+    ]
+
+
+#: Every analyzer class, for tests that run them all on one model.
+EVERY_ANALYZER = _every_analyzer()

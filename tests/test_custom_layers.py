@@ -7,28 +7,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import PASS, assert_close
+from conftest import EVERY_ANALYZER, PASS, assert_close
 
 import pattern_keras as pk
 
 L = keras.layers
-
-EVERY_ANALYZER = [
-    pk.Gradient,
-    pk.InputTimesGradient,
-    pk.DeConvNet,
-    pk.GuidedBackprop,
-    pk.LRPZ,
-    pk.LRPEpsilon,
-    pk.LRPAlpha1Beta0,
-    pk.LRPAlpha2Beta1,
-    pk.LRPZPlus,
-    pk.DeepTaylor,
-    pk.IntegratedGradients,
-    pk.SmoothGrad,
-    pk.PatternNet,
-    pk.PatternAttribution,
-]
 
 
 class Unregistered(keras.layers.Layer):

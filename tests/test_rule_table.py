@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import EVERY_ANALYZER
 from keras.src.applications.convnext import LayerScale
 from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
 from scipy.special import erf
@@ -39,23 +40,6 @@ def eagerly(request):
 
 
 pytestmark = pytest.mark.filterwarnings("ignore:Even though the .*run_functions_eagerly")
-
-EVERY_ANALYZER = [
-    pk.Gradient,
-    pk.InputTimesGradient,
-    pk.DeConvNet,
-    pk.GuidedBackprop,
-    pk.LRPZ,
-    pk.LRPEpsilon,
-    pk.LRPAlpha1Beta0,
-    pk.LRPAlpha2Beta1,
-    pk.LRPZPlus,
-    pk.DeepTaylor,
-    pk.IntegratedGradients,
-    pk.SmoothGrad,
-    pk.PatternNet,
-    pk.PatternAttribution,
-]
 
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
 
