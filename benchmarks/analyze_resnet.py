@@ -19,16 +19,26 @@ Usage::
     python benchmarks/analyze_resnet.py --size 64        # a quick run at 64×64
     python benchmarks/analyze_resnet.py --model EfficientNetB0
     python benchmarks/analyze_resnet.py --model ConvNeXtTiny
+    python benchmarks/analyze_resnet.py --memory         # peak memory, one process each
 
 EfficientNetB0 and ConvNeXtTiny rescale their input inside the model (Rescaling /
 Normalization): they get pixels in [0, 255].
+
+``--memory`` measures peak memory instead of time: each analyzer (and the tape gradient, and a
+baseline that only builds the model, the images and runs one forward pass) in a fresh
+subprocess, reading its peak resident set size (``ru_maxrss``) after one ``analyze`` call
+(trace included). The pattern analyzers get patterns shaped like their kernels (zeros) instead
+of a fit, whose own peak would hide analyze's. Printed: each one's increase over the baseline,
+and that increase over the tape gradient's.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -99,6 +109,80 @@ def resnet50(size: int, seed: int = 0):
     return application("ResNet50", size, seed)
 
 
+MEMORY_RESULT = "MAXRSS_MB "
+
+
+def memory_child(args) -> None:
+    """Runs in a fresh process: one pass of ``args.child`` ("baseline", "tape" or an analyzer
+    label), then prints the process's peak resident set size."""
+    import resource
+
+    import tensorflow as tf
+
+    model = application(args.model, args.size)
+    x = bench.images(args.images, args.size)
+    if args.model != "ResNet50":
+        x = (x + 1.0) * 127.5
+    model(tf.constant(x), training=False)  # the TensorFlow runtime and the weights, warm
+    if args.child == "tape":
+        bench.gradient_baseline(model)(tf.constant(x)).numpy()
+    elif args.child != "baseline":
+        spec = next(spec for spec, _ in ANALYZERS if spec.label == args.child)
+        analyzer = bench.load_analyzer(spec)(model, **spec.kwargs)
+        if spec.fit:
+            from pattern_keras import Patterns
+
+            plans = analyzer._computer.plans
+            zeros = {
+                key: np.zeros(plan.part.kernel_shape, "float32") for key, plan in plans.items()
+            }
+            negative = {
+                key: zeros[key]
+                for key, plan in plans.items()
+                if plan.pattern_type == "relu" and not plan.rectified
+            }
+            types = {key: plan.pattern_type for key, plan in plans.items()}
+            analyzer.set_patterns(Patterns(zeros, negative=negative, pattern_types=types))
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zero patterns give zero explanations
+            analyzer.analyze(x, batch_size=len(x), verbose=0)
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(MEMORY_RESULT + json.dumps(maxrss), flush=True)
+
+
+def measure_memory(args) -> None:
+    """Each pass in its own process; a markdown table of the peaks over the baseline's."""
+
+    def run(child: str) -> float:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", child]
+        cmd += ["--model", args.model, "--size", str(args.size), "--images", str(args.images)]
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        repo = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+        for line in out.stdout.splitlines():
+            if line.startswith(MEMORY_RESULT):
+                return float(json.loads(line[len(MEMORY_RESULT) :]))
+        raise RuntimeError(f"{child} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+
+    base = run("baseline")
+    tape = run("tape") - base
+    print(f"baseline (model, images, one forward pass): {base:.0f} MB", file=sys.stderr)
+    print(
+        f"| {args.model} {args.size}×{args.size}, {args.images} images | peak over baseline "
+        "(MB) | over the tape gradient's |"
+    )
+    print("|---|---:|---:|")
+    print(f"| tape gradient | {tape:.0f} | 1.00 |")
+    for spec, _ in ANALYZERS:
+        if args.only and spec.label not in args.only and spec.name not in args.only:
+            continue
+        extra = run(spec.label) - base
+        print(f"| {spec.label} | {extra:.0f} | {extra / tape:.2f} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -113,7 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", nargs="*", default=None, help="analyzer labels (or class names) to run"
     )
+    parser.add_argument(
+        "--memory", action="store_true", help="peak memory (one process per analyzer) instead"
+    )
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child is not None:
+        memory_child(args)
+        return 0
+    if args.memory:
+        measure_memory(args)
+        return 0
 
     import tensorflow as tf
 

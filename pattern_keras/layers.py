@@ -217,6 +217,9 @@ class Op:
         For ``kind == "sum"``: the op is a sum or average of its inputs' values with fixed
         non-negative weights (Add, Average, average pooling), so non-negative inputs give a
         non-negative output. Rules read this instead of the layer's class.
+    plain_relu : bool
+        For ``activation == "relu"``: known to be ``max(z, 0)`` exactly (no ``max_value``, not
+        ReLU6, not a user's layer registered as a rectifier), so ``f(z)/z`` is its gate.
     """
 
     key: str
@@ -234,6 +237,7 @@ class Op:
     held: Callable[[Sequence[Any]], list[Any]] | None = None
     rank: int = 0
     averages: bool = False
+    plain_relu: bool = False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,6 +298,7 @@ def _activation_op(
     slot_in: int,
     slot_out: int,
     gate: Callable[[Sequence[Any]], Any] | None = None,
+    plain_relu: bool = False,
 ) -> Op:
     if name not in _SUPPORTED_ACTIVATIONS:
         raise ValueError(
@@ -315,6 +320,7 @@ def _activation_op(
         forward=lambda xs: [fn(xs[0])],
         activation=name,
         gate=gate,
+        plain_relu=plain_relu and name == "relu",
     )
 
 
@@ -606,7 +612,17 @@ def _linear_ops(node: _graph.CallNode, x_shape: Sequence[Any], parts_fn) -> list
         )
         slot = out
     if act_name != "linear":
-        ops.append(_activation_op(node.key, layer, act_name, act, slot, node.outputs[0]))
+        ops.append(
+            _activation_op(
+                node.key,
+                layer,
+                act_name,
+                act,
+                slot,
+                node.outputs[0],
+                plain_relu=act is keras.activations.relu,
+            )
+        )
     return ops
 
 
@@ -636,6 +652,7 @@ def _simple(
 def _activation_layer(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
     layer = node.layer
     gate = None
+    plain_relu = False
     if isinstance(layer, L.ReLU):
         slope, threshold = float(layer.negative_slope), float(layer.threshold)
         if threshold != 0.0 or (slope != 0.0 and layer.max_value is not None):
@@ -645,6 +662,7 @@ def _activation_layer(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]
                 "plain ReLUs (max_value allowed) and leaky ones (negative_slope, no max_value)."
             )
         name = "relu" if slope == 0.0 else "leaky_relu"
+        plain_relu = layer.max_value is None
         if slope != 0.0:
             gate = _slope_gate(lambda: slope)
     elif isinstance(layer, L.LeakyReLU):
@@ -657,6 +675,7 @@ def _activation_layer(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]
         name = "softmax"
     else:
         name = _activation_name(layer.activation)
+        plain_relu = layer.activation is keras.activations.relu
     return [
         _activation_op(
             node.key,
@@ -666,11 +685,12 @@ def _activation_layer(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]
             node.inputs[0],
             node.outputs[0],
             gate=gate,
+            plain_relu=plain_relu,
         )
     ]
 
 
-def _activation_function_op(name: str):
+def _activation_function_op(name: str, plain_relu: bool = False):
     """An activation written as a graph op (``keras.ops.sigmoid(x)`` in a functional model)."""
 
     def build(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
@@ -687,6 +707,7 @@ def _activation_function_op(name: str):
                 node.inputs[0],
                 node.outputs[0],
                 gate=gate,
+                plain_relu=plain_relu,
             )
         ]
 
@@ -959,7 +980,7 @@ def _register_builtin() -> None:
         (knn.LeakyRelu, "leaky_relu"),
         (knn.Softmax, "softmax"),
     ):
-        _REGISTRY[cls] = _activation_function_op(name)
+        _REGISTRY[cls] = _activation_function_op(name, plain_relu=cls is knn.Relu)
     # Layers that keras.applications defines for itself (found by class, not imported
     # eagerly: a Keras release that moves them only loses these entries).
     try:

@@ -7,7 +7,9 @@ baseline was taken at, to a fraction of the largest value of the stored explanat
 the pattern analyzers, whose patterns are fitted from float32 per-batch sums. A refactor may regroup
 float32 arithmetic, and another CPU sums in another order; neither may change a result. A key of the baseline that today's registry
 no longer produces fails too (an analyzer silently dropped); an analyzer added since is not in the
-baseline and is skipped by design. See ``tests/data/make_baseline.py`` for how it was made.
+baseline and is skipped by design. An output changed on purpose is listed in
+:data:`INTENTIONAL_CHANGES` with its reason and bound. See ``tests/data/make_baseline.py`` for how
+it was made.
 """
 
 from __future__ import annotations
@@ -21,6 +23,18 @@ from conftest import PASS, STATISTICS
 
 DATA = pathlib.Path(__file__).parent / "data"
 BASELINE = DATA / "baseline-0d5bfa3.npz"
+
+#: Outputs changed on purpose since the baseline, by key prefix: why, where the new rule is
+#: checked against an independent reference, and how far from the frozen output it may be.
+INTENTIONAL_CHANGES = {
+    "resnet/lrp.epsilon/": (
+        "LRP-ε folds BatchNormalization into the preceding convolution (issue 14, the standard "
+        "canonization): ε = 1e-7 enters once per folded layer instead of at the convolution "
+        "and at the BatchNorm, which moves the output by 9e-4 of its largest value here. "
+        "The new rule is checked against float64 in tests/test_ratio_form.py.",
+        2e-3,
+    ),
+}
 
 
 def _maker():
@@ -61,4 +75,7 @@ def test_outputs_equal_frozen_baseline(network, baseline):
         scale = float(np.abs(ref).max())
         assert scale > 0, f"{key}: the frozen explanation is all zeros"
         tolerance = STATISTICS if key.split("/")[1].startswith("pattern.") else PASS
+        for prefix, (_why, changed) in INTENTIONAL_CHANGES.items():
+            if key.startswith(prefix):
+                tolerance = changed
         np.testing.assert_allclose(got, ref, rtol=0, atol=tolerance * scale, err_msg=key)

@@ -80,6 +80,11 @@ class Analyzer:
         rules that depend on them, such as deep Taylor's input bounds)."""
         raise NotImplementedError
 
+    def _seed(self, y: Any, mask: Any) -> Any:
+        """The backward signal at the output, shape ``(batch, outputs)``: ``mask·y`` or
+        ``mask`` (see :attr:`seed_with_value`); ``mask`` is 1 at the selected neurons."""
+        return mask * y if self.seed_with_value else mask
+
     def _postprocess(self, inputs: list[Any], signals: list[Any]) -> list[Any]:
         return signals
 
@@ -95,7 +100,7 @@ class Analyzer:
         flat, mask = _checks.selection_mask(
             y, self.neuron_selection_mode, selection, self.num_outputs
         )
-        seed = mask * flat if self.seed_with_value else mask
+        seed = self._seed(flat, mask)
         composite = self._composite(values)
         signals = engine.backward(
             program, values, tf.reshape(seed, tf.shape(y)), composite, renormalize=self._renormalize

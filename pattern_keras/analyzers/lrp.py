@@ -36,6 +36,7 @@ from pattern_keras.rules import (
     BoundedRule,
     Composite,
     GradientRule,
+    RatioZRule,
     ZPlusRule,
     ZRule,
 )
@@ -59,6 +60,12 @@ class LRPZ(Analyzer):
     output layer, so LRP seeded with ``y`` and input×gradient seeded with 1 agree. On a bias-free
     ReLU network relevance is also conserved (``Σ_i R_i = y``).
 
+    The backward pass carries relevance in ratio form, ``s = R / x`` per tensor
+    (:class:`~pattern_keras.rules.RatioZRule`), and multiplies by the input once at the end:
+    the same result as redistributing ``R`` at every op (:class:`~pattern_keras.rules.ZRule`),
+    at the cost of one gradient. BatchNormalization is folded into the preceding linear layer
+    (for the z-rule an exact identity: ``R/z`` crosses ``y = s·z + t`` as ``s·R/y``).
+
     Parameters
     ----------
     model : keras.Model
@@ -68,16 +75,30 @@ class LRPZ(Analyzer):
     """
 
     seed_with_value = True
+    fold_batch_norm = True
     epsilon = 0.0
 
+    def __init__(self, model: Any, neuron_selection_mode: str = "max_activation") -> None:
+        super().__init__(model, neuron_selection_mode=neuron_selection_mode)
+        gated = _gated_slots(self._program)
+        self._gated_output = lambda op: all(slot in gated for slot in op.outputs)
+
+    def _seed(self, y, mask):
+        # Ratio form: the output's relevance y over its value y (0 where y = 0, as R = 0 there).
+        return mask * tf.math.divide_no_nan(y, y)
+
+    def _postprocess(self, inputs, signals):
+        return [x * s for x, s in zip(inputs, signals)]  # R = x ⊙ s
+
     def _composite(self, values) -> Composite:
-        z = ZRule(self.epsilon)
+        z = RatioZRule(self.epsilon, skip_zero_mask=self._gated_output)
         return Composite(
             {
                 "linear": z,
                 "affine": z,
                 "sum": z,
-                "activation": ActivationRule("pass"),
+                "activation": ActivationRule("ratio_pass"),
+                # They copy values, so a ratio moves as its relevance does.
                 "max_pool": GradientRule(),
                 "move": GradientRule(),
             }
@@ -102,6 +123,19 @@ class LRPEpsilon(LRPZ):
             raise ValueError(f"epsilon must be >= 0, got {epsilon}.")
         self.epsilon = float(epsilon)
         super().__init__(model, neuron_selection_mode=neuron_selection_mode)
+
+
+def _gated_slots(program) -> set[int]:
+    """Slots from which a zero value sends no ratio back: every consumer is an activation whose
+    ratio-form pass multiplies by ``f(z)/z``, 0 at ``z = 0`` (not a linear activation; a gate
+    operand gets nothing at all), or the slot is the output (its seed is 0 where ``y = 0``)."""
+    slots = {program.output}
+    for op in program.ops:
+        for slot in op.outputs:
+            users = program.consumers(slot)
+            if users and all(u.kind == "activation" and u.activation != "linear" for u in users):
+                slots.add(slot)
+    return slots
 
 
 # ----------------------------------------------------------------------------------------------

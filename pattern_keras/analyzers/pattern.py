@@ -383,8 +383,11 @@ class _PatternAnalyzer(Analyzer):
 
         if negative is None:
             return [(kernel(positive), None)]
-        is_positive = tf.cast(z > 0, z.dtype)
-        return [(kernel(positive), is_positive), (kernel(negative), 1.0 - is_positive)]
+        # K₊ where z > 0, K₋ elsewhere, as K₋ everywhere plus (K₊ − K₋) where z > 0: the same
+        # two transposed products, but one select of the signal instead of two masks and
+        # products (the difference is taken on the kernel, which is small).
+        k_negative = kernel(negative)
+        return [(k_negative, None), (kernel(positive) - k_negative, z > 0)]
 
     def _composite(self, values) -> Composite:
         # Everything but the kernels and the ReLU gates crosses as the gradient does.
