@@ -191,7 +191,7 @@ def _fold(part: LinearPart, affine: Callable[[], tuple[Any, Any, int]]) -> Linea
 
     def kernel() -> Any:
         scale = affine()[0]
-        k = tf.convert_to_tensor(part.kernel_fn())
+        k = part.kernel
         return k * tf.cast(tf.reshape(scale, kernel_scale_shape), k.dtype)
 
     def bias() -> Any:

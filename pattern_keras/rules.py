@@ -107,7 +107,7 @@ class LinearRule:
             if mask is None:
                 gi = g
             elif mask.dtype == tf.bool:  # one select instead of a cast and a product
-                gi = tf.where(mask, g, tf.zeros_like(g))
+                gi = tf.where(mask, g, tf.constant(0, g.dtype))
             else:
                 gi = g * mask
             (dx,) = vjp(lambda xs, k=k: [part.apply(xs[0], k)], inputs, [gi])
@@ -355,7 +355,7 @@ class RatioZRule:
             return s * magnitude / (magnitude + tf.constant(self.epsilon, s.dtype))
         if skip_mask:
             return s
-        return tf.where(tf.not_equal(z, 0), s, tf.zeros_like(s))
+        return tf.where(tf.not_equal(z, 0), s, tf.constant(0, s.dtype))
 
     def __call__(self, op: Op, inputs, outputs, upstream):
         # LayerNormalization: its normalizing scale held constant, a linear map (Ali et al. 2022).

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from pattern_keras import _checks, engine
 from pattern_keras._checks import NEURON_SELECTION_MODES
+from pattern_keras.layers import shared_kernels
 from pattern_keras.rules import Composite
 
 __all__ = ["Analyzer", "NEURON_SELECTION_MODES"]
@@ -94,6 +95,10 @@ class Analyzer:
     # -- the compiled pass -----------------------------------------------------------------
 
     def _explain(self, inputs: list[Any], selection: Any) -> list[Any]:
+        with shared_kernels():  # one read (and fold) of each kernel for the whole pass
+            return self._explain_pass(inputs, selection)
+
+    def _explain_pass(self, inputs: list[Any], selection: Any) -> list[Any]:
         program = self._program
         values = engine.forward(program, inputs)
         y = values[program.output]
