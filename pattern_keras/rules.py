@@ -174,6 +174,8 @@ class ActivationRule:
         if self.mode == "rectify" and (relu or gating):
             return [tf.nn.relu(g)] + rest
         if self.mode == "gate_rectify" and relu:
+            if op.plain_relu:  # the forward gate and the rectification as one fused loop
+                return [_gated_rectified(g, tf.cast(inputs[0], g.dtype))]
             return vjp(op.forward, inputs, [tf.nn.relu(g)])
         if self.mode in ("gate_rectify", "pattern") and gating:
             gated = g * tf.cast(op.gate(inputs), g.dtype)
@@ -329,6 +331,13 @@ def _epsilon_rescaled(s: Any, z: Any, epsilon: Any) -> Any:
 def _nonzero_rescaled(s: Any, z: Any) -> Any:
     """``s`` where ``z ≠ 0``, 0 elsewhere."""
     return tf.where(tf.not_equal(z, 0), s, tf.zeros_like(s))
+
+
+@tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
+def _gated_rectified(g: Any, z: Any) -> Any:
+    """``max(g, 0)`` where ``z > 0``, 0 elsewhere: Guided BackProp at a ReLU (TensorFlow's
+    ``ReluGrad(relu(g), z)``, bit for bit, in one pass instead of two)."""
+    return tf.where(z > 0, tf.maximum(g, tf.zeros_like(g)), tf.zeros_like(g))
 
 
 class RatioZRule:
