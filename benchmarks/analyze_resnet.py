@@ -28,8 +28,9 @@ Normalization): they get pixels in [0, 255].
 baseline that only builds the model, the images and runs one forward pass) in a fresh
 subprocess, reading its peak resident set size (``ru_maxrss``) after one ``analyze`` call
 (trace included). The pattern analyzers get patterns shaped like their kernels (zeros) instead
-of a fit, whose own peak would hide analyze's. Printed: each one's increase over the baseline,
-and that increase over the tape gradient's.
+of a fit, whose own peak would hide analyze's. Printed: each one's peak and its ratio to the tape
+gradient's, and its increase over the baseline and that increase over the tape gradient's (the
+baseline's own peak includes a forward pass, so the increase is what a backward pass adds).
 """
 
 from __future__ import annotations
@@ -169,18 +170,24 @@ def measure_memory(args) -> None:
 
     base = run("baseline")
     tape = run("tape") - base
+    total_tape = base + tape
     print(f"baseline (model, images, one forward pass): {base:.0f} MB", file=sys.stderr)
     print(
-        f"| {args.model} {args.size}×{args.size}, {args.images} images | peak over baseline "
-        "(MB) | over the tape gradient's |"
+        f"| {args.model} {args.size}×{args.size}, {args.images} images | peak (MB) | over the "
+        "tape gradient's | peak over baseline (MB) | over the tape gradient's |"
     )
-    print("|---|---:|---:|")
-    print(f"| tape gradient | {tape:.0f} | 1.00 |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| tape gradient | {total_tape:.0f} | 1.00 | {tape:.0f} | 1.00 |")
     for spec, _ in ANALYZERS:
         if args.only and spec.label not in args.only and spec.name not in args.only:
             continue
-        extra = run(spec.label) - base
-        print(f"| {spec.label} | {extra:.0f} | {extra / tape:.2f} |", flush=True)
+        peak = run(spec.label)
+        extra = peak - base
+        print(
+            f"| {spec.label} | {peak:.0f} | {peak / total_tape:.2f} | {extra:.0f} | "
+            f"{extra / tape:.2f} |",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -252,6 +252,14 @@ class BasicRule:
         # ±VJP[f_t](|ω|·s)``: the weight scales the ratio (skipped for ω = 1), the VJPs of
         # terms that share their inputs (αβ's two signs on the same x⁺) are summed before one
         # product with the input. Fewer passes over large tensors, the same sum.
+        # Nothing here may start before the signal arrives: the terms' forward products depend
+        # only on the forward pass, and TensorFlow would otherwise run every layer's at once,
+        # early, and hold them all until the backward pass reaches them (measured on ResNet50:
+        # LRP-α2β1's peak memory over the tape gradient's, 5.5× without this).
+        with tf.control_dependencies([u for u in upstream if u is not None]):
+            return self._relevance(op, inputs, outputs, upstream)
+
+    def _relevance(self, op: Op, inputs, outputs, upstream):
         gathered: dict[tuple[int, ...], tuple[list[Any], list[Any], bool]] = {}
         for weight, terms, bias in self.groups(op, inputs, outputs):
             z = None
