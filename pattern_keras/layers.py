@@ -55,6 +55,7 @@ __all__ = [
     "Op",
     "register_layer",
     "ops_for_node",
+    "shared_kernels",
     "supported_layer_names",
 ]
 
