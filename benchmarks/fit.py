@@ -15,7 +15,14 @@ Dense 10) and ``--images`` random images (default 512) at batch 32:
   same plus one fit or plus one training epoch. The table gives each one's increase over the
   baseline.
 
-(b) Replicas: ``--replicas 1 2 4`` logical CPU devices (a fresh subprocess for each, the
+(b) ResNet50 (``--skip-resnet`` leaves it out): ``keras.applications.ResNet50(weights=None,
+classifier_activation=None)`` at ``--resnet-size`` (default 224) with randomized BatchNorm
+statistics (``application()`` of ``benchmarks/analyze_resnet.py``), ``--resnet-images`` random
+images (default 64) at batch ``--resnet-batch`` (default 16): ``compute`` (BatchNorm folded, as
+by default) against one epoch of ``model.fit`` (SGD, 1000 classes; BatchNorm in training mode,
+as training runs it), timed as in (a), and peak memory as in (a) unless ``--skip-memory``.
+
+(c) Replicas: ``--replicas 1 2 4`` logical CPU devices (a fresh subprocess for each, the
 devices configured before TensorFlow's first op), ``MirroredStrategy`` over them, statistics
 throughput in images/s on ``--replica-images`` images (after an untimed fit). On a CPU-only
 machine this shows the overhead of the replica logic, not a speed-up: all replicas share the
@@ -24,8 +31,9 @@ same cores.
 Usage::
 
     python benchmarks/fit.py                   # everything (about 10 min on 2 idle cores)
-    python benchmarks/fit.py --quick           # one repeat, fewer images for (b)
+    python benchmarks/fit.py --quick           # one repeat, fewer images for (c)
     python benchmarks/fit.py --skip-memory --skip-replicas
+    python benchmarks/fit.py --skip-vgg --skip-replicas --repeats 5   # ResNet50 only
 
 Prints markdown tables.
 """
@@ -78,10 +86,34 @@ def make_data(n: int):
     )
 
 
-def compiled_model():
+def resnet50(size: int):
+    """ResNet50 with random weights and randomized BatchNorm statistics, as the analyze
+    benchmark builds it (``benchmarks/analyze_resnet.py``, loaded as a module: the folder is
+    not a package)."""
+    import importlib.util
+
+    path = Path(__file__).with_name("analyze_resnet.py")
+    spec = importlib.util.spec_from_file_location("_bench_analyze_resnet", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.application("ResNet50", size)
+
+
+def make_resnet_data(n: int, size: int):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return (
+        rng.uniform(0, 1, (n, size, size, 3)).astype(np.float32),
+        rng.integers(0, 1000, n).astype(np.int64),
+    )
+
+
+def compiled_model(network: str = "vgg", size: int = 224):
     import keras
 
-    model = build_model()
+    model = build_model() if network == "vgg" else resnet50(size)
     model.compile(
         optimizer=keras.optimizers.SGD(0.01),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -95,25 +127,33 @@ def timed(fn):
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def workload(args):
+    """``(model, x, y, batch size)`` of the network ``args.network`` names."""
+    if args.network == "vgg":
+        x, y = make_data(args.images)
+        return compiled_model(), x, y, BATCH_SIZE
+    x, y = make_resnet_data(args.images, args.size)
+    return compiled_model("resnet50", args.size), x, y, args.batch
+
+
 def child_time(args) -> dict:
     from pattern_keras.patterns import PatternComputer
 
-    model = compiled_model()
-    x, y = make_data(args.images)
+    model, x, y, batch = workload(args)
     computer = PatternComputer(model)
 
     def fit():
-        computer.compute(x, batch_size=BATCH_SIZE, verbose=0)
+        computer.compute(x, batch_size=batch, verbose=0)
 
     def train():
-        model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0, shuffle=False)
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
 
     first = {"fit": timed(fit), "train": timed(train)}  # warm-up: both trace here
     runs = {"fit": [], "train": []}
     for _ in range(args.repeats):
         runs["train"].append(timed(train))
         runs["fit"].append(timed(fit))
-    one_batch = timed(lambda: computer.compute(x[:BATCH_SIZE], batch_size=BATCH_SIZE, verbose=0))
+    one_batch = timed(lambda: computer.compute(x[:batch], batch_size=batch, verbose=0))
     return {"runs": runs, "first": first, "one_batch": one_batch}
 
 
@@ -122,12 +162,11 @@ def child_memory(args) -> dict:
 
     from pattern_keras.patterns import PatternComputer
 
-    model = compiled_model()
-    x, y = make_data(args.images)
+    model, x, y, batch = workload(args)
     if args.child == "memory-fit":
-        PatternComputer(model).compute(x, batch_size=BATCH_SIZE, verbose=0)
+        PatternComputer(model).compute(x, batch_size=batch, verbose=0)
     elif args.child == "memory-train":
-        model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0, shuffle=False)
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
     return {"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -182,7 +221,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def report_time(result: dict, images: int) -> str:
+def report_time(result: dict, images: int, batch: int = BATCH_SIZE) -> str:
     fit = result["runs"]["fit"]
     train = result["runs"]["train"]
     rows = []
@@ -194,7 +233,7 @@ def report_time(result: dict, images: int) -> str:
     text = table(
         [
             "time",
-            f"training epoch ({images} images)",
+            f"training epoch ({images} images, batch {batch})",
             "PatternComputer.compute",
             "fit / epoch (median ratio)",
         ],
@@ -255,12 +294,17 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--resnet-images", type=int, default=64)
+    parser.add_argument("--resnet-size", type=int, default=224)
+    parser.add_argument("--resnet-batch", type=int, default=16)
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--replica-images", type=int, default=256)
     parser.add_argument(
         "--quick", action="store_true", help="one timed repeat; 128 images for the replica table"
     )
     parser.add_argument("--skip-time", action="store_true")
+    parser.add_argument("--skip-vgg", action="store_true", help="no VGG-style time or memory")
+    parser.add_argument("--skip-resnet", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-replicas", action="store_true")
     parser.add_argument(
@@ -271,6 +315,9 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--network", default="vgg", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=224, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=BATCH_SIZE, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
@@ -282,17 +329,36 @@ def main(argv=None) -> None:
         args.repeats = 1
         args.replica_images = 128
     print(f"# Pattern fitting benchmark ({os.cpu_count()} CPUs)\n", flush=True)
-    if not args.skip_time:
+    if not args.skip_time and not args.skip_vgg:
         result = run_child("time", args.timeout, images=args.images, repeats=args.repeats)
         print("## Time: PatternComputer.compute vs one training epoch\n")
         print(report_time(result, args.images) + "\n", flush=True)
-    if not args.skip_memory:
+    if not args.skip_memory and not args.skip_vgg:
         results = {
             c: run_child(c, args.timeout, images=args.images)
             for c in ("memory-baseline", "memory-fit", "memory-train")
         }
         print("## Peak memory (each in its own process)\n")
         print(report_memory(results) + "\n", flush=True)
+    if not args.skip_resnet:
+        resnet = dict(
+            network="resnet50",
+            images=args.resnet_images,
+            size=args.resnet_size,
+            batch=args.resnet_batch,
+        )
+        where = f"ResNet50 at {args.resnet_size}×{args.resnet_size}"
+        if not args.skip_time:
+            result = run_child("time", args.timeout, repeats=args.repeats, **resnet)
+            print(f"## Time, {where}: PatternComputer.compute vs one training epoch\n")
+            print(report_time(result, args.resnet_images, args.resnet_batch) + "\n", flush=True)
+        if not args.skip_memory:
+            results = {
+                c: run_child(c, args.timeout, **resnet)
+                for c in ("memory-baseline", "memory-fit", "memory-train")
+            }
+            print(f"## Peak memory, {where} (each in its own process)\n")
+            print(report_memory(results) + "\n", flush=True)
     if not args.skip_replicas:
         results = [
             run_child(
