@@ -249,8 +249,6 @@ class PatternComputer:
         chief = _is_chief(strategy)
         iterator = iter(distributed)
         for batch in iterator:
-            if not state.shifted:
-                state.init_shifts(batch)
             before = int(state.n_samples.numpy())
             bad = state.step(batch)
             if bad:
@@ -440,11 +438,12 @@ class _State:
         # Traced once for the data's element spec (batch axis None): a final partial batch
         # does not trace the step a second time.
         signature = None if element_spec is None else [element_spec]
+        step_signature = None if signature is None else signature + [tf.TensorSpec((), tf.bool)]
         self._init_fn = tf.function(
             functools.partial(_State._init_step, self), input_signature=signature, autograph=False
         )
         self._step_fn = tf.function(
-            functools.partial(_State._step, self), input_signature=signature, autograph=False
+            functools.partial(_State._step, self), input_signature=step_signature, autograph=False
         )
 
     def reset(self, resumed: PatternStatistics | None = None) -> None:
@@ -472,25 +471,27 @@ class _State:
     # A replica (or a whole step) without samples contributes zeros without running the
     # model: see engine.if_samples.
 
+    @staticmethod
+    def _op_moments(op: Op, values) -> tuple[Any, Any, Any, Any]:
+        """``(Σx, number of x values, Σy per neuron, number of y values per neuron)`` of one
+        op's input and output without bias, in float32: what the shifts are taken from."""
+        dtype = _statistics_dtype(values[op.outputs[0]])
+        x = tf.cast(values[op.inputs[0]], dtype)
+        y = _without_bias(op, tf.cast(values[op.outputs[0]], dtype))
+        return (
+            tf.cast(tf.reduce_sum(x), tf.float32),
+            tf.cast(tf.size(x), tf.float32),
+            tf.cast(op.linear.per_neuron_sum(y), tf.float32),
+            _count_per_neuron(op, y),
+        )
+
     def _replica_moments(self, inputs):
         inputs = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
         plans = self.computer.plans
 
         def moments():
             values = engine.forward(self.computer.program, inputs)
-            out = {}
-            for key, plan in plans.items():
-                op = plan.ops[0]
-                dtype = _statistics_dtype(values[op.outputs[0]])
-                x = tf.cast(values[op.inputs[0]], dtype)
-                y = _without_bias(op, tf.cast(values[op.outputs[0]], dtype))
-                out[key] = (
-                    tf.cast(tf.reduce_sum(x), tf.float32),
-                    tf.cast(tf.size(x), tf.float32),
-                    tf.cast(op.linear.per_neuron_sum(y), tf.float32),
-                    _count_per_neuron(op, y),
-                )
-            return out
+            return {key: self._op_moments(plan.ops[0], values) for key, plan in plans.items()}
 
         def nothing():
             zero = tf.zeros((), tf.float32)
@@ -508,41 +509,86 @@ class _State:
         out["__n__"] = tf.cast(tf.shape(inputs[0])[0], tf.int64)
         return out
 
-    def _replica_sums(self, inputs):
+    def _plan_sums(self, values, shifts) -> dict[str, dict[str, Any]]:
+        """The float64 sums of every pattern key from the replayed ``values``, with the shifts
+        ``{key: (shift_x, shift_y)}``."""
+        out = {}
+        for key, plan in self.computer.plans.items():
+            total = None
+            for op in plan.ops:
+                op_sums = self._op_sums(plan, op, values, *shifts[key])
+                total = op_sums if total is None else {n: total[n] + op_sums[n] for n in total}
+            out[key] = total
+        return out
+
+    def _no_sums(self) -> dict[str, dict[str, Any]]:
+        """Zeros shaped like :meth:`_plan_sums`: what a replica without samples adds."""
+        return {
+            key: {
+                name: tf.zeros(
+                    plan.part.neuron_shape
+                    if SUMS[name].over == "neuron"
+                    else plan.part.kernel_shape,
+                    tf.float64,
+                )
+                for name in plan.stats
+            }
+            for key, plan in self.computer.plans.items()
+        }
+
+    @property
+    def _shifts_in_step(self) -> bool:
+        """Whether the first batch's step takes the shifts itself (a single replica): from the
+        same replay of the model as its sums, where a pass of their own would replay the first
+        batch twice. Several replicas need the means over all of them before any sum."""
+        return self.strategy.num_replicas_in_sync == 1
+
+    def _replica_sums(self, inputs, first):
+        """The batch's sums; with :attr:`_shifts_in_step`, also the shifts they were taken
+        with (under ``"__shifts__"``): the variables', or the batch's means when ``first``."""
         inputs = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
         plans = self.computer.plans
 
+        def current():
+            return {
+                key: (tf.identity(self.shift_x[key]), tf.identity(self.shift_y[key]))
+                for key in plans
+            }
+
         def sums():
             values = engine.forward(self.computer.program, inputs)
-            out = {}
-            for key, plan in plans.items():
-                total = None
-                for op in plan.ops:
-                    op_sums = self._op_sums(plan, op, values)
-                    total = op_sums if total is None else {n: total[n] + op_sums[n] for n in total}
-                out[key] = total
+            if not self._shifts_in_step:
+                return self._plan_sums(values, current())
+
+            def from_batch():
+                shifts = {}
+                for key, plan in plans.items():
+                    sum_x, count_x, sum_y, count_y = self._op_moments(plan.ops[0], values)
+                    shift_x = (
+                        tf.math.divide_no_nan(sum_x, count_x)
+                        if plan.shiftable
+                        else tf.zeros((), tf.float32)
+                    )
+                    shifts[key] = (shift_x, tf.math.divide_no_nan(sum_y, count_y))
+                return shifts
+
+            shifts = tf.cond(first, from_batch, current)
+            out = self._plan_sums(values, shifts)
+            out["__shifts__"] = shifts
             return out
 
         def nothing():
-            return {
-                key: {
-                    name: tf.zeros(
-                        plan.part.neuron_shape
-                        if SUMS[name].over == "neuron"
-                        else plan.part.kernel_shape,
-                        tf.float64,
-                    )
-                    for name in plan.stats
-                }
-                for key, plan in plans.items()
-            }
+            out = self._no_sums()
+            if self._shifts_in_step:
+                out["__shifts__"] = current()
+            return out
 
         out = engine.if_samples(inputs[0], sums, nothing)
         out["__n__"] = tf.cast(tf.shape(inputs[0])[0], tf.int64)
         out["__bad__"] = tf.add_n([_count_non_finite(t) for t in inputs])
         return out
 
-    def _op_sums(self, plan: _LayerPlan, op: Op, values) -> dict[str, Any]:
+    def _op_sums(self, plan: _LayerPlan, op: Op, values, shift_x, shift_y) -> dict[str, Any]:
         part = op.linear
         # At least float32 whatever the layer computes in (float16 kernel sums over a batch's
         # positions overflow); float64 for a float64 model. The replay's values are cast.
@@ -551,13 +597,13 @@ class _State:
         z = tf.cast(values[op.outputs[0]], dtype)
         rank = len(z.shape)
         # y' = z − b − shift_y, in one pass over the output.
-        offset = part.to_output(tf.cast(self.shift_y[plan.key], dtype), rank)
+        offset = part.to_output(tf.cast(shift_y, dtype), rank)
         if part.bias_fn is not None:
             offset = offset + part.to_output(tf.cast(part.bias, dtype), rank)
         ys = z - offset
         positive = tf.cast(z > 0, dtype)
         kernel = tf.cast(part.kernel, dtype)
-        shift_x = tf.cast(self.shift_x[plan.key], dtype)
+        shift_x = tf.cast(shift_x, dtype)
         if plan.shiftable and part.padded_apply is not None:
             pad, apply = part.padded_apply
             xs = pad(x) - shift_x
@@ -637,13 +683,33 @@ class _State:
             self.shift_y[key].assign(tf.math.divide_no_nan(sum_y, count_y))
         return n
 
-    def _step(self, batch):
-        """Accumulate one batch, unless it holds a non-finite value; returns their number.
+    def _step(self, batch, first):
+        """Accumulate one batch, unless it holds a non-finite value; returns their number and
+        the number of samples. With ``first`` (only with :attr:`_shifts_in_step`), the shifts
+        are taken from this batch, and kept unless it is refused.
 
         The count is all-reduced with the sums, so under a multi-worker strategy every worker
         sees the same count and refuses the same batch (none waits for the others for ever).
         """
-        sums = self._run_and_sum(self._replica_sums, batch)
+        sums = self._run_and_sum(lambda b: self._replica_sums(b, first), batch)
+        n = sums["__n__"]
+        if not self._shifts_in_step:
+            return self._accumulate(sums), n
+        shifts = sums.pop("__shifts__")
+
+        def set_shifts():
+            for key, (shift_x, shift_y) in shifts.items():
+                self.shift_x[key].assign(shift_x)
+                self.shift_y[key].assign(shift_y)
+            return tf.constant(0, tf.int64)
+
+        keep = tf.logical_and(first, tf.equal(sums["__bad__"], 0))
+        with tf.control_dependencies([tf.cond(keep, set_shifts, lambda: tf.constant(0, tf.int64))]):
+            return self._accumulate(sums), n
+
+    def _accumulate(self, sums):
+        """Add a batch's reduced sums to the accumulators, unless it holds a non-finite value;
+        returns their number."""
         bad = sums.pop("__bad__")
         n = sums.pop("__n__")
 
@@ -663,8 +729,21 @@ class _State:
         self.shifted = int(self._init_fn(batch)) > 0
 
     def step(self, batch) -> int:
-        """Accumulate a batch; returns the number of non-finite values that refused it."""
-        return int(self._step_fn(batch).numpy())
+        """Accumulate a batch; returns the number of non-finite values that refused it.
+
+        Until the shifts are set (the first batch with samples), the batch also sets them: in
+        the same replay of the model on a single replica, in a pass of its own on several
+        (whose shifts need the means over all replicas before any sum).
+        """
+        first = not self.shifted
+        if first and not self._shifts_in_step:
+            self.init_shifts(batch)
+            first = False
+        bad, n = self._step_fn(batch, tf.constant(first))
+        bad = int(bad.numpy())
+        if first:
+            self.shifted = not bad and int(n.numpy()) > 0
+        return bad
 
     def statistics(self, n_batches: int) -> PatternStatistics:
         layers = {}

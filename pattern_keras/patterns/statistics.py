@@ -210,20 +210,24 @@ class LayerStatistics:
         """
         s = self.sums
         k = self.to_kernel
+        # Kernel-sized arrays are updated in place (two temporaries instead of a dozen): on
+        # ResNet50 this derivation was a tenth of a 64-image fit. The operations and their
+        # order are those of the formula as written in MATH.md.
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             n_safe = np.where(n_r > 0, n_r, 1.0)
             mean_y = s["sum_y"] / np.where(s["n"] > 0, s["n"], 1.0)
-            num = (
-                sum_xy_r / k(n_safe)
-                - sum_x_r / k(n_safe) * k(mean_y)
-                + self.shift_x * k(sum_y_r / n_safe - mean_y)
-            )
-            w = self.kernel.astype(np.float64)
-            den = np.sum(w * num, axis=self.input_axes, keepdims=True)
-            scale = np.sum(np.abs(w * num), axis=self.input_axes, keepdims=True)
+            num = sum_xy_r / k(n_safe)
+            term = sum_x_r / k(n_safe)
+            term *= k(mean_y)
+            num -= term
+            num += self.shift_x * k(sum_y_r / n_safe - mean_y)
+            w_num = np.multiply(self.kernel, num, out=term, dtype=np.float64)
+            den = np.sum(w_num, axis=self.input_axes, keepdims=True)
+            scale = np.sum(np.abs(w_num, out=w_num), axis=self.input_axes, keepdims=True)
             finite = np.isfinite(den) & np.isfinite(scale)
             undefined = finite & ((k(n_r) <= 0) | (np.abs(den) <= 1e-9 * scale))
-            value = np.where(undefined, 0.0, num / np.where(undefined, 1.0, den))
+            value = np.divide(num, np.where(undefined, 1.0, den), out=num)
+            np.copyto(value, 0.0, where=np.broadcast_to(undefined, value.shape))
         return value, int(np.count_nonzero(undefined))
 
     def _patterns(self) -> tuple[np.ndarray, np.ndarray | None, dict[str, int]]:
