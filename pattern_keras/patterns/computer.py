@@ -622,11 +622,25 @@ class _State:
                 out = apply(xs, kernel)
             return tape.gradient(out, kernel, output_gradients=u)
 
+        def input_sum():
+            # Σ_{n,p} patch_p(x'_n) is the same for every neuron where every neuron reads the
+            # same patches: one neuron's column of the kernel gradient, broadcast, gives it at
+            # 1/neurons of the cost (a convolution feeding a residual sum keeps both regimes,
+            # so this is one of its four kernel sums).
+            if not _every_neuron_reads_every_input(op, x):
+                return kernel_sum(tf.ones_like(z))
+            column = kernel[..., :1]
+            with tf.GradientTape() as tape:
+                tape.watch(column)
+                out = apply(xs, column)
+            return tf.broadcast_to(
+                tape.gradient(out, column, output_gradients=tf.ones_like(out)), part.kernel_shape
+            )
+
         weights = {
             "y": lambda: ys,
             "positive": lambda: positive,
             "y_positive": lambda: ys * positive,
-            "one": lambda: tf.ones_like(z),
         }
         sums = {}
         for name in plan.stats:
@@ -635,6 +649,8 @@ class _State:
                 value = _count_per_neuron(op, z)  # a count: the same for every neuron
             elif what.over == "neuron":
                 value = part.per_neuron_sum(weights[what.weight]())
+            elif what.weight == "one":
+                value = input_sum()
             else:
                 value = kernel_sum(weights[what.weight]())
             sums[name] = tf.cast(value, tf.float64)
@@ -832,6 +848,22 @@ def _skip_samples(dataset: tf.data.Dataset, n_skip: int) -> tf.data.Dataset:
         dataset.scan(tf.constant(0, tf.int64), scan)
         .filter(lambda seen, *e: keep(seen, e if len(e) > 1 else e[0]))
         .map(lambda seen, *e: cut(seen, e if len(e) > 1 else e[0]))
+    )
+
+
+def _every_neuron_reads_every_input(op: Op, x: Any) -> bool:
+    """Whether the op is a Dense layer or an ungrouped (non-transposed, non-depthwise)
+    convolution: ``z[p, o] = Σ_i K[i, o] patch_p(x)[i]``, the same patches for every output
+    neuron ``o`` (the last kernel axis), so that a kernel sliced to one neuron is the same map
+    for that neuron."""
+    part = op.linear
+    layers = keras.layers
+    rank = len(part.kernel_shape)
+    return (
+        isinstance(op.layer, (layers.Dense, layers.Conv1D, layers.Conv2D, layers.Conv3D))
+        and getattr(op.layer, "groups", 1) == 1
+        and tuple(a % rank for a in part.out_axes) == (rank - 1,)
+        and x.shape[part.channel_axis] == part.kernel_shape[-2]
     )
 
 
