@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from pattern_keras import _checks, engine
-from pattern_keras.layers import Op
+from pattern_keras.layers import Op, shared_kernels
 from pattern_keras.patterns.fingerprint import model_fingerprint
 from pattern_keras.patterns.statistics import (
     ESTIMATORS,
@@ -556,6 +556,11 @@ class _State:
             }
 
         def sums():
+            # One read (and BatchNorm fold) of each kernel for the replay and the statistics.
+            with shared_kernels():
+                return statistics()
+
+        def statistics():
             values = engine.forward(self.computer.program, inputs)
             if not self._shifts_in_step:
                 return self._plan_sums(values, current())
