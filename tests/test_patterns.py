@@ -627,3 +627,24 @@ def test_analyze_before_fit_raises_not_fitted(small):
             analyzer.analyze(x[:2])
         message = str(info.value)
         assert "fit" in message and "load" in message, message
+
+
+def test_shifts_are_the_first_batch_means(fitted_models):
+    """The shifts are the first batch's means (of each layer's input, and of its output
+    without bias per neuron), taken in the first batch's own step on a single replica: against
+    numpy float64 means of that batch, and the same whatever comes after it."""
+    model, x, _ = fitted_models("dense")
+    stats = pk.PatternComputer(model).compute_statistics(x, batch_size=16, verbose=0)
+    later = pk.PatternComputer(model).compute_statistics(
+        np.concatenate([x[:16], x[::-1]]), batch_size=16, verbose=0
+    )
+    for name in MODELS["dense"][2]:
+        x_in = layer_input(model, name, x[:16]).astype(np.float64)
+        y = x_in @ model.get_layer(name).kernel.numpy().astype(np.float64)
+        layer = stats.layers[name]
+        np.testing.assert_allclose(layer.shift_x, x_in.mean(), rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(
+            layer.shift_y, y.mean(0), rtol=1e-5, atol=1e-5 * np.abs(y).max(), err_msg=name
+        )
+        assert later.layers[name].shift_x == layer.shift_x
+        np.testing.assert_array_equal(later.layers[name].shift_y, layer.shift_y)
