@@ -857,15 +857,15 @@ def _skip_samples(dataset: tf.data.Dataset, n_skip: int) -> tf.data.Dataset:
 
 
 def _every_neuron_reads_every_input(op: Op, x: Any) -> bool:
-    """Whether the op is a Dense layer or an ungrouped (non-transposed, non-depthwise)
-    convolution: ``z[p, o] = Σ_i K[i, o] patch_p(x)[i]``, the same patches for every output
-    neuron ``o`` (the last kernel axis), so that a kernel sliced to one neuron is the same map
-    for that neuron."""
+    """Whether the op is a Keras Dense layer or ungrouped convolution (not a subclass, whose
+    registered map may differ): ``z[p, o] = Σ_i K[i, o] patch_p(x)[i]``, the same patches for
+    every output neuron ``o`` (the last kernel axis), so that a kernel sliced to one neuron is
+    the same map for that neuron."""
     part = op.linear
     layers = keras.layers
     rank = len(part.kernel_shape)
     return (
-        isinstance(op.layer, (layers.Dense, layers.Conv1D, layers.Conv2D, layers.Conv3D))
+        type(op.layer) in (layers.Dense, layers.Conv1D, layers.Conv2D, layers.Conv3D)
         and getattr(op.layer, "groups", 1) == 1
         and tuple(a % rank for a in part.out_axes) == (rank - 1,)
         and x.shape[part.channel_axis] == part.kernel_shape[-2]
