@@ -30,7 +30,7 @@ same cores.
 
 Usage::
 
-    python benchmarks/fit.py                   # everything (about 10 min on 2 idle cores)
+    python benchmarks/fit.py                   # everything (about 35 min on 2 loaded cores, ResNet50 most of it)
     python benchmarks/fit.py --quick           # one repeat, fewer images for (c)
     python benchmarks/fit.py --skip-memory --skip-replicas
     python benchmarks/fit.py --skip-vgg --skip-replicas --repeats 5   # ResNet50 only
