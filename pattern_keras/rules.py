@@ -82,9 +82,9 @@ class LinearRule:
     ----------
     kernel : callable, optional
         ``kernel(op, z) -> list of (kernel tensor, mask or None)``. The signal crosses the op as
-        ``Σ_i VJP_x[apply(x, K_i)](g ⊙ mask_i)``; a boolean mask selects ``g`` where it is true. Default: the layer's own kernel ``W``
-        (the gradient). The pattern rules pass ``A`` or ``W ⊙ A``, split by regime where a layer
-        keeps both.
+        ``Σ_i VJP_x[apply(x, K_i)](g ⊙ mask_i)``; a boolean mask selects ``g`` where it is
+        true. Default: the layer's own kernel ``W`` (the gradient). The pattern rules pass ``A``
+        or ``W ⊙ A``, split by regime where a layer keeps both.
     """
 
     def __init__(
