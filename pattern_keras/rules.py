@@ -252,16 +252,21 @@ class BasicRule:
         # ±VJP[f_t](|ω|·s)``: the weight scales the ratio (skipped for ω = 1), the VJPs of
         # terms that share their inputs (αβ's two signs on the same x⁺) are summed before one
         # product with the input. Fewer passes over large tensors, the same sum.
-        # Nothing here may start before the signal arrives: the terms' forward products depend
-        # only on the forward pass, and TensorFlow would otherwise run every layer's at once,
-        # early, and hold them all until the backward pass reaches them (measured on ResNet50:
-        # LRP-α2β1's peak memory over the tape gradient's, 5.5× without this).
+        groups = self.groups(op, inputs, outputs)
+        if len(groups) == 1:
+            return self._relevance(groups, upstream)
+        # With several groups nothing may start before the signal arrives: the terms' forward
+        # products depend only on the forward pass, and TensorFlow ran every layer's at once,
+        # early, holding them all until the backward pass reached them (measured on ResNet50:
+        # LRP-α2β1's peak memory over the tape gradient's, 5.5× without this). With one group
+        # its order already keeps the product near its use (the same peak), and the dependency
+        # measured 7 % slower (z⁺ 1.56 → 1.66 gradients).
         with tf.control_dependencies([u for u in upstream if u is not None]):
-            return self._relevance(op, inputs, outputs, upstream)
+            return self._relevance(groups, upstream)
 
-    def _relevance(self, op: Op, inputs, outputs, upstream):
+    def _relevance(self, groups, upstream):
         gathered: dict[tuple[int, ...], tuple[list[Any], list[Any], bool]] = {}
-        for weight, terms, bias in self.groups(op, inputs, outputs):
+        for weight, terms, bias in groups:
             z = None
             for t in terms:
                 value = list(t.fn(t.inputs) if t.value is None else t.value)
