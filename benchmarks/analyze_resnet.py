@@ -113,6 +113,23 @@ def resnet50(size: int, seed: int = 0):
 MEMORY_RESULT = "MAXRSS_MB "
 
 
+def set_zero_patterns(analyzer) -> None:
+    """Give a pattern analyzer zero patterns shaped like its kernels (both regimes where a layer
+    keeps both) instead of a fit: the arithmetic of ``analyze`` does not depend on their values,
+    and a fit's own time and memory would hide it."""
+    from pattern_keras import Patterns
+
+    plans = analyzer._computer.plans
+    zeros = {key: np.zeros(plan.part.kernel_shape, "float32") for key, plan in plans.items()}
+    negative = {
+        key: zeros[key]
+        for key, plan in plans.items()
+        if plan.pattern_type == "relu" and not plan.rectified
+    }
+    types = {key: plan.pattern_type for key, plan in plans.items()}
+    analyzer.set_patterns(Patterns(zeros, negative=negative, pattern_types=types))
+
+
 def memory_child(args) -> None:
     """Runs in a fresh process: one pass of ``args.child`` ("baseline", "tape" or an analyzer
     label), then prints the process's peak resident set size."""
@@ -131,19 +148,7 @@ def memory_child(args) -> None:
         spec = next(spec for spec, _ in ANALYZERS if spec.label == args.child)
         analyzer = bench.load_analyzer(spec)(model, **spec.kwargs)
         if spec.fit:
-            from pattern_keras import Patterns
-
-            plans = analyzer._computer.plans
-            zeros = {
-                key: np.zeros(plan.part.kernel_shape, "float32") for key, plan in plans.items()
-            }
-            negative = {
-                key: zeros[key]
-                for key, plan in plans.items()
-                if plan.pattern_type == "relu" and not plan.rectified
-            }
-            types = {key: plan.pattern_type for key, plan in plans.items()}
-            analyzer.set_patterns(Patterns(zeros, negative=negative, pattern_types=types))
+            set_zero_patterns(analyzer)
         import warnings
 
         with warnings.catch_warnings():

@@ -73,10 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="analyzer labels or class names")
     args = parser.parse_args(argv)
 
-    import numpy as np
     import tensorflow as tf
-
-    from pattern_keras import Patterns
 
     resnet = _analyze_resnet()
     bench = resnet.bench
@@ -94,15 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         analyzer = bench.load_analyzer(spec)(model, **spec.kwargs)
         if spec.fit:
-            plans = analyzer._computer.plans
-            zeros = {k: np.zeros(p.part.kernel_shape, "float32") for k, p in plans.items()}
-            negative = {
-                k: zeros[k]
-                for k, p in plans.items()
-                if p.pattern_type == "relu" and not p.rectified
-            }
-            types = {k: p.pattern_type for k, p in plans.items()}
-            analyzer.set_patterns(Patterns(zeros, negative=negative, pattern_types=types))
+            resnet.set_zero_patterns(analyzer)
         fn = analyzer._compiled_fn()
         selection = tf.zeros((len(x),), tf.int32)
         fn([xt], selection)
