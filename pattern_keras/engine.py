@@ -304,6 +304,8 @@ def backward(
     """
     signals: dict[int, Any] = {program.output: seed}
     for op in reversed(program.ops):
+        if op.kind == "index":  # masks and indices: no signal crosses an integer
+            continue
         upstream = [signals.pop(s, None) for s in op.outputs]
         if all(g is None for g in upstream):
             continue

@@ -14,6 +14,7 @@ their inner nodes get keys ``"outer/inner"``. Tensors are identified by integer 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +28,8 @@ __all__ = [
     "call_has_training_arg",
     "causal_padding",
     "require_tensorflow_backend",
+    "operation_class",
+    "application_class",
 ]
 
 
@@ -64,6 +67,8 @@ class CallNode:
         tensors with the original call's non-tensor arguments (and ``training=False``).
     input_shapes, output_shapes : tuple of tuple
         Static shapes (batch axis ``None``) of the inputs and outputs.
+    output_dtypes : tuple of str
+        The outputs' dtypes (``"float32"``, ``"bool"``, ``"int32"``, ...).
     """
 
     key: str
@@ -73,6 +78,7 @@ class CallNode:
     call: Callable[[Sequence[Any]], list[Any]]
     input_shapes: tuple[tuple[Any, ...], ...] = ()
     output_shapes: tuple[tuple[Any, ...], ...] = ()
+    output_dtypes: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(eq=False)
@@ -95,6 +101,39 @@ class ModelGraph:
     outputs: list[int]
     nodes: list[CallNode]
     input_specs: list[tuple[tuple[Any, ...], str]]
+
+
+def operation_class(name: str) -> type | None:
+    """A class of Keras's graph operations, which ``keras.ops`` functions create but do not
+    export: ``"numpy.Add"`` is the node ``x + y`` becomes inside a functional model.
+
+    Parameters
+    ----------
+    name : str
+        ``"<module>.<class>"`` under ``keras.src.ops`` (``"numpy.Add"``, ``"nn.Relu"``).
+
+    Returns
+    -------
+    type or None
+        ``None`` where this Keras release has no such class (the registry then skips it).
+    """
+    return _private_class("keras.src.ops", name)
+
+
+def application_class(name: str) -> type | None:
+    """A layer class that ``keras.applications`` defines for itself
+    (``"convnext.LayerScale"``), or ``None`` where this Keras release has none."""
+    return _private_class("keras.src.applications", name)
+
+
+def _private_class(package: str, name: str) -> type | None:
+    module_name, _, class_name = name.rpartition(".")
+    try:
+        module = importlib.import_module(f"{package}.{module_name}")
+    except ImportError:  # pragma: no cover - depends on the Keras release
+        return None
+    found = getattr(module, class_name, None)
+    return found if isinstance(found, type) else None
 
 
 def _functional_of(model: Any) -> Functional | None:
@@ -212,6 +251,7 @@ def _inline(
                         call=_node_caller(node),
                         input_shapes=tuple(tuple(t.shape) for t in node.input_tensors),
                         output_shapes=tuple(tuple(t.shape) for t in node.outputs),
+                        output_dtypes=tuple(str(t.dtype) for t in node.outputs),
                     )
                 )
             for t, s in zip(node.outputs, out_slots):

@@ -41,7 +41,7 @@ def vjp(
     pruned, and identical ones are shared with the forward pass, so this costs what the
     gradient costs.
     """
-    inputs = list(inputs)
+    inputs = _distinct(inputs)
     with tf.GradientTape() as tape:
         for x in inputs:
             tape.watch(x)
@@ -52,6 +52,24 @@ def vjp(
         output_gradients=list(upstream),
         unconnected_gradients=tf.UnconnectedGradients.ZERO,
     )
+
+
+def _distinct(inputs: Sequence[Any]) -> list[Any]:
+    """``inputs`` with every repeated tensor object replaced by an identity copy.
+
+    A tape asked for the gradient of one tensor listed twice (``Concatenate()([h, h])``,
+    ``Add()([h, Identity()(h)])``: the replay gives both operands the same tensor) returns the
+    *total* gradient at each position; the engine then adds both, counting the signal twice.
+    With a copy per position each gets its own share, as the op's inputs are distinct uses.
+    """
+    seen: set[int] = set()
+    distinct = []
+    for x in inputs:
+        if id(x) in seen:
+            x = tf.identity(x)
+        seen.add(id(x))
+        distinct.append(x)
+    return distinct
 
 
 class GradientRule:
@@ -429,6 +447,10 @@ class Composite:
         self.default = default
 
     def __call__(self, op: Op):
+        if op.kind == "opaque" and "opaque" not in self.rules:
+            # Never through the default: a layer nobody could read is not explained by the
+            # gradient in an analyzer that promises another rule.
+            raise ValueError(op.refusal or f"Op '{op.key}' has no rule in {self!r}.")
         rule = self.rules.get(op.kind, self.default)
         if rule is None:
             raise ValueError(

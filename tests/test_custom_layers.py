@@ -144,20 +144,36 @@ def test_registered_layers_every_analyzer_runs():
 
 
 def test_registered_subclass_is_covered():
+    class SameScale(Scale):  # inherits Scale.call: computes what Scale computes
+        pass
+
+    keras.utils.set_random_seed(5)
+    x_in = keras.Input((4,))
+    model = keras.Model(x_in, L.Dense(2, name="d")(SameScale(name="same")(x_in)))
+    model.get_layer("same").factor.assign([0.5, 1.0, -2.0, 3.0])
+    # Scale's registration covers the subclass ("sum": its own VJP): d(w_j·f⊙x)/dx = f w_j.
+    x = np.random.default_rng(6).normal(size=(3, 4)).astype("float32")
+    y = model(x).numpy()
+    w = model.get_layer("d").kernel.numpy()[:, y.argmax(1)].T  # (3, 4)
+    want = np.array([0.5, 1.0, -2.0, 3.0], np.float32) * w
+    np.testing.assert_allclose(pk.Gradient(model).analyze(x), want, rtol=1e-6, atol=1e-7)
+
+
+def test_subclass_overriding_call_is_not_covered_by_its_base_rule():
+    """A subclass that rewrites ``call`` computes something else: its base class's rule must
+    not explain it (issue 20: ``ReversibleEmbedding(reverse=True)`` is no embedding lookup)."""
+    from pattern_keras.layers.registry import builder_for
+
     class DoubleScale(Scale):
         def call(self, x):
             return 2.0 * x * self.factor
 
-    keras.utils.set_random_seed(5)
-    x_in = keras.Input((4,))
-    model = keras.Model(x_in, L.Dense(2, name="d")(DoubleScale(name="double")(x_in)))
-    model.get_layer("double").factor.assign([0.5, 1.0, -2.0, 3.0])
-    # Scale's registration covers the subclass ("sum": its own VJP): d(w_j·2·f⊙x)/dx = 2 f w_j.
-    x = np.random.default_rng(6).normal(size=(3, 4)).astype("float32")
-    y = model(x).numpy()
-    w = model.get_layer("d").kernel.numpy()[:, y.argmax(1)].T  # (3, 4)
-    want = 2.0 * np.array([0.5, 1.0, -2.0, 3.0], np.float32) * w
-    np.testing.assert_allclose(pk.Gradient(model).analyze(x), want, rtol=1e-6, atol=1e-7)
+    class SameScale(Scale):
+        pass
+
+    assert builder_for(SameScale()) is builder_for(Scale())
+    assert builder_for(Scale()) is not None
+    assert builder_for(DoubleScale()) is None
 
 
 def test_register_layer_errors():

@@ -19,7 +19,8 @@ from conftest import PASS, assert_close
 
 import pattern_keras as pk
 from pattern_keras import engine, rules
-from pattern_keras.layers import _subsample, shared_kernels
+from pattern_keras.layers import shared_kernels
+from pattern_keras.layers.linear import _subsample
 
 L = keras.layers
 

@@ -17,6 +17,7 @@ from pattern_keras import layers as pk_layers
 from pattern_keras import rules as pk_rules
 from pattern_keras.analyzers import Analyzer, registry
 from pattern_keras.evaluation import signal_estimator_quality
+from pattern_keras.layers import registry as pk_registry
 from pattern_keras.patterns import statistics
 from pattern_keras.rules import (
     ActivationRule,
@@ -141,7 +142,7 @@ def test_recipe_adding_a_layer_kind(monkeypatch):
             )
         ]
 
-    monkeypatch.setitem(pk_layers._REGISTRY, Clip, build)
+    monkeypatch.setitem(pk_registry._REGISTRY, Clip, build)
     keras.utils.set_random_seed(2)
     inputs = keras.Input((4,))
     h = Clip(name="clip")(L.Dense(6, name="d")(inputs))

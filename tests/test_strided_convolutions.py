@@ -22,7 +22,7 @@ import tensorflow as tf
 from keras import layers as L
 
 import pattern_keras as pk
-from pattern_keras.layers import _conv_parts
+from pattern_keras.layers.linear import conv_parts as _conv_parts
 
 HERE = pathlib.Path(__file__).parent
 

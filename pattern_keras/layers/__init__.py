@@ -1,0 +1,70 @@
+"""What each supported Keras layer *is*, seen by the reverse engine.
+
+Every call of a layer becomes one or more :class:`Op` objects of a small set of *kinds*; the
+backward rules are chosen per kind, never per layer class:
+
+``"linear"``
+    A kernel applied linearly, plus a bias (Dense, Conv1D/2D/3D, DepthwiseConv, the two halves of a
+    SeparableConv, ConvTranspose). Carries a :class:`LinearPart`. A fused activation
+    (``Dense(..., activation="relu")``) becomes a separate ``"activation"`` op after it.
+``"affine"``
+    A map that is affine in its input for LRP and the pattern methods: an elementwise scale and
+    shift (inference-mode BatchNormalization, Rescaling, Normalization, ConvNeXt's LayerScale,
+    constant arithmetic such as ``x * c`` or ``x + 3.0`` written as graph ops), and
+    LayerNormalization, whose op carries ``held``: its forward pass with the normalizing scale
+    held constant per sample (a linear map), which LRP and the pattern methods differentiate.
+``"activation"``
+    An elementwise nonlinearity: ``"relu"`` (ReLU, ReLU6, ``ReLU(max_value=...)``), ``"linear"``,
+    the *gating* activations ``f(z) = z·g(z)`` (``leaky_relu``, ``prelu``, ``elu``, ``selu``,
+    ``silu`` = swish, ``hard_silu`` = hard_swish, ``gelu``, ``tanh``; the op carries ``gate``),
+    the other activations ``sigmoid``, ``softplus``, ``hard_sigmoid``, ``"softmax"`` (only as the
+    model's last op, where it is stripped, as is a final ``sigmoid``), and ``"product"``: a
+    Multiply of two tensors whose second input is a gate computed from (or broadcast onto) the
+    first (``x·sigmoid(x)``, squeeze-and-excitation); see :func:`resolve_product`.
+``"max_pool"``
+    Max pooling: backward signals are routed to the winners.
+``"sum"``
+    A linear map without a learned kernel: average pooling, Add, Subtract, Average,
+    InceptionResNetV2's CustomScaleLayer (``x + s·r``).
+``"move"``
+    Data movement: Flatten, Reshape, padding, cropping, Concatenate, Dropout, Identity, and what
+    is the identity at inference (RandomFlip, RandomRotation, RandomZoom, RandomTranslation,
+    RandomContrast, RandomBrightness, ConvNeXt's StochasticDepth).
+``"index"``
+    An op whose outputs are not floating point (masks, indices, shapes: ``x != 0``, ``argmax``):
+    no backward signal crosses it, for any method (there is no gradient of an integer), so the
+    engine never visits it backward.
+``"opaque"``
+    A layer without a rule whose computation could not be read (a subclassed model with Python
+    control flow, a layer wrapping another framework): its own vector-Jacobian product is exact
+    for the gradient family, which takes it; every other analyzer refuses the model, naming the
+    layer and why (``Op.refusal``).
+
+A user's own layer joins one of these kinds with :func:`register_layer`.
+
+The package, by what a layer is: :mod:`~pattern_keras.layers.core` (``Op``, ``LinearPart``, the
+kinds), :mod:`~pattern_keras.layers.linear` (Dense, convolutions),
+:mod:`~pattern_keras.layers.activations`, :mod:`~pattern_keras.layers.normalization`,
+:mod:`~pattern_keras.layers.elementwise` (affine maps, sums, products, the identity at
+inference), and :mod:`~pattern_keras.layers.registry` (which builder a layer class gets).
+"""
+
+from __future__ import annotations
+
+from pattern_keras.layers.activations import GATING_ACTIVATIONS, OTHER_ACTIVATIONS
+from pattern_keras.layers.core import KINDS, LinearPart, Op, shared_kernels
+from pattern_keras.layers.elementwise import resolve_products
+from pattern_keras.layers.registry import ops_for_node, register_layer, supported_layer_names
+
+__all__ = [
+    "KINDS",
+    "GATING_ACTIVATIONS",
+    "OTHER_ACTIVATIONS",
+    "LinearPart",
+    "Op",
+    "register_layer",
+    "ops_for_node",
+    "resolve_products",
+    "shared_kernels",
+    "supported_layer_names",
+]
