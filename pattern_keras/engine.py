@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from pattern_keras import graph as _graph
 from pattern_keras.layers import LinearPart, Op, ops_for_node, resolve_products
+from pattern_keras.layers.registry import builder_for
 
 __all__ = ["Program", "forward", "forward_intervals", "backward", "if_samples", "Rule"]
 
@@ -52,6 +53,12 @@ class Program:
         The output slot (after stripping a softmax).
     input_specs : list of (shape, dtype)
         The model's input shapes (batch axis ``None``) and dtypes.
+    masks : dict
+        ``{slot: mask slot}``: the Keras masks the replay gives the tensors, as ``model(x)``
+        does.
+    captures : bool
+        The program holds values computed from the weights when it was built (see
+        :class:`~pattern_keras.graph.ModelGraph`): it must be rebuilt once they change.
     output_shape : tuple
         The model output's static shape (batch axis ``None``); a stripped softmax keeps it.
 
@@ -68,7 +75,7 @@ class Program:
         self, model: Any, *, strip_softmax: bool = True, fold_batch_norm: bool = False
     ) -> None:
         _graph.require_tensorflow_backend()
-        graph = _graph.trace_model(model)
+        graph = _graph.trace_model(model, has_rule=lambda layer: builder_for(layer) is not None)
         if len(graph.outputs) != 1:
             raise ValueError(
                 f"Model '{model.name}' has {len(graph.outputs)} outputs; pattern_keras explains "
@@ -77,8 +84,10 @@ class Program:
             )
         ops: list[Op] = []
         for node in graph.nodes:
-            ops.extend(ops_for_node(node, node.input_shapes[0] if node.input_shapes else ()))
+            ops.extend(_ops_or_opaque(node))
         self.model = model
+        self.masks = dict(graph.masks)
+        self.captures = graph.captures
         self.inputs = list(graph.inputs)
         self.output = graph.outputs[0]
         self.input_specs = graph.input_specs
@@ -101,9 +110,14 @@ class Program:
             self._strip_final_softmax()
         for op in self.ops:
             if op.kind == "activation" and op.activation == "softmax":
-                raise ValueError(
+                # Exact for the gradient family; a rule for the others only where something
+                # holds it (attention weights).
+                op.kind = "opaque"
+                op.refusal = (
                     f"Layer '{op.key}' applies a softmax inside the model. A softmax is only "
-                    "supported as the model's last operation, where it is stripped."
+                    "supported as the model's last operation, where it is stripped. The "
+                    "gradient family (Gradient, InputTimesGradient, IntegratedGradients, "
+                    "SmoothGrad) explains it through its own gradient."
                 )
         if fold_batch_norm:
             self._fold_batch_norms()
@@ -140,6 +154,7 @@ class Program:
             if needed.intersection(op.outputs):
                 kept.append(op)
                 needed.update(op.inputs)
+                needed.update(self.masks[s] for s in op.inputs if s in self.masks)
         self.ops = kept[::-1]
 
     def _mark_rectified(self) -> None:
@@ -182,6 +197,52 @@ class Program:
         return [op for op in self.ops if op.kind == "linear"]
 
 
+def _ops_or_opaque(node: _graph.CallNode) -> list[Op]:
+    """The ops of one call node, or one ``"opaque"`` op when the layer has no rule (or could
+    not be looked into): the gradient family differentiates it as it is, every other analyzer
+    refuses it with this message."""
+    reason = None
+    if node.constant:
+        return [
+            Op(
+                key=node.key,
+                kind="constant",
+                layer=node.layer,
+                inputs=node.inputs,
+                outputs=node.outputs,
+                forward=node.call,
+                rank=len(node.output_shapes[0]) if node.output_shapes else 0,
+            )
+        ]
+    if node.unreadable is not None:
+        reason = (
+            f"Layer '{node.key}' of class {type(node.layer).__name__} has no rule of its own "
+            f"and could not be looked into: {node.unreadable}. The gradient family (Gradient, "
+            "InputTimesGradient, IntegratedGradients, SmoothGrad) explains it through its own "
+            "gradient; the other methods need a rule for each of its parts."
+        )
+    else:
+        try:
+            return ops_for_node(node, node.input_shapes[0] if node.input_shapes else ())
+        except ValueError as err:
+            reason = str(err) + (
+                " The gradient family (Gradient, InputTimesGradient, IntegratedGradients, "
+                "SmoothGrad) explains it through its own gradient."
+            )
+    return [
+        Op(
+            key=node.key,
+            kind="opaque",
+            layer=node.layer,
+            inputs=node.inputs,
+            outputs=node.outputs,
+            forward=node.call,
+            rank=len(node.output_shapes[0]) if node.output_shapes else 0,
+            refusal=reason,
+        )
+    ]
+
+
 def _fold(part: LinearPart, affine: Callable[[], tuple[Any, Any, int]]) -> LinearPart:
     """``BN(apply(x, K) + b)`` as one linear part: kernel ``K·s``, bias ``b·s + shift``."""
     rank = len(part.kernel_shape)
@@ -216,6 +277,9 @@ def forward(program: Program, inputs: Sequence[Any]) -> dict[int, Any]:
     """Run the program; return every slot's tensor (inputs, intermediates, output)."""
     values = dict(zip(program.inputs, inputs))
     for op in program.ops:
+        for slot in op.inputs:
+            if slot in program.masks:  # as Keras gives a layer its input's mask
+                _graph.attach_mask(values[slot], values[program.masks[slot]])
         outs = op.forward([values[s] for s in op.inputs])
         values.update(zip(op.outputs, outs))
     return values
@@ -304,7 +368,7 @@ def backward(
     """
     signals: dict[int, Any] = {program.output: seed}
     for op in reversed(program.ops):
-        if op.kind == "index":  # masks and indices: no signal crosses an integer
+        if op.kind in ("index", "constant"):  # no signal crosses an integer or a constant
             continue
         upstream = [signals.pop(s, None) for s in op.outputs]
         if all(g is None for g in upstream):

@@ -17,6 +17,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from pattern_keras import graph as _graph
 from pattern_keras.layers import KINDS, Op
 
 __all__ = [
@@ -39,19 +40,34 @@ def vjp(
 
     Inside a ``tf.function`` the recomputed forward ops that the product does not need are
     pruned, and identical ones are shared with the forward pass, so this costs what the
-    gradient costs.
+    gradient costs. Inputs and outputs that are not floating point (masks, indices) carry no
+    signal: ``None`` comes back for such an input.
     """
     inputs = _distinct(inputs)
+    signal = [_differentiable(x) for x in inputs]
     with tf.GradientTape() as tape:
-        for x in inputs:
-            tape.watch(x)
-        outputs = fn(inputs)
-    return tape.gradient(
-        list(outputs),
-        inputs,
-        output_gradients=list(upstream),
-        unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        for x, s in zip(inputs, signal):
+            if s:
+                tape.watch(x)
+        outputs = list(fn(inputs))
+    pairs = [(y, g) for y, g in zip(outputs, upstream) if _differentiable(y) and g is not None]
+    sources = [x for x, s in zip(inputs, signal) if s]
+    if not pairs or not sources:
+        return [None] * len(inputs)
+    grads = iter(
+        tape.gradient(
+            [y for y, _ in pairs],
+            sources,
+            output_gradients=[g for _, g in pairs],
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
     )
+    return [next(grads) if s else None for s in signal]
+
+
+def _differentiable(t: Any) -> bool:
+    dtype = getattr(t, "dtype", None)
+    return dtype is not None and (dtype.is_floating or dtype.is_complex)
 
 
 def _distinct(inputs: Sequence[Any]) -> list[Any]:
@@ -60,13 +76,14 @@ def _distinct(inputs: Sequence[Any]) -> list[Any]:
     A tape asked for the gradient of one tensor listed twice (``Concatenate()([h, h])``,
     ``Add()([h, Identity()(h)])``: the replay gives both operands the same tensor) returns the
     *total* gradient at each position; the engine then adds both, counting the signal twice.
-    With a copy per position each gets its own share, as the op's inputs are distinct uses.
+    With a copy per position each gets its own share, as the op's inputs are distinct uses. The
+    copy keeps the Keras mask the tensor carries.
     """
     seen: set[int] = set()
     distinct = []
     for x in inputs:
         if id(x) in seen:
-            x = tf.identity(x)
+            x = _graph.copy_mask(x, tf.identity(x))
         seen.add(id(x))
         distinct.append(x)
     return distinct

@@ -250,24 +250,47 @@ def test_multiple_outputs_listed():
         assert_close(a, b, PASS)
 
 
-def test_subclassed_model_refused():
+def test_subclassed_model_is_looked_into():
+    """A subclassed model has no Functional graph; its ``call`` traced on a symbolic input
+    gives one (issue 20): at the top (keys without a prefix) and nested (``outer/inner``)."""
+
     class Sub(keras.Model):
         def __init__(self):
             super().__init__(name="mysub")
-            self.d = keras.layers.Dense(2)
+            self.d = keras.layers.Dense(2, name="d")
 
         def call(self, x):
-            return self.d(x)
+            return self.d(x) * 2.0
 
+    keras.utils.set_random_seed(1)
     model = Sub()
-    model(np.zeros((1, 3), "float32"))
-    with pytest.raises(ValueError, match=r"(?s)mysub.*Sub.*subclassed"):
-        trace_model(model)
-    # ... also when nested inside a functional model.
-    x = keras.Input((3,))
-    outer = keras.Model(x, keras.layers.Dense(1)(model(x)))
-    with pytest.raises(ValueError, match=r"(?s)mysub.*subclassed"):
-        trace_model(outer)
+    x = data((3,))
+    model(x)
+
+    def no_rule_for_sub(layer):
+        return not isinstance(layer, Sub)
+
+    g = trace_model(model, has_rule=no_rule_for_sub)
+    check_slots(g)
+    assert [n.key for n in g.nodes][0] == "d"
+    assert_close(replay(g, [x])[0], model(x).numpy(), PASS)
+    inp = keras.Input((3,))
+    outer = keras.Model(inp, keras.layers.Dense(1, name="head")(model(inp)))
+    g = trace_model(outer, has_rule=no_rule_for_sub)
+    check_slots(g)
+    assert [n.key for n in g.nodes][0] == "mysub/d"
+    assert_close(replay(g, [x])[0], outer(x).numpy(), PASS)
+    # Without a rule predicate nothing is looked into: the model stays one node.
+    assert [n.key for n in trace_model(outer).nodes] == ["mysub", "head"]
+
+
+def test_unbuilt_subclassed_model_refused():
+    class Sub(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError, match=r"(?s)subclassed.*not been built"):
+        trace_model(Sub(name="never_called"))
 
 
 def test_plain_layer_refused():

@@ -15,6 +15,7 @@ import tensorflow as tf
 from pattern_keras import _checks, engine
 from pattern_keras._checks import NEURON_SELECTION_MODES
 from pattern_keras.layers import shared_kernels
+from pattern_keras.patterns.fingerprint import WeightsChecksum
 from pattern_keras.rules import Composite
 
 __all__ = ["Analyzer", "NEURON_SELECTION_MODES"]
@@ -59,12 +60,20 @@ class Analyzer:
     _renormalize: bool = False
     #: Needs fitted patterns (``fit`` or ``load_patterns``) before ``analyze``.
     needs_patterns: bool = False
+    #: Takes ``"opaque"`` ops (layers without a rule that could not be looked into) by their
+    #: own gradient: only the gradient family, whose result is the gradient anyway.
+    explains_opaque_ops: bool = False
 
     def __init__(self, model: Any, neuron_selection_mode: str = "max_activation") -> None:
         _checks.selection_mode(neuron_selection_mode)
         self.model = model
         self.neuron_selection_mode = neuron_selection_mode
         self._program = engine.Program(model, fold_batch_norm=self.fold_batch_norm)
+        self._refuse_opaque_ops()
+        self._built_weights = None
+        if self._program.captures:
+            self._built_weights_checksum = WeightsChecksum(model)
+            self._built_weights = self._built_weights_checksum()
         self._compiled = None
         shape = self._program.output_shape
         if shape is None or any(d is None for d in shape[1:]):
@@ -73,6 +82,57 @@ class Analyzer:
                 "neurons must be known."
             )
         self.num_outputs = int(math.prod(shape[1:]))
+
+    def _check_captured_weights(self) -> None:
+        """Refuse to run once the weights changed, where the program holds values computed
+        from them when it was built (a class token tiled over the batch inside a layer's
+        ``call``): it would explain the old model."""
+        if self._built_weights is None:
+            return
+        checksum = self._built_weights_checksum
+        changed = checksum.first_change(self._built_weights, checksum())
+        if changed is not None:
+            raise RuntimeError(
+                f"{type(self).__name__}: the weights of model '{self.model.name}' changed after "
+                f"this analyzer was built (first changed: '{changed}'), and the model computes "
+                "values from its weights inside a layer's `call` that the analyzer read once, "
+                "when it was built. Build a new analyzer for the model as it is now."
+            )
+
+    def _warn_if_unreadable_probabilities(self, inputs: list[Any]) -> None:
+        """Warn (once) where the explained output comes out of a layer that could not be read
+        and looks like probabilities: a softmax inside an unreadable ``call`` cannot be
+        stripped, so the explanation is of a probability, not of a logit."""
+        if getattr(self, "_probabilities_checked", False):
+            return
+        self._probabilities_checked = True
+        last = self._program.producer(self._program.output)
+        if last is None or last.kind != "opaque" or self.num_outputs < 2:
+            return
+        sample = [t[:8] for t in inputs]
+        y = np.asarray(engine.forward(self._program, sample)[self._program.output])
+        y = y.reshape(y.shape[0], -1).astype(np.float64)
+        if y.size and np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-4):
+            warnings.warn(
+                f"{type(self).__name__}: the output of model '{self.model.name}' looks like "
+                f"probabilities (each row sums to 1) and comes out of '{last.key}', whose "
+                "computation could not be read, so a final softmax could not be stripped: "
+                "the explanation is of a probability, not of a logit. Explain the logits "
+                "instead, e.g. a model that returns them (the same layers without the "
+                "softmax, or `classifier_activation=None` for keras.applications and "
+                "keras-hub models).",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    def _refuse_opaque_ops(self) -> None:
+        """Refuse, naming the layer and why, a model with a layer this analyzer has no rule
+        for, now rather than at the first call (never a silent gradient in its place)."""
+        if self.explains_opaque_ops:
+            return
+        for op in self._program.ops:
+            if op.kind == "opaque":
+                raise ValueError(f"{type(self).__name__}: {op.refusal}")
 
     # -- what subclasses define ------------------------------------------------------------
 
@@ -183,10 +243,12 @@ class Analyzer:
             what was expected and what came.
         """
         self._check_ready()
+        self._check_captured_weights()
         if isinstance(x, tf.data.Dataset):
             return self._analyze_dataset(x, neuron_selection, verbose)
         inputs = self._validate_inputs(x)
         _checks.finite_values(inputs, "input")
+        self._warn_if_unreadable_probabilities(inputs)
         n = int(inputs[0].shape[0])
         selection = self._validate_selection(neuron_selection, n)
         batch_size = _checks.positive_int(

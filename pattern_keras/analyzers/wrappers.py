@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from pattern_keras import _checks, engine
 from pattern_keras.analyzers.base import Analyzer
-from pattern_keras.rules import ActivationRule, Composite, GradientRule, LinearRule
+from pattern_keras.analyzers.gradient import gradient_composite
+from pattern_keras.rules import Composite
 
 __all__ = ["IntegratedGradients", "SmoothGrad"]
 
@@ -32,6 +33,7 @@ class _PointwiseGradients(Analyzer):
     """
 
     seed_with_value = False
+    explains_opaque_ops = True  # gradients, whatever the layer
     num_points: int = 1
 
     def __init__(
@@ -41,9 +43,7 @@ class _PointwiseGradients(Analyzer):
         super().__init__(model, neuron_selection_mode=neuron_selection_mode)
 
     def _composite(self, values) -> Composite:
-        return Composite(
-            {"linear": LinearRule(), "activation": ActivationRule("gate")}, default=GradientRule()
-        )
+        return gradient_composite()
 
     def _points(self, inputs: list[Any], index: Any) -> tuple[list[Any], Any]:
         """For point indices ``index`` (``m`` of them, some possibly ``>= num_points``: weight

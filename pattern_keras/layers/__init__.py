@@ -34,6 +34,9 @@ backward rules are chosen per kind, never per layer class:
     An op whose outputs are not floating point (masks, indices, shapes: ``x != 0``, ``argmax``):
     no backward signal crosses it, for any method (there is no gradient of an integer), so the
     engine never visits it backward.
+``"constant"``
+    A layer whose output does not depend on its inputs' values, only on their shape (a
+    position table broadcast over the batch): computed in the replay, never visited backward.
 ``"opaque"``
     A layer without a rule whose computation could not be read (a subclassed model with Python
     control flow, a layer wrapping another framework): its own vector-Jacobian product is exact

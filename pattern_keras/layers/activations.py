@@ -131,18 +131,19 @@ def activation_layer(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
     else:
         name = activation_name(layer.activation)
         plain_relu = layer.activation is keras.activations.relu
-    return [
-        activation_op(
-            node.key,
-            layer,
-            name,
-            lambda x: node.call([x])[0],
-            node.inputs[0],
-            node.outputs[0],
-            gate=gate,
-            plain_relu=plain_relu,
-        )
-    ]
+    op = activation_op(
+        node.key,
+        layer,
+        name,
+        lambda x: node.call([x])[0],
+        node.inputs[0],
+        node.outputs[0],
+        gate=gate,
+        plain_relu=plain_relu,
+    )
+    if len(node.inputs) > 1:  # Softmax(x, mask=m): the mask is an input of the call too
+        op.inputs, op.forward = node.inputs, node.call
+    return [op]
 
 
 def activation_function_op(name: str, plain_relu: bool = False):

@@ -16,7 +16,17 @@ from pattern_keras import graph as _graph
 
 __all__ = ["KINDS", "LinearPart", "Op", "shared_kernels", "simple_builder", "Builder"]
 
-KINDS = ("linear", "affine", "activation", "max_pool", "sum", "move", "index", "opaque")
+KINDS = (
+    "linear",
+    "affine",
+    "activation",
+    "max_pool",
+    "sum",
+    "move",
+    "index",
+    "constant",
+    "opaque",
+)
 
 
 #: While :func:`shared_kernels` is active: ``{id(part): (part, kernel tensor)}``.

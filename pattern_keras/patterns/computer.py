@@ -103,6 +103,9 @@ class PatternComputer:
         elif program.model is not model:
             raise ValueError("program must be the Program of the same model.")
         self.program = program
+        for op in program.ops:
+            if op.kind == "opaque":  # patterns serve analyzers that refuse such a model
+                raise ValueError(op.refusal)
         grouped: dict[str, list[Op]] = {}
         for op in self.program.linear_ops:
             grouped.setdefault(op.pattern_key, []).append(op)

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+import keras
 import numpy as np
 
 from pattern_keras import graph as _graph
@@ -36,7 +37,9 @@ def model_fingerprint(model: Any) -> dict[str, Any]:
     seen = set()
     layers = []
     for node in _graph.trace_model(model).nodes:
-        if node.key in seen:
+        if node.key in seen or (node.inside and not isinstance(node.layer, keras.Layer)):
+            # Graph ops traced inside a call are renamed at every trace; the layers around
+            # them, their weights and the weights' values identify the model.
             continue
         seen.add(node.key)
         shapes = [list(int(d) for d in w.shape) for w in getattr(node.layer, "weights", [])]
