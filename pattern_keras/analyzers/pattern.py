@@ -152,70 +152,21 @@ class _PatternAnalyzer(Analyzer):
         self._set_patterns(patterns, self._computer.fingerprint())
 
     def _set_patterns(self, patterns: Patterns, fingerprint) -> None:
-        if not isinstance(patterns, Patterns):
-            raise TypeError(f"set_patterns takes a Patterns object, got {type(patterns).__name__}.")
-        if patterns.fingerprint:
-            mismatch = first_mismatch(fingerprint, patterns.fingerprint)
-            if mismatch:
-                raise ValueError(f"These patterns were fitted on another model: {mismatch}.")
         plans = self._computer.plans
-        extra = sorted(set(patterns) - set(plans))
-        if extra:
-            raise ValueError(
-                f"The patterns have an entry for layer '{extra[0]}', which the "
-                f"model has no pattern for (its layers: {sorted(plans)})."
-            )
+        _check_is_patterns(patterns)
+        _check_same_model(patterns, fingerprint)
+        _check_same_layers(patterns, plans)
         for key, plan in plans.items():
-            if key not in patterns:
-                raise ValueError(f"The patterns have no entry for layer '{key}'.")
-            shape = tuple(patterns[key].shape)
-            if shape != plan.part.kernel_shape:
-                raise ValueError(
-                    f"The pattern of layer '{key}' has shape {shape}; its kernel "
-                    f"has shape {plan.part.kernel_shape}."
-                )
-            kind = patterns.pattern_types.get(key, plan.pattern_type)
-            if kind != plan.pattern_type:
-                raise ValueError(
-                    f"The pattern of layer '{key}' is of type {kind!r}; this analyzer was "
-                    f"built with pattern_type {plan.pattern_type!r}."
-                )
-            two_regimes = plan.pattern_type == "relu" and not plan.rectified
-            if patterns.has_negative(key) != two_regimes:
-                raise ValueError(
-                    f"Layer '{key}' "
-                    + (
-                        "keeps both regimes (it does not feed a ReLU), but the patterns have "
-                        "no negative-regime pattern a_negative for it."
-                        if two_regimes
-                        else "keeps only its positive regime, but the patterns have a "
-                        "negative-regime pattern a_negative for it (fitted with another "
-                        "model or pattern type?)."
-                    )
-                )
-            arrays = [("a", patterns[key])]
-            if two_regimes:
-                negative = patterns.negative(key)
-                if tuple(negative.shape) != plan.part.kernel_shape:
-                    raise ValueError(
-                        f"The negative-regime pattern of layer '{key}' has shape "
-                        f"{tuple(negative.shape)}; its kernel has shape "
-                        f"{plan.part.kernel_shape}."
-                    )
-                arrays.append(("a_negative", negative))
-            for name, value in arrays:
-                if not np.all(np.isfinite(value)):
-                    raise ValueError(
-                        f"The pattern {name} of layer '{key}' holds NaN or infinite values."
-                    )
+            _check_layer_pattern(patterns, key, plan)
         if not patterns.fingerprint:  # built by hand: they belong to the model as it is now
-            patterns = Patterns(
-                {k: patterns[k] for k in patterns},
-                negative={k: patterns.negative(k) for k in patterns if patterns.has_negative(k)},
-                pattern_types=patterns.pattern_types,
-                n_samples=patterns.n_samples,
-                fingerprint=fingerprint,
-            )
+            patterns = _with_fingerprint(patterns, fingerprint)
+        self._assign_variables(patterns)
+        self.patterns = patterns
+        self._fitted_weights = self._weights_checksum()
+
+    def _assign_variables(self, patterns: Patterns) -> None:
+        """Copy the patterns into the variables the compiled pass reads (new variables, and a
+        new trace, only where a layer gains or loses its negative regime)."""
         rebuilt = False
         for key in self._computer.plans:
             positive = patterns[key]
@@ -235,8 +186,6 @@ class _PatternAnalyzer(Analyzer):
                 rebuilt = True
         if rebuilt:
             self._reset_compiled()
-        self.patterns = patterns
-        self._fitted_weights = self._weights_checksum()
 
     def save_patterns(self, path: str, include_statistics: bool = True) -> None:
         """Write the patterns to an HDF5 file.
@@ -468,3 +417,90 @@ class PatternAttribution(_PatternAnalyzer):
     """
 
     kernel_choice = "WA"
+
+
+# ----------------------------------------------------------------------------------------------
+# The checks of set_patterns, one rule each
+
+
+def _check_is_patterns(patterns: Any) -> None:
+    if not isinstance(patterns, Patterns):
+        raise TypeError(f"set_patterns takes a Patterns object, got {type(patterns).__name__}.")
+
+
+def _check_same_model(patterns: Patterns, fingerprint: Mapping[str, Any]) -> None:
+    """Patterns that carry a fingerprint must carry this model's (hand-built ones carry none)."""
+    if patterns.fingerprint:
+        mismatch = first_mismatch(fingerprint, patterns.fingerprint)
+        if mismatch:
+            raise ValueError(f"These patterns were fitted on another model: {mismatch}.")
+
+
+def _check_same_layers(patterns: Patterns, plans: Mapping[str, Any]) -> None:
+    """One pattern per layer with a kernel: none missing, none extra."""
+    extra = sorted(set(patterns) - set(plans))
+    if extra:
+        raise ValueError(
+            f"The patterns have an entry for layer '{extra[0]}', which the "
+            f"model has no pattern for (its layers: {sorted(plans)})."
+        )
+    missing = [key for key in plans if key not in patterns]
+    if missing:
+        raise ValueError(f"The patterns have no entry for layer '{missing[0]}'.")
+
+
+def _check_layer_pattern(patterns: Patterns, key: str, plan: Any) -> None:
+    """One layer's patterns: shape, pattern type, regimes and finite values."""
+    _check_shape(patterns[key], key, plan, "pattern")
+    kind = patterns.pattern_types.get(key, plan.pattern_type)
+    if kind != plan.pattern_type:
+        raise ValueError(
+            f"The pattern of layer '{key}' is of type {kind!r}; this analyzer was "
+            f"built with pattern_type {plan.pattern_type!r}."
+        )
+    two_regimes = _check_regimes(patterns, key, plan)
+    arrays = [("a", patterns[key])]
+    if two_regimes:
+        _check_shape(patterns.negative(key), key, plan, "negative-regime pattern")
+        arrays.append(("a_negative", patterns.negative(key)))
+    for name, value in arrays:
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"The pattern {name} of layer '{key}' holds NaN or infinite values.")
+
+
+def _check_shape(value: np.ndarray, key: str, plan: Any, what: str) -> None:
+    shape = tuple(value.shape)
+    if shape != plan.part.kernel_shape:
+        raise ValueError(
+            f"The {what} of layer '{key}' has shape {shape}; its kernel has shape "
+            f"{plan.part.kernel_shape}."
+        )
+
+
+def _check_regimes(patterns: Patterns, key: str, plan: Any) -> bool:
+    """Whether the layer keeps both regimes; raises if the patterns say otherwise."""
+    two_regimes = plan.pattern_type == "relu" and not plan.rectified
+    if patterns.has_negative(key) != two_regimes:
+        raise ValueError(
+            f"Layer '{key}' "
+            + (
+                "keeps both regimes (it does not feed a ReLU), but the patterns have "
+                "no negative-regime pattern a_negative for it."
+                if two_regimes
+                else "keeps only its positive regime, but the patterns have a "
+                "negative-regime pattern a_negative for it (fitted with another "
+                "model or pattern type?)."
+            )
+        )
+    return two_regimes
+
+
+def _with_fingerprint(patterns: Patterns, fingerprint: Mapping[str, Any]) -> Patterns:
+    """The same patterns, carrying ``fingerprint``."""
+    return Patterns(
+        {k: patterns[k] for k in patterns},
+        negative={k: patterns.negative(k) for k in patterns if patterns.has_negative(k)},
+        pattern_types=patterns.pattern_types,
+        n_samples=patterns.n_samples,
+        fingerprint=fingerprint,
+    )
