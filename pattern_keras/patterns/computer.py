@@ -442,7 +442,11 @@ class PatternComputer:
             else:
                 cached = None
         if cached is not None:
-            cached.reset(resumed)
+            try:
+                cached.reset(resumed)
+            except BaseException:
+                cached.busy = False
+                raise
             return cached
         state = _State(self, strategy, resumed, element_spec)
         state.busy = True
