@@ -120,28 +120,7 @@ def model_inputs(
     n = None
     for i, (xi, (shape, dtype)) in enumerate(zip(xs, specs)):
         what = f"{name}[{i}]" if multi else name
-        if tf.is_tensor(xi):
-            arr_dtype = np.dtype(xi.dtype.as_numpy_dtype)
-            xi_shape = tuple(xi.shape)
-        else:
-            try:
-                xi = np.asarray(xi)
-            except (ValueError, TypeError) as err:
-                raise ValueError(f"The {what} could not be read as an array: {err}") from None
-            arr_dtype = xi.dtype
-            xi_shape = xi.shape
-        _check_dtype(arr_dtype, what)
-        if len(xi_shape) != len(shape):
-            raise ValueError(
-                f"The {what} has rank {len(xi_shape)} (shape {xi_shape}); the model "
-                f"expects rank {len(shape)}: {_expected(shape)}."
-            )
-        for axis, (got, want) in enumerate(zip(xi_shape[1:], shape[1:]), start=1):
-            if want is not None and got != want:
-                raise ValueError(
-                    f"The {what} has shape {xi_shape}; the model expects "
-                    f"{_expected(shape)}: axis {axis} is {got}, expected {want}."
-                )
+        xi, xi_shape = _shaped_array(xi, shape, what)
         if xi_shape[0] == 0 and not allow_empty:
             raise ValueError(f"The {what} is an empty batch (shape {xi_shape}).")
         if n is not None and xi_shape[0] != n:
@@ -158,6 +137,34 @@ def model_inputs(
             _check_range(xi, target, what, offset)
             out.append(tf.cast(tf.convert_to_tensor(xi), dtype))
     return out
+
+
+def _shaped_array(x: Any, shape: Sequence[Any], what: str) -> tuple[Any, tuple[Any, ...]]:
+    """``x`` as a tensor or array of a numeric, real dtype and of ``shape`` (batch axis free),
+    and its shape; else ``ValueError`` naming the axis that differs."""
+    import tensorflow as tf
+
+    if tf.is_tensor(x):
+        dtype, x_shape = np.dtype(x.dtype.as_numpy_dtype), tuple(x.shape)
+    else:
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"The {what} could not be read as an array: {err}") from None
+        dtype, x_shape = x.dtype, x.shape
+    _check_dtype(dtype, what)
+    if len(x_shape) != len(shape):
+        raise ValueError(
+            f"The {what} has rank {len(x_shape)} (shape {x_shape}); the model "
+            f"expects rank {len(shape)}: {_expected(shape)}."
+        )
+    for axis, (got, want) in enumerate(zip(x_shape[1:], shape[1:]), start=1):
+        if want is not None and got != want:
+            raise ValueError(
+                f"The {what} has shape {x_shape}; the model expects "
+                f"{_expected(shape)}: axis {axis} is {got}, expected {want}."
+            )
+    return x, x_shape
 
 
 def _check_dtype(dtype: Any, what: str) -> None:
