@@ -69,6 +69,7 @@ _EXPORTS = {
     "create_analyzer": "pattern_keras.analyzers",
     "register_analyzer": "pattern_keras.analyzers",
     "register_layer": "pattern_keras.layers",
+    "CheckpointInUseError": "pattern_keras.patterns",
     "PatternComputer": "pattern_keras.patterns",
     "PatternFileError": "pattern_keras.patterns",
     "Patterns": "pattern_keras.patterns",
@@ -117,6 +118,7 @@ __all__ = [
     "Patterns",
     "PatternStatistics",
     "PatternFileError",
+    "CheckpointInUseError",
     "model_fingerprint",
 ]
 

@@ -32,6 +32,9 @@ __all__ = [
     "finite_values",
     "keras_x",
     "dense",
+    "finite_dataset",
+    "dataset_dtypes",
+    "finite_weights",
     "NEURON_SELECTION_MODES",
 ]
 
@@ -63,6 +66,7 @@ def model_inputs(
     name: str = "input",
     as_numpy: bool = False,
     allow_empty: bool = False,
+    offset: int = 0,
 ) -> list[Any]:
     """Check ``x`` against the model's inputs and return one array per input.
 
@@ -79,13 +83,16 @@ def model_inputs(
         Return numpy arrays (default: tensors), cast to the inputs' dtypes either way.
     allow_empty : bool
         Accept a batch of 0 samples (one batch of a dataset, which may end with an empty one).
+    offset : int
+        Index of the first sample in the whole stream (for data that comes in batches).
 
     Raises
     ------
     ValueError
-        For the wrong number of arrays, a non-numeric array, the wrong rank or shape (naming the
-        axis), an empty batch (unless ``allow_empty``), or inputs with different numbers of
-        samples.
+        For the wrong number of arrays, a non-numeric or complex array, the wrong rank or shape
+        (naming the axis), an empty batch (unless ``allow_empty``), inputs with different
+        numbers of samples, or finite values too large for the model's dtype (1e39 for float32:
+        the cast would make them infinite).
     """
     import tensorflow as tf
 
@@ -113,29 +120,7 @@ def model_inputs(
     n = None
     for i, (xi, (shape, dtype)) in enumerate(zip(xs, specs)):
         what = f"{name}[{i}]" if multi else name
-        if tf.is_tensor(xi):
-            arr_dtype = np.dtype(xi.dtype.as_numpy_dtype)
-            xi_shape = tuple(xi.shape)
-        else:
-            try:
-                xi = np.asarray(xi)
-            except (ValueError, TypeError) as err:
-                raise ValueError(f"The {what} could not be read as an array: {err}") from None
-            arr_dtype = xi.dtype
-            xi_shape = xi.shape
-        if not (np.issubdtype(arr_dtype, np.number) or np.issubdtype(arr_dtype, np.bool_)):
-            raise ValueError(f"The {what} must be numeric; got an array of dtype {arr_dtype}.")
-        if len(xi_shape) != len(shape):
-            raise ValueError(
-                f"The {what} has rank {len(xi_shape)} (shape {xi_shape}); the model "
-                f"expects rank {len(shape)}: {_expected(shape)}."
-            )
-        for axis, (got, want) in enumerate(zip(xi_shape[1:], shape[1:]), start=1):
-            if want is not None and got != want:
-                raise ValueError(
-                    f"The {what} has shape {xi_shape}; the model expects "
-                    f"{_expected(shape)}: axis {axis} is {got}, expected {want}."
-                )
+        xi, xi_shape = _shaped_array(xi, shape, what)
         if xi_shape[0] == 0 and not allow_empty:
             raise ValueError(f"The {what} is an empty batch (shape {xi_shape}).")
         if n is not None and xi_shape[0] != n:
@@ -143,12 +128,99 @@ def model_inputs(
                 f"All inputs must have the same number of samples; got {n} and {xi_shape[0]}."
             )
         n = xi_shape[0]
+        target = np.dtype(tf.as_dtype(dtype).as_numpy_dtype)
         if as_numpy:
             a = xi.numpy() if tf.is_tensor(xi) else xi
-            out.append(a.astype(tf.as_dtype(dtype).as_numpy_dtype, copy=False))
+            _check_range(a, target, what, offset)
+            out.append(a.astype(target, copy=False))
         else:
+            _check_range(xi, target, what, offset)
             out.append(tf.cast(tf.convert_to_tensor(xi), dtype))
     return out
+
+
+def _shaped_array(x: Any, shape: Sequence[Any], what: str) -> tuple[Any, tuple[Any, ...]]:
+    """``x`` as a tensor or array of a numeric, real dtype and of ``shape`` (batch axis free),
+    and its shape; else ``ValueError`` naming the axis that differs."""
+    import tensorflow as tf
+
+    if tf.is_tensor(x):
+        dtype, x_shape = np.dtype(x.dtype.as_numpy_dtype), tuple(x.shape)
+    else:
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"The {what} could not be read as an array: {err}") from None
+        dtype, x_shape = x.dtype, x.shape
+    _check_dtype(dtype, what)
+    if len(x_shape) != len(shape):
+        raise ValueError(
+            f"The {what} has rank {len(x_shape)} (shape {x_shape}); the model "
+            f"expects rank {len(shape)}: {_expected(shape)}."
+        )
+    for axis, (got, want) in enumerate(zip(x_shape[1:], shape[1:]), start=1):
+        if want is not None and got != want:
+            raise ValueError(
+                f"The {what} has shape {x_shape}; the model expects "
+                f"{_expected(shape)}: axis {axis} is {got}, expected {want}."
+            )
+    return x, x_shape
+
+
+def _check_dtype(dtype: Any, what: str) -> None:
+    """Refuse what the model cannot take: text, objects, and complex numbers (a cast to the
+    model's real dtype would keep the real part and silently drop the imaginary one)."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(
+            f"The {what} is complex (dtype {dtype}); the model takes real values, and a cast "
+            "would silently drop the imaginary part. Pass the part you mean: `x.real`, "
+            "`np.abs(x)`, or both as channels."
+        )
+    if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+        raise ValueError(f"The {what} must be numeric; got an array of dtype {dtype}.")
+
+
+def _check_range(a: Any, target: np.dtype, what: str, offset: int = 0) -> None:
+    """Refuse finite values that the model's floating dtype cannot hold (1e39 in float64 for
+    a float32 model): the cast would turn them into infinities."""
+    import tensorflow as tf
+
+    dtype = np.dtype(a.dtype.as_numpy_dtype) if tf.is_tensor(a) else np.asarray(a).dtype
+    if not np.issubdtype(target, np.floating) or dtype == target or dtype == np.bool_:
+        return
+    limit = float(np.finfo(target).max)
+    info = np.finfo(dtype) if np.issubdtype(dtype, np.floating) else np.iinfo(dtype)
+    if max(abs(float(info.min)), float(info.max)) <= limit:
+        return  # every value of the source dtype fits
+    # The common case, all in range, in reductions that copy nothing (a NaN or an infinity
+    # fails them, and is looked at below).
+    if tf.is_tensor(a):
+        if bool(tf.reduce_all(tf.abs(a) <= limit)):
+            return
+        a = a.numpy()
+    a = np.asarray(a)
+    if a.size == 0:
+        return
+    with np.errstate(invalid="ignore"):
+        if np.min(a) >= -limit and np.max(a) <= limit:
+            return
+    first, count, value = None, 0, None
+    for row, sample in enumerate(a):  # only where something is out of range: a copy per row
+        magnitude = np.abs(np.asarray(sample, np.float64))
+        too_large = np.isfinite(magnitude) & (magnitude > limit)
+        if too_large.any():
+            count += int(too_large.sum())
+            if first is None:
+                first, value = row, np.asarray(sample)[too_large][0]
+    if first is None:
+        return  # only NaN or infinite values: finite_values names them
+    raise ValueError(
+        f"The {what} holds {count} finite value{'s' if count > 1 else ''} too large for "
+        f"{target}, the model's input dtype (largest {limit:.4g}): {float(value):.4g} in "
+        f"sample {offset + first} (counting from 0) would overflow to infinity. Rescale the data, or "
+        "give the model a wider input dtype."
+    )
 
 
 def batch_shape(shape: Sequence[Any], spec: Spec, name: str = "Batches") -> None:
@@ -201,6 +273,58 @@ def finite_values(arrays: Sequence[Any], name: str = "input", offset: int = 0) -
             "from 0): an explanation of such an input would be meaningless. Clean "
             "or drop those samples."
         )
+
+
+def finite_dataset(dataset: Any, remedy: str) -> None:
+    """Refuse a ``tf.data.Dataset`` that repeats for ever (its cardinality is infinite): a pass
+    over it would never end. ``remedy`` says what to do instead (``steps``, ``.take(n)``)."""
+    import tensorflow as tf
+
+    if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+        raise ValueError(
+            f"The dataset is endless (its cardinality is infinite: `.repeat()` without a "
+            f"count?), so the pass over it would never end; {remedy}."
+        )
+
+
+def dataset_dtypes(element_spec: Any, name: str = "dataset's element") -> None:
+    """Refuse a dataset whose ``x`` is complex, text or another non-numeric type (see
+    :func:`model_inputs`), before the first batch is read."""
+    import tensorflow as tf
+
+    for i, spec in enumerate(tf.nest.flatten(element_spec)):
+        dtype = getattr(spec, "dtype", None)
+        if dtype is None:
+            continue
+        what = name if len(tf.nest.flatten(element_spec)) == 1 else f"{name}'s input {i}"
+        if dtype == tf.string:
+            raise ValueError(f"The {what} must be numeric; got tensors of dtype string.")
+        _check_dtype(tf.as_dtype(dtype).as_numpy_dtype, what)
+
+
+def finite_weights(model: Any) -> None:
+    """Refuse a model with a NaN or infinite weight, naming the first one: every explanation
+    and every pattern through it would be NaN."""
+    import tensorflow as tf
+
+    weights = [w for w in model.weights if tf.as_dtype(w.dtype).is_floating]
+    if not weights:
+        return
+    # One flag per variable, computed where it lives; one transfer for all of them.
+    finite = np.asarray(tf.stack([tf.reduce_all(tf.math.is_finite(w)) for w in weights]))
+    if finite.all():
+        return
+    bad = [w for w, ok in zip(weights, finite) if not ok]
+    first = bad[0]
+    value = np.asarray(first)
+    count = int(value.size - np.count_nonzero(np.isfinite(value)))
+    raise ValueError(
+        f"Model '{model.name}' has NaN or infinite weights: '{getattr(first, 'path', first.name)}' "
+        f"holds {count} of {value.size}"
+        + (f" ({len(bad) - 1} more weight variables too)" if len(bad) > 1 else "")
+        + ". Every explanation and pattern through it would be NaN: load sound weights "
+        "(was training diverging?)."
+    )
 
 
 def dense(value: Any, name: str = "data") -> None:

@@ -268,10 +268,17 @@ class Analyzer:
             if progbar is not None:
                 progbar.update(index + 1)
         results = [np.concatenate(p, axis=0) for p in parts]
+        self._check_finite_results(results)
         self._warn_if_zero(results)
         return results if self._multi_input else results[0]
 
     def _analyze_dataset(self, dataset: tf.data.Dataset, neuron_selection: Any, verbose: int = 1):
+        # analyze has no `steps`: an endless dataset would fill memory with results for ever.
+        _checks.finite_dataset(dataset, "pass a finite one, e.g. `dataset.take(n)` for n batches")
+        per_sample = neuron_selection is not None and np.ndim(neuron_selection) == 1
+        if per_sample:  # checked once, whole, before the first batch
+            neuron_selection = np.asarray(neuron_selection)
+            self._validate_selection(neuron_selection, len(neuron_selection))
         parts = None
         offset = 0
         cardinality = int(dataset.cardinality())
@@ -292,12 +299,13 @@ class Analyzer:
                 element = element[0]
             # An empty batch (a dataset may end with one) adds no rows; the compiled pass
             # returns them without running the model.
-            inputs = self._validate_inputs(element, allow_empty=True)
+            inputs = self._validate_inputs(element, allow_empty=True, offset=offset)
             _checks.finite_values(inputs, "input", offset=offset)
             n = int(inputs[0].shape[0])
             sel = neuron_selection
-            if sel is not None and np.ndim(sel) == 1:
-                sel = np.asarray(sel)[offset : offset + n]
+            if per_sample:
+                _selection_covers(sel, offset + n, at_least=True)
+                sel = sel[offset : offset + n]
             selection = self._validate_selection(sel, n)
             out = self._compiled_fn()(inputs, selection)
             if parts is None:
@@ -311,9 +319,33 @@ class Analyzer:
             raise ValueError("The dataset yielded no batches: nothing to analyze.")
         if offset == 0:
             raise ValueError("The dataset yielded only empty batches: nothing to analyze.")
+        if per_sample:
+            _selection_covers(neuron_selection, offset, at_least=False)
         results = [np.concatenate(p, axis=0) for p in parts]
+        self._check_finite_results(results)
         self._warn_if_zero(results, stacklevel=4)  # analyze's caller, past this method
         return results if self._multi_input else results[0]
+
+    def _check_finite_results(self, results: list[np.ndarray]) -> None:
+        """Explanations with NaN or infinite values (the inputs were checked finite): refuse
+        them if a weight of the model is not finite, naming it; else warn that the backward
+        signal overflowed."""
+        bad = sum(int(r.size - np.count_nonzero(np.isfinite(r))) for r in results)
+        if not bad:
+            return
+        _checks.finite_weights(self.model)
+        warnings.warn(
+            f"{type(self).__name__}: the explanations hold {bad} NaN or infinite values, from "
+            "finite inputs and weights: the backward signal overflowed the model's dtype on "
+            "the way (a deep network that amplifies it layer after layer). "
+            + (
+                "`renormalize=True` keeps it at a common scale."
+                if self.needs_patterns and not self._renormalize
+                else "Try a float64 model, or another method."
+            ),
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def _warn_if_zero(self, results: list[np.ndarray], stacklevel: int = 3) -> None:
         """One warning naming the samples whose explanation is zero everywhere (all inputs)."""
@@ -345,9 +377,11 @@ class Analyzer:
     def _multi_input(self) -> bool:
         return len(self._program.inputs) > 1
 
-    def _validate_inputs(self, x: Any, allow_empty: bool = False) -> list[tf.Tensor]:
+    def _validate_inputs(
+        self, x: Any, allow_empty: bool = False, offset: int = 0
+    ) -> list[tf.Tensor]:
         return _checks.model_inputs(
-            x, self._program.input_specs, name="input", allow_empty=allow_empty
+            x, self._program.input_specs, name="input", allow_empty=allow_empty, offset=offset
         )
 
     def _validate_selection(self, neuron_selection: Any, n: int) -> tf.Tensor:
@@ -359,4 +393,16 @@ class Analyzer:
         return (
             f"{type(self).__name__}(model={self.model.name!r}, "
             f"neuron_selection_mode={self.neuron_selection_mode!r})"
+        )
+
+
+def _selection_covers(selection: np.ndarray, n: int, at_least: bool) -> None:
+    """Refuse a per-sample ``neuron_selection`` shorter than the ``n`` samples a dataset has
+    given so far (``at_least``), or, at its end, of another length than its ``n`` samples."""
+    if len(selection) < n or (not at_least and len(selection) != n):
+        held = f"at least {n}" if at_least else str(n)
+        raise ValueError(
+            f"neuron_selection has {len(selection)} entries, one per sample, but the dataset "
+            f"holds {held} samples: pass one index per sample of the whole dataset, or one int "
+            "for all."
         )

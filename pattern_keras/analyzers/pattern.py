@@ -9,14 +9,16 @@ both regimes of the two-component estimator (one not followed by a ReLU, e.g. th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from pattern_keras._concurrency import ReadWriteLock
 from pattern_keras.analyzers.base import Analyzer
-from pattern_keras.patterns import PatternComputer, Patterns
+from pattern_keras.patterns import PatternComputer, Patterns, PatternStatistics
 from pattern_keras.patterns.fingerprint import WeightsChecksum, first_mismatch
 from pattern_keras.rules import ActivationRule, Composite, GradientRule, LinearRule
 
@@ -33,8 +35,23 @@ class StalePatternsError(RuntimeError):
     ``allow_stale_patterns=True`` to :meth:`analyze` to use them anyway."""
 
 
+@dataclasses.dataclass(frozen=True)
+class _Fitted:
+    """What an analyzer uses, replaced as one: the patterns, the statistics of the fit that gave
+    them (``None`` for patterns set or loaded), and the weights' checksum when they were set."""
+
+    patterns: Patterns
+    statistics: PatternStatistics | None
+    weights: Any
+
+
 class _PatternAnalyzer(Analyzer):
-    """Shared machinery: patterns as variables, fit, save and load."""
+    """Shared machinery: patterns as variables, fit, save and load.
+
+    The patterns, their statistics and the variables the compiled pass reads change together,
+    under :attr:`_lock` held alone; every ``analyze`` call holds it shared for its whole length
+    (see :mod:`pattern_keras._concurrency`), so it explains with one set of patterns.
+    """
 
     seed_with_value = True
     fold_batch_norm = True
@@ -55,11 +72,10 @@ class _PatternAnalyzer(Analyzer):
         self.pattern_type = pattern_type
         # One program: the patterns are checked against the ops the rules read.
         self._computer = PatternComputer(model, pattern_type=pattern_type, program=self._program)
-        self.patterns: Patterns | None = None
-        self.statistics = None
+        self._fitted: _Fitted | None = None
+        self._lock = ReadWriteLock()
         self._variables: dict[str, tuple[tf.Variable, tf.Variable | None]] = {}
         self._weights_checksum = WeightsChecksum(model)
-        self._fitted_weights = None
         if patterns is not None:
             if isinstance(patterns, Patterns):
                 self.set_patterns(patterns)
@@ -67,6 +83,33 @@ class _PatternAnalyzer(Analyzer):
                 self.load_patterns(patterns)
 
     # -- patterns -----------------------------------------------------------------------------
+
+    @property
+    def patterns(self) -> Patterns | None:
+        """The patterns in use (read-only arrays), or ``None`` before a fit or load."""
+        fitted = self._fitted
+        return None if fitted is None else fitted.patterns
+
+    @property
+    def statistics(self) -> PatternStatistics | None:
+        """The sufficient statistics of the fit that gave :attr:`patterns`; ``None`` when the
+        patterns were set or loaded (they belong to another fit, or to none)."""
+        fitted = self._fitted
+        return None if fitted is None else fitted.statistics
+
+    @patterns.setter
+    def patterns(self, value: Any) -> None:
+        raise AttributeError(
+            "analyzer.patterns cannot be assigned: use `analyzer.set_patterns(patterns)`, which "
+            "checks them against the model and hands them to the compiled pass."
+        )
+
+    @statistics.setter
+    def statistics(self, value: Any) -> None:
+        raise AttributeError(
+            "analyzer.statistics cannot be assigned: it is the statistics of the fit that gave "
+            "the patterns; use `analyzer.set_patterns(statistics.patterns())`."
+        )
 
     def fit(
         self,
@@ -117,7 +160,7 @@ class _PatternAnalyzer(Analyzer):
             If the data yields no batch, or a checkpoint belongs to another model or pattern
             type.
         """
-        self.statistics = self._computer.compute_statistics(
+        statistics = self._computer.compute_statistics(
             data,
             batch_size=batch_size,
             steps=steps,
@@ -126,14 +169,17 @@ class _PatternAnalyzer(Analyzer):
             checkpoint_path=checkpoint_path,
             checkpoint_every=checkpoint_every,
         )
-        self.set_patterns(self.statistics.patterns())
+        self._set_patterns(statistics.patterns(), statistics.fingerprint, statistics)
         return self
 
     def set_patterns(self, patterns: Patterns) -> None:
         """Use ``patterns`` (fitted on this model) from now on.
 
         The analyzer remembers the weights they belong to: :meth:`analyze` refuses to run once
-        the model's weights have changed (see :class:`StalePatternsError`).
+        the model's weights have changed (see :class:`StalePatternsError`). The statistics of
+        an earlier fit are dropped (:attr:`statistics` becomes ``None``): they belong to other
+        patterns, and :meth:`save_patterns` must not write them beside these. The swap waits
+        for ``analyze`` calls in progress, which finish with the old patterns.
 
         Parameters
         ----------
@@ -151,71 +197,25 @@ class _PatternAnalyzer(Analyzer):
         """
         self._set_patterns(patterns, self._computer.fingerprint())
 
-    def _set_patterns(self, patterns: Patterns, fingerprint) -> None:
-        if not isinstance(patterns, Patterns):
-            raise TypeError(f"set_patterns takes a Patterns object, got {type(patterns).__name__}.")
-        if patterns.fingerprint:
-            mismatch = first_mismatch(fingerprint, patterns.fingerprint)
-            if mismatch:
-                raise ValueError(f"These patterns were fitted on another model: {mismatch}.")
+    def _set_patterns(
+        self, patterns: Patterns, fingerprint, statistics: PatternStatistics | None = None
+    ) -> None:
         plans = self._computer.plans
-        extra = sorted(set(patterns) - set(plans))
-        if extra:
-            raise ValueError(
-                f"The patterns have an entry for layer '{extra[0]}', which the "
-                f"model has no pattern for (its layers: {sorted(plans)})."
-            )
+        _check_is_patterns(patterns)
+        _check_same_model(patterns, fingerprint)
+        _check_same_layers(patterns, plans)
         for key, plan in plans.items():
-            if key not in patterns:
-                raise ValueError(f"The patterns have no entry for layer '{key}'.")
-            shape = tuple(patterns[key].shape)
-            if shape != plan.part.kernel_shape:
-                raise ValueError(
-                    f"The pattern of layer '{key}' has shape {shape}; its kernel "
-                    f"has shape {plan.part.kernel_shape}."
-                )
-            kind = patterns.pattern_types.get(key, plan.pattern_type)
-            if kind != plan.pattern_type:
-                raise ValueError(
-                    f"The pattern of layer '{key}' is of type {kind!r}; this analyzer was "
-                    f"built with pattern_type {plan.pattern_type!r}."
-                )
-            two_regimes = plan.pattern_type == "relu" and not plan.rectified
-            if patterns.has_negative(key) != two_regimes:
-                raise ValueError(
-                    f"Layer '{key}' "
-                    + (
-                        "keeps both regimes (it does not feed a ReLU), but the patterns have "
-                        "no negative-regime pattern a_negative for it."
-                        if two_regimes
-                        else "keeps only its positive regime, but the patterns have a "
-                        "negative-regime pattern a_negative for it (fitted with another "
-                        "model or pattern type?)."
-                    )
-                )
-            arrays = [("a", patterns[key])]
-            if two_regimes:
-                negative = patterns.negative(key)
-                if tuple(negative.shape) != plan.part.kernel_shape:
-                    raise ValueError(
-                        f"The negative-regime pattern of layer '{key}' has shape "
-                        f"{tuple(negative.shape)}; its kernel has shape "
-                        f"{plan.part.kernel_shape}."
-                    )
-                arrays.append(("a_negative", negative))
-            for name, value in arrays:
-                if not np.all(np.isfinite(value)):
-                    raise ValueError(
-                        f"The pattern {name} of layer '{key}' holds NaN or infinite values."
-                    )
+            _check_layer_pattern(patterns, key, plan)
         if not patterns.fingerprint:  # built by hand: they belong to the model as it is now
-            patterns = Patterns(
-                {k: patterns[k] for k in patterns},
-                negative={k: patterns.negative(k) for k in patterns if patterns.has_negative(k)},
-                pattern_types=patterns.pattern_types,
-                n_samples=patterns.n_samples,
-                fingerprint=fingerprint,
-            )
+            patterns = _with_fingerprint(patterns, fingerprint)
+        weights = self._weights_checksum()
+        with self._lock.write():
+            self._assign_variables(patterns)
+            self._fitted = _Fitted(patterns, statistics, weights)
+
+    def _assign_variables(self, patterns: Patterns) -> None:
+        """Copy the patterns into the variables the compiled pass reads (new variables, and a
+        new trace, only where a layer gains or loses its negative regime)."""
         rebuilt = False
         for key in self._computer.plans:
             positive = patterns[key]
@@ -235,8 +235,6 @@ class _PatternAnalyzer(Analyzer):
                 rebuilt = True
         if rebuilt:
             self._reset_compiled()
-        self.patterns = patterns
-        self._fitted_weights = self._weights_checksum()
 
     def save_patterns(self, path: str, include_statistics: bool = True) -> None:
         """Write the patterns to an HDF5 file.
@@ -249,7 +247,8 @@ class _PatternAnalyzer(Analyzer):
         include_statistics : bool
             Also store the fit's float64 sufficient statistics, when there are any (default
             ``True``), so that the fit can later be merged with another or resumed.
-            Patterns set or loaded without a fit have none.
+            Patterns set or loaded have none (not even when a fit came before: a file never
+            holds the patterns of one fit beside the statistics of another).
 
         Raises
         ------
@@ -257,8 +256,9 @@ class _PatternAnalyzer(Analyzer):
             If the analyzer has no patterns yet.
         """
         self._check_ready()
-        stats = self.statistics if include_statistics else None
-        self.patterns.save(path, statistics=stats)
+        fitted = self._fitted  # patterns and statistics of one fit, read as one
+        stats = fitted.statistics if include_statistics else None
+        fitted.patterns.save(path, statistics=stats)
 
     def load_patterns(self, path: str) -> _PatternAnalyzer:
         """Read patterns from an HDF5 file written by :meth:`save_patterns`.
@@ -271,7 +271,8 @@ class _PatternAnalyzer(Analyzer):
         Returns
         -------
         PatternNet or PatternAttribution
-            ``self``, with the patterns set.
+            ``self``, with the patterns set; :attr:`statistics` is ``None`` (read a file's
+            statistics with :meth:`PatternStatistics.load`).
 
         Raises
         ------
@@ -289,7 +290,7 @@ class _PatternAnalyzer(Analyzer):
         return self
 
     def _check_ready(self) -> None:
-        if self.patterns is None:
+        if self._fitted is None:
             raise NotFittedError(
                 f"{type(self).__name__} has no patterns yet: call `.fit(data)` to learn them, "
                 "or `.load_patterns(path)` to read fitted ones."
@@ -312,7 +313,7 @@ class _PatternAnalyzer(Analyzer):
         """
         self._check_ready()
         changed = self._weights_checksum.first_change(
-            self._fitted_weights, self._weights_checksum()
+            self._fitted.weights, self._weights_checksum()
         )
         if changed is not None:
             raise StalePatternsError(
@@ -362,12 +363,15 @@ class _PatternAnalyzer(Analyzer):
         ValueError
             For inputs the model cannot take (see :meth:`Analyzer.analyze`).
         """
-        self._check_ready()
-        if not allow_stale_patterns:
-            self.check_patterns_current()
-        return super().analyze(
-            x, neuron_selection=neuron_selection, batch_size=batch_size, **kwargs
-        )
+        # Shared for the whole call: every batch is explained with the same patterns, and a
+        # refit or set_patterns in another thread waits for it (see _concurrency).
+        with self._lock.read():
+            self._check_ready()
+            if not allow_stale_patterns:
+                self.check_patterns_current()
+            return super().analyze(
+                x, neuron_selection=neuron_selection, batch_size=batch_size, **kwargs
+            )
 
     # -- rules --------------------------------------------------------------------------------
 
@@ -468,3 +472,90 @@ class PatternAttribution(_PatternAnalyzer):
     """
 
     kernel_choice = "WA"
+
+
+# ----------------------------------------------------------------------------------------------
+# The checks of set_patterns, one rule each
+
+
+def _check_is_patterns(patterns: Any) -> None:
+    if not isinstance(patterns, Patterns):
+        raise TypeError(f"set_patterns takes a Patterns object, got {type(patterns).__name__}.")
+
+
+def _check_same_model(patterns: Patterns, fingerprint: Mapping[str, Any]) -> None:
+    """Patterns that carry a fingerprint must carry this model's (hand-built ones carry none)."""
+    if patterns.fingerprint:
+        mismatch = first_mismatch(fingerprint, patterns.fingerprint)
+        if mismatch:
+            raise ValueError(f"These patterns were fitted on another model: {mismatch}.")
+
+
+def _check_same_layers(patterns: Patterns, plans: Mapping[str, Any]) -> None:
+    """One pattern per layer with a kernel: none missing, none extra."""
+    extra = sorted(set(patterns) - set(plans))
+    if extra:
+        raise ValueError(
+            f"The patterns have an entry for layer '{extra[0]}', which the "
+            f"model has no pattern for (its layers: {sorted(plans)})."
+        )
+    missing = [key for key in plans if key not in patterns]
+    if missing:
+        raise ValueError(f"The patterns have no entry for layer '{missing[0]}'.")
+
+
+def _check_layer_pattern(patterns: Patterns, key: str, plan: Any) -> None:
+    """One layer's patterns: shape, pattern type, regimes and finite values."""
+    _check_shape(patterns[key], key, plan, "pattern")
+    kind = patterns.pattern_types.get(key, plan.pattern_type)
+    if kind != plan.pattern_type:
+        raise ValueError(
+            f"The pattern of layer '{key}' is of type {kind!r}; this analyzer was "
+            f"built with pattern_type {plan.pattern_type!r}."
+        )
+    two_regimes = _check_regimes(patterns, key, plan)
+    arrays = [("a", patterns[key])]
+    if two_regimes:
+        _check_shape(patterns.negative(key), key, plan, "negative-regime pattern")
+        arrays.append(("a_negative", patterns.negative(key)))
+    for name, value in arrays:
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"The pattern {name} of layer '{key}' holds NaN or infinite values.")
+
+
+def _check_shape(value: np.ndarray, key: str, plan: Any, what: str) -> None:
+    shape = tuple(value.shape)
+    if shape != plan.part.kernel_shape:
+        raise ValueError(
+            f"The {what} of layer '{key}' has shape {shape}; its kernel has shape "
+            f"{plan.part.kernel_shape}."
+        )
+
+
+def _check_regimes(patterns: Patterns, key: str, plan: Any) -> bool:
+    """Whether the layer keeps both regimes; raises if the patterns say otherwise."""
+    two_regimes = plan.pattern_type == "relu" and not plan.rectified
+    if patterns.has_negative(key) != two_regimes:
+        raise ValueError(
+            f"Layer '{key}' "
+            + (
+                "keeps both regimes (it does not feed a ReLU), but the patterns have "
+                "no negative-regime pattern a_negative for it."
+                if two_regimes
+                else "keeps only its positive regime, but the patterns have a "
+                "negative-regime pattern a_negative for it (fitted with another "
+                "model or pattern type?)."
+            )
+        )
+    return two_regimes
+
+
+def _with_fingerprint(patterns: Patterns, fingerprint: Mapping[str, Any]) -> Patterns:
+    """The same patterns, carrying ``fingerprint``."""
+    return Patterns(
+        {k: patterns[k] for k in patterns},
+        negative={k: patterns.negative(k) for k in patterns if patterns.has_negative(k)},
+        pattern_types=patterns.pattern_types,
+        n_samples=patterns.n_samples,
+        fingerprint=fingerprint,
+    )

@@ -7,6 +7,7 @@ The public names are imported on first use (PEP 562): the command line reads
 import importlib as _importlib
 
 _EXPORTS = {
+    "CheckpointInUseError": "pattern_keras.patterns.lock",
     "PatternComputer": "pattern_keras.patterns.computer",
     "model_fingerprint": "pattern_keras.patterns.fingerprint",
     "PatternFileError": "pattern_keras.patterns.io",
@@ -18,6 +19,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CheckpointInUseError",
     "PatternComputer",
     "Patterns",
     "PatternStatistics",

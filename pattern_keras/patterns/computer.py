@@ -13,10 +13,12 @@ accumulated in float64 variables.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
 import os
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -27,6 +29,7 @@ import tensorflow as tf
 from pattern_keras import _checks, engine
 from pattern_keras.layers import Op, shared_kernels
 from pattern_keras.patterns.fingerprint import model_fingerprint
+from pattern_keras.patterns.lock import CheckpointLock
 from pattern_keras.patterns.statistics import (
     ESTIMATORS,
     SUMS,
@@ -127,7 +130,10 @@ class PatternComputer:
                 stats=needed_statistics(types[key], rectified),
             )
         self.pattern_types = types
+        # The last fit's accumulators and traced step, for the next fit to reuse; a fit
+        # running in another thread keeps its own (see _state).
         self._cached_state: _State | None = None
+        self._state_guard = threading.Lock()
 
     def fingerprint(self) -> dict[str, Any]:
         """The model's fingerprint now.
@@ -235,39 +241,71 @@ class PatternComputer:
         PatternStatistics
         """
         strategy = strategy or self.strategy or tf.distribute.get_strategy()
-        if checkpoint_every is not None and (checkpoint_every < 1 or not checkpoint_path):
-            raise ValueError("checkpoint_every needs a checkpoint_path and must be >= 1.")
-        dataset, target = self._as_dataset(data, batch_size, steps)
-        resumed = None
-        if checkpoint_path and os.path.exists(checkpoint_path):
-            resumed = self._load_checkpoint(checkpoint_path)
-            # By samples, not batches: a resumed fit may use another batch size.
-            dataset = _skip_samples(dataset, resumed.n_samples)
-        distributed = strategy.experimental_distribute_dataset(dataset)
-        state = self._state(strategy, distributed.element_spec, resumed)
-        progbar = keras.utils.Progbar(target, unit_name="batch") if verbose else None
+        if checkpoint_every is not None:
+            checkpoint_every = _checks.positive_int(checkpoint_every, "checkpoint_every")
+            if not checkpoint_path:
+                raise ValueError("checkpoint_every needs a checkpoint_path.")
+        _checks.finite_weights(self.model)
+        # Held from before the checkpoint is read until the last write: a second fit on the
+        # same file waits for nothing and mixes nothing, it is refused. Only the chief writes
+        # (and so locks); the other workers of a multi-worker fit only read it.
+        lock = (
+            CheckpointLock(checkpoint_path)
+            if checkpoint_path and _is_chief(strategy)
+            else contextlib.nullcontext()
+        )
+        with lock:
+            source = self._as_dataset(data, batch_size, steps)
+            resumed = None
+            if checkpoint_path and os.path.exists(checkpoint_path):
+                resumed = self._load_checkpoint(checkpoint_path)
+                # By samples, not batches: a resumed fit may use another batch size.
+                source.dataset = _skip_samples(source.dataset, resumed.n_samples)
+            distributed = strategy.experimental_distribute_dataset(source.dataset)
+            state = self._state(strategy, distributed.element_spec, resumed)
+            try:
+                return self._stream(
+                    source, distributed, state, resumed, verbose, checkpoint_path, checkpoint_every
+                )
+            finally:
+                state.busy = False
+
+    def _stream(
+        self, source, distributed, state, resumed, verbose, checkpoint_path, checkpoint_every
+    ) -> PatternStatistics:
+        """The pass over the batches: accumulate, checkpoint, and refuse a bad batch."""
+        strategy = state.strategy
+        progbar = keras.utils.Progbar(source.target, unit_name="batch") if verbose else None
         done = start = resumed.n_batches if resumed else 0
-        if progbar is not None and done and (target is None or done <= target):
+        if progbar is not None and done and (source.target is None or done <= source.target):
             progbar.update(done)
         chief = _is_chief(strategy)
+        keep = checkpoint_path if chief else None
+
+        def save_and_raise(error: BaseException, done: int) -> None:
+            if keep and done > start:
+                state.statistics(done).save(keep)  # keep what was accumulated
+            raise error
+
         iterator = iter(distributed)
         for batch in iterator:
             before = int(state.n_samples.numpy())
-            bad = state.step(batch)
+            bad, overflow = state.step(batch)
             if bad:
                 del iterator
-                if checkpoint_path and chief and done > start:
-                    state.statistics(done).save(checkpoint_path)  # keep what was accumulated
-                raise ValueError(
-                    f"The data holds {bad} NaN or infinite value{'s' if bad > 1 else ''} in "
-                    f"batch {done + 1} (the first in sample {before + _first_bad(strategy, batch)}"
-                    " of the stream, counting from 0); nothing of that batch was accumulated. "
-                    "Clean or drop those samples"
-                    + (
-                        f" and resume from the checkpoint '{checkpoint_path}'."
-                        if checkpoint_path and done > start
-                        else "."
-                    )
+                message = _bad_batch_message(
+                    bad, overflow, done + 1, before + _first_bad(strategy, batch, state.dtypes)
+                )
+                save_and_raise(
+                    ValueError(
+                        message
+                        + (
+                            f" and resume from the checkpoint '{checkpoint_path}'."
+                            if checkpoint_path and done > start
+                            else "."
+                        )
+                    ),
+                    done,
                 )
             done += 1
             if progbar is not None:
@@ -277,6 +315,8 @@ class PatternComputer:
         # Free the (multi-worker) iterator now, while the workers are still in step: deleting
         # it waits on the other workers, so the chief's final write must come after.
         del iterator
+        if source.failure:  # the user's generator or PyDataset raised: their error, as it was
+            save_and_raise(source.failure[0], done)
         if done == 0:
             raise ValueError("The data yielded no batches: nothing to fit patterns on.")
         if int(state.n_samples.numpy()) == 0:
@@ -284,8 +324,8 @@ class PatternComputer:
                 f"The data yielded {done} batch(es) but no samples: nothing to fit patterns on."
             )
         stats = state.statistics(done)
-        if checkpoint_path and chief:
-            stats.save(checkpoint_path)
+        if keep:
+            stats.save(keep)
         return stats
 
     # -- data -------------------------------------------------------------------------------
@@ -303,84 +343,120 @@ class PatternComputer:
         ``x`` a dict keyed by input name for several inputs); see :func:`_checks.keras_x`."""
         return _checks.keras_x(element, self._input_names)
 
-    def _as_dataset(self, data: Any, batch_size: int, steps: int | None):
+    def _as_dataset(self, data: Any, batch_size: int, steps: int | None) -> _Source:
+        """The data as a dataset of ``x`` batches, checked before the first batch is read.
+
+        Every form gets the same checks (numeric, real, in the model's range, shaped like its
+        inputs): arrays here, a generator's or ``PyDataset``'s batches one by one as they come,
+        a ``tf.data`` pipeline by its element spec here and its values in the step.
+        """
         batch_size = _checks.positive_int(batch_size, "batch_size")
         if steps is not None:
             steps = _checks.positive_int(steps, "steps")
-        n_inputs = len(self.program.inputs)
-        specs = self.program.input_specs
-        target = steps
         if isinstance(data, tf.data.Dataset):
-            _checks.dense(data.element_spec, "dataset's element")
-            dataset = data.map(lambda *e: self._select_x(e if len(e) > 1 else e[0]))
+            source = self._dataset_source(data, steps)
         elif isinstance(data, keras.utils.PyDataset):
             length = len(data)
             target = min(steps, length) if steps else length
-            dataset = self._from_iterator(data[i] for i in range(target))
+            source = self._iterator_source(data[i] for i in range(target))
+            source.target = target
         elif (
             isinstance(data, (np.ndarray, list, tuple, dict))
             or tf.is_tensor(data)
             or (hasattr(data, "__array__") and not isinstance(data, Iterator))
         ):
-            if isinstance(data, (tf.RaggedTensor, tf.SparseTensor)):
-                _checks.dense(data)
-            if isinstance(data, list) and n_inputs == 1 and len(data) > 1:
-                # As in Keras, a list is x (one array per input), not (x, y) nor batches.
-                raise ValueError(
-                    f"The data is a list of {len(data)} values for a model with 1 input: pass "
-                    "x, or (x, y) as a tuple; for a sequence of batches, a generator or a "
-                    "tf.data.Dataset."
-                )
-            x = self._select_x(data)
-            arrays = _checks.model_inputs(x, specs, name="data", as_numpy=True)
-            n = arrays[0].shape[0]
-            dataset = tf.data.Dataset.from_tensor_slices(
-                arrays[0] if n_inputs == 1 else tuple(arrays)
-            ).batch(batch_size)
-            batches = -(-n // batch_size)
-            target = min(steps, batches) if steps else batches
+            source = self._array_source(data, batch_size, steps)
         elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, set, frozenset)):
-            dataset = self._from_iterator(iter(data))
+            source = self._iterator_source(iter(data))
+            source.target = steps
         else:
             raise ValueError(
                 f"Cannot read data of type {type(data).__name__}: pass a numpy array (or a "
                 "list or dict of them, one per input), a tuple (x, y), a tf.data.Dataset, a "
                 "generator of batches, or a keras.utils.PyDataset."
             )
+        dataset = source.dataset
         if steps is not None:
             dataset = dataset.take(steps)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.DATA
         )
-        dataset = dataset.with_options(options)
-        dataset = dataset.map(lambda *x: self._cast(x if len(x) > 1 else x[0]))
-        return dataset, target
+        source.dataset = dataset.with_options(options)
+        return source
 
-    def _from_iterator(self, iterator) -> tf.data.Dataset:
-        return _from_iterator(iterator, self._select_x, self.program.input_specs)
+    def _dataset_source(self, data: tf.data.Dataset, steps: int | None) -> _Source:
+        _checks.dense(data.element_spec, "dataset's element")
+        if steps is None:
+            _checks.finite_dataset(data, "pass `steps`, the number of batches to fit on")
+        dataset = data.map(lambda *e: self._select_x(e if len(e) > 1 else e[0]))
+        _checks.dataset_dtypes(dataset.element_spec)
+        # The values keep their dtype here; the step casts them to the model's after counting
+        # those the cast would make infinite (see _State._checked_inputs).
+        return _Source(dataset.map(lambda *x: self._check_batch_shapes(x)), steps)
 
-    def _cast(self, x: Any) -> Any:
-        specs = self.program.input_specs
-        if len(specs) == 1:
-            _checks.batch_shape(x.shape, specs[0])
-            return tf.cast(x, specs[0][1])
-        return tuple(tf.cast(t, spec[1]) for t, spec in zip(x, specs))
+    def _array_source(self, data: Any, batch_size: int, steps: int | None) -> _Source:
+        n_inputs = len(self.program.inputs)
+        if isinstance(data, (tf.RaggedTensor, tf.SparseTensor)):
+            _checks.dense(data)
+        if isinstance(data, list) and n_inputs == 1 and len(data) > 1:
+            # As in Keras, a list is x (one array per input), not (x, y) nor batches.
+            raise ValueError(
+                f"The data is a list of {len(data)} values for a model with 1 input: pass "
+                "x, or (x, y) as a tuple; for a sequence of batches, a generator or a "
+                "tf.data.Dataset."
+            )
+        x = self._select_x(data)
+        arrays = _checks.model_inputs(x, self.program.input_specs, name="data", as_numpy=True)
+        n = arrays[0].shape[0]
+        dataset = tf.data.Dataset.from_tensor_slices(
+            arrays[0] if n_inputs == 1 else tuple(arrays)
+        ).batch(batch_size)
+        batches = -(-n // batch_size)
+        return _Source(dataset, min(steps, batches) if steps else batches)
+
+    def _iterator_source(self, iterator) -> _Source:
+        failure: list[BaseException] = []
+        dataset = _from_iterator(iterator, self._select_x, self.program.input_specs, failure)
+        return _Source(dataset, None, failure)
+
+    def _check_batch_shapes(self, x: tuple[Any, ...]) -> Any:
+        """Inside the pipeline (at trace time): each input's static shape against the model's."""
+        for t, spec in zip(x, self.program.input_specs):
+            _checks.batch_shape(t.shape, spec)
+        return x if len(x) > 1 else x[0]
 
     def _state(self, strategy, element_spec, resumed) -> _State:
-        """The accumulators and traced step of the last fit, reset, when this fit has the same
-        strategy and batch spec (a refit, or a fit on new data of the same kind, traces
-        nothing); otherwise a new one."""
-        cached = self._cached_state
-        if (
-            cached is not None
-            and cached.strategy is strategy
-            and cached.element_spec == element_spec
-        ):
-            cached.reset(resumed)
+        """This fit's accumulators and traced step, marked busy until the fit returns.
+
+        The last fit's, reset, when this fit has the same strategy and batch spec and no other
+        fit uses them (a refit, or a fit on new data of the same kind, traces nothing);
+        otherwise new ones. Two fits at once (two threads) so never share accumulators.
+        """
+        with self._state_guard:
+            cached = self._cached_state
+            if (
+                cached is not None
+                and not cached.busy
+                and cached.strategy is strategy
+                and cached.element_spec == element_spec
+            ):
+                cached.busy = True
+            else:
+                cached = None
+        if cached is not None:
+            try:
+                cached.reset(resumed)
+            except BaseException:
+                cached.busy = False
+                raise
             return cached
-        self._cached_state = _State(self, strategy, resumed, element_spec)
-        return self._cached_state
+        state = _State(self, strategy, resumed, element_spec)
+        state.busy = True
+        with self._state_guard:
+            if self._cached_state is None or not self._cached_state.busy:
+                self._cached_state = state
+        return state
 
     def _load_checkpoint(self, path: str) -> PatternStatistics:
         from pattern_keras.patterns.io import _OtherModel
@@ -404,8 +480,21 @@ class PatternComputer:
         return stats
 
 
+@dataclasses.dataclass
+class _Source:
+    """The data of a fit as a dataset of ``x`` batches, the number of batches when known, and
+    where an exception of the user's generator or ``PyDataset`` is kept for the caller."""
+
+    dataset: tf.data.Dataset
+    target: int | None
+    failure: list[BaseException] = dataclasses.field(default_factory=list)
+
+
 class _State:
     """The float64 accumulators and the compiled per-batch functions of one fit."""
+
+    #: Whether a fit is using this state now (set and cleared by PatternComputer).
+    busy = False
 
     def __init__(
         self,
@@ -416,6 +505,8 @@ class _State:
     ):
         self.computer = computer
         self.strategy = strategy
+        #: The model's input dtypes: the step casts the data to them.
+        self.dtypes = [tf.as_dtype(dtype) for _, dtype in computer.program.input_specs]
         plans = computer.plans
         self.shift_x = {k: tf.Variable(0.0, dtype=tf.float32, trainable=False) for k in plans}
         self.shift_y = {
@@ -488,8 +579,18 @@ class _State:
             _count_per_neuron(op, y),
         )
 
+    def _checked_inputs(self, inputs) -> tuple[list[Any], Any, Any]:
+        """The batch cast to the model's dtypes, the number of its values that are not finite
+        there (NaN or infinite in the data, or finite values too large for the dtype), and the
+        number of those that were finite in the data (too large)."""
+        raw = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
+        cast = [tf.cast(t, dtype) for t, dtype in zip(raw, self.dtypes)]
+        bad = tf.add_n([_count_non_finite(t) for t in cast])
+        not_finite_before = tf.add_n([_count_non_finite(t) for t in raw])
+        return cast, bad, bad - not_finite_before
+
     def _replica_moments(self, inputs):
-        inputs = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
+        inputs, _, _ = self._checked_inputs(inputs)
         plans = self.computer.plans
 
         def moments():
@@ -549,7 +650,7 @@ class _State:
     def _replica_sums(self, inputs, first):
         """The batch's sums; with :attr:`_shifts_in_step`, also the shifts they were taken
         with (under ``"__shifts__"``): the variables', or the batch's means when ``first``."""
-        inputs = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
+        inputs, bad, overflow = self._checked_inputs(inputs)
         plans = self.computer.plans
 
         def current():
@@ -593,7 +694,8 @@ class _State:
 
         out = engine.if_samples(inputs[0], sums, nothing)
         out["__n__"] = tf.cast(tf.shape(inputs[0])[0], tf.int64)
-        out["__bad__"] = tf.add_n([_count_non_finite(t) for t in inputs])
+        out["__bad__"] = bad
+        out["__overflow__"] = overflow
         return out
 
     def _op_sums(self, plan: _LayerPlan, op: Op, values, shift_x, shift_y) -> dict[str, Any]:
@@ -708,8 +810,9 @@ class _State:
         return n
 
     def _step(self, batch, first):
-        """Accumulate one batch, unless it holds a non-finite value; returns their number and
-        the number of samples. With ``first`` (only with :attr:`_shifts_in_step`), the shifts
+        """Accumulate one batch, unless it holds a value that is not finite in the model's
+        dtype; returns their number, how many of them were finite but too large, and the
+        number of samples. With ``first`` (only with :attr:`_shifts_in_step`), the shifts
         are taken from this batch, and kept unless it is refused.
 
         The count is all-reduced with the sums, so under a multi-worker strategy every worker
@@ -717,8 +820,9 @@ class _State:
         """
         sums = self._run_and_sum(lambda b: self._replica_sums(b, first), batch)
         n = sums["__n__"]
+        overflow = sums.pop("__overflow__")
         if not self._shifts_in_step:
-            return self._accumulate(sums), n
+            return self._accumulate(sums), overflow, n
         shifts = sums.pop("__shifts__")
 
         def set_shifts():
@@ -729,7 +833,7 @@ class _State:
 
         keep = tf.logical_and(first, tf.equal(sums["__bad__"], 0))
         with tf.control_dependencies([tf.cond(keep, set_shifts, lambda: tf.constant(0, tf.int64))]):
-            return self._accumulate(sums), n
+            return self._accumulate(sums), overflow, n
 
     def _accumulate(self, sums):
         """Add a batch's reduced sums to the accumulators, unless it holds a non-finite value;
@@ -752,8 +856,9 @@ class _State:
         # Every worker reads the same all-reduced count, so all of them agree on it.
         self.shifted = int(self._init_fn(batch)) > 0
 
-    def step(self, batch) -> int:
-        """Accumulate a batch; returns the number of non-finite values that refused it.
+    def step(self, batch) -> tuple[int, int]:
+        """Accumulate a batch; returns the number of values that refused it (not finite in the
+        model's dtype) and how many of those were finite values too large for it.
 
         Until the shifts are set (the first batch with samples), the batch also sets them: in
         the same replay of the model on a single replica, in a pass of its own on several
@@ -763,11 +868,11 @@ class _State:
         if first and not self._shifts_in_step:
             self.init_shifts(batch)
             first = False
-        bad, n = self._step_fn(batch, tf.constant(first))
+        bad, overflow, n = self._step_fn(batch, tf.constant(first))
         bad = int(bad.numpy())
         if first:
             self.shifted = not bad and int(n.numpy()) > 0
-        return bad
+        return bad, int(overflow.numpy())
 
     def statistics(self, n_batches: int) -> PatternStatistics:
         layers = {}
@@ -812,22 +917,42 @@ def _count_non_finite(t: Any) -> Any:
     return tf.math.count_nonzero(tf.logical_not(tf.math.is_finite(t)), dtype=tf.int64)
 
 
-def _first_bad(strategy, batch) -> int:
-    """Index in the (global, or this worker's) batch of the first sample with a non-finite
-    value."""
+def _first_bad(strategy, batch, dtypes) -> int:
+    """Index in the (global, or this worker's) batch of the first sample with a value that is
+    not finite in the model's dtype (``dtypes``, one per input)."""
     flags = None
-    for component in tf.nest.flatten(batch):
+    for component, dtype in zip(tf.nest.flatten(batch), dtypes):
         rows = []
         for part in strategy.experimental_local_results(component):
             value = np.asarray(part)
             if not np.issubdtype(value.dtype, np.floating):
                 rows.append(np.zeros(len(value), bool))
-            else:
-                rows.append(~np.isfinite(value.reshape(len(value), -1)).all(axis=1))
+                continue
+            with np.errstate(over="ignore"):
+                value = value.astype(dtype.as_numpy_dtype)
+            rows.append(~np.isfinite(value.reshape(len(value), -1)).all(axis=1))
         row = np.concatenate(rows)
         flags = row if flags is None else flags | row
     hits = np.flatnonzero(flags)
     return int(hits[0]) if len(hits) else 0
+
+
+def _bad_batch_message(bad: int, overflow: int, batch: int, first: int) -> str:
+    """Why batch number ``batch`` (from 1) was refused, up to the advice's end."""
+    what = []
+    if bad > overflow:
+        n = bad - overflow
+        what.append(f"{n} NaN or infinite value{'s' if n > 1 else ''}")
+    if overflow:
+        what.append(
+            f"{overflow} finite value{'s' if overflow > 1 else ''} too large for the model's "
+            "input dtype (they would overflow to infinity)"
+        )
+    return (
+        f"The data holds {' and '.join(what)} in batch {batch} (the first in sample {first} of "
+        "the stream, counting from 0); nothing of that batch was accumulated. Clean, rescale or "
+        "drop those samples"
+    )
 
 
 def _skip_samples(dataset: tf.data.Dataset, n_skip: int) -> tf.data.Dataset:
@@ -882,29 +1007,49 @@ def _count_per_neuron(op: Op, z: Any) -> Any:
     return tf.fill(part.neuron_shape, per_neuron)
 
 
-def _from_iterator(iterator, select, specs) -> tf.data.Dataset:
-    """A dataset over the batches of a Python iterator (its first batch fixes the signature)."""
+def _from_iterator(iterator, select, specs, failure: list[BaseException]) -> tf.data.Dataset:
+    """A dataset over the batches of a Python iterator, each checked as an array would be.
+
+    The signature is the model's input spec (a size the model leaves open stays open, so a
+    fully convolutional model takes batches of several image sizes). TensorFlow would turn an
+    exception raised by the iterator (or by the checks) into an ``UnknownError`` that names
+    neither its type nor, cleanly, its message: it is kept in ``failure`` instead, the dataset
+    ends there, and the fit raises it as it was.
+    """
     try:
         first = next(iterator)
     except StopIteration:
         raise ValueError("The generator yielded no batches: nothing to fit patterns on.") from None
-    first_x = select(first)
-    # Checked here, so that a batch of strings or of the wrong shape is named as such. An
-    # empty batch is allowed: it adds nothing (the fit refuses data without any sample).
-    _checks.model_inputs(first_x, specs, name="first batch", as_numpy=True, allow_empty=True)
-    structure = tf.nest.map_structure(
-        lambda t: tf.TensorSpec(
-            (None,) + tuple(np.shape(t))[1:],
-            tf.as_dtype(np.asarray(t).dtype) if not tf.is_tensor(t) else t.dtype,
-        ),
-        first_x,
+    # Checked here, so that a first batch of strings or of the wrong shape is named as such
+    # before anything runs. An empty batch is allowed: it adds nothing (the fit refuses data
+    # without any sample).
+    _checked_batch(select(first), specs, 0, 0)
+    structure = tuple(
+        tf.TensorSpec((None,) + tuple(shape[1:]), tf.as_dtype(dtype)) for shape, dtype in specs
     )
 
     def generate():
-        for element in itertools.chain([first], iterator):
-            yield tf.nest.map_structure(np.asarray, select(element))
+        seen = 0
+        try:
+            for index, element in enumerate(itertools.chain([first], iterator)):
+                arrays = _checked_batch(select(element), specs, index, seen)
+                seen += len(arrays[0])
+                yield arrays[0] if len(arrays) == 1 else tuple(arrays)
+        except GeneratorExit:  # the dataset is closed early (steps reached): not a failure
+            raise
+        except BaseException as err:  # KeyboardInterrupt and SystemExit included
+            failure.append(err)
 
-    return tf.data.Dataset.from_generator(generate, output_signature=structure)
+    return tf.data.Dataset.from_generator(
+        generate, output_signature=structure[0] if len(specs) == 1 else structure
+    )
+
+
+def _checked_batch(x: Any, specs, index: int, seen: int) -> list[np.ndarray]:
+    """Batch ``index`` (from 0) of a generator as arrays of the model's dtypes, with the checks
+    of array data; ``seen`` samples came before it."""
+    name = "first batch" if index == 0 else f"batch {index + 1}"
+    return _checks.model_inputs(x, specs, name=name, as_numpy=True, allow_empty=True, offset=seen)
 
 
 def _is_chief(strategy) -> bool:

@@ -10,6 +10,16 @@ import numpy as np
 __all__ = ["Patterns"]
 
 
+def _frozen(value: Any) -> np.ndarray:
+    """``value`` as a float32 array nobody can change: a read-only copy, unless it is already a
+    read-only float32 array that owns its data (a pattern derived from statistics)."""
+    array = np.asarray(value, np.float32)
+    if array.flags.writeable or array.base is not None:
+        array = array.copy()
+        array.setflags(write=False)
+    return array
+
+
 class Patterns(Mapping[str, np.ndarray]):
     """Patterns of a model, one array per linear layer, shaped like its kernel.
 
@@ -29,6 +39,13 @@ class Patterns(Mapping[str, np.ndarray]):
         Samples the patterns were fitted on.
     fingerprint : mapping, optional
         The fingerprint of the model they were fitted on.
+
+    Notes
+    -----
+    The arrays are read-only float32 copies (``writeable=False``): an analyzer copies its
+    patterns into the variables its compiled pass reads, so an array changed in place would
+    change what :meth:`save` writes but not what ``analyze`` uses. To change a pattern, build
+    new ``Patterns`` and pass them to ``set_patterns``.
     """
 
     def __init__(
@@ -39,8 +56,8 @@ class Patterns(Mapping[str, np.ndarray]):
         n_samples: int = 0,
         fingerprint: Mapping[str, Any] | None = None,
     ) -> None:
-        self._positive = {k: np.asarray(v, np.float32) for k, v in patterns.items()}
-        self._negative = {k: np.asarray(v, np.float32) for k, v in (negative or {}).items()}
+        self._positive = {k: _frozen(v) for k, v in patterns.items()}
+        self._negative = {k: _frozen(v) for k, v in (negative or {}).items()}
         unknown = set(self._negative) - set(self._positive)
         if unknown:
             raise ValueError(f"Negative patterns for layers without a pattern: {sorted(unknown)}.")

@@ -257,6 +257,12 @@ class LayerStatistics:
         return a, a_neg
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A new array, made read-only so that :class:`Patterns` takes it without a copy."""
+    array.setflags(write=False)
+    return array
+
+
 def _check_finite(a: np.ndarray, a_neg: np.ndarray | None, where: str) -> None:
     for name, value in (("a", a), ("a_negative", a_neg)):
         if value is not None and not np.all(np.isfinite(value)):
@@ -431,9 +437,9 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
                 for regime, n in counts.items()
                 if n
             ]
-            positive[key] = a.astype(np.float32)
+            positive[key] = _read_only(a.astype(np.float32))
             if a_neg is not None:
-                negative[key] = a_neg.astype(np.float32)
+                negative[key] = _read_only(a_neg.astype(np.float32))
             types[key] = stats.pattern_type
         if undefined and warn:
             warnings.warn(
