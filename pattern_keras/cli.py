@@ -515,6 +515,41 @@ def _describe(method: str, kwargs: dict[str, Any]) -> str:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     _quiet_tensorflow()  # the analyzer names are known once the analyzers are imported
+    methods, pattern_methods = _check_methods(args)
+    _check_positive("--batch-size", args.batch_size)
+    _check_positive("--grid-rows", args.grid_rows)
+    if args.neuron is not None and args.neuron < 0:
+        raise UsageError(f"--neuron must be >= 0; got {args.neuron}")
+    per_method = _method_kwargs(args)
+    _check_output_folder(args.output)
+    _check_exists(args.model, "model file")
+    _check_exists(args.inputs, "inputs")
+    if args.patterns is not None:
+        _check_exists(args.patterns, "pattern file")
+    model = load_model(args.model, args.unsafe)
+    x, names = load_data(args.inputs, args.key, args.image_size, args.preprocess, model)
+    patterns = _load_patterns_for(args.patterns, model) if args.patterns else None
+    analyzers = _build_analyzers(args, model, per_method, pattern_methods, patterns)
+    explanations = _explain(args, analyzers, x, per_method)
+    arrays, written = _write_explanations(args, x, names, explanations)
+    _refuse_non_finite(args, explanations, pattern_methods, arrays)
+    shapes = ", ".join(f"{m} {e.shape}" for m, e in explanations.items())
+    if written:
+        _say(
+            args,
+            f"Wrote {written.overlays} overlays ({written.size[1]}x{written.size[0]} "
+            f"px), {written.grid} and {arrays} ({shapes}) to {args.output}",
+        )
+    else:
+        _say(
+            args, f"Wrote {arrays} ({shapes}) to {args.output} (no PNGs: the inputs are not images)"
+        )
+    return EXIT_OK
+
+
+def _check_methods(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The methods asked for (known names, each once) and those of them that need patterns;
+    ``--patterns`` is given exactly when one does."""
     from pattern_keras.analyzers.registry import analyzer_class, analyzer_names
 
     names = analyzer_names()
@@ -541,27 +576,22 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             f"'{pattern_methods[0]}' needs fitted patterns: give --patterns FILE "
             "(fit them with 'pattern-keras fit MODEL DATA -o FILE')"
         )
-    _check_positive("--batch-size", args.batch_size)
-    _check_positive("--grid-rows", args.grid_rows)
-    if args.neuron is not None and args.neuron < 0:
-        raise UsageError(f"--neuron must be >= 0; got {args.neuron}")
-    per_method = _method_kwargs(args)
-    _check_output_folder(args.output)
-    _check_exists(args.model, "model file")
-    _check_exists(args.inputs, "inputs")
-    if args.patterns is not None:
-        _check_exists(args.patterns, "pattern file")
-    _quiet_tensorflow()
-    import numpy as np
+    return methods, pattern_methods
 
+
+def _build_analyzers(
+    args: argparse.Namespace,
+    model: Any,
+    per_method: dict[str, dict[str, Any]],
+    pattern_methods: list[str],
+    patterns: Any,
+) -> dict[str, Any]:
+    """One analyzer per method, with its options; ``--neuron`` checked against the outputs."""
     import pattern_keras as pk
 
-    model = load_model(args.model, args.unsafe)
-    x, names = load_data(args.inputs, args.key, args.image_size, args.preprocess, model)
-    patterns = _load_patterns_for(args.patterns, model) if args.patterns else None
     analyzers = {}
-    for method in methods:
-        kwargs = dict(per_method[method])
+    for method, options in per_method.items():
+        kwargs = dict(options)
         if args.neuron is not None:
             kwargs["neuron_selection_mode"] = "index"
         if method in pattern_methods:
@@ -579,6 +609,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 f"{analyzers[method].num_outputs} output neurons (0 to "
                 f"{analyzers[method].num_outputs - 1})"
             )
+    return analyzers
+
+
+def _explain(
+    args: argparse.Namespace, analyzers: dict[str, Any], x: Any, per_method: dict[str, Any]
+) -> dict[str, Any]:
+    """Every method's explanations of ``x`` (float32, shaped like ``x``), by method."""
+    import numpy as np
+
     explanations = {}
     for method, analyzer in analyzers.items():
         _say(args, f"Explaining {len(x)} inputs with {_describe(method, per_method[method])}")
@@ -589,51 +628,57 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             verbose=0 if args.quiet else 1,
         )
         explanations[method] = np.asarray(result, dtype=np.float32)
+    return explanations
+
+
+def _write_explanations(args: argparse.Namespace, x: Any, names: list[str], explanations: dict):
+    """The arrays (``explanations.npy``, or ``.npz`` for several methods) and the PNGs, with
+    non-finite values shown as 0. Returns the array file's name and what the PNGs are."""
+    import numpy as np
+
+    from pattern_keras import _cli_output
+
     os.makedirs(args.output, exist_ok=True)
     if len(explanations) == 1:
         arrays = "explanations.npy"
-        np.save(os.path.join(args.output, arrays), explanations[methods[0]])
+        np.save(os.path.join(args.output, arrays), next(iter(explanations.values())))
     else:
         arrays = "explanations.npz"
         np.savez(os.path.join(args.output, arrays), **explanations)
-    from pattern_keras import _cli_output
-
     shown = {m: np.where(np.isfinite(e), e, 0.0) for m, e in explanations.items()}
     written = _cli_output.write_images(args.output, x, names, shown, grid_rows=args.grid_rows)
+    return arrays, written
+
+
+def _refuse_non_finite(
+    args: argparse.Namespace, explanations: dict, pattern_methods: list[str], arrays: str
+) -> None:
+    """Exit 1 (after writing) if an explanation holds NaN or inf, saying how many and where."""
+    import numpy as np
+
+    n = len(next(iter(explanations.values())))
     bad = {
         m: int((~np.isfinite(e).reshape(len(e), -1).all(axis=1)).sum())
         for m, e in explanations.items()
     }
-    if any(bad.values()):
-        hint = (
-            " (patterns fitted on too little data? fit on more samples)"
-            if any(bad[m] for m in pattern_methods)
-            else ""
-        )
-        if len(bad) == 1:
-            what = f"{bad[methods[0]]} of {len(x)} explanations contain NaN or inf values"
-        else:
-            what = (
-                "explanations contain NaN or inf values ("
-                + ", ".join(f"{m}: {n} of {len(x)}" for m, n in bad.items() if n)
-                + ")"
-            )
-        raise _Failure(
-            f"{what}{hint}; they are in {args.output}/{arrays} as computed and "
-            "shown as 0 in the PNGs"
-        )
-    shapes = ", ".join(f"{m} {e.shape}" for m, e in explanations.items())
-    if written:
-        _say(
-            args,
-            f"Wrote {written.overlays} overlays ({written.size[1]}x{written.size[0]} "
-            f"px), {written.grid} and {arrays} ({shapes}) to {args.output}",
-        )
+    if not any(bad.values()):
+        return
+    hint = (
+        " (patterns fitted on too little data? fit on more samples)"
+        if any(bad[m] for m in pattern_methods)
+        else ""
+    )
+    if len(bad) == 1:
+        what = f"{next(iter(bad.values()))} of {n} explanations contain NaN or inf values"
     else:
-        _say(
-            args, f"Wrote {arrays} ({shapes}) to {args.output} (no PNGs: the inputs are not images)"
+        what = (
+            "explanations contain NaN or inf values ("
+            + ", ".join(f"{m}: {k} of {n}" for m, k in bad.items() if k)
+            + ")"
         )
-    return EXIT_OK
+    raise _Failure(
+        f"{what}{hint}; they are in {args.output}/{arrays} as computed and shown as 0 in the PNGs"
+    )
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
@@ -829,9 +874,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``pattern-keras`` (all subcommands)."""
+    """The argument parser of ``pattern-keras``: the global options, then one subparser per
+    entry of :data:`_SUBCOMMANDS` (a subcommand is added by one function there)."""
     from pattern_keras._version import __version__
-    from pattern_keras.patterns.statistics import ESTIMATORS  # numpy only: no TensorFlow
 
     parser = _Parser(
         prog=PROG,
@@ -847,6 +892,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="show the full traceback of an unexpected error",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add_subcommand in _SUBCOMMANDS:
+        add_subcommand(sub)
+    return parser
+
+
+def _add_fit_parser(sub) -> None:
+    from pattern_keras.patterns.statistics import ESTIMATORS  # numpy only: no TensorFlow
 
     p = sub.add_parser(
         "fit",
@@ -876,6 +928,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     p.set_defaults(handler=_cmd_fit)
 
+
+def _add_analyze_parser(sub) -> None:
     p = sub.add_parser(
         "analyze",
         help="explain a model's outputs for inputs",
@@ -924,6 +978,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-q", "--quiet", action="store_true", help="no progress output (no progress bar either)"
     )
+    _add_method_options(p)
+    _add_data_options(p)
+    p.set_defaults(handler=_cmd_analyze)
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method options")
     g.add_argument(
         "--epsilon", type=float, metavar="EPS", help="lrp.epsilon: the stabilizer (default 1e-7)"
@@ -951,9 +1011,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="smoothgrad: noise sigma as a fraction of the input's range (default 0.1)",
     )
-    _add_data_options(p)
-    p.set_defaults(handler=_cmd_analyze)
 
+
+def _add_merge_parser(sub) -> None:
     p = sub.add_parser(
         "merge",
         help="merge pattern statistics fitted on parts of the data",
@@ -965,6 +1025,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=_cmd_merge)
 
+
+def _add_import_patterns_parser(sub) -> None:
     p = sub.add_parser(
         "import-patterns",
         help="convert an iNNvestigate 1.x pattern file",
@@ -994,6 +1056,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no output")
     p.set_defaults(handler=_cmd_import_patterns)
 
+
+def _add_methods_parser(sub) -> None:
     p = sub.add_parser(
         "methods",
         help="list the analyzers",
@@ -1001,6 +1065,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_methods)
 
+
+def _add_demo_parser(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="train a small CNN on generated data and explain it",
@@ -1024,7 +1090,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=_cmd_demo)
-    return parser
+
+
+#: The subcommands, in the order ``--help`` lists them: each function adds one subparser
+#: (with its ``handler``) to the subparsers object it is given.
+_SUBCOMMANDS = (
+    _add_fit_parser,
+    _add_analyze_parser,
+    _add_merge_parser,
+    _add_import_patterns_parser,
+    _add_methods_parser,
+    _add_demo_parser,
+)
 
 
 def _show_warning(command: str, message, category, filename, lineno, file=None, line=None) -> None:

@@ -456,13 +456,280 @@ def _check_dataset(obj, shape: tuple[int, ...], path: str, what: str) -> None:
         )
 
 
+class _KernelShapes:
+    """The kernel shapes a file's layer groups may declare: the model's (``expected``), or,
+    without a model, those of the file's own fingerprint."""
+
+    def __init__(
+        self,
+        path: str,
+        expected: Mapping[str, tuple[int, ...]] | None,
+        own_fingerprint: Mapping[str, Any],
+    ) -> None:
+        self.path = path
+        self.expected = expected
+        self.fingerprint_shapes = _fingerprint_shapes(own_fingerprint)
+
+    def candidates(self, key: str, obj) -> list[tuple[int, ...]]:
+        """The shapes layer ``key`` (the group ``obj``) may have; an unknown key is refused."""
+        if self.expected is not None:
+            if key not in self.expected:
+                raise _damaged(
+                    self.path,
+                    f"extra entry '{obj.name}': the model has no pattern "
+                    f"layer '{key}' (its layers: {sorted(self.expected)})",
+                )
+            return [tuple(self.expected[key])]
+        candidates = _candidate_shapes(key, self.fingerprint_shapes)
+        if candidates is None:
+            raise _damaged(
+                self.path, f"extra entry '{obj.name}': the fingerprint lists no layer '{key}'"
+            )
+        return candidates
+
+    def check(self, obj, key: str, group, what: str) -> tuple[int, ...]:
+        """The declared shape of the kernel-shaped dataset ``obj``, checked (and its dtype)."""
+        candidates = self.candidates(key, group)
+        if not candidates:
+            raise _damaged(
+                self.path, f"extra entry '{obj.name}': the fingerprint's layer has no weights"
+            )
+        if tuple(obj.shape) not in candidates:
+            _check_dataset(obj, candidates[0], self.path, what)
+        _check_dataset(obj, tuple(obj.shape), self.path, what)
+        return tuple(obj.shape)
+
+
+def _check_root(f, path: str) -> tuple[int, bool]:
+    """The root's attributes and entries: exactly those of the format version. Returns the
+    version and whether the file holds statistics."""
+    version = int(_attr(f, "format_version", path))
+    root_attrs = set(_ROOT_REQUIRED) | (set(_CHECKSUMS) if version >= 2 else set())
+    has_stats = "statistics" in f
+    _exact_members(
+        f,
+        root_attrs | {"n_batches"},
+        root_attrs | ({"n_batches"} if has_stats and version >= 2 else set()),
+        path,
+        "attribute",
+    )
+    _exact_members(f, {"patterns", "statistics"}, {"patterns"}, path, "entry")
+    return version, has_stats
+
+
+def _check_metadata_checksum(f, path: str, version: int) -> None:
+    """Names, attributes, shapes and dtypes against the metadata checksum (version 2)."""
+    if version >= 2 and _attr(f, METADATA_CHECKSUM_ATTR, path) != _digest(f, values=False):
+        raise PatternFileError(
+            f"Pattern file '{path}' is corrupt: its checksum does not match its content "
+            "(a changed or damaged attribute, entry name, shape or dtype)."
+        )
+
+
+def _read_fingerprint(f, path: str, fingerprint: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The file's fingerprint, checked, and compared with the model's when given."""
+    try:
+        own = json.loads(str(_attr(f, "fingerprint", path)))
+    except json.JSONDecodeError as err:
+        raise _damaged(path, f"malformed fingerprint (not JSON: {err})") from None
+    own = _check_fingerprint(own, path)
+    if fingerprint is not None:
+        from pattern_keras.patterns.fingerprint import first_mismatch
+
+        mismatch = first_mismatch(fingerprint, own)
+        if mismatch:
+            raise _OtherModel(path, mismatch)
+    return own
+
+
+def _read_counts(f, path: str) -> tuple[int, int]:
+    """``n_samples`` and ``n_batches`` (0 where absent), checked."""
+    n_samples = _attr(f, "n_samples", path)
+    if not _is_int(n_samples) or n_samples < 0:
+        raise _damaged(path, f"malformed attribute 'n_samples' ({n_samples!r})")
+    n_batches = _attr(f, "n_batches", path, required=False)
+    if n_batches is not None and (not _is_int(n_batches) or n_batches < 0):
+        raise _damaged(path, f"malformed attribute 'n_batches' ({n_batches!r})")
+    return int(n_samples), int(n_batches or 0)
+
+
+def _check_patterns_layout(
+    f, path: str, shapes: _KernelShapes
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The layer groups of ``/patterns``: members, pattern types and declared shapes. Returns
+    the groups and the pattern types, by layer key."""
+    from pattern_keras.patterns.statistics import ESTIMATORS
+
+    pattern_leaves = _leaves(f["patterns"], path)
+    if shapes.expected is not None:
+        missing = sorted(set(shapes.expected) - set(pattern_leaves))
+        if missing:
+            raise _damaged(path, f"missing entry: no pattern for layer '{missing[0]}'")
+    if not pattern_leaves:
+        raise _damaged(path, "missing entry: '/patterns' holds no layer")
+    kinds = {}
+    for key, g in pattern_leaves.items():
+        _exact_members(g, set(_PATTERN_ATTRS), set(_PATTERN_ATTRS), path, "attribute")
+        _exact_members(g, {"a", "a_negative"}, {"a"}, path, "entry")
+        kind = _attr(g, "pattern_type", path)
+        if kind not in ESTIMATORS:  # the estimator table, as it is now
+            raise _damaged(path, f"'{g.name}' has the unknown pattern type {kind!r}")
+        kinds[key] = kind
+        shape = shapes.check(g["a"], key, g, f"the pattern of layer '{key}'")
+        if "a_negative" in g:
+            if kind != "relu":
+                raise _damaged(
+                    path,
+                    f"extra entry '{g.name}/a_negative': a {kind!r} pattern has one regime",
+                )
+            _check_dataset(
+                g["a_negative"],
+                shape,
+                path,
+                f"the negative pattern of layer '{key}' (like its 'a')",
+            )
+    return pattern_leaves, kinds
+
+
+def _check_statistics_layout(
+    f, path: str, shapes: _KernelShapes, pattern_leaves: Mapping[str, Any], kinds: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[str, tuple]]:
+    """The layer groups of ``/statistics``: one per pattern layer, each checked by
+    :func:`_check_layer_statistics`. Returns the groups and their attributes, by layer key."""
+    stat_leaves = _leaves(f["statistics"], path)
+    if set(stat_leaves) != set(pattern_leaves):
+        odd = sorted(set(stat_leaves) ^ set(pattern_leaves))[0]
+        where = "statistics" if odd not in stat_leaves else "patterns"
+        raise _damaged(path, f"missing entry: no {where} for layer '{odd}'")
+    stat_meta = {
+        key: _check_layer_statistics(g, key, path, shapes, pattern_leaves[key], kinds[key])
+        for key, g in stat_leaves.items()
+    }
+    return stat_leaves, stat_meta
+
+
+def _check_layer_statistics(
+    g, key: str, path: str, shapes: _KernelShapes, pattern_group, pattern_kind: str
+) -> tuple[str, bool, float, tuple[int, ...]]:
+    """One layer's statistics group: attributes, the sums its estimator needs (no more) with
+    their declared shapes, and agreement with its pattern group. Returns
+    ``(pattern_type, rectified, shift_x, out_axes)``."""
+    from pattern_keras.patterns.statistics import needed_statistics
+
+    _exact_members(g, set(_STAT_ATTRS), set(_STAT_ATTRS), path, "attribute")
+    kind = _attr(g, "pattern_type", path)
+    rectified = _attr(g, "rectified", path)
+    shift_x = _attr(g, "shift_x", path)
+    if kind != pattern_kind:
+        raise _damaged(
+            path,
+            f"layer '{key}' has pattern type {pattern_kind!r} in "
+            f"'/patterns' and {kind!r} in '/statistics'",
+        )
+    if not isinstance(rectified, (bool, np.bool_)):
+        raise _damaged(path, f"malformed attribute 'rectified' of '{g.name}'")
+    if not (isinstance(shift_x, (float, np.floating)) and np.isfinite(shift_x)):
+        raise _damaged(path, f"malformed attribute 'shift_x' of '{g.name}' ({shift_x!r})")
+    names = needed_statistics(kind, bool(rectified))
+    _exact_members(g, {"kernel", "shift_y", *names}, {"kernel", "shift_y", *names}, path, "entry")
+    shape = shapes.check(g["kernel"], key, g, f"the kernel of '{key}'")
+    out_axes = _check_out_axes(g, path, len(shape))
+    neurons = tuple(shape[a] for a in out_axes)
+    _check_dataset(g["shift_y"], neurons, path, f"'shift_y' of '{key}'")
+    for name in names:
+        _check_dataset(
+            g[name], neurons if name in _NEURON_STATS else shape, path, f"'{name}' of '{key}'"
+        )
+    negative_expected = kind == "relu" and not bool(rectified)
+    if ("a_negative" in pattern_group) != negative_expected:
+        raise _damaged(
+            path,
+            f"'{pattern_group.name}' "
+            + (
+                "lacks its 'a_negative'"
+                if negative_expected
+                else "has an 'a_negative' that a rectified layer does not keep"
+            ),
+        )
+    return kind, bool(rectified), float(shift_x), out_axes
+
+
+def _check_out_axes(g, path: str, rank: int) -> tuple[int, ...]:
+    """The ``out_axes`` attribute: distinct axes of a kernel of ``rank``, at least one."""
+    out_axes = np.asarray(_attr(g, "out_axes", path))
+    if (
+        out_axes.ndim != 1
+        or out_axes.dtype.kind not in "iu"
+        or not len(out_axes)
+        or any(not -rank <= int(a) < rank for a in out_axes)
+        or len({int(a) % rank for a in out_axes}) != len(out_axes)
+    ):
+        raise _damaged(
+            path,
+            f"malformed attribute 'out_axes' of '{g.name}' "
+            f"({out_axes.tolist()} for a kernel of rank {rank})",
+        )
+    return tuple(int(a) for a in out_axes)
+
+
+def _verify_checksum(f, path: str, version: int) -> None:
+    """Every value against the checksum (version 2); a version-1 file warns that it has none."""
+    if version >= 2:
+        if _attr(f, CHECKSUM_ATTR, path) != _digest(f):
+            raise PatternFileError(
+                f"Pattern file '{path}' is corrupt: its checksum does not match its content "
+                "(a changed or damaged dataset or attribute)."
+            )
+        return
+    warnings.warn(
+        f"Pattern file '{path}' has format version {version}, which carries "
+        "no checksum: its content cannot be verified. Save it again to add "
+        "one.",
+        PatternFileWarning,
+        stacklevel=5,
+    )
+
+
+def _finite_array(obj, dtype, path: str) -> np.ndarray:
+    """A dataset's values; NaN or infinite values are refused."""
+    value = np.asarray(obj[()], dtype)
+    if not np.all(np.isfinite(value)):
+        bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+        raise _damaged(path, f"'{obj.name}' holds {bad} NaN or infinite values")
+    return value
+
+
+def _read_statistics_arrays(
+    stat_leaves: Mapping[str, Any], stat_meta: Mapping[str, tuple], path: str
+) -> dict[str, dict[str, Any]]:
+    """The statistics of every layer, as keyword arguments of ``LayerStatistics``."""
+    stats = {}
+    for key, g in stat_leaves.items():
+        kind, rectified, shift_x, out_axes = stat_meta[key]
+        stats[key] = dict(
+            pattern_type=kind,
+            rectified=rectified,
+            shift_x=shift_x,
+            out_axes=out_axes,
+            kernel=_finite_array(g["kernel"], g["kernel"].dtype, path),
+            shift_y=_finite_array(g["shift_y"], np.float64, path),
+            sums={
+                name: _finite_array(g[name], np.float64, path)
+                for name in g
+                if name not in ("kernel", "shift_y")
+            },
+        )
+    return stats
+
+
 def _read_file(
     path: str,
     expected: Mapping[str, tuple[int, ...]] | None = None,
     fingerprint: Mapping[str, Any] | None = None,
     want_statistics: bool = True,
 ) -> dict[str, Any]:
-    """Everything in a pattern file, validated (see the module docstring).
+    """Everything in a pattern file, validated (see the module docstring): the layout entry by
+    entry and the declared shapes first, then the arrays and the checksum.
 
     Parameters
     ----------
@@ -472,227 +739,38 @@ def _read_file(
         The model's fingerprint: checked before any array is read (a ``ValueError`` naming the
         first difference).
     """
-    from pattern_keras.patterns.statistics import ESTIMATORS, needed_statistics
-
     path = os.fspath(path)
     with _open(path) as f:
-        version = int(_attr(f, "format_version", path))
-        root_attrs = set(_ROOT_REQUIRED) | (set(_CHECKSUMS) if version >= 2 else set())
-        has_stats = "statistics" in f
-        _exact_members(
-            f,
-            root_attrs | {"n_batches"},
-            root_attrs | ({"n_batches"} if has_stats and version >= 2 else set()),
-            path,
-            "attribute",
-        )
-        _exact_members(f, {"patterns", "statistics"}, {"patterns"}, path, "entry")
+        version, has_stats = _check_root(f, path)
         _walk(f, path)  # no links, external storage or virtual datasets, before reading more
-        if version >= 2 and _attr(f, METADATA_CHECKSUM_ATTR, path) != _digest(f, values=False):
-            raise PatternFileError(
-                f"Pattern file '{path}' is corrupt: its checksum does not match its content "
-                "(a changed or damaged attribute, entry name, shape or dtype)."
-            )
-        try:
-            own = json.loads(str(_attr(f, "fingerprint", path)))
-        except json.JSONDecodeError as err:
-            raise _damaged(path, f"malformed fingerprint (not JSON: {err})") from None
-        own = _check_fingerprint(own, path)
-        if fingerprint is not None:
-            from pattern_keras.patterns.fingerprint import first_mismatch
-
-            mismatch = first_mismatch(fingerprint, own)
-            if mismatch:
-                raise _OtherModel(path, mismatch)
-        n_samples = _attr(f, "n_samples", path)
-        if not _is_int(n_samples) or n_samples < 0:
-            raise _damaged(path, f"malformed attribute 'n_samples' ({n_samples!r})")
-        n_batches = _attr(f, "n_batches", path, required=False)
-        if n_batches is not None and (not _is_int(n_batches) or n_batches < 0):
-            raise _damaged(path, f"malformed attribute 'n_batches' ({n_batches!r})")
-        shapes = _fingerprint_shapes(own)
-
-        def kernel_shape(key: str, obj) -> list[tuple[int, ...]]:
-            if expected is not None:
-                if key not in expected:
-                    raise _damaged(
-                        path,
-                        f"extra entry '{obj.name}': the model has no pattern "
-                        f"layer '{key}' (its layers: {sorted(expected)})",
-                    )
-                return [tuple(expected[key])]
-            candidates = _candidate_shapes(key, shapes)
-            if candidates is None:
-                raise _damaged(
-                    path, f"extra entry '{obj.name}': the fingerprint lists no layer '{key}'"
-                )
-            return candidates
-
-        def check_kernel(obj, candidates, what) -> tuple[int, ...]:
-            if not candidates:
-                raise _damaged(
-                    path, f"extra entry '{obj.name}': the fingerprint's layer has no weights"
-                )
-            if tuple(obj.shape) not in candidates:
-                _check_dataset(obj, candidates[0], path, what)
-            _check_dataset(obj, tuple(obj.shape), path, what)
-            return tuple(obj.shape)
-
-        # -- patterns: layout and declared shapes ------------------------------------------
-        pattern_leaves = _leaves(f["patterns"], path)
-        if expected is not None:
-            missing = sorted(set(expected) - set(pattern_leaves))
-            if missing:
-                raise _damaged(path, f"missing entry: no pattern for layer '{missing[0]}'")
-        if not pattern_leaves:
-            raise _damaged(path, "missing entry: '/patterns' holds no layer")
-        kinds = {}
-        for key, g in pattern_leaves.items():
-            _exact_members(g, set(_PATTERN_ATTRS), set(_PATTERN_ATTRS), path, "attribute")
-            _exact_members(g, {"a", "a_negative"}, {"a"}, path, "entry")
-            kind = _attr(g, "pattern_type", path)
-            if kind not in ESTIMATORS:  # the estimator table, as it is now
-                raise _damaged(path, f"'{g.name}' has the unknown pattern type {kind!r}")
-            kinds[key] = kind
-            shape = check_kernel(g["a"], kernel_shape(key, g), f"the pattern of layer '{key}'")
-            if "a_negative" in g:
-                if kind != "relu":
-                    raise _damaged(
-                        path,
-                        f"extra entry '{g.name}/a_negative': a {kind!r} pattern has one regime",
-                    )
-                _check_dataset(
-                    g["a_negative"],
-                    shape,
-                    path,
-                    f"the negative pattern of layer '{key}' (like its 'a')",
-                )
-
-        # -- statistics: layout and declared shapes ----------------------------------------
-        stat_leaves = _leaves(f["statistics"], path) if has_stats else {}
-        if has_stats and set(stat_leaves) != set(pattern_leaves):
-            odd = sorted(set(stat_leaves) ^ set(pattern_leaves))[0]
-            where = "statistics" if odd not in stat_leaves else "patterns"
-            raise _damaged(path, f"missing entry: no {where} for layer '{odd}'")
-        stat_meta = {}
-        for key, g in stat_leaves.items():
-            _exact_members(g, set(_STAT_ATTRS), set(_STAT_ATTRS), path, "attribute")
-            kind = _attr(g, "pattern_type", path)
-            rectified = _attr(g, "rectified", path)
-            shift_x = _attr(g, "shift_x", path)
-            out_axes = np.asarray(_attr(g, "out_axes", path))
-            if kind != kinds[key]:
-                raise _damaged(
-                    path,
-                    f"layer '{key}' has pattern type {kinds[key]!r} in "
-                    f"'/patterns' and {kind!r} in '/statistics'",
-                )
-            if not isinstance(rectified, (bool, np.bool_)):
-                raise _damaged(path, f"malformed attribute 'rectified' of '{g.name}'")
-            if not (isinstance(shift_x, (float, np.floating)) and np.isfinite(shift_x)):
-                raise _damaged(path, f"malformed attribute 'shift_x' of '{g.name}' ({shift_x!r})")
-            names = needed_statistics(kind, bool(rectified))
-            _exact_members(
-                g, {"kernel", "shift_y", *names}, {"kernel", "shift_y", *names}, path, "entry"
-            )
-            shape = check_kernel(g["kernel"], kernel_shape(key, g), f"the kernel of '{key}'")
-            rank = len(shape)
-            if (
-                out_axes.ndim != 1
-                or out_axes.dtype.kind not in "iu"
-                or not len(out_axes)
-                or any(not -rank <= int(a) < rank for a in out_axes)
-                or len({int(a) % rank for a in out_axes}) != len(out_axes)
-            ):
-                raise _damaged(
-                    path,
-                    f"malformed attribute 'out_axes' of '{g.name}' "
-                    f"({out_axes.tolist()} for a kernel of rank {rank})",
-                )
-            neurons = tuple(shape[int(a)] for a in out_axes)
-            _check_dataset(g["shift_y"], neurons, path, f"'shift_y' of '{key}'")
-            for name in names:
-                _check_dataset(
-                    g[name],
-                    neurons if name in _NEURON_STATS else shape,
-                    path,
-                    f"'{name}' of '{key}'",
-                )
-            negative_expected = kind == "relu" and not bool(rectified)
-            if ("a_negative" in pattern_leaves[key]) != negative_expected:
-                raise _damaged(
-                    path,
-                    f"'{pattern_leaves[key].name}' "
-                    + (
-                        "lacks its 'a_negative'"
-                        if negative_expected
-                        else "has an 'a_negative' that a rectified layer does not keep"
-                    ),
-                )
-            stat_meta[key] = (
-                kind,
-                bool(rectified),
-                float(shift_x),
-                tuple(int(a) for a in out_axes),
-            )
-
-        # -- arrays: read, checksum, values ------------------------------------------------
-        stored = _attr(f, CHECKSUM_ATTR, path) if version >= 2 else None
-        actual = _digest(f)
-        if version >= 2 and stored != actual:
-            raise PatternFileError(
-                f"Pattern file '{path}' is corrupt: its checksum does not match its content "
-                "(a changed or damaged dataset or attribute)."
-            )
-        if version < 2:
-            warnings.warn(
-                f"Pattern file '{path}' has format version {version}, which carries "
-                "no checksum: its content cannot be verified. Save it again to add "
-                "one.",
-                PatternFileWarning,
-                stacklevel=4,
-            )
-
-        def array(obj, dtype):
-            value = np.asarray(obj[()], dtype)
-            if not np.all(np.isfinite(value)):
-                bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
-                raise _damaged(path, f"'{obj.name}' holds {bad} NaN or infinite values")
-            return value
-
+        _check_metadata_checksum(f, path, version)
+        own = _read_fingerprint(f, path, fingerprint)
+        n_samples, n_batches = _read_counts(f, path)
+        shapes = _KernelShapes(path, expected, own)
+        pattern_leaves, kinds = _check_patterns_layout(f, path, shapes)
+        stat_leaves, stat_meta = (
+            _check_statistics_layout(f, path, shapes, pattern_leaves, kinds)
+            if has_stats
+            else ({}, {})
+        )
+        _verify_checksum(f, path, version)
         content: dict[str, Any] = {
             "version": version,
             "fingerprint": own,
-            "n_samples": int(n_samples),
-            "n_batches": int(n_batches or 0),
+            "n_samples": n_samples,
+            "n_batches": n_batches,
             "kinds": kinds,
             "positive": {},
             "negative": {},
             "statistics": None,
+            "has_statistics": has_stats,
         }
         for key, g in pattern_leaves.items():
-            content["positive"][key] = array(g["a"], np.float32)
+            content["positive"][key] = _finite_array(g["a"], np.float32, path)
             if "a_negative" in g:
-                content["negative"][key] = array(g["a_negative"], np.float32)
+                content["negative"][key] = _finite_array(g["a_negative"], np.float32, path)
         if has_stats and want_statistics:
-            stats = {}
-            for key, g in stat_leaves.items():
-                kind, rectified, shift_x, out_axes = stat_meta[key]
-                stats[key] = dict(
-                    pattern_type=kind,
-                    rectified=rectified,
-                    shift_x=shift_x,
-                    out_axes=out_axes,
-                    kernel=array(g["kernel"], g["kernel"].dtype),
-                    shift_y=array(g["shift_y"], np.float64),
-                    sums={
-                        name: array(g[name], np.float64)
-                        for name in g
-                        if name not in ("kernel", "shift_y")
-                    },
-                )
-            content["statistics"] = stats
-        content["has_statistics"] = has_stats
+            content["statistics"] = _read_statistics_arrays(stat_leaves, stat_meta, path)
         return content
 
 
