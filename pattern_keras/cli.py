@@ -131,6 +131,13 @@ def load_model(path: str, unsafe: bool = False):
         )
     if not path.lower().endswith((".keras", ".h5", ".hdf5")):
         raise UsageError(f"model file '{path}' must end in .keras or .h5")
+    if path.lower().endswith(".keras") and not _is_zip(path):
+        # Keras says "File not found" for a .keras file that is not a zip archive.
+        raise UsageError(
+            f"could not load model '{path}': the file exists but is not a Keras archive "
+            "(a .keras file is a zip archive; this one is damaged, truncated or of another "
+            "format)"
+        )
     try:
         return keras.models.load_model(path, compile=False, safe_mode=not unsafe)
     except Exception as err:  # Keras raises many types for unreadable files
@@ -142,6 +149,15 @@ def load_model(path: str, unsafe: bool = False):
                 "trust this file, add --unsafe"
             ) from None
         raise UsageError(f"could not load model '{path}': {message}") from None
+
+
+def _is_zip(path: str) -> bool:
+    import zipfile
+
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
 
 
 def _one_line(err: BaseException, limit: int = 400) -> str:
@@ -199,8 +215,7 @@ def load_data(
         if image_size is not None:
             raise UsageError("--image-size applies to a folder of images, not to array files")
         x = _load_array_file(path, key)
-        width = len(str(max(len(x) - 1, 0)))
-        names = [f"{i:0{max(width, 5)}d}" for i in range(len(x))]
+        names = _index_names(len(x))
     if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
         raise UsageError(f"data '{path}' holds values of type {x.dtype}, not numbers")
     x = x.astype(np.float32, copy=False)
@@ -220,6 +235,49 @@ def load_data(
     return x, names
 
 
+def _index_names(n: int) -> list[str]:
+    """Output names of the samples of an array file: zero-padded indices, at least 5 digits."""
+    width = max(len(str(max(n - 1, 0))), 5)
+    return [f"{i:0{width}d}" for i in range(n)]
+
+
+def _array_shape(path: str, key: str | None) -> tuple[int, ...]:
+    """The shape of the array of a ``.npy``/``.npz`` from its header, without reading the
+    values (a file whose header cannot be read this way is read in full)."""
+    import numpy as np
+
+    with contextlib.suppress(Exception):
+        if path.lower().endswith(".npy"):
+            return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+        with np.load(path, allow_pickle=False) as archive:
+            member = _npz_key(list(archive.keys()), key, path)
+            with archive.zip.open(member + ".npy") as f:
+                version = np.lib.format.read_magic(f)
+                read = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }[version]
+                return tuple(read(f)[0])
+    return tuple(_load_array_file(path, key).shape)
+
+
+def _npz_key(keys: list[str], key: str | None, path: str) -> str:
+    """The array of a ``.npz`` DATA names: ``key``, else ``x``, else its only array."""
+    if key is None:
+        if "x" in keys:
+            key = "x"
+        elif len(keys) == 1:
+            key = keys[0]
+        else:
+            raise UsageError(
+                f"'{path}' holds the arrays {', '.join(keys) or '(none)'} and none "
+                "is called 'x': pick one with --key"
+            )
+    if key not in keys:
+        raise UsageError(f"'{path}' has no array '{key}'; it holds {', '.join(keys) or '(none)'}")
+    return key
+
+
 def _load_array_file(path: str, key: str | None):
     import numpy as np
 
@@ -231,22 +289,7 @@ def _load_array_file(path: str, key: str | None):
             return np.load(path, allow_pickle=False)
         if lower.endswith(".npz"):
             with np.load(path, allow_pickle=False) as archive:
-                keys = list(archive.keys())
-                if key is None:
-                    if "x" in keys:
-                        key = "x"
-                    elif len(keys) == 1:
-                        key = keys[0]
-                    else:
-                        raise UsageError(
-                            f"'{path}' holds the arrays {', '.join(keys) or '(none)'} and none "
-                            "is called 'x': pick one with --key"
-                        )
-                if key not in keys:
-                    raise UsageError(
-                        f"'{path}' has no array '{key}'; it holds {', '.join(keys) or '(none)'}"
-                    )
-                return archive[key]
+                return archive[_npz_key(list(archive.keys()), key, path)]
     except UsageError:
         raise
     except (OSError, ValueError, EOFError) as err:
@@ -366,14 +409,18 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     _check_output_file(args.output)
     _check_exists(args.model, "model file")
     _check_exists(args.data, "data")
+    _check_outputs(args, [args.output], [args.model, *_data_files(args.data)])
     _quiet_tensorflow()
     from pattern_keras.patterns import PatternComputer
 
     model = load_model(args.model, args.unsafe)
+    steps = args.steps
     if os.path.isdir(args.data) or args.data.lower().endswith(IMAGE_EXTENSIONS):
         # Images are streamed: read batch by batch, never all at once.
-        data = _image_batches(args, model)
-        count = f"{len(data.files)} images (read {args.batch_size} at a time)"
+        batches = _image_batches(args, model)
+        steps = min(steps or len(batches), len(batches))
+        data = _ImageStream(batches, steps)
+        count = f"{len(batches.files)} images (read {args.batch_size} at a time)"
     else:
         data, _ = load_data(args.data, args.key, args.image_size, args.preprocess, model)
         count = f"{len(data)} samples"
@@ -388,16 +435,41 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     try:
         statistics = computer.compute_statistics(
-            data, batch_size=args.batch_size, steps=args.steps, verbose=0 if args.quiet else 1
+            data, batch_size=args.batch_size, steps=steps, verbose=0 if args.quiet else 1
         )
     except _images.ImageError as err:
         raise UsageError(f"{err} (in '{args.data}')") from None
-    statistics.save(args.output)
+    if isinstance(data, _ImageStream) and data.error is not None:
+        raise UsageError(f"{data.error} (in '{args.data}'); nothing was written") from None
+    _save(statistics, args.output)
     _say(
         args,
         f"Wrote {args.output} ({statistics.n_samples} samples, layers: {', '.join(statistics)})",
     )
     return EXIT_OK
+
+
+class _ImageStream:
+    """The batches of an ``ImageBatches``, read here, in order, ``steps`` of them. The first
+    image that cannot be read (or batch that does not fit the model) ends the stream and is
+    kept in :attr:`error`: ``fit`` reports it in one line, as for the first batch, instead of
+    letting it pass through TensorFlow's input pipeline as a traceback."""
+
+    def __init__(self, batches: Any, steps: int) -> None:
+        self.batches = batches
+        self.steps = steps
+        self.error: Exception | None = None
+
+    def __iter__(self):
+        from pattern_keras import _images
+
+        for index in range(self.steps):
+            try:
+                batch = self.batches[index]
+            except (_images.ImageError, UsageError) as err:
+                self.error = err
+                return
+            yield batch
 
 
 def _image_batches(args: argparse.Namespace, model: Any):
@@ -526,6 +598,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     _check_exists(args.inputs, "inputs")
     if args.patterns is not None:
         _check_exists(args.patterns, "pattern file")
+    _check_outputs(
+        args,
+        _planned_analyze_outputs(args, methods),
+        [args.model, *_data_files(args.inputs), *([args.patterns] if args.patterns else [])],
+    )
     model = load_model(args.model, args.unsafe)
     x, names = load_data(args.inputs, args.key, args.image_size, args.preprocess, model)
     patterns = _load_patterns_for(args.patterns, model) if args.patterns else None
@@ -639,15 +716,40 @@ def _write_explanations(args: argparse.Namespace, x: Any, names: list[str], expl
     from pattern_keras import _cli_output
 
     os.makedirs(args.output, exist_ok=True)
+    arrays = _arrays_name(len(explanations))
     if len(explanations) == 1:
-        arrays = "explanations.npy"
         np.save(os.path.join(args.output, arrays), next(iter(explanations.values())))
     else:
-        arrays = "explanations.npz"
         np.savez(os.path.join(args.output, arrays), **explanations)
+    _cli_output.record_outputs([os.path.join(args.output, arrays)])
     shown = {m: np.where(np.isfinite(e), e, 0.0) for m, e in explanations.items()}
     written = _cli_output.write_images(args.output, x, names, shown, grid_rows=args.grid_rows)
+    if written:
+        _cli_output.record_outputs(written.files)
     return arrays, written
+
+
+def _arrays_name(n_methods: int) -> str:
+    return "explanations.npy" if n_methods == 1 else "explanations.npz"
+
+
+def _planned_analyze_outputs(args: argparse.Namespace, methods: list[str]) -> list[str]:
+    """Every file ``analyze`` may write: the arrays, and for inputs that may be images the
+    overlays and the grid (known from the file names, or an array file's header)."""
+    from pattern_keras import _cli_output, _images
+
+    planned = [os.path.join(args.output, _arrays_name(len(methods)))]
+    if os.path.isdir(args.inputs) or args.inputs.lower().endswith(IMAGE_EXTENSIONS):
+        try:
+            names = _images.list_images(args.inputs)[1]
+        except _images.ImageError as err:
+            raise UsageError(str(err)) from None
+    else:
+        shape = _array_shape(args.inputs, args.key)
+        if len(shape) not in (3, 4):  # not images (3: images without a channel axis)
+            return planned
+        names = _index_names(shape[0])
+    return planned + _cli_output.planned_images(args.output, names, methods)
 
 
 def _refuse_non_finite(
@@ -688,6 +790,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     for path in args.files:
         if not os.path.exists(path):
             raise UsageError(f"statistics file '{path}' does not exist")
+    _check_outputs(args, [args.output], args.files)
     _quiet_tensorflow()
     from pattern_keras.patterns import PatternFileError, PatternStatistics
 
@@ -706,7 +809,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
             merged = merged.merge(stats)
         except ValueError as err:
             raise UsageError(f"cannot merge '{path}': {_one_line(err)}") from None
-    merged.save(args.output)
+    _save(merged, args.output)
     _say(args, f"Merged {len(args.files)} files ({merged.n_samples} samples) into {args.output}")
     return EXIT_OK
 
@@ -715,6 +818,7 @@ def _cmd_import_patterns(args: argparse.Namespace) -> int:
     _check_output_file(args.output)
     _check_exists(args.model, "model file")
     _check_exists(args.file, "iNNvestigate pattern file")
+    _check_outputs(args, [args.output], [args.model, args.file])
     _quiet_tensorflow()
     from pattern_keras.patterns import Patterns
 
@@ -723,7 +827,7 @@ def _cmd_import_patterns(args: argparse.Namespace) -> int:
         patterns = Patterns.from_innvestigate(args.file, model, pattern_type=args.pattern_type)
     except ValueError as err:  # PatternFileError included: the file, or its fit to the model
         raise UsageError(_one_line(err)) from None
-    patterns.save(args.output)
+    _save(patterns, args.output)
     both = [k for k in patterns if patterns.has_negative(k)]
     _say(
         args,
@@ -810,6 +914,37 @@ def _check_exists(path: str, what: str) -> None:
         raise UsageError(f"{what} '{path}' does not exist")
 
 
+def _data_files(path: str) -> list[str]:
+    """The files of DATA/INPUTS: the images of a folder, or the file itself."""
+    from pattern_keras import _images
+
+    if os.path.isdir(path):
+        with contextlib.suppress(_images.ImageError, OSError):
+            return _images.list_images(path)[0]
+        return []
+    return [path]
+
+
+def _check_outputs(args: argparse.Namespace, outputs: list[str], protected: list[str]) -> None:
+    """Before any work: no output is the model, an input or the pattern file; an existing
+    output is replaced only with --overwrite or when pattern-keras wrote it
+    (:func:`pattern_keras._cli_output.check_outputs`)."""
+    from pattern_keras import _cli_output
+
+    try:
+        _cli_output.check_outputs(outputs, protected, overwrite=args.overwrite)
+    except _cli_output.OutputRefused as err:
+        raise UsageError(str(err)) from None
+
+
+def _save(content: Any, path: str) -> None:
+    """Save patterns or statistics to ``path`` and record it in the folder's manifest."""
+    from pattern_keras import _cli_output
+
+    content.save(path)
+    _cli_output.record_outputs([path])
+
+
 def _check_output_file(path: str) -> None:
     """Before any work: ``path`` can be written (a file, in a folder we may write to)."""
     if os.path.isdir(path):
@@ -845,6 +980,15 @@ def _check_writable_folder(folder: str, path: str) -> None:
 def _say(args: argparse.Namespace, message: str) -> None:
     if not getattr(args, "quiet", False):
         print(message)
+
+
+def _add_overwrite_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files that pattern-keras did not write (never the "
+        "model, an input or the pattern file)",
+    )
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -925,6 +1069,7 @@ def _add_fit_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
     p.add_argument("--steps", type=int, help="use only the first STEPS batches")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_overwrite_option(p)
     _add_data_options(p)
     p.set_defaults(handler=_cmd_fit)
 
@@ -978,6 +1123,7 @@ def _add_analyze_parser(sub) -> None:
     p.add_argument(
         "-q", "--quiet", action="store_true", help="no progress output (no progress bar either)"
     )
+    _add_overwrite_option(p)
     _add_method_options(p)
     _add_data_options(p)
     p.set_defaults(handler=_cmd_analyze)
@@ -1023,6 +1169,7 @@ def _add_merge_parser(sub) -> None:
     p.add_argument("files", nargs="+", metavar="FILE.h5", help="statistics files to merge")
     p.add_argument("-o", "--output", required=True, metavar="C.h5", help="the file to write")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_overwrite_option(p)
     p.set_defaults(handler=_cmd_merge)
 
 
@@ -1054,6 +1201,7 @@ def _add_import_patterns_parser(sub) -> None:
         help="load the model with Keras's safe mode off (only for files you trust)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no output")
+    _add_overwrite_option(p)
     p.set_defaults(handler=_cmd_import_patterns)
 
 
