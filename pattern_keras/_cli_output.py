@@ -95,8 +95,13 @@ def check_outputs(outputs: Sequence[str], protected: Iterable[str], overwrite: b
                 )
     if overwrite:
         return
-    foreign = [p for p in outputs if os.path.lexists(p) and not _written_by_us(p)]
-    foreign += [m for m in manifests if os.path.lexists(m) and _read_manifest(m) is None]
+    entries = {m: _read_manifest(m) for m in manifests}
+    foreign = [
+        p
+        for p in outputs
+        if os.path.lexists(p) and not _written_by_us(p, entries[_manifest_path(p)] or {})
+    ]
+    foreign += [m for m in manifests if os.path.lexists(m) and entries[m] is None]
     if foreign:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         raise OutputRefused(
@@ -144,9 +149,9 @@ def _read_manifest(manifest: str) -> dict[str, list[int]] | None:
     return dict(files) if isinstance(files, dict) else None
 
 
-def _written_by_us(path: str) -> bool:
+def _written_by_us(path: str, manifest: Mapping[str, list[int]]) -> bool:
     """Whether the manifest of the file's folder lists it with its current size and time."""
-    entry = (_read_manifest(_manifest_path(path)) or {}).get(os.path.basename(path))
+    entry = manifest.get(os.path.basename(path))
     try:
         st = os.stat(path)
     except OSError:

@@ -4,13 +4,14 @@
 
     pattern-keras fit MODEL DATA -o patterns.h5 [--pattern-type relu|linear|filter]
                       [--batch-size N] [--steps N] [--key KEY] [--image-size H W]
-                      [--preprocess none|unit|caffe|tf|torch] [--unsafe]
+                      [--preprocess none|unit|caffe|tf|torch] [--unsafe] [--overwrite]
     pattern-keras analyze MODEL INPUTS --method NAME [--method NAME ...]
                       [--patterns patterns.h5] [--neuron INDEX] [--batch-size N]
                       [--epsilon EPS] [--alpha A --beta B] [--steps N] [--samples N]
-                      [--noise-scale S] -o OUT_DIR [data options]
-    pattern-keras merge A.h5 B.h5 ... -o C.h5
+                      [--noise-scale S] -o OUT_DIR [--overwrite] [data options]
+    pattern-keras merge A.h5 B.h5 ... -o C.h5 [--overwrite]
     pattern-keras import-patterns MODEL FILE.npz -o patterns.h5 [--pattern-type relu|linear]
+                      [--overwrite]
     pattern-keras methods
     pattern-keras demo [--output DIR] [--quick] [--seed N]
 
@@ -22,7 +23,13 @@ folder is read in batches by ``fit``, so its memory does not grow with the numbe
 ``--preprocess`` applies ``keras.applications``' input conventions to the values: ``none`` (as
 read; images are 0..255), ``unit`` (divide by 255), ``caffe`` (RGB to BGR, ImageNet means
 subtracted), ``tf`` (scaled to [-1, 1]), ``torch`` (to [0, 1], then ImageNet mean and standard
-deviation).
+deviation). 8-bit images are read as they are (0..255); 16-bit PNGs at their full depth,
+scaled by 255 / 65535.
+
+No output is ever the model, an input or the pattern file (compared before any work, links
+resolved; refused even with ``--overwrite``). Another existing output is replaced only with
+``--overwrite`` or when an earlier run wrote it (``.pattern-keras-outputs.json`` in its folder
+records what the command line wrote). ``analyze`` names overlays ``<input>.<method>.png``.
 
 Exit codes: 0 done; 2 a usage or input error (one line on stderr, no traceback); 1 anything
 else (one line; ``--debug`` shows the traceback).
