@@ -4,6 +4,10 @@
 that reads ``batch_size`` files per batch), so its memory does not grow with the number of
 images; ``analyze`` reads all of its inputs with :func:`read_images`, since it keeps every
 explanation anyway.
+
+Values are 0..255 whatever the file's bit depth: 8-bit images as read, 16-bit PNGs read at their
+full depth and scaled by 255 / 65535 (so 65535 is 255.0, with the fractions kept), so that
+``--preprocess`` means the same for both.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import numpy as np
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _COLOR_MODES = {1: "grayscale", 3: "rgb", 4: "rgba"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: ITU-R 601-2 luma, the weights Pillow's RGB → L conversion uses.
+_LUMA = (0.299, 0.587, 0.114)
 
 
 class ImageError(ValueError):
@@ -58,17 +65,93 @@ def color_mode(channels: int) -> str:
 
 
 def read_image(file: str, mode: str, size: Sequence[int] | None) -> np.ndarray:
-    """One image as float32 ``(H, W, C)``, values 0..255, resized to ``size`` when given."""
+    """One image as float32 ``(H, W, C)``, values 0..255, resized to ``size`` when given.
+
+    A 16-bit PNG is read at its depth (:func:`read_png16`); other images by
+    ``keras.utils.load_img`` (Pillow), resized with nearest-neighbour sampling.
+    """
     import keras
 
+    if png_bit_depth(file) == 16:
+        return read_png16(file, mode, size)
     try:
         img = keras.utils.load_img(
             file, color_mode=mode, target_size=None if size is None else tuple(size)
         )
+        # Pillow decodes lazily: a file truncated after its header fails here, not above.
+        return keras.utils.img_to_array(img, data_format="channels_last", dtype="float32")
     except Exception as err:  # PIL raises several types for broken files
         text = " ".join(str(err).split()) or type(err).__name__
         raise ImageError(f"could not read image '{file}': {text}") from None
-    return keras.utils.img_to_array(img, data_format="channels_last", dtype="float32")
+
+
+def png_bit_depth(file: str) -> int | None:
+    """The bit depth per channel a PNG file's header declares; ``None`` for another file."""
+    try:
+        with open(file, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return None  # reported by the reader
+    if len(head) < 26 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return head[24]
+
+
+def read_png16(file: str, mode: str, size: Sequence[int] | None) -> np.ndarray:
+    """A 16-bit PNG as float32 ``(H, W, C)``, scaled to 0..255 by 255 / 65535.
+
+    Pillow reads such files at 8 bits (RGB) or as unscaled 32-bit integers that its colour
+    conversions clip to 0..255 (grayscale), so TensorFlow's PNG decoder reads them here. The
+    colour mode is converted as Pillow does for 8-bit images: grey to colour by repeating it,
+    colour to grey by ITU-R 601-2 luma, alpha dropped, or added as opaque (255); resizing is
+    Pillow's nearest neighbour, as ``keras.utils.load_img``'s.
+    """
+    import tensorflow as tf
+
+    try:
+        raw = tf.io.decode_png(tf.io.read_file(file), channels=0, dtype=tf.uint16).numpy()
+    except Exception as err:  # TensorFlow raises its own types for broken files
+        text = " ".join(str(err).split()) or type(err).__name__
+        raise ImageError(f"could not read image '{file}': {text}") from None
+    values = (raw.astype(np.float64) * (255.0 / 65535.0)).astype(np.float32)
+    image = _convert_channels(values, mode)
+    if size is not None and tuple(size) != image.shape[:2]:
+        image = _resize_nearest(image, tuple(int(v) for v in size))
+    return image
+
+
+def _convert_channels(values: np.ndarray, mode: str) -> np.ndarray:
+    """``(H, W, C)`` with C = 1 (grey), 2 (grey, alpha), 3 (RGB) or 4 (RGBA), in ``mode``."""
+    channels = values.shape[-1]
+    alpha = values[..., -1:] if channels in (2, 4) else None
+    colour = values[..., :-1] if alpha is not None else values
+    if mode == "grayscale":
+        if colour.shape[-1] == 1:
+            return colour
+        luma = sum(w * colour[..., i].astype(np.float64) for i, w in enumerate(_LUMA))
+        return luma[..., None].astype(np.float32)
+    rgb = np.repeat(colour, 3, axis=-1) if colour.shape[-1] == 1 else colour
+    if mode == "rgb":
+        return rgb
+    if alpha is None:
+        alpha = np.full(rgb.shape[:-1] + (1,), 255.0, np.float32)
+    return np.concatenate([rgb, alpha], axis=-1)
+
+
+def _resize_nearest(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pillow's nearest-neighbour resize, channel by channel on 32-bit float images."""
+    from PIL import Image
+
+    height, width = size
+    planes = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(image[..., c])).resize(
+                (width, height), Image.NEAREST
+            )
+        )
+        for c in range(image.shape[-1])
+    ]
+    return np.stack(planes, axis=-1).astype(np.float32)
 
 
 def read_images(files: Sequence[str], mode: str, size: Sequence[int] | None) -> np.ndarray:

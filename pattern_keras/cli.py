@@ -4,13 +4,14 @@
 
     pattern-keras fit MODEL DATA -o patterns.h5 [--pattern-type relu|linear|filter]
                       [--batch-size N] [--steps N] [--key KEY] [--image-size H W]
-                      [--preprocess none|unit|caffe|tf|torch] [--unsafe]
+                      [--preprocess none|unit|caffe|tf|torch] [--unsafe] [--overwrite]
     pattern-keras analyze MODEL INPUTS --method NAME [--method NAME ...]
                       [--patterns patterns.h5] [--neuron INDEX] [--batch-size N]
                       [--epsilon EPS] [--alpha A --beta B] [--steps N] [--samples N]
-                      [--noise-scale S] -o OUT_DIR [data options]
-    pattern-keras merge A.h5 B.h5 ... -o C.h5
+                      [--noise-scale S] -o OUT_DIR [--overwrite] [data options]
+    pattern-keras merge A.h5 B.h5 ... -o C.h5 [--overwrite]
     pattern-keras import-patterns MODEL FILE.npz -o patterns.h5 [--pattern-type relu|linear]
+                      [--overwrite]
     pattern-keras methods
     pattern-keras demo [--output DIR] [--quick] [--seed N]
 
@@ -22,7 +23,13 @@ folder is read in batches by ``fit``, so its memory does not grow with the numbe
 ``--preprocess`` applies ``keras.applications``' input conventions to the values: ``none`` (as
 read; images are 0..255), ``unit`` (divide by 255), ``caffe`` (RGB to BGR, ImageNet means
 subtracted), ``tf`` (scaled to [-1, 1]), ``torch`` (to [0, 1], then ImageNet mean and standard
-deviation).
+deviation). 8-bit images are read as they are (0..255); 16-bit PNGs at their full depth,
+scaled by 255 / 65535.
+
+No output is ever the model, an input or the pattern file (compared before any work, links
+resolved; refused even with ``--overwrite``). Another existing output is replaced only with
+``--overwrite`` or when an earlier run wrote it (``.pattern-keras-outputs.json`` in its folder
+records what the command line wrote). ``analyze`` names overlays ``<input>.<method>.png``.
 
 Exit codes: 0 done; 2 a usage or input error (one line on stderr, no traceback); 1 anything
 else (one line; ``--debug`` shows the traceback).
@@ -131,6 +138,13 @@ def load_model(path: str, unsafe: bool = False):
         )
     if not path.lower().endswith((".keras", ".h5", ".hdf5")):
         raise UsageError(f"model file '{path}' must end in .keras or .h5")
+    if path.lower().endswith(".keras") and not _is_zip(path):
+        # Keras says "File not found" for a .keras file that is not a zip archive.
+        raise UsageError(
+            f"could not load model '{path}': the file exists but is not a Keras archive "
+            "(a .keras file is a zip archive; this one is damaged, truncated or of another "
+            "format)"
+        )
     try:
         return keras.models.load_model(path, compile=False, safe_mode=not unsafe)
     except Exception as err:  # Keras raises many types for unreadable files
@@ -142,6 +156,15 @@ def load_model(path: str, unsafe: bool = False):
                 "trust this file, add --unsafe"
             ) from None
         raise UsageError(f"could not load model '{path}': {message}") from None
+
+
+def _is_zip(path: str) -> bool:
+    import zipfile
+
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
 
 
 def _one_line(err: BaseException, limit: int = 400) -> str:
@@ -199,8 +222,7 @@ def load_data(
         if image_size is not None:
             raise UsageError("--image-size applies to a folder of images, not to array files")
         x = _load_array_file(path, key)
-        width = len(str(max(len(x) - 1, 0)))
-        names = [f"{i:0{max(width, 5)}d}" for i in range(len(x))]
+        names = _index_names(len(x))
     if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
         raise UsageError(f"data '{path}' holds values of type {x.dtype}, not numbers")
     x = x.astype(np.float32, copy=False)
@@ -220,6 +242,49 @@ def load_data(
     return x, names
 
 
+def _index_names(n: int) -> list[str]:
+    """Output names of the samples of an array file: zero-padded indices, at least 5 digits."""
+    width = max(len(str(max(n - 1, 0))), 5)
+    return [f"{i:0{width}d}" for i in range(n)]
+
+
+def _array_shape(path: str, key: str | None) -> tuple[int, ...]:
+    """The shape of the array of a ``.npy``/``.npz`` from its header, without reading the
+    values (a file whose header cannot be read this way is read in full)."""
+    import numpy as np
+
+    with contextlib.suppress(Exception):
+        if path.lower().endswith(".npy"):
+            return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+        with np.load(path, allow_pickle=False) as archive:
+            member = _npz_key(list(archive.keys()), key, path)
+            with archive.zip.open(member + ".npy") as f:
+                version = np.lib.format.read_magic(f)
+                read = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }[version]
+                return tuple(read(f)[0])
+    return tuple(_load_array_file(path, key).shape)
+
+
+def _npz_key(keys: list[str], key: str | None, path: str) -> str:
+    """The array of a ``.npz`` DATA names: ``key``, else ``x``, else its only array."""
+    if key is None:
+        if "x" in keys:
+            key = "x"
+        elif len(keys) == 1:
+            key = keys[0]
+        else:
+            raise UsageError(
+                f"'{path}' holds the arrays {', '.join(keys) or '(none)'} and none "
+                "is called 'x': pick one with --key"
+            )
+    if key not in keys:
+        raise UsageError(f"'{path}' has no array '{key}'; it holds {', '.join(keys) or '(none)'}")
+    return key
+
+
 def _load_array_file(path: str, key: str | None):
     import numpy as np
 
@@ -231,22 +296,7 @@ def _load_array_file(path: str, key: str | None):
             return np.load(path, allow_pickle=False)
         if lower.endswith(".npz"):
             with np.load(path, allow_pickle=False) as archive:
-                keys = list(archive.keys())
-                if key is None:
-                    if "x" in keys:
-                        key = "x"
-                    elif len(keys) == 1:
-                        key = keys[0]
-                    else:
-                        raise UsageError(
-                            f"'{path}' holds the arrays {', '.join(keys) or '(none)'} and none "
-                            "is called 'x': pick one with --key"
-                        )
-                if key not in keys:
-                    raise UsageError(
-                        f"'{path}' has no array '{key}'; it holds {', '.join(keys) or '(none)'}"
-                    )
-                return archive[key]
+                return archive[_npz_key(list(archive.keys()), key, path)]
     except UsageError:
         raise
     except (OSError, ValueError, EOFError) as err:
@@ -366,14 +416,18 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     _check_output_file(args.output)
     _check_exists(args.model, "model file")
     _check_exists(args.data, "data")
+    _check_outputs(args, [args.output], [args.model, *_data_files(args.data)])
     _quiet_tensorflow()
     from pattern_keras.patterns import PatternComputer
 
     model = load_model(args.model, args.unsafe)
+    steps = args.steps
     if os.path.isdir(args.data) or args.data.lower().endswith(IMAGE_EXTENSIONS):
         # Images are streamed: read batch by batch, never all at once.
-        data = _image_batches(args, model)
-        count = f"{len(data.files)} images (read {args.batch_size} at a time)"
+        batches = _image_batches(args, model)
+        steps = min(steps or len(batches), len(batches))
+        data = _ImageStream(batches, steps)
+        count = f"{len(batches.files)} images (read {args.batch_size} at a time)"
     else:
         data, _ = load_data(args.data, args.key, args.image_size, args.preprocess, model)
         count = f"{len(data)} samples"
@@ -388,16 +442,41 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     try:
         statistics = computer.compute_statistics(
-            data, batch_size=args.batch_size, steps=args.steps, verbose=0 if args.quiet else 1
+            data, batch_size=args.batch_size, steps=steps, verbose=0 if args.quiet else 1
         )
     except _images.ImageError as err:
         raise UsageError(f"{err} (in '{args.data}')") from None
-    statistics.save(args.output)
+    if isinstance(data, _ImageStream) and data.error is not None:
+        raise UsageError(f"{data.error} (in '{args.data}'); nothing was written") from None
+    _save(statistics, args.output)
     _say(
         args,
         f"Wrote {args.output} ({statistics.n_samples} samples, layers: {', '.join(statistics)})",
     )
     return EXIT_OK
+
+
+class _ImageStream:
+    """The batches of an ``ImageBatches``, read here, in order, ``steps`` of them. The first
+    image that cannot be read (or batch that does not fit the model) ends the stream and is
+    kept in :attr:`error`: ``fit`` reports it in one line, as for the first batch, instead of
+    letting it pass through TensorFlow's input pipeline as a traceback."""
+
+    def __init__(self, batches: Any, steps: int) -> None:
+        self.batches = batches
+        self.steps = steps
+        self.error: Exception | None = None
+
+    def __iter__(self):
+        from pattern_keras import _images
+
+        for index in range(self.steps):
+            try:
+                batch = self.batches[index]
+            except (_images.ImageError, UsageError) as err:
+                self.error = err
+                return
+            yield batch
 
 
 def _image_batches(args: argparse.Namespace, model: Any):
@@ -515,6 +594,46 @@ def _describe(method: str, kwargs: dict[str, Any]) -> str:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     _quiet_tensorflow()  # the analyzer names are known once the analyzers are imported
+    methods, pattern_methods = _check_methods(args)
+    _check_positive("--batch-size", args.batch_size)
+    _check_positive("--grid-rows", args.grid_rows)
+    if args.neuron is not None and args.neuron < 0:
+        raise UsageError(f"--neuron must be >= 0; got {args.neuron}")
+    per_method = _method_kwargs(args)
+    _check_output_folder(args.output)
+    _check_exists(args.model, "model file")
+    _check_exists(args.inputs, "inputs")
+    if args.patterns is not None:
+        _check_exists(args.patterns, "pattern file")
+    _check_outputs(
+        args,
+        _planned_analyze_outputs(args, methods),
+        [args.model, *_data_files(args.inputs), *([args.patterns] if args.patterns else [])],
+    )
+    model = load_model(args.model, args.unsafe)
+    x, names = load_data(args.inputs, args.key, args.image_size, args.preprocess, model)
+    patterns = _load_patterns_for(args.patterns, model) if args.patterns else None
+    analyzers = _build_analyzers(args, model, per_method, pattern_methods, patterns)
+    explanations = _explain(args, analyzers, x, per_method)
+    arrays, written = _write_explanations(args, x, names, explanations)
+    _refuse_non_finite(args, explanations, pattern_methods, arrays)
+    shapes = ", ".join(f"{m} {e.shape}" for m, e in explanations.items())
+    if written:
+        _say(
+            args,
+            f"Wrote {written.overlays} overlays ({written.size[1]}x{written.size[0]} "
+            f"px), {written.grid} and {arrays} ({shapes}) to {args.output}",
+        )
+    else:
+        _say(
+            args, f"Wrote {arrays} ({shapes}) to {args.output} (no PNGs: the inputs are not images)"
+        )
+    return EXIT_OK
+
+
+def _check_methods(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The methods asked for (known names, each once) and those of them that need patterns;
+    ``--patterns`` is given exactly when one does."""
     from pattern_keras.analyzers.registry import analyzer_class, analyzer_names
 
     names = analyzer_names()
@@ -541,27 +660,22 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             f"'{pattern_methods[0]}' needs fitted patterns: give --patterns FILE "
             "(fit them with 'pattern-keras fit MODEL DATA -o FILE')"
         )
-    _check_positive("--batch-size", args.batch_size)
-    _check_positive("--grid-rows", args.grid_rows)
-    if args.neuron is not None and args.neuron < 0:
-        raise UsageError(f"--neuron must be >= 0; got {args.neuron}")
-    per_method = _method_kwargs(args)
-    _check_output_folder(args.output)
-    _check_exists(args.model, "model file")
-    _check_exists(args.inputs, "inputs")
-    if args.patterns is not None:
-        _check_exists(args.patterns, "pattern file")
-    _quiet_tensorflow()
-    import numpy as np
+    return methods, pattern_methods
 
+
+def _build_analyzers(
+    args: argparse.Namespace,
+    model: Any,
+    per_method: dict[str, dict[str, Any]],
+    pattern_methods: list[str],
+    patterns: Any,
+) -> dict[str, Any]:
+    """One analyzer per method, with its options; ``--neuron`` checked against the outputs."""
     import pattern_keras as pk
 
-    model = load_model(args.model, args.unsafe)
-    x, names = load_data(args.inputs, args.key, args.image_size, args.preprocess, model)
-    patterns = _load_patterns_for(args.patterns, model) if args.patterns else None
     analyzers = {}
-    for method in methods:
-        kwargs = dict(per_method[method])
+    for method, options in per_method.items():
+        kwargs = dict(options)
         if args.neuron is not None:
             kwargs["neuron_selection_mode"] = "index"
         if method in pattern_methods:
@@ -579,6 +693,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 f"{analyzers[method].num_outputs} output neurons (0 to "
                 f"{analyzers[method].num_outputs - 1})"
             )
+    return analyzers
+
+
+def _explain(
+    args: argparse.Namespace, analyzers: dict[str, Any], x: Any, per_method: dict[str, Any]
+) -> dict[str, Any]:
+    """Every method's explanations of ``x`` (float32, shaped like ``x``), by method."""
+    import numpy as np
+
     explanations = {}
     for method, analyzer in analyzers.items():
         _say(args, f"Explaining {len(x)} inputs with {_describe(method, per_method[method])}")
@@ -589,51 +712,82 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             verbose=0 if args.quiet else 1,
         )
         explanations[method] = np.asarray(result, dtype=np.float32)
-    os.makedirs(args.output, exist_ok=True)
-    if len(explanations) == 1:
-        arrays = "explanations.npy"
-        np.save(os.path.join(args.output, arrays), explanations[methods[0]])
-    else:
-        arrays = "explanations.npz"
-        np.savez(os.path.join(args.output, arrays), **explanations)
+    return explanations
+
+
+def _write_explanations(args: argparse.Namespace, x: Any, names: list[str], explanations: dict):
+    """The arrays (``explanations.npy``, or ``.npz`` for several methods) and the PNGs, with
+    non-finite values shown as 0. Returns the array file's name and what the PNGs are."""
+    import numpy as np
+
     from pattern_keras import _cli_output
 
+    os.makedirs(args.output, exist_ok=True)
+    arrays = _arrays_name(len(explanations))
+    if len(explanations) == 1:
+        np.save(os.path.join(args.output, arrays), next(iter(explanations.values())))
+    else:
+        np.savez(os.path.join(args.output, arrays), **explanations)
+    _cli_output.record_outputs([os.path.join(args.output, arrays)])
     shown = {m: np.where(np.isfinite(e), e, 0.0) for m, e in explanations.items()}
     written = _cli_output.write_images(args.output, x, names, shown, grid_rows=args.grid_rows)
+    if written:
+        _cli_output.record_outputs(written.files)
+    return arrays, written
+
+
+def _arrays_name(n_methods: int) -> str:
+    return "explanations.npy" if n_methods == 1 else "explanations.npz"
+
+
+def _planned_analyze_outputs(args: argparse.Namespace, methods: list[str]) -> list[str]:
+    """Every file ``analyze`` may write: the arrays, and for inputs that may be images the
+    overlays and the grid (known from the file names, or an array file's header)."""
+    from pattern_keras import _cli_output, _images
+
+    planned = [os.path.join(args.output, _arrays_name(len(methods)))]
+    if os.path.isdir(args.inputs) or args.inputs.lower().endswith(IMAGE_EXTENSIONS):
+        try:
+            names = _images.list_images(args.inputs)[1]
+        except _images.ImageError as err:
+            raise UsageError(str(err)) from None
+    else:
+        shape = _array_shape(args.inputs, args.key)
+        if len(shape) not in (3, 4):  # not images (3: images without a channel axis)
+            return planned
+        names = _index_names(shape[0])
+    return planned + _cli_output.planned_images(args.output, names, methods)
+
+
+def _refuse_non_finite(
+    args: argparse.Namespace, explanations: dict, pattern_methods: list[str], arrays: str
+) -> None:
+    """Exit 1 (after writing) if an explanation holds NaN or inf, saying how many and where."""
+    import numpy as np
+
+    n = len(next(iter(explanations.values())))
     bad = {
         m: int((~np.isfinite(e).reshape(len(e), -1).all(axis=1)).sum())
         for m, e in explanations.items()
     }
-    if any(bad.values()):
-        hint = (
-            " (patterns fitted on too little data? fit on more samples)"
-            if any(bad[m] for m in pattern_methods)
-            else ""
-        )
-        if len(bad) == 1:
-            what = f"{bad[methods[0]]} of {len(x)} explanations contain NaN or inf values"
-        else:
-            what = (
-                "explanations contain NaN or inf values ("
-                + ", ".join(f"{m}: {n} of {len(x)}" for m, n in bad.items() if n)
-                + ")"
-            )
-        raise _Failure(
-            f"{what}{hint}; they are in {args.output}/{arrays} as computed and "
-            "shown as 0 in the PNGs"
-        )
-    shapes = ", ".join(f"{m} {e.shape}" for m, e in explanations.items())
-    if written:
-        _say(
-            args,
-            f"Wrote {written.overlays} overlays ({written.size[1]}x{written.size[0]} "
-            f"px), {written.grid} and {arrays} ({shapes}) to {args.output}",
-        )
+    if not any(bad.values()):
+        return
+    hint = (
+        " (patterns fitted on too little data? fit on more samples)"
+        if any(bad[m] for m in pattern_methods)
+        else ""
+    )
+    if len(bad) == 1:
+        what = f"{next(iter(bad.values()))} of {n} explanations contain NaN or inf values"
     else:
-        _say(
-            args, f"Wrote {arrays} ({shapes}) to {args.output} (no PNGs: the inputs are not images)"
+        what = (
+            "explanations contain NaN or inf values ("
+            + ", ".join(f"{m}: {k} of {n}" for m, k in bad.items() if k)
+            + ")"
         )
-    return EXIT_OK
+    raise _Failure(
+        f"{what}{hint}; they are in {args.output}/{arrays} as computed and shown as 0 in the PNGs"
+    )
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
@@ -643,6 +797,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     for path in args.files:
         if not os.path.exists(path):
             raise UsageError(f"statistics file '{path}' does not exist")
+    _check_outputs(args, [args.output], args.files)
     _quiet_tensorflow()
     from pattern_keras.patterns import PatternFileError, PatternStatistics
 
@@ -661,7 +816,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
             merged = merged.merge(stats)
         except ValueError as err:
             raise UsageError(f"cannot merge '{path}': {_one_line(err)}") from None
-    merged.save(args.output)
+    _save(merged, args.output)
     _say(args, f"Merged {len(args.files)} files ({merged.n_samples} samples) into {args.output}")
     return EXIT_OK
 
@@ -670,6 +825,7 @@ def _cmd_import_patterns(args: argparse.Namespace) -> int:
     _check_output_file(args.output)
     _check_exists(args.model, "model file")
     _check_exists(args.file, "iNNvestigate pattern file")
+    _check_outputs(args, [args.output], [args.model, args.file])
     _quiet_tensorflow()
     from pattern_keras.patterns import Patterns
 
@@ -678,7 +834,7 @@ def _cmd_import_patterns(args: argparse.Namespace) -> int:
         patterns = Patterns.from_innvestigate(args.file, model, pattern_type=args.pattern_type)
     except ValueError as err:  # PatternFileError included: the file, or its fit to the model
         raise UsageError(_one_line(err)) from None
-    patterns.save(args.output)
+    _save(patterns, args.output)
     both = [k for k in patterns if patterns.has_negative(k)]
     _say(
         args,
@@ -765,6 +921,37 @@ def _check_exists(path: str, what: str) -> None:
         raise UsageError(f"{what} '{path}' does not exist")
 
 
+def _data_files(path: str) -> list[str]:
+    """The files of DATA/INPUTS: the images of a folder, or the file itself."""
+    from pattern_keras import _images
+
+    if os.path.isdir(path):
+        with contextlib.suppress(_images.ImageError, OSError):
+            return _images.list_images(path)[0]
+        return []
+    return [path]
+
+
+def _check_outputs(args: argparse.Namespace, outputs: list[str], protected: list[str]) -> None:
+    """Before any work: no output is the model, an input or the pattern file; an existing
+    output is replaced only with --overwrite or when pattern-keras wrote it
+    (:func:`pattern_keras._cli_output.check_outputs`)."""
+    from pattern_keras import _cli_output
+
+    try:
+        _cli_output.check_outputs(outputs, protected, overwrite=args.overwrite)
+    except _cli_output.OutputRefused as err:
+        raise UsageError(str(err)) from None
+
+
+def _save(content: Any, path: str) -> None:
+    """Save patterns or statistics to ``path`` and record it in the folder's manifest."""
+    from pattern_keras import _cli_output
+
+    content.save(path)
+    _cli_output.record_outputs([path])
+
+
 def _check_output_file(path: str) -> None:
     """Before any work: ``path`` can be written (a file, in a folder we may write to)."""
     if os.path.isdir(path):
@@ -802,6 +989,15 @@ def _say(args: argparse.Namespace, message: str) -> None:
         print(message)
 
 
+def _add_overwrite_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files that pattern-keras did not write (never the "
+        "model, an input or the pattern file)",
+    )
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data options")
     g.add_argument("--key", help="array of a .npz file (default: 'x', or its only array)")
@@ -829,9 +1025,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``pattern-keras`` (all subcommands)."""
+    """The argument parser of ``pattern-keras``: the global options, then one subparser per
+    entry of :data:`_SUBCOMMANDS` (a subcommand is added by one function there)."""
     from pattern_keras._version import __version__
-    from pattern_keras.patterns.statistics import ESTIMATORS  # numpy only: no TensorFlow
 
     parser = _Parser(
         prog=PROG,
@@ -847,6 +1043,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="show the full traceback of an unexpected error",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add_subcommand in _SUBCOMMANDS:
+        add_subcommand(sub)
+    return parser
+
+
+def _add_fit_parser(sub) -> None:
+    from pattern_keras.patterns.statistics import ESTIMATORS  # numpy only: no TensorFlow
 
     p = sub.add_parser(
         "fit",
@@ -873,9 +1076,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
     p.add_argument("--steps", type=int, help="use only the first STEPS batches")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_overwrite_option(p)
     _add_data_options(p)
     p.set_defaults(handler=_cmd_fit)
 
+
+def _add_analyze_parser(sub) -> None:
     p = sub.add_parser(
         "analyze",
         help="explain a model's outputs for inputs",
@@ -924,6 +1130,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-q", "--quiet", action="store_true", help="no progress output (no progress bar either)"
     )
+    _add_overwrite_option(p)
+    _add_method_options(p)
+    _add_data_options(p)
+    p.set_defaults(handler=_cmd_analyze)
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method options")
     g.add_argument(
         "--epsilon", type=float, metavar="EPS", help="lrp.epsilon: the stabilizer (default 1e-7)"
@@ -951,9 +1164,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="smoothgrad: noise sigma as a fraction of the input's range (default 0.1)",
     )
-    _add_data_options(p)
-    p.set_defaults(handler=_cmd_analyze)
 
+
+def _add_merge_parser(sub) -> None:
     p = sub.add_parser(
         "merge",
         help="merge pattern statistics fitted on parts of the data",
@@ -963,8 +1176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE.h5", help="statistics files to merge")
     p.add_argument("-o", "--output", required=True, metavar="C.h5", help="the file to write")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_overwrite_option(p)
     p.set_defaults(handler=_cmd_merge)
 
+
+def _add_import_patterns_parser(sub) -> None:
     p = sub.add_parser(
         "import-patterns",
         help="convert an iNNvestigate 1.x pattern file",
@@ -992,8 +1208,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="load the model with Keras's safe mode off (only for files you trust)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no output")
+    _add_overwrite_option(p)
     p.set_defaults(handler=_cmd_import_patterns)
 
+
+def _add_methods_parser(sub) -> None:
     p = sub.add_parser(
         "methods",
         help="list the analyzers",
@@ -1001,6 +1220,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_methods)
 
+
+def _add_demo_parser(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="train a small CNN on generated data and explain it",
@@ -1024,7 +1245,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=_cmd_demo)
-    return parser
+
+
+#: The subcommands, in the order ``--help`` lists them: each function adds one subparser
+#: (with its ``handler``) to the subparsers object it is given.
+_SUBCOMMANDS = (
+    _add_fit_parser,
+    _add_analyze_parser,
+    _add_merge_parser,
+    _add_import_patterns_parser,
+    _add_methods_parser,
+    _add_demo_parser,
+)
 
 
 def _show_warning(command: str, message, category, filename, lineno, file=None, line=None) -> None:

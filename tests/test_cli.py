@@ -177,7 +177,7 @@ def test_analyze_gradient_writes_pngs_and_raw_explanations(files, tmp_path, caps
     model = keras.models.load_model(files["model"], compile=False)
     assert_close(raw, pk.Gradient(model).analyze(files["x"]), PASS)
     pngs = sorted(out.glob("0*.png"))
-    assert len(pngs) == 20 and pngs[0].name == "00000.png"
+    assert len(pngs) == 20 and pngs[0].name == "00000.gradient.png"
     image = mpimg.imread(pngs[0])
     assert image.shape[:2] == (256, 256)  # 8x8 enlarged 32 times: readable
     assert (out / "grid.png").exists()
@@ -313,9 +313,9 @@ def test_image_folder_is_resized_and_preprocessed(rgb_model, tmp_path):
     )
     assert sorted(p.name for p in out.glob("*.png")) == [
         "grid.png",
-        "img0.png",
-        "img1.png",
-        "img2.png",
+        "img0.lrp.epsilon.png",
+        "img1.lrp.epsilon.png",
+        "img2.lrp.epsilon.png",
     ]
 
 

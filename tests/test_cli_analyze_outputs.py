@@ -85,7 +85,7 @@ def test_several_methods_write_overlays_grid_and_npz(setup, tmp_path, capsys):
     )
     assert not (out / "explanations.npy").exists()
     for method in ("gradient", "lrp.z"):
-        overlays = sorted(out.glob(f"*_{method}.png"))
+        overlays = sorted(out.glob(f"*.{method}.png"))
         assert len(overlays) == 12
         assert mpimg.imread(overlays[0]).shape[:2] == (256, 256)
     grid = mpimg.imread(out / "grid.png")
@@ -98,7 +98,7 @@ def test_overlay_shows_the_heatmap_on_the_input(setup, tmp_path):
     assert analyze(setup, out, "-m", "gradient", "-q") == 0
     explanation = np.load(out / "explanations.npy")
     want = pk.plot.overlay(setup["x"][0], explanation[0], alpha=0.6)
-    got = mpimg.imread(out / "00000.png")[..., :3]
+    got = mpimg.imread(out / "00000.gradient.png")[..., :3]
     np.testing.assert_allclose(got[::32, ::32], want, atol=1 / 255 + 1e-6)
     assert np.all(got[:32, :32] == got[0, 0])  # one input pixel = one 32x32 block
 
@@ -116,7 +116,7 @@ def test_a_folder_and_a_single_image_file(setup, tmp_path):
         rtol=1e-5,
         atol=1e-6,
     )
-    assert (out / "digit00.png").exists() and (out / "grid.png").exists()
+    assert (out / "digit00.gradient.png").exists() and (out / "grid.png").exists()
     one = tmp_path / "one"
     assert (
         analyze(
@@ -134,7 +134,7 @@ def test_a_folder_and_a_single_image_file(setup, tmp_path):
     np.testing.assert_allclose(
         np.load(one / "explanations.npy"), folder_result[3:4], rtol=1e-5, atol=1e-6
     )
-    assert sorted(p.name for p in one.glob("*.png")) == ["digit03.png", "grid.png"]
+    assert sorted(p.name for p in one.glob("*.png")) == ["digit03.gradient.png", "grid.png"]
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import pytest
 from conftest import STATISTICS, assert_close
 
 import pattern_keras as pk
+from pattern_keras.patterns import io as pio
 
 L = keras.layers
 DATA = Path(__file__).parent / "data"
@@ -81,7 +82,7 @@ def test_save_load_analyze_identical(fitted):
 def test_file_layout(fitted):
     model, x, analyzer, path = fitted
     with h5py.File(path, "r") as f:
-        assert int(f.attrs["format_version"]) == 2
+        assert int(f.attrs["format_version"]) == pio.FORMAT_VERSION == 3
         assert len(str(f.attrs["checksum_sha256"])) == 64
         assert str(f.attrs["library_version"]) == pk.__version__
         assert int(f.attrs["n_samples"]) == len(x)

@@ -36,6 +36,7 @@ from pattern_keras.patterns.statistics import (
     LayerStatistics,
     PatternStatistics,
     needed_statistics,
+    new_fit_id,
 )
 
 __all__ = ["PatternComputer"]
@@ -544,6 +545,8 @@ class _State:
         """Start a new fit: zero sums and no shifts, or the state of a resumed checkpoint."""
         # Hashed once per fit, not per checkpoint: the weights do not change during a fit.
         self.fingerprint = self.computer.fingerprint()
+        # The fit's identity, kept by a resumed fit: merging two files of one fit is refused.
+        self.fit_ids = resumed.fit_ids if resumed is not None else frozenset([new_fit_id()])
         self.shifted = False
         self.n_samples.assign(0)
         for key in self.sums:
@@ -892,6 +895,7 @@ class _State:
             n_samples=int(self.n_samples.numpy()),
             n_batches=n_batches,
             fingerprint=self.fingerprint,
+            fit_ids=self.fit_ids,
         )
 
 

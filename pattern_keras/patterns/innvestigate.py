@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import zipfile
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -135,8 +136,6 @@ def from_innvestigate(path: str, model: Any, pattern_type: str = "relu"):
     See :meth:`pattern_keras.Patterns.from_innvestigate` for the full description.
     """
     from pattern_keras.patterns.computer import PatternComputer
-    from pattern_keras.patterns.fingerprint import model_fingerprint
-    from pattern_keras.patterns.patterns import Patterns
 
     if pattern_type not in INNVESTIGATE_PATTERN_TYPES:
         raise ValueError(
@@ -148,9 +147,16 @@ def from_innvestigate(path: str, model: Any, pattern_type: str = "relu"):
     # The computer names the layers that get patterns (refusing unsupported layers) and knows
     # which keep both regimes; building it checks the model before the file is matched to it.
     plans = PatternComputer(model, pattern_type=pattern_type).plans
-    layers = kernel_layers(model)
-    expected = []  # (key, kernel shape, dtype, plan key or None)
-    for key, layer in layers:
+    expected = _expected_arrays(model, plans)
+    _check_array_shapes(path, model, expected, arrays)
+    return _to_patterns(path, model, plans, expected, arrays, pattern_type)
+
+
+def _expected_arrays(model: Any, plans: Mapping[str, Any]) -> list[tuple[str, tuple, str, Any]]:
+    """What the file must hold, in its order: per layer with a kernel ``(key, kernel shape,
+    kernel dtype, pattern key or None)`` (None: a kernel that gets no pattern here)."""
+    expected = []
+    for key, layer in kernel_layers(model):
         if f"{key}/depthwise_kernel" in plans:
             raise ValueError(
                 f"Layer '{key}' is a separable convolution: it has two kernels here "
@@ -169,7 +175,14 @@ def from_innvestigate(path: str, model: Any, pattern_type: str = "relu"):
     unmatched = [k for k in plans if k not in {e[3] for e in expected}]
     if unmatched:  # a pattern key that no layer of model.layers provides: cannot be positioned
         raise ValueError(f"Cannot place layer '{unmatched[0]}' in iNNvestigate's layer order.")
+    return expected
 
+
+def _check_array_shapes(
+    path: str, model: Any, expected: list[tuple], arrays: list[np.ndarray]
+) -> None:
+    """One array per layer with a kernel, each shaped like that kernel; the message names the
+    first array that differs."""
     first_bad = next(
         ((i, e) for i, (e, a) in enumerate(zip(expected, arrays)) if tuple(a.shape) != e[1]), None
     )
@@ -201,6 +214,19 @@ def from_innvestigate(path: str, model: Any, pattern_type: str = "relu"):
             "written for another model (or another input size)."
         )
 
+
+def _to_patterns(
+    path: str,
+    model: Any,
+    plans: Mapping[str, Any],
+    expected: list[tuple],
+    arrays: list[np.ndarray],
+    pattern_type: str,
+):
+    """The arrays as :class:`Patterns` in the kernels' dtypes; values must be finite there."""
+    from pattern_keras.patterns.fingerprint import model_fingerprint
+    from pattern_keras.patterns.patterns import Patterns
+
     positive, negative = {}, {}
     for i, ((key, _, dtype, plan_key), array) in enumerate(zip(expected, arrays)):
         if not np.all(np.isfinite(array)):
@@ -217,9 +243,8 @@ def from_innvestigate(path: str, model: Any, pattern_type: str = "relu"):
         if plan.pattern_type == "relu" and not plan.rectified:
             # iNNvestigate computes one pattern (a₊) and uses it for both signs of the neuron.
             negative[plan_key] = value
-    ordered = {k: positive[k] for k in plans}
     return Patterns(
-        ordered,
+        {k: positive[k] for k in plans},
         negative={k: negative[k] for k in plans if k in negative},
         pattern_types={k: pattern_type for k in plans},
         n_samples=0,

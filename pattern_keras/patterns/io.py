@@ -2,10 +2,13 @@
 
 Layout (h5py; everything is plain arrays and attributes, nothing is pickled or executed)::
 
-    /                         attrs: format = "pattern_keras.patterns", format_version = 2,
+    /                         attrs: format = "pattern_keras.patterns", format_version = 3,
                                      library_version, n_samples, fingerprint (JSON text:
                                      layer keys, classes, weight shapes, weights SHA-256),
-                                     checksum_sha256 (version 2), n_batches (with statistics)
+                                     metadata_sha256 and checksum_sha256 (version >= 2),
+                                     n_batches (with statistics), fit_ids (with statistics,
+                                     version 3: JSON list of the identities of the fits they
+                                     hold, see PatternStatistics.fit_ids)
     /patterns/<key>/          one group per layer key ("outer/inner" nests groups);
                               attrs: key, pattern_type
         a                     the pattern (a₊ for "relu"), shaped like the kernel, float32
@@ -24,17 +27,24 @@ allocate gigabytes. Then the arrays are read and the checksum verified.
 
 The checksum (version 2) is a SHA-256 over a canonical serialization of every group, dataset and
 attribute (path, name, dtype, shape and bytes, in sorted order), the checksum attribute itself
-excepted. Version-1 files (no checksum) still load, with a warning.
+excepted. Version-1 files (no checksum) still load, with a warning. The statistics of a file of
+version 1 or 2 (no ``fit_ids``) get one identity derived from the file's content (the SHA-256 of
+the canonical serialization), so the same old file, or a copy, cannot be merged twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import io as _io
 import json
 import os
 import re
+import socket
 import stat
 import tempfile
+import time
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -53,8 +63,9 @@ __all__ = [
 ]
 
 FORMAT = "pattern_keras.patterns"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 CHECKSUM_ATTR = "checksum_sha256"
+FIT_IDS_ATTR = "fit_ids"
 METADATA_CHECKSUM_ATTR = "metadata_sha256"
 _CHECKSUMS = (CHECKSUM_ATTR, METADATA_CHECKSUM_ATTR)
 
@@ -95,12 +106,20 @@ def _h5py():
 
 
 def save(path: str, patterns: Any, statistics: Any = None) -> None:
-    """Write patterns (and optionally statistics) atomically: a temporary file, then a rename.
+    """Write patterns (and optionally statistics) atomically: built in memory, written to a
+    temporary file next to the target, flushed to disk, then renamed over the target.
 
-    The temporary file sits next to the target and is named after it
-    (``<name>.<pid>.<random>.tmp``); one left behind by a writer that was killed is removed on
-    the target's next successful save. A symbolic link is followed (its target is replaced, the
-    link kept), and an existing file keeps its permissions.
+    HDF5 builds the file in memory and plain Python I/O writes its bytes, so a full disk (or a
+    file size limit) is an ``OSError`` from the write that leaves HDF5 untouched: the process
+    goes on, the old file is intact, and a later save works. The price is one file's size of
+    memory for the duration of the save (stated in the README, "The pattern file").
+
+    The temporary file is named ``<name>.<host>-<pid>.<random>.tmp``, ``<host>`` a tag of this
+    host and PID namespace (:func:`_host_tag`). One left behind by a writer that was killed is
+    removed by the next successful save of the same target when it is provably dead: its tag
+    is this process's and its PID is not running, or it is older than
+    :data:`LEFTOVER_AGE_S` (see :func:`_remove_leftovers`). A symbolic link is followed (its
+    target is replaced, the link kept), and an existing file keeps its permissions.
 
     Parameters
     ----------
@@ -114,8 +133,9 @@ def save(path: str, patterns: Any, statistics: Any = None) -> None:
     ValueError
         If the patterns carry no model fingerprint (they were built by hand and never set on an
         analyzer): a file must say which model it belongs to.
+    OSError
+        If the file cannot be written (no space, no permission); the target is unchanged.
     """
-    h5py = _h5py()
     path = os.fspath(path)
     if not patterns.fingerprint:
         raise ValueError(
@@ -127,52 +147,78 @@ def save(path: str, patterns: Any, statistics: Any = None) -> None:
     target = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
     folder, name = os.path.split(target)
     os.makedirs(folder, exist_ok=True)
-    mode = stat.S_IMODE(os.stat(target).st_mode) if os.path.exists(target) else 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix=f"{name}.{os.getpid()}.", suffix=".tmp", dir=folder)
-    os.close(fd)
+    image = _file_image(patterns, statistics)
     try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["library_version"] = __version__
-            f.attrs["n_samples"] = int(patterns.n_samples)
-            f.attrs["fingerprint"] = json.dumps(patterns.fingerprint)
-            group = f.create_group("patterns")
-            for key in patterns:
-                g = group.create_group(key)
-                g.attrs["key"] = key
-                g.attrs["pattern_type"] = patterns.pattern_types.get(key, "relu")
-                g.create_dataset("a", data=np.asarray(patterns[key], np.float32))
-                if patterns.has_negative(key):
-                    g.create_dataset(
-                        "a_negative", data=np.asarray(patterns.negative(key), np.float32)
-                    )
-            if statistics is not None:
-                f.attrs["n_batches"] = int(statistics.n_batches)
-                sgroup = f.create_group("statistics")
-                for key, layer in statistics.layers.items():
-                    g = sgroup.create_group(key)
-                    g.attrs["key"] = key
-                    g.attrs["pattern_type"] = layer.pattern_type
-                    g.attrs["rectified"] = bool(layer.rectified)
-                    g.attrs["shift_x"] = float(layer.shift_x)
-                    g.attrs["out_axes"] = np.asarray(layer.out_axes, np.int64)
-                    g.create_dataset("kernel", data=np.asarray(layer.kernel, np.float32))
-                    g.create_dataset("shift_y", data=np.asarray(layer.shift_y, np.float64))
-                    for stat_name, value in layer.sums.items():
-                        g.create_dataset(stat_name, data=np.asarray(value, np.float64))
-            # Computed from what the file now holds, read back: the reader repeats exactly this.
-            f.attrs[METADATA_CHECKSUM_ATTR] = _digest(f, values=False)
-            f.attrs[CHECKSUM_ATTR] = _digest(f)
-        os.chmod(tmp, mode)
-        with open(tmp, "rb+") as handle:  # on disk before the rename (a host may go down)
+        _replace_with(target, image)
+    finally:
+        image.close()
+    _remove_leftovers(folder, name)
+
+
+def _file_image(patterns: Any, statistics: Any) -> _io.BytesIO:
+    """The whole HDF5 file, built in memory (see :func:`save` for why)."""
+    h5py = _h5py()
+    image = _io.BytesIO()
+    with h5py.File(image, "w") as f:
+        _write_content(f, patterns, statistics)
+    return image
+
+
+def _write_content(f, patterns: Any, statistics: Any) -> None:
+    """Every attribute, group and dataset of the format (module docstring), checksums last."""
+    f.attrs["format"] = FORMAT
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["library_version"] = __version__
+    f.attrs["n_samples"] = int(patterns.n_samples)
+    f.attrs["fingerprint"] = json.dumps(patterns.fingerprint)
+    group = f.create_group("patterns")
+    for key in patterns:
+        g = group.create_group(key)
+        g.attrs["key"] = key
+        g.attrs["pattern_type"] = patterns.pattern_types.get(key, "relu")
+        g.create_dataset("a", data=np.asarray(patterns[key], np.float32))
+        if patterns.has_negative(key):
+            g.create_dataset("a_negative", data=np.asarray(patterns.negative(key), np.float32))
+    if statistics is not None:
+        f.attrs["n_batches"] = int(statistics.n_batches)
+        f.attrs[FIT_IDS_ATTR] = json.dumps(sorted(statistics.fit_ids))
+        sgroup = f.create_group("statistics")
+        for key, layer in statistics.layers.items():
+            g = sgroup.create_group(key)
+            g.attrs["key"] = key
+            g.attrs["pattern_type"] = layer.pattern_type
+            g.attrs["rectified"] = bool(layer.rectified)
+            g.attrs["shift_x"] = float(layer.shift_x)
+            g.attrs["out_axes"] = np.asarray(layer.out_axes, np.int64)
+            g.create_dataset("kernel", data=np.asarray(layer.kernel, np.float32))
+            g.create_dataset("shift_y", data=np.asarray(layer.shift_y, np.float64))
+            for stat_name, value in layer.sums.items():
+                g.create_dataset(stat_name, data=np.asarray(value, np.float64))
+    # Computed from what the file now holds, read back: the reader repeats exactly this.
+    f.attrs[METADATA_CHECKSUM_ATTR] = _digest(f, values=False)
+    f.attrs[CHECKSUM_ATTR] = _digest(f)
+
+
+def _replace_with(target: str, image: _io.BytesIO) -> None:
+    """Write ``image`` to a temporary file beside ``target``, on disk before the rename (a host
+    may go down), then rename it over ``target``; on any failure the temporary file is
+    removed and ``target`` is untouched."""
+    folder, name = os.path.split(target)
+    mode = stat.S_IMODE(os.stat(target).st_mode) if os.path.exists(target) else 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(
+        prefix=f"{name}.{_host_tag()}-{os.getpid()}.", suffix=".tmp", dir=folder
+    )
+    try:
+        with os.fdopen(fd, "wb") as handle, image.getbuffer() as view:
+            handle.write(view)
+            handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
-    _remove_leftovers(folder, name)
 
 
 def _umask() -> int:
@@ -181,21 +227,56 @@ def _umask() -> int:
     return mask
 
 
+#: A temporary file of a save not modified for this long is dead, whoever wrote it: a live
+#: save writes its file in one go (seconds, minutes for gigabytes on a slow network folder).
+LEFTOVER_AGE_S = 24 * 3600
+
+
+@functools.lru_cache(maxsize=1)
+def _host_tag() -> str:
+    """12 hex digits naming this host and PID namespace: the host name, the kernel's boot id
+    and the PID namespace, hashed. Two writers with the same tag see each other's PIDs."""
+    parts = [socket.gethostname()]
+    for read in (
+        lambda: open("/proc/sys/kernel/random/boot_id").read().strip(),
+        lambda: os.readlink("/proc/self/ns/pid"),
+    ):
+        try:
+            parts.append(read())
+        except OSError:  # no /proc (not Linux): the host name alone
+            parts.append("")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+
 def _remove_leftovers(folder: str, name: str) -> None:
-    """Remove temporary files of ``name`` left by writers that are no longer running."""
-    pattern = re.compile(re.escape(name) + r"\.(\d+)\.[A-Za-z0-9_]+\.tmp\Z")
+    """Remove the temporary files of ``name`` whose writer is provably dead.
+
+    A file is removed when its tag is this host's and PID namespace's and its PID is not
+    running (not this process: a save of another thread), or when it has not been modified for
+    :data:`LEFTOVER_AGE_S`. A file of another host or container sharing the folder is left
+    alone until then: its PID means nothing here. Files of another target are never touched.
+    """
+    pattern = re.compile(re.escape(name) + r"\.(?:([0-9a-f]{12})-)?(\d+)\.[A-Za-z0-9_]+\.tmp\Z")
     try:
         entries = os.listdir(folder)
     except OSError:
         return
     for entry in entries:
         match = pattern.match(entry)
-        if match is None or _alive(int(match.group(1))):
+        if match is None:
             continue
-        try:
-            os.remove(os.path.join(folder, entry))
-        except OSError:
-            pass
+        file = os.path.join(folder, entry)
+        mine = match.group(1) == _host_tag()
+        if (mine and not _alive(int(match.group(2)))) or _older_than(file, LEFTOVER_AGE_S):
+            with contextlib.suppress(OSError):
+                os.remove(file)
+
+
+def _older_than(file: str, seconds: float) -> bool:
+    try:
+        return time.time() - os.stat(file).st_mtime > seconds
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:
@@ -456,13 +537,312 @@ def _check_dataset(obj, shape: tuple[int, ...], path: str, what: str) -> None:
         )
 
 
+class _KernelShapes:
+    """The kernel shapes a file's layer groups may declare: the model's (``expected``), or,
+    without a model, those of the file's own fingerprint."""
+
+    def __init__(
+        self,
+        path: str,
+        expected: Mapping[str, tuple[int, ...]] | None,
+        own_fingerprint: Mapping[str, Any],
+    ) -> None:
+        self.path = path
+        self.expected = expected
+        self.fingerprint_shapes = _fingerprint_shapes(own_fingerprint)
+
+    def candidates(self, key: str, obj) -> list[tuple[int, ...]]:
+        """The shapes layer ``key`` (the group ``obj``) may have; an unknown key is refused."""
+        if self.expected is not None:
+            if key not in self.expected:
+                raise _damaged(
+                    self.path,
+                    f"extra entry '{obj.name}': the model has no pattern "
+                    f"layer '{key}' (its layers: {sorted(self.expected)})",
+                )
+            return [tuple(self.expected[key])]
+        candidates = _candidate_shapes(key, self.fingerprint_shapes)
+        if candidates is None:
+            raise _damaged(
+                self.path, f"extra entry '{obj.name}': the fingerprint lists no layer '{key}'"
+            )
+        return candidates
+
+    def check(self, obj, key: str, group, what: str) -> tuple[int, ...]:
+        """The declared shape of the kernel-shaped dataset ``obj``, checked (and its dtype)."""
+        candidates = self.candidates(key, group)
+        if not candidates:
+            raise _damaged(
+                self.path, f"extra entry '{obj.name}': the fingerprint's layer has no weights"
+            )
+        if tuple(obj.shape) not in candidates:
+            _check_dataset(obj, candidates[0], self.path, what)
+        _check_dataset(obj, tuple(obj.shape), self.path, what)
+        return tuple(obj.shape)
+
+
+def _check_root(f, path: str) -> tuple[int, bool]:
+    """The root's attributes and entries: exactly those of the format version. Returns the
+    version and whether the file holds statistics."""
+    version = int(_attr(f, "format_version", path))
+    root_attrs = set(_ROOT_REQUIRED) | (set(_CHECKSUMS) if version >= 2 else set())
+    has_stats = "statistics" in f
+    with_stats = {"n_batches"} | ({FIT_IDS_ATTR} if version >= 3 else set())
+    _exact_members(
+        f,
+        root_attrs | with_stats,
+        root_attrs | (with_stats if has_stats and version >= 2 else set()),
+        path,
+        "attribute",
+    )
+    if FIT_IDS_ATTR in f.attrs and not has_stats:
+        raise _damaged(path, f"extra entry: the attribute '{FIT_IDS_ATTR}' without statistics")
+    _exact_members(f, {"patterns", "statistics"}, {"patterns"}, path, "entry")
+    return version, has_stats
+
+
+def _check_metadata_checksum(f, path: str, version: int) -> None:
+    """Names, attributes, shapes and dtypes against the metadata checksum (version 2)."""
+    if version >= 2 and _attr(f, METADATA_CHECKSUM_ATTR, path) != _digest(f, values=False):
+        raise PatternFileError(
+            f"Pattern file '{path}' is corrupt: its checksum does not match its content "
+            "(a changed or damaged attribute, entry name, shape or dtype)."
+        )
+
+
+def _read_fingerprint(f, path: str, fingerprint: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The file's fingerprint, checked, and compared with the model's when given."""
+    try:
+        own = json.loads(str(_attr(f, "fingerprint", path)))
+    except json.JSONDecodeError as err:
+        raise _damaged(path, f"malformed fingerprint (not JSON: {err})") from None
+    own = _check_fingerprint(own, path)
+    if fingerprint is not None:
+        from pattern_keras.patterns.fingerprint import first_mismatch
+
+        mismatch = first_mismatch(fingerprint, own)
+        if mismatch:
+            raise _OtherModel(path, mismatch)
+    return own
+
+
+def _read_counts(f, path: str) -> tuple[int, int]:
+    """``n_samples`` and ``n_batches`` (0 where absent), checked."""
+    n_samples = _attr(f, "n_samples", path)
+    if not _is_int(n_samples) or n_samples < 0:
+        raise _damaged(path, f"malformed attribute 'n_samples' ({n_samples!r})")
+    n_batches = _attr(f, "n_batches", path, required=False)
+    if n_batches is not None and (not _is_int(n_batches) or n_batches < 0):
+        raise _damaged(path, f"malformed attribute 'n_batches' ({n_batches!r})")
+    return int(n_samples), int(n_batches or 0)
+
+
+def _read_fit_ids(f, path: str) -> list[str] | None:
+    """The identities of the fits the statistics hold (version 3), checked; ``None`` where the
+    file has none (an older version: :func:`_read_file` derives one from the content)."""
+    from pattern_keras.patterns.statistics import is_fit_id
+
+    if FIT_IDS_ATTR not in f.attrs:
+        return None
+    text = _attr(f, FIT_IDS_ATTR, path)
+    try:
+        ids = json.loads(str(text))
+    except json.JSONDecodeError as err:
+        raise _damaged(path, f"malformed attribute '{FIT_IDS_ATTR}' (not JSON: {err})") from None
+    if (
+        not isinstance(ids, list)
+        or not ids
+        or not all(is_fit_id(i) for i in ids)
+        or len(set(ids)) != len(ids)
+    ):
+        raise _damaged(
+            path,
+            f"malformed attribute '{FIT_IDS_ATTR}' (not a list of distinct fit identities: "
+            f"{str(text)[:200]!r})",
+        )
+    return ids
+
+
+def _check_patterns_layout(
+    f, path: str, shapes: _KernelShapes
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The layer groups of ``/patterns``: members, pattern types and declared shapes. Returns
+    the groups and the pattern types, by layer key."""
+    from pattern_keras.patterns.statistics import ESTIMATORS
+
+    pattern_leaves = _leaves(f["patterns"], path)
+    if shapes.expected is not None:
+        missing = sorted(set(shapes.expected) - set(pattern_leaves))
+        if missing:
+            raise _damaged(path, f"missing entry: no pattern for layer '{missing[0]}'")
+    if not pattern_leaves:
+        raise _damaged(path, "missing entry: '/patterns' holds no layer")
+    kinds = {}
+    for key, g in pattern_leaves.items():
+        _exact_members(g, set(_PATTERN_ATTRS), set(_PATTERN_ATTRS), path, "attribute")
+        _exact_members(g, {"a", "a_negative"}, {"a"}, path, "entry")
+        kind = _attr(g, "pattern_type", path)
+        if kind not in ESTIMATORS:  # the estimator table, as it is now
+            raise _damaged(path, f"'{g.name}' has the unknown pattern type {kind!r}")
+        kinds[key] = kind
+        shape = shapes.check(g["a"], key, g, f"the pattern of layer '{key}'")
+        if "a_negative" in g:
+            if kind != "relu":
+                raise _damaged(
+                    path,
+                    f"extra entry '{g.name}/a_negative': a {kind!r} pattern has one regime",
+                )
+            _check_dataset(
+                g["a_negative"],
+                shape,
+                path,
+                f"the negative pattern of layer '{key}' (like its 'a')",
+            )
+    return pattern_leaves, kinds
+
+
+def _check_statistics_layout(
+    f, path: str, shapes: _KernelShapes, pattern_leaves: Mapping[str, Any], kinds: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[str, tuple]]:
+    """The layer groups of ``/statistics``: one per pattern layer, each checked by
+    :func:`_check_layer_statistics`. Returns the groups and their attributes, by layer key."""
+    stat_leaves = _leaves(f["statistics"], path)
+    if set(stat_leaves) != set(pattern_leaves):
+        odd = sorted(set(stat_leaves) ^ set(pattern_leaves))[0]
+        where = "statistics" if odd not in stat_leaves else "patterns"
+        raise _damaged(path, f"missing entry: no {where} for layer '{odd}'")
+    stat_meta = {
+        key: _check_layer_statistics(g, key, path, shapes, pattern_leaves[key], kinds[key])
+        for key, g in stat_leaves.items()
+    }
+    return stat_leaves, stat_meta
+
+
+def _check_layer_statistics(
+    g, key: str, path: str, shapes: _KernelShapes, pattern_group, pattern_kind: str
+) -> tuple[str, bool, float, tuple[int, ...]]:
+    """One layer's statistics group: attributes, the sums its estimator needs (no more) with
+    their declared shapes, and agreement with its pattern group. Returns
+    ``(pattern_type, rectified, shift_x, out_axes)``."""
+    from pattern_keras.patterns.statistics import needed_statistics
+
+    _exact_members(g, set(_STAT_ATTRS), set(_STAT_ATTRS), path, "attribute")
+    kind = _attr(g, "pattern_type", path)
+    rectified = _attr(g, "rectified", path)
+    shift_x = _attr(g, "shift_x", path)
+    if kind != pattern_kind:
+        raise _damaged(
+            path,
+            f"layer '{key}' has pattern type {pattern_kind!r} in "
+            f"'/patterns' and {kind!r} in '/statistics'",
+        )
+    if not isinstance(rectified, (bool, np.bool_)):
+        raise _damaged(path, f"malformed attribute 'rectified' of '{g.name}'")
+    if not (isinstance(shift_x, (float, np.floating)) and np.isfinite(shift_x)):
+        raise _damaged(path, f"malformed attribute 'shift_x' of '{g.name}' ({shift_x!r})")
+    names = needed_statistics(kind, bool(rectified))
+    _exact_members(g, {"kernel", "shift_y", *names}, {"kernel", "shift_y", *names}, path, "entry")
+    shape = shapes.check(g["kernel"], key, g, f"the kernel of '{key}'")
+    out_axes = _check_out_axes(g, path, len(shape))
+    neurons = tuple(shape[a] for a in out_axes)
+    _check_dataset(g["shift_y"], neurons, path, f"'shift_y' of '{key}'")
+    for name in names:
+        _check_dataset(
+            g[name], neurons if name in _NEURON_STATS else shape, path, f"'{name}' of '{key}'"
+        )
+    negative_expected = kind == "relu" and not bool(rectified)
+    if ("a_negative" in pattern_group) != negative_expected:
+        raise _damaged(
+            path,
+            f"'{pattern_group.name}' "
+            + (
+                "lacks its 'a_negative'"
+                if negative_expected
+                else "has an 'a_negative' that a rectified layer does not keep"
+            ),
+        )
+    return kind, bool(rectified), float(shift_x), out_axes
+
+
+def _check_out_axes(g, path: str, rank: int) -> tuple[int, ...]:
+    """The ``out_axes`` attribute: distinct axes of a kernel of ``rank``, at least one."""
+    out_axes = np.asarray(_attr(g, "out_axes", path))
+    if (
+        out_axes.ndim != 1
+        or out_axes.dtype.kind not in "iu"
+        or not len(out_axes)
+        or any(not -rank <= int(a) < rank for a in out_axes)
+        or len({int(a) % rank for a in out_axes}) != len(out_axes)
+    ):
+        raise _damaged(
+            path,
+            f"malformed attribute 'out_axes' of '{g.name}' "
+            f"({out_axes.tolist()} for a kernel of rank {rank})",
+        )
+    return tuple(int(a) for a in out_axes)
+
+
+def _verify_checksum(f, path: str, version: int) -> str:
+    """Every value against the checksum (version 2); a version-1 file warns that it has none.
+    Returns the digest of the content."""
+    actual = _digest(f)
+    if version >= 2:
+        if _attr(f, CHECKSUM_ATTR, path) != actual:
+            raise PatternFileError(
+                f"Pattern file '{path}' is corrupt: its checksum does not match its content "
+                "(a changed or damaged dataset or attribute)."
+            )
+        return actual
+    warnings.warn(
+        f"Pattern file '{path}' has format version {version}, which carries "
+        "no checksum: its content cannot be verified. Save it again to add "
+        "one.",
+        PatternFileWarning,
+        stacklevel=5,
+    )
+    return actual
+
+
+def _finite_array(obj, dtype, path: str) -> np.ndarray:
+    """A dataset's values; NaN or infinite values are refused."""
+    value = np.asarray(obj[()], dtype)
+    if not np.all(np.isfinite(value)):
+        bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+        raise _damaged(path, f"'{obj.name}' holds {bad} NaN or infinite values")
+    return value
+
+
+def _read_statistics_arrays(
+    stat_leaves: Mapping[str, Any], stat_meta: Mapping[str, tuple], path: str
+) -> dict[str, dict[str, Any]]:
+    """The statistics of every layer, as keyword arguments of ``LayerStatistics``."""
+    stats = {}
+    for key, g in stat_leaves.items():
+        kind, rectified, shift_x, out_axes = stat_meta[key]
+        stats[key] = dict(
+            pattern_type=kind,
+            rectified=rectified,
+            shift_x=shift_x,
+            out_axes=out_axes,
+            kernel=_finite_array(g["kernel"], g["kernel"].dtype, path),
+            shift_y=_finite_array(g["shift_y"], np.float64, path),
+            sums={
+                name: _finite_array(g[name], np.float64, path)
+                for name in g
+                if name not in ("kernel", "shift_y")
+            },
+        )
+    return stats
+
+
 def _read_file(
     path: str,
     expected: Mapping[str, tuple[int, ...]] | None = None,
     fingerprint: Mapping[str, Any] | None = None,
     want_statistics: bool = True,
 ) -> dict[str, Any]:
-    """Everything in a pattern file, validated (see the module docstring).
+    """Everything in a pattern file, validated (see the module docstring): the layout entry by
+    entry and the declared shapes first, then the arrays and the checksum.
 
     Parameters
     ----------
@@ -472,227 +852,44 @@ def _read_file(
         The model's fingerprint: checked before any array is read (a ``ValueError`` naming the
         first difference).
     """
-    from pattern_keras.patterns.statistics import ESTIMATORS, needed_statistics
-
     path = os.fspath(path)
     with _open(path) as f:
-        version = int(_attr(f, "format_version", path))
-        root_attrs = set(_ROOT_REQUIRED) | (set(_CHECKSUMS) if version >= 2 else set())
-        has_stats = "statistics" in f
-        _exact_members(
-            f,
-            root_attrs | {"n_batches"},
-            root_attrs | ({"n_batches"} if has_stats and version >= 2 else set()),
-            path,
-            "attribute",
-        )
-        _exact_members(f, {"patterns", "statistics"}, {"patterns"}, path, "entry")
+        version, has_stats = _check_root(f, path)
         _walk(f, path)  # no links, external storage or virtual datasets, before reading more
-        if version >= 2 and _attr(f, METADATA_CHECKSUM_ATTR, path) != _digest(f, values=False):
-            raise PatternFileError(
-                f"Pattern file '{path}' is corrupt: its checksum does not match its content "
-                "(a changed or damaged attribute, entry name, shape or dtype)."
-            )
-        try:
-            own = json.loads(str(_attr(f, "fingerprint", path)))
-        except json.JSONDecodeError as err:
-            raise _damaged(path, f"malformed fingerprint (not JSON: {err})") from None
-        own = _check_fingerprint(own, path)
-        if fingerprint is not None:
-            from pattern_keras.patterns.fingerprint import first_mismatch
+        _check_metadata_checksum(f, path, version)
+        own = _read_fingerprint(f, path, fingerprint)
+        n_samples, n_batches = _read_counts(f, path)
+        fit_ids = _read_fit_ids(f, path)
+        shapes = _KernelShapes(path, expected, own)
+        pattern_leaves, kinds = _check_patterns_layout(f, path, shapes)
+        stat_leaves, stat_meta = (
+            _check_statistics_layout(f, path, shapes, pattern_leaves, kinds)
+            if has_stats
+            else ({}, {})
+        )
+        digest = _verify_checksum(f, path, version)
+        if has_stats and fit_ids is None:  # written before fits had identities
+            from pattern_keras.patterns.statistics import derived_fit_id
 
-            mismatch = first_mismatch(fingerprint, own)
-            if mismatch:
-                raise _OtherModel(path, mismatch)
-        n_samples = _attr(f, "n_samples", path)
-        if not _is_int(n_samples) or n_samples < 0:
-            raise _damaged(path, f"malformed attribute 'n_samples' ({n_samples!r})")
-        n_batches = _attr(f, "n_batches", path, required=False)
-        if n_batches is not None and (not _is_int(n_batches) or n_batches < 0):
-            raise _damaged(path, f"malformed attribute 'n_batches' ({n_batches!r})")
-        shapes = _fingerprint_shapes(own)
-
-        def kernel_shape(key: str, obj) -> list[tuple[int, ...]]:
-            if expected is not None:
-                if key not in expected:
-                    raise _damaged(
-                        path,
-                        f"extra entry '{obj.name}': the model has no pattern "
-                        f"layer '{key}' (its layers: {sorted(expected)})",
-                    )
-                return [tuple(expected[key])]
-            candidates = _candidate_shapes(key, shapes)
-            if candidates is None:
-                raise _damaged(
-                    path, f"extra entry '{obj.name}': the fingerprint lists no layer '{key}'"
-                )
-            return candidates
-
-        def check_kernel(obj, candidates, what) -> tuple[int, ...]:
-            if not candidates:
-                raise _damaged(
-                    path, f"extra entry '{obj.name}': the fingerprint's layer has no weights"
-                )
-            if tuple(obj.shape) not in candidates:
-                _check_dataset(obj, candidates[0], path, what)
-            _check_dataset(obj, tuple(obj.shape), path, what)
-            return tuple(obj.shape)
-
-        # -- patterns: layout and declared shapes ------------------------------------------
-        pattern_leaves = _leaves(f["patterns"], path)
-        if expected is not None:
-            missing = sorted(set(expected) - set(pattern_leaves))
-            if missing:
-                raise _damaged(path, f"missing entry: no pattern for layer '{missing[0]}'")
-        if not pattern_leaves:
-            raise _damaged(path, "missing entry: '/patterns' holds no layer")
-        kinds = {}
-        for key, g in pattern_leaves.items():
-            _exact_members(g, set(_PATTERN_ATTRS), set(_PATTERN_ATTRS), path, "attribute")
-            _exact_members(g, {"a", "a_negative"}, {"a"}, path, "entry")
-            kind = _attr(g, "pattern_type", path)
-            if kind not in ESTIMATORS:  # the estimator table, as it is now
-                raise _damaged(path, f"'{g.name}' has the unknown pattern type {kind!r}")
-            kinds[key] = kind
-            shape = check_kernel(g["a"], kernel_shape(key, g), f"the pattern of layer '{key}'")
-            if "a_negative" in g:
-                if kind != "relu":
-                    raise _damaged(
-                        path,
-                        f"extra entry '{g.name}/a_negative': a {kind!r} pattern has one regime",
-                    )
-                _check_dataset(
-                    g["a_negative"],
-                    shape,
-                    path,
-                    f"the negative pattern of layer '{key}' (like its 'a')",
-                )
-
-        # -- statistics: layout and declared shapes ----------------------------------------
-        stat_leaves = _leaves(f["statistics"], path) if has_stats else {}
-        if has_stats and set(stat_leaves) != set(pattern_leaves):
-            odd = sorted(set(stat_leaves) ^ set(pattern_leaves))[0]
-            where = "statistics" if odd not in stat_leaves else "patterns"
-            raise _damaged(path, f"missing entry: no {where} for layer '{odd}'")
-        stat_meta = {}
-        for key, g in stat_leaves.items():
-            _exact_members(g, set(_STAT_ATTRS), set(_STAT_ATTRS), path, "attribute")
-            kind = _attr(g, "pattern_type", path)
-            rectified = _attr(g, "rectified", path)
-            shift_x = _attr(g, "shift_x", path)
-            out_axes = np.asarray(_attr(g, "out_axes", path))
-            if kind != kinds[key]:
-                raise _damaged(
-                    path,
-                    f"layer '{key}' has pattern type {kinds[key]!r} in "
-                    f"'/patterns' and {kind!r} in '/statistics'",
-                )
-            if not isinstance(rectified, (bool, np.bool_)):
-                raise _damaged(path, f"malformed attribute 'rectified' of '{g.name}'")
-            if not (isinstance(shift_x, (float, np.floating)) and np.isfinite(shift_x)):
-                raise _damaged(path, f"malformed attribute 'shift_x' of '{g.name}' ({shift_x!r})")
-            names = needed_statistics(kind, bool(rectified))
-            _exact_members(
-                g, {"kernel", "shift_y", *names}, {"kernel", "shift_y", *names}, path, "entry"
-            )
-            shape = check_kernel(g["kernel"], kernel_shape(key, g), f"the kernel of '{key}'")
-            rank = len(shape)
-            if (
-                out_axes.ndim != 1
-                or out_axes.dtype.kind not in "iu"
-                or not len(out_axes)
-                or any(not -rank <= int(a) < rank for a in out_axes)
-                or len({int(a) % rank for a in out_axes}) != len(out_axes)
-            ):
-                raise _damaged(
-                    path,
-                    f"malformed attribute 'out_axes' of '{g.name}' "
-                    f"({out_axes.tolist()} for a kernel of rank {rank})",
-                )
-            neurons = tuple(shape[int(a)] for a in out_axes)
-            _check_dataset(g["shift_y"], neurons, path, f"'shift_y' of '{key}'")
-            for name in names:
-                _check_dataset(
-                    g[name],
-                    neurons if name in _NEURON_STATS else shape,
-                    path,
-                    f"'{name}' of '{key}'",
-                )
-            negative_expected = kind == "relu" and not bool(rectified)
-            if ("a_negative" in pattern_leaves[key]) != negative_expected:
-                raise _damaged(
-                    path,
-                    f"'{pattern_leaves[key].name}' "
-                    + (
-                        "lacks its 'a_negative'"
-                        if negative_expected
-                        else "has an 'a_negative' that a rectified layer does not keep"
-                    ),
-                )
-            stat_meta[key] = (
-                kind,
-                bool(rectified),
-                float(shift_x),
-                tuple(int(a) for a in out_axes),
-            )
-
-        # -- arrays: read, checksum, values ------------------------------------------------
-        stored = _attr(f, CHECKSUM_ATTR, path) if version >= 2 else None
-        actual = _digest(f)
-        if version >= 2 and stored != actual:
-            raise PatternFileError(
-                f"Pattern file '{path}' is corrupt: its checksum does not match its content "
-                "(a changed or damaged dataset or attribute)."
-            )
-        if version < 2:
-            warnings.warn(
-                f"Pattern file '{path}' has format version {version}, which carries "
-                "no checksum: its content cannot be verified. Save it again to add "
-                "one.",
-                PatternFileWarning,
-                stacklevel=4,
-            )
-
-        def array(obj, dtype):
-            value = np.asarray(obj[()], dtype)
-            if not np.all(np.isfinite(value)):
-                bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
-                raise _damaged(path, f"'{obj.name}' holds {bad} NaN or infinite values")
-            return value
-
+            fit_ids = [derived_fit_id(digest)]
         content: dict[str, Any] = {
             "version": version,
             "fingerprint": own,
-            "n_samples": int(n_samples),
-            "n_batches": int(n_batches or 0),
+            "n_samples": n_samples,
+            "n_batches": n_batches,
             "kinds": kinds,
             "positive": {},
             "negative": {},
             "statistics": None,
+            "has_statistics": has_stats,
+            "fit_ids": fit_ids,
         }
         for key, g in pattern_leaves.items():
-            content["positive"][key] = array(g["a"], np.float32)
+            content["positive"][key] = _finite_array(g["a"], np.float32, path)
             if "a_negative" in g:
-                content["negative"][key] = array(g["a_negative"], np.float32)
+                content["negative"][key] = _finite_array(g["a_negative"], np.float32, path)
         if has_stats and want_statistics:
-            stats = {}
-            for key, g in stat_leaves.items():
-                kind, rectified, shift_x, out_axes = stat_meta[key]
-                stats[key] = dict(
-                    pattern_type=kind,
-                    rectified=rectified,
-                    shift_x=shift_x,
-                    out_axes=out_axes,
-                    kernel=array(g["kernel"], g["kernel"].dtype),
-                    shift_y=array(g["shift_y"], np.float64),
-                    sums={
-                        name: array(g[name], np.float64)
-                        for name in g
-                        if name not in ("kernel", "shift_y")
-                    },
-                )
-            content["statistics"] = stats
-        content["has_statistics"] = has_stats
+            content["statistics"] = _read_statistics_arrays(stat_leaves, stat_meta, path)
         return content
 
 
@@ -763,4 +960,5 @@ def load_statistics(
         n_samples=content["n_samples"],
         n_batches=content["n_batches"],
         fingerprint=content["fingerprint"],
+        fit_ids=content["fit_ids"],
     )

@@ -32,8 +32,10 @@ Everything here is numpy; :mod:`pattern_keras.patterns.computer` produces the su
 from __future__ import annotations
 
 import dataclasses
+import re
+import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -49,6 +51,11 @@ __all__ = [
     "estimator",
     "needed_statistics",
     "UndefinedPatternWarning",
+    "new_fit_id",
+    "OverlappingStatisticsError",
+    "LegacyStatisticsWarning",
+    "derived_fit_id",
+    "is_fit_id",
 ]
 
 
@@ -364,6 +371,32 @@ def needed_statistics(pattern_type: str, rectified: bool) -> tuple[str, ...]:
     return est.sums if rectified else est.sums + est.negative_sums
 
 
+#: A fit's identity: 32 random hex digits (a UUID4), or, for statistics read from a file written
+#: before fits had identities, ``"file-sha256:"`` and the SHA-256 of the file's content.
+_FIT_ID = re.compile(r"[0-9a-f]{32}|file-sha256:[0-9a-f]{64}")
+
+
+def new_fit_id() -> str:
+    """A new random fit identity (a UUID4 as 32 hex digits): one per fit, kept by a resumed
+    fit and carried into every merge, so that no fit's samples are merged twice."""
+    return uuid.uuid4().hex
+
+
+def derived_fit_id(content_sha256: str) -> str:
+    """The identity of the statistics in a file written before fits had identities: derived
+    from the file's content, so the same file (or a copy) given twice shares one."""
+    return f"file-sha256:{content_sha256}"
+
+
+def is_fit_id(value: object) -> bool:
+    """Whether ``value`` is a fit identity (:func:`new_fit_id` or :func:`derived_fit_id`)."""
+    return isinstance(value, str) and _FIT_ID.fullmatch(value) is not None
+
+
+class OverlappingStatisticsError(ValueError):
+    """Statistics that share a fit: merging them would count its samples twice."""
+
+
 class PatternStatistics(Mapping[str, LayerStatistics]):
     """The sufficient statistics of a pattern fit, per pattern key.
 
@@ -380,6 +413,12 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
         Number of batches seen (used to resume a fit).
     fingerprint : dict
         The model fingerprint (:func:`pattern_keras.patterns.fingerprint.model_fingerprint`).
+    fit_ids : frozenset of str
+        The identities of the fits these statistics hold: one random identity per fit (kept
+        when a fit is resumed from its checkpoint), the union of the parts' for merged
+        statistics. :meth:`merge` refuses statistics that share one. Statistics read from a
+        file written before identities existed get one derived from the file's content
+        (:func:`derived_fit_id`).
     """
 
     def __init__(
@@ -388,11 +427,22 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
         n_samples: int,
         n_batches: int,
         fingerprint: Mapping[str, Any],
+        fit_ids: Iterable[str] | None = None,
     ) -> None:
         self.layers = dict(layers)
         self.n_samples = int(n_samples)
         self.n_batches = int(n_batches)
         self.fingerprint = dict(fingerprint)
+        # Statistics made without identities are a fit of their own.
+        ids = frozenset([new_fit_id()] if fit_ids is None else fit_ids)
+        bad = sorted(repr(i) for i in ids if not is_fit_id(i))
+        if bad or not ids:
+            raise ValueError(
+                "fit_ids must be one or more fit identities (new_fit_id()); got "
+                + (", ".join(bad[:3]) if bad else "none")
+                + "."
+            )
+        self.fit_ids = ids
 
     def __getitem__(self, key: str) -> LayerStatistics:
         return self.layers[key]
@@ -475,12 +525,17 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
 
         Raises
         ------
+        OverlappingStatisticsError
+            A ``ValueError``: if both hold the same fit (:attr:`fit_ids`), which would count its
+            samples twice: the same file given twice, a copy of it, a merged file and one of
+            its parts, or a checkpoint and the fit resumed from it.
         ValueError
             If ``other`` comes from another model (fingerprint), other layers, or other pattern
             types.
         """
         if not isinstance(other, PatternStatistics):
             raise TypeError(f"Can only merge PatternStatistics, got {type(other).__name__}.")
+        _check_disjoint(self.fit_ids, other.fit_ids)
         from pattern_keras.patterns.fingerprint import first_mismatch
 
         mismatch = first_mismatch(self.fingerprint, other.fingerprint)
@@ -508,6 +563,7 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
             self.n_samples + other.n_samples,
             self.n_batches + other.n_batches,
             self.fingerprint,
+            fit_ids=self.fit_ids | other.fit_ids,
         )
 
     def save(self, path: str) -> None:
@@ -560,15 +616,38 @@ class PatternStatistics(Mapping[str, LayerStatistics]):
                 "`include_statistics=True` (the default) to be able to merge or "
                 "resume."
             )
-            raise ValueError(
-                f"'{path}' holds patterns but no statistics: save the fit with "
-                "`save_patterns(path, include_statistics=True)` (the default) to "
-                "be able to merge or resume."
-            )
         return stats
 
     def __repr__(self) -> str:
         return (
             f"PatternStatistics({len(self.layers)} layers, n_samples={self.n_samples}, "
-            f"n_batches={self.n_batches})"
+            f"n_batches={self.n_batches}, fits={len(self.fit_ids)})"
         )
+
+
+def _check_disjoint(mine: frozenset[str], theirs: frozenset[str]) -> None:
+    """Refuse a merge of statistics that share a fit; warn where a part's identity is only
+    derived from an old file's content (an overlap inside such a file cannot be seen)."""
+    shared = sorted(mine & theirs)
+    if shared:
+        raise OverlappingStatisticsError(
+            f"Cannot merge statistics that both hold the fit {shared[0]}"
+            + (f" (and {len(shared) - 1} more)" if len(shared) > 1 else "")
+            + ": its samples would be counted twice (the same file given twice, a copy of "
+            "it, a merged file and one of its parts, or a checkpoint and the fit resumed "
+            "from it)."
+        )
+    if any(i.startswith("file-sha256:") for i in mine | theirs):
+        warnings.warn(
+            "Merging statistics from a file written before fits had identities "
+            "(pattern_keras 0.1.0 and earlier): the same file given twice is refused, but "
+            "whether it overlaps another file (one of its parts merged again, say) cannot be "
+            "checked.",
+            LegacyStatisticsWarning,
+            stacklevel=3,
+        )
+
+
+class LegacyStatisticsWarning(UserWarning):
+    """Statistics from a file written before fits had identities (see
+    :attr:`PatternStatistics.fit_ids`): an overlap with them can be checked only in part."""
