@@ -378,10 +378,13 @@ def _rebuild(analyzer: Any, model: Any) -> Any:
             kwargs[p.name] = "index"
         elif p.name == "patterns":
             kwargs[p.name] = analyzer.patterns
-        elif hasattr(analyzer, p.name):
-            kwargs[p.name] = getattr(analyzer, p.name)
-        elif hasattr(analyzer, "_" + p.name):
-            kwargs[p.name] = getattr(analyzer, "_" + p.name)
+        elif hasattr(analyzer, p.name) or hasattr(analyzer, "_" + p.name):
+            attribute = p.name if hasattr(analyzer, p.name) else "_" + p.name
+            value = getattr(analyzer, attribute)
+            # Per-input settings (a baseline, input bounds) are kept as one entry per input.
+            if isinstance(value, list) and len(value) == 1 and not analyzer._multi_input:
+                value = value[0]
+            kwargs[p.name] = value
         else:
             raise TypeError(
                 f"Cannot rebuild {cls.__name__} on another model: its argument '{p.name}' is "
@@ -428,9 +431,11 @@ def _clone(model: Any) -> Any:
     try:
         clone = keras.models.clone_model(model)
     except Exception as err:  # Keras raises many types for models it cannot clone
+        reason = " ".join(str(err).split())
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
         raise ValueError(
             f"The randomization test works on a copy of model '{model.name}', and "
-            f"keras.models.clone_model could not copy it: {err}"
+            f"keras.models.clone_model could not copy it: {reason}"
         ) from None
     if len(clone.weights) != len(model.weights) or any(
         tuple(a.shape) != tuple(b.shape) for a, b in zip(clone.weights, model.weights)

@@ -114,7 +114,8 @@ def similarity(a: Any, b: Any, measures: Sequence[str] | None = None) -> dict[st
     -------
     dict of str to np.ndarray
         ``{measure: (n,) float64}``. A sample whose two maps are equal scores exactly 1 by
-        every measure; NaN where a measure is undefined (a constant map).
+        every measure (constant maps included: nothing changed); otherwise NaN where a
+        measure is undefined (a constant map).
 
     Raises
     ------
@@ -140,8 +141,8 @@ def _equal_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row pair of (n, F) arrays; NaN where a row is constant,
-    exactly 1 where the rows are equal (and not constant)."""
+    """Pearson correlation of each row pair of (n, F) arrays; exactly 1 where the rows are
+    equal (constant ones included: nothing changed), else NaN where a row is constant."""
     da = a - a.mean(axis=1, keepdims=True)
     db = b - b.mean(axis=1, keepdims=True)
     norms = np.sqrt(np.sum(da * da, axis=1) * np.sum(db * db, axis=1))
@@ -149,7 +150,7 @@ def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         r = np.sum(da * db, axis=1) / norms
     r = np.where(norms > 0, np.clip(r, -1.0, 1.0), np.nan)
     # Rounding leaves r(a, a) a hair from 1; the measures promise 1 for equal maps.
-    return np.where(_equal_rows(a, b) & (norms > 0), 1.0, r)
+    return np.where(_equal_rows(a, b), 1.0, r)
 
 
 def spearman(a: Any, b: Any) -> np.ndarray:
@@ -164,8 +165,8 @@ def spearman(a: Any, b: Any) -> np.ndarray:
     -------
     np.ndarray, shape (n,), float64
         The Pearson correlation of the two maps' ranks (ties get their average rank, as
-        ``scipy.stats.spearmanr``), in [−1, 1]; exactly 1 for equal maps; NaN where a map is
-        constant.
+        ``scipy.stats.spearmanr``), in [−1, 1]; exactly 1 for equal maps; otherwise NaN where
+        a map is constant.
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
