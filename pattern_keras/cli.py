@@ -13,6 +13,8 @@
     pattern-keras import-patterns MODEL FILE.npz -o patterns.h5 [--pattern-type relu|linear]
     pattern-keras methods
     pattern-keras demo [--output DIR] [--quick] [--seed N]
+    pattern-keras evaluate MODEL DATA -m NAME [-m NAME ...] [--patterns patterns.h5]
+                      [--fit-data FIT] -o OUT_DIR [data options]
 
 MODEL is a Keras ``.keras`` or ``.h5`` file, loaded with Keras's safe mode on (``--unsafe``
 turns it off, for models with ``Lambda`` layers that you trust). DATA and INPUTS are a ``.npy``
@@ -1024,6 +1026,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=_cmd_demo)
+    from pattern_keras import _cli_evaluate  # numpy-free at import: no TensorFlow
+
+    _cli_evaluate.add_parser(sub, _add_data_options)
     return parser
 
 

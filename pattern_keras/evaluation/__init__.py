@@ -35,6 +35,7 @@ from pattern_keras.evaluation.randomization import (
     random_logit_test,
     randomization_test,
 )
+from pattern_keras.evaluation.report import EvidenceTable, evidence_table
 from pattern_keras.evaluation.similarity import similarity
 
 __all__ = [
@@ -56,4 +57,6 @@ __all__ = [
     "random_logit_test",
     "RandomLogitResult",
     "similarity",
+    "evidence_table",
+    "EvidenceTable",
 ]
