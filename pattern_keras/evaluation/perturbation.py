@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["InsertionResult", "insertion", "MuFidelityResult", "mufidelity"]
+__all__ = ["InsertionResult", "insertion", "plot_insertion", "MuFidelityResult", "mufidelity"]
 
 INSERTION_ORDERS = ("most_relevant", "random")
 

@@ -44,6 +44,8 @@ __all__ = [
     "randomization_test",
     "RandomLogitResult",
     "random_logit_test",
+    "build_analyzer",
+    "randomizable_layers",
 ]
 
 #: How layers are randomized: from the logits down, each step adding one layer, or one at a
