@@ -14,6 +14,8 @@
                       [--overwrite]
     pattern-keras methods
     pattern-keras demo [--output DIR] [--quick] [--seed N]
+    pattern-keras evaluate MODEL DATA -m NAME [-m NAME ...] [--patterns patterns.h5]
+                      [--fit-data FIT] -o OUT_DIR [data options]
 
 MODEL is a Keras ``.keras`` or ``.h5`` file, loaded with Keras's safe mode on (``--unsafe``
 turns it off, for models with ``Lambda`` layers that you trust). DATA and INPUTS are a ``.npy``
@@ -1247,11 +1249,20 @@ def _add_demo_parser(sub) -> None:
     p.set_defaults(handler=_cmd_demo)
 
 
+def _add_evaluate_parser(sub) -> None:
+    """``pattern-keras evaluate``: the sanity checks and the evidence table (its parser and
+    handler live in :mod:`pattern_keras._cli_evaluate`)."""
+    from pattern_keras import _cli_evaluate  # numpy-free at import: no TensorFlow
+
+    _cli_evaluate.add_parser(sub, _add_data_options)
+
+
 #: The subcommands, in the order ``--help`` lists them: each function adds one subparser
 #: (with its ``handler``) to the subparsers object it is given.
 _SUBCOMMANDS = (
     _add_fit_parser,
     _add_analyze_parser,
+    _add_evaluate_parser,
     _add_merge_parser,
     _add_import_patterns_parser,
     _add_methods_parser,

@@ -83,6 +83,13 @@ class DegradationResult:
         """AOPC of each image, shape (n,); NaN when ``steps == 0``."""
         return _aopc_per_image(self.per_image)
 
+    @property
+    def auc(self) -> float:
+        """Area under the mean curve over the fraction of patches perturbed, ``k / steps`` in
+        [0, 1], by the trapezoid rule: the deletion score of Petsiuk et al. (2018), lower is
+        better. NaN when ``steps == 0``."""
+        return float(np.mean(_auc_per_image(self.per_image)))
+
 
 def image_degradation(
     model: keras.Model | Callable[[np.ndarray], Any],
@@ -174,18 +181,7 @@ def image_degradation(
     steps = _check_steps(steps, n_patches)
 
     order_rng, fill_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    if order == "random":
-        if analyzer is not None:
-            # Still validated: a wrong analyzer is a bug worth hearing about.
-            _attributions(analyzer, x)
-        ranking = np.argsort(order_rng.random((n, n_patches)), axis=1)
-    else:
-        if analyzer is None:
-            raise ValueError(
-                f"order={order!r} ranks patches by attribution, so analyzer cannot be None."
-            )
-        sums = _patch_sums(_attributions(analyzer, x), patch_size)
-        ranking = np.argsort(-sums if order == "most_relevant" else sums, axis=1, kind="stable")
+    ranking = _ranking(analyzer, x, order, order_rng, patch_size, n_patches)
     # Step at which each pixel is replaced: pixel (i, j) of image m is perturbed from step
     # perturb_rank[m, i, j] + 1 on.
     perturb_rank = _patch_positions(ranking)[:, patch_ids]
@@ -199,17 +195,9 @@ def image_degradation(
     target = np.argmax(clean, axis=1)
     per_image = np.empty((n, steps + 1))
     per_image[:, 0] = clean[np.arange(n), target]
-
-    # One flat index over (image, step) pairs: every model call gets a full batch whatever n
-    # and steps are.
-    pairs = n * steps
-    for start in range(0, pairs, batch_size):
-        pair = np.arange(start, min(start + batch_size, pairs))
-        image, step = pair // steps, pair % steps + 1
-        replaced = (perturb_rank[image] < step[:, None, None])[..., None]
-        batch = np.where(replaced, fill_images[image], x[image])
-        probabilities = _to_probabilities(_predict(model, batch), as_probabilities)
-        per_image[image, step] = probabilities[np.arange(len(pair)), target[image]]
+    _follow_steps(
+        model, x, fill_images, perturb_rank, target, per_image, as_probabilities, batch_size
+    )
 
     aopc = _aopc_per_image(per_image)
     return DegradationResult(
@@ -350,6 +338,28 @@ def _attributions(analyzer: AnalyzerLike, x: np.ndarray) -> np.ndarray:
     return attribution
 
 
+def _ranking(
+    analyzer: AnalyzerLike | None,
+    x: np.ndarray,
+    order: str,
+    rng: np.random.Generator,
+    patch_size: int,
+    n_patches: int,
+) -> np.ndarray:
+    """(n, n_patches): each image's patch indices in the order they are perturbed."""
+    if order == "random":
+        if analyzer is not None:
+            # Still validated: a wrong analyzer is a bug worth hearing about.
+            _attributions(analyzer, x)
+        return np.argsort(rng.random((len(x), n_patches)), axis=1)
+    if analyzer is None:
+        raise ValueError(
+            f"order={order!r} ranks patches by attribution, so analyzer cannot be None."
+        )
+    sums = _patch_sums(_attributions(analyzer, x), patch_size)
+    return np.argsort(-sums if order == "most_relevant" else sums, axis=1, kind="stable")
+
+
 # --- patches ---------------------------------------------------------------------------------
 
 
@@ -467,6 +477,42 @@ def _to_probabilities(scores: np.ndarray, as_probabilities: bool) -> np.ndarray:
     shifted = scores - scores.max(axis=1, keepdims=True)  # no overflow in exp
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _follow_steps(
+    model: Any,
+    start: np.ndarray,
+    end: np.ndarray,
+    perturb_rank: np.ndarray,
+    target: np.ndarray,
+    per_image: np.ndarray,
+    as_probabilities: bool,
+    batch_size: int,
+) -> None:
+    """Fill ``per_image[:, 1:]``: at step k the pixels of the first k ranked patches come from
+    ``end``, the others from ``start`` (deletion: the image and the fill; insertion: the
+    reverse), and the model's probability of each image's ``target`` is recorded."""
+    n, columns = per_image.shape
+    steps = columns - 1
+    # One flat index over (image, step) pairs: every model call gets a full batch whatever n
+    # and steps are.
+    pairs = n * steps
+    for first in range(0, pairs, batch_size):
+        pair = np.arange(first, min(first + batch_size, pairs))
+        image, step = pair // steps, pair % steps + 1
+        replaced = (perturb_rank[image] < step[:, None, None])[..., None]
+        batch = np.where(replaced, end[image], start[image])
+        probabilities = _to_probabilities(_predict(model, batch), as_probabilities)
+        per_image[image, step] = probabilities[np.arange(len(pair)), target[image]]
+
+
+def _auc_per_image(per_image: np.ndarray) -> np.ndarray:
+    """Trapezoid area under each curve over the fraction of steps, ``k / steps`` in [0, 1]."""
+    steps = per_image.shape[1] - 1
+    if steps < 1:
+        return np.full(per_image.shape[0], np.nan)
+    inner = per_image.sum(axis=1) - 0.5 * (per_image[:, 0] + per_image[:, -1])
+    return inner / steps
 
 
 def _aopc_per_image(per_image: np.ndarray) -> np.ndarray:
