@@ -35,6 +35,7 @@ GATING_ACTIVATIONS = {
     "silu": 0.5,
     "hard_silu": 0.5,
     "gelu": 0.5,
+    "gelu_approximate": 0.5,  # keras-hub's GELU with the tanh approximation
     "tanh": 1.0,
     "elu": 1.0,
     "selu": 1.0507009873554805,
