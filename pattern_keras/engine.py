@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from pattern_keras import graph as _graph
 from pattern_keras.layers import LinearPart, Op, ops_for_node, resolve_products
+from pattern_keras.layers.core import whole_call_op
 from pattern_keras.layers.registry import builder_for
 
 __all__ = ["Program", "forward", "forward_intervals", "backward", "if_samples", "Rule"]
@@ -201,46 +202,22 @@ def _ops_or_opaque(node: _graph.CallNode) -> list[Op]:
     """The ops of one call node, or one ``"opaque"`` op when the layer has no rule (or could
     not be looked into): the gradient family differentiates it as it is, every other analyzer
     refuses it with this message."""
-    reason = None
-    if node.constant:
-        return [
-            Op(
-                key=node.key,
-                kind="constant",
-                layer=node.layer,
-                inputs=node.inputs,
-                outputs=node.outputs,
-                forward=node.call,
-                rank=len(node.output_shapes[0]) if node.output_shapes else 0,
-            )
-        ]
+    gradient_family = (
+        "The gradient family (Gradient, InputTimesGradient, IntegratedGradients, SmoothGrad) "
+        "explains it through its own gradient"
+    )
     if node.unreadable is not None:
         reason = (
             f"Layer '{node.key}' of class {type(node.layer).__name__} has no rule of its own "
-            f"and could not be looked into: {node.unreadable}. The gradient family (Gradient, "
-            "InputTimesGradient, IntegratedGradients, SmoothGrad) explains it through its own "
-            "gradient; the other methods need a rule for each of its parts."
+            f"and could not be looked into: {node.unreadable}. {gradient_family}; the other "
+            "methods need a rule for each of its parts."
         )
     else:
         try:
             return ops_for_node(node, node.input_shapes[0] if node.input_shapes else ())
         except ValueError as err:
-            reason = str(err) + (
-                " The gradient family (Gradient, InputTimesGradient, IntegratedGradients, "
-                "SmoothGrad) explains it through its own gradient."
-            )
-    return [
-        Op(
-            key=node.key,
-            kind="opaque",
-            layer=node.layer,
-            inputs=node.inputs,
-            outputs=node.outputs,
-            forward=node.call,
-            rank=len(node.output_shapes[0]) if node.output_shapes else 0,
-            refusal=reason,
-        )
-    ]
+            reason = f"{err} {gradient_family}."
+    return [whole_call_op(node, "opaque", refusal=reason)]
 
 
 def _fold(part: LinearPart, affine: Callable[[], tuple[Any, Any, int]]) -> LinearPart:

@@ -14,7 +14,15 @@ import tensorflow as tf
 
 from pattern_keras import graph as _graph
 
-__all__ = ["KINDS", "LinearPart", "Op", "shared_kernels", "simple_builder", "Builder"]
+__all__ = [
+    "KINDS",
+    "LinearPart",
+    "Op",
+    "shared_kernels",
+    "simple_builder",
+    "whole_call_op",
+    "Builder",
+]
 
 KINDS = (
     "linear",
@@ -254,20 +262,25 @@ class Op:
 Builder = Callable[[_graph.CallNode, Sequence[Any]], list[Op]]
 
 
+def whole_call_op(node: _graph.CallNode, kind: str, **fields: Any) -> Op:
+    """One op of ``kind`` for a whole call node, running the layer's own call (``fields``:
+    further :class:`Op` attributes)."""
+    return Op(
+        key=node.key,
+        kind=kind,
+        layer=node.layer,
+        inputs=node.inputs,
+        outputs=node.outputs,
+        forward=node.call,
+        rank=len(node.output_shapes[0]) if node.output_shapes else 0,
+        **fields,
+    )
+
+
 def simple_builder(kind: str, averages: bool = False) -> Builder:
     """A builder giving one op of ``kind`` that runs the layer's own call."""
 
     def build(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
-        return [
-            Op(
-                key=node.key,
-                kind=kind,
-                layer=node.layer,
-                inputs=node.inputs,
-                outputs=node.outputs,
-                forward=node.call,
-                averages=averages,
-            )
-        ]
+        return [whole_call_op(node, kind, averages=averages)]
 
     return build

@@ -19,7 +19,7 @@ from pattern_keras.layers.activations import (
     activation_layer,
     activation_op,
 )
-from pattern_keras.layers.core import Builder, Op, simple_builder
+from pattern_keras.layers.core import Builder, Op, simple_builder, whole_call_op
 from pattern_keras.layers.elementwise import affine, arithmetic, identity, product
 from pattern_keras.layers.linear import conv_parts, dense_parts, linear_ops
 from pattern_keras.layers.normalization import batch_norm, layer_norm
@@ -227,19 +227,11 @@ def supported_layer_names() -> list[str]:
 
 def ops_for_node(node: _graph.CallNode, input_shape: Sequence[Any]) -> list[Op]:
     """The ops of one call node; raises ``ValueError`` naming an unsupported layer."""
+    if node.constant:  # its output does not depend on its inputs' values
+        return [whole_call_op(node, "constant")]
     if node.output_dtypes and not any(_is_float(d) for d in node.output_dtypes):
         # Masks, indices, shapes: nothing crosses an integer backward, whatever the operation.
-        return [
-            Op(
-                key=node.key,
-                kind="index",
-                layer=node.layer,
-                inputs=node.inputs,
-                outputs=node.outputs,
-                forward=node.call,
-                rank=len(node.output_shapes[0]) if node.output_shapes else 0,
-            )
-        ]
+        return [whole_call_op(node, "index")]
     builder = builder_for(node.layer)
     if builder is None and ".layers.preprocessing" in type(node.layer).__module__:
         raise ValueError(
