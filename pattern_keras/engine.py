@@ -291,16 +291,22 @@ def if_samples(batch: Any, fn: Callable[[], Any], empty: Callable[[], Any]) -> A
 
 
 def forward_intervals(
-    program: Program, lows: Sequence[Any], highs: Sequence[Any], where: Callable[[Op], bool]
+    program: Program,
+    lows: Sequence[Any],
+    highs: Sequence[Any],
+    where: Callable[[Op], bool],
+    fixed: dict[int, Any] | None = None,
 ) -> dict[int, tuple[Any, Any]]:
     """Elementwise bounds ``(low, high)`` of the input slots and of every slot computed from
     them by ops that ``where(op)`` admits, each op run on both bounds of its inputs.
 
     Exact bounds for ops that are elementwise monotone in each input (padding, reshapes,
     pooling, adding, ReLU); used by deep Taylor decomposition for the box its bounded rule
-    needs, up to the first linear layer.
+    needs, up to the first linear layer. ``fixed`` gives slots whose value is the same at
+    both bounds (a Keras mask computed from the sample: pooling averages over the same steps).
     """
     bounds = {slot: (lo, hi) for slot, lo, hi in zip(program.inputs, lows, highs)}
+    bounds.update({slot: (v, v) for slot, v in (fixed or {}).items()})
     for op in program.ops:
         if not where(op) or not all(s in bounds for s in op.inputs):
             continue

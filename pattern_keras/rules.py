@@ -328,13 +328,14 @@ class BasicRule:
                 gathered[key] = (xs, acc, acc_positive)
         total = None
         for xs, acc, positive in gathered.values():
-            part = [x * g for x, g in zip(xs, acc)]
+            # An input without a gradient (a mask or index operand) gets no relevance: None.
+            part = [None if g is None else x * g for x, g in zip(xs, acc)]
             if total is None:
-                total = part if positive else [-p for p in part]
+                total = part if positive else [None if p is None else -p for p in part]
             elif positive:
-                total = [a + p for a, p in zip(total, part)]
+                total = [a if p is None else a + p for a, p in zip(total, part)]
             else:
-                total = [a - p for a, p in zip(total, part)]
+                total = [a if p is None else a - p for a, p in zip(total, part)]
         return total
 
 

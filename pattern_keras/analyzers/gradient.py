@@ -93,9 +93,11 @@ class DeConvNet(Analyzer):
     seed_with_value = True
 
     def _composite(self, values) -> Composite:
+        # Held quantities (a normalizer's per-sample scale) stay at their forward values, as
+        # for every rule-based analyzer: the rest crosses by the held map's derivative.
         return Composite(
             {"linear": LinearRule(), "activation": ActivationRule("rectify")},
-            default=GradientRule(),
+            default=GradientRule(held=True),
         )
 
 
@@ -118,5 +120,5 @@ class GuidedBackprop(Analyzer):
     def _composite(self, values) -> Composite:
         return Composite(
             {"linear": LinearRule(), "activation": ActivationRule("gate_rectify")},
-            default=GradientRule(),
+            default=GradientRule(held=True),  # held quantities stay held, as for DeConvNet
         )

@@ -390,7 +390,11 @@ class DeepTaylor(_SignSplitLRP):
             lows.append(tf.broadcast_to(tf.cast(lo, x.dtype), tf.shape(x)))
             highs.append(tf.broadcast_to(tf.cast(hi, x.dtype), tf.shape(x)))
 
-        return engine.forward_intervals(program, lows, highs, where=lambda op: op.kind != "linear")
+        # Masks and indices are the sample's own at both bounds, not run on the bounds.
+        fixed = {s: values[s] for op in program.ops if op.kind == "index" for s in op.outputs}
+        return engine.forward_intervals(
+            program, lows, highs, where=lambda op: op.kind not in ("linear", "index"), fixed=fixed
+        )
 
     def _linear_rule(self, values) -> Any:
         bounds = self._input_bounds(values)
