@@ -280,7 +280,7 @@ def test_masking_feeds_the_mask_to_the_pooling():
         analyzer = cls(model)
         if analyzer.needs_patterns:
             analyzer.fit(x, verbose=0)
-        r = analyzer.analyze(x, verbose=0)
+        r = analyzer.analyze(x[:3], verbose=0)  # fitted on all 32
         assert np.all(r[0, 2:] == 0), cls.__name__
         assert np.any(r[0, :2] != 0), cls.__name__
 
