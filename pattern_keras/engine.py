@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from pattern_keras import graph as _graph
 from pattern_keras.layers import LinearPart, Op, ops_for_node, resolve_products
+from pattern_keras.layers.attention import resolve_attention
 from pattern_keras.layers.core import whole_call_op
 from pattern_keras.layers.registry import builder_for
 
@@ -66,8 +67,10 @@ class Program:
     Raises
     ------
     ValueError
-        For an unsupported layer (named, with its class and the supported kinds), a softmax
-        anywhere but at the end, or a model with several outputs.
+        For a model with several outputs. A layer without a rule, a softmax anywhere but at
+        the end or as held attention weights, and a product of two tensors that is not
+        attention (see :func:`~pattern_keras.layers.attention.resolve_attention`) become
+        ``"opaque"`` ops, which the analyzers other than the gradient family refuse.
     RuntimeError
         When Keras runs on another backend than TensorFlow (saying how to select it).
     """
@@ -109,20 +112,11 @@ class Program:
         resolve_products(self.ops, shapes)
         if strip_softmax:
             self._strip_final_softmax()
-        for op in self.ops:
-            if op.kind == "activation" and op.activation == "softmax":
-                # Exact for the gradient family; a rule for the others only where something
-                # holds it (attention weights).
-                op.kind = "opaque"
-                op.refusal = (
-                    f"Layer '{op.key}' applies a softmax inside the model. A softmax is only "
-                    "supported as the model's last operation, where it is stripped. The "
-                    "gradient family (Gradient, InputTimesGradient, IntegratedGradients, "
-                    "SmoothGrad) explains it through its own gradient."
-                )
         if fold_batch_norm:
             self._fold_batch_norms()
         self._prune()
+        # The hold analysis: what attention products hold, which ops a held pass reaches.
+        self._reached_when_held = resolve_attention(self.ops, self.output)
         self._mark_rectified()
 
     # -- construction ----------------------------------------------------------------------
@@ -135,6 +129,12 @@ class Program:
 
     def consumers(self, slot: int) -> list[Op]:
         return [op for op in self.ops if slot in op.inputs]
+
+    def reached_when_held(self, op: Op) -> bool:
+        """Whether a backward pass that holds every held quantity (what the rule-based
+        analyzers run: no signal into attention weights, queries or keys) reaches ``op``.
+        The query and key projections of attention are not reached: they need no pattern."""
+        return id(op) in self._reached_when_held
 
     def _strip_final_softmax(self) -> None:
         """Drop a final softmax or sigmoid: explanations are of the logit."""
@@ -175,6 +175,8 @@ class Program:
             if len(self.consumers(bn.inputs[0])) != 1 or bn.inputs[0] == self.output:
                 continue
             part = linear.linear
+            if part.neuron_axes is not None:
+                continue  # neurons over several axes (EinsumDense): BN normalizes one
             if bn.affine()[2] % bn.rank != part.channel_axis % bn.rank:
                 continue  # normalizes another axis than the linear layer's neurons
             folded = _fold(part, bn.affine)
@@ -244,6 +246,7 @@ def _fold(part: LinearPart, affine: Callable[[], tuple[Any, Any, int]]) -> Linea
         kernel_shape=part.kernel_shape,
         out_axes=part.out_axes,
         channel_axis=part.channel_axis,
+        neuron_axes=part.neuron_axes,
         padded_apply=part.padded_apply,
         shiftable=part.shiftable,
         compute_dtype=part.compute_dtype,

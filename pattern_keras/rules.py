@@ -22,6 +22,7 @@ from pattern_keras.layers import KINDS, Op
 
 __all__ = [
     "vjp",
+    "held_vjp",
     "GradientRule",
     "LinearRule",
     "ActivationRule",
@@ -70,6 +71,37 @@ def _differentiable(t: Any) -> bool:
     return dtype is not None and (dtype.is_floating or dtype.is_complex)
 
 
+def held_vjp(op: Op, inputs: Sequence[Any], upstream: Sequence[Any]) -> list[Any]:
+    """Vector-Jacobian product of the op's ``held`` forward pass (its ``forward`` where it has
+    none) with respect to the inputs it does not hold; ``None`` for the held inputs
+    (``op.held_inputs``: attention weights, queries and keys), which so receive no signal and
+    are never visited by the engine. What every rule-based analyzer takes through an op with
+    held quantities."""
+    forward = op.held if op.held is not None else op.forward
+    free = [i for i in range(len(inputs)) if i not in op.held_inputs]
+    if len(free) == len(inputs):
+        return vjp(forward, inputs, upstream)
+    grads = vjp(_on_free_inputs(forward, inputs, free), [inputs[i] for i in free], upstream)
+    out: list[Any] = [None] * len(inputs)
+    for i, g in zip(free, grads):
+        out[i] = g
+    return out
+
+
+def _on_free_inputs(
+    fn: Callable[[Sequence[Any]], Sequence[Any]], inputs: Sequence[Any], free: Sequence[int]
+) -> Callable[[Sequence[Any]], Sequence[Any]]:
+    """``fn`` as a function of the inputs at positions ``free``, the others fixed."""
+
+    def on_free(xs):
+        full = list(inputs)
+        for i, x in zip(free, xs):
+            full[i] = x
+        return fn(full)
+
+    return on_free
+
+
 def _distinct(inputs: Sequence[Any]) -> list[Any]:
     """``inputs`` with every repeated tensor object replaced by an identity copy.
 
@@ -96,15 +128,18 @@ class GradientRule:
     ----------
     held : bool
         Differentiate the op's ``held`` forward pass where it has one (LayerNormalization with
-        its normalizing scale held constant: a linear map), as the pattern methods do.
+        its normalizing scale held constant: a linear map; an attention product with its
+        attention weights held), with no signal into held operands (:func:`held_vjp`): what
+        every rule-based analyzer does.
     """
 
     def __init__(self, held: bool = False) -> None:
         self.held = bool(held)
 
     def __call__(self, op: Op, inputs, outputs, upstream):
-        forward = op.held if (self.held and op.held is not None) else op.forward
-        return vjp(forward, inputs, upstream)
+        if self.held:
+            return held_vjp(op, inputs, upstream)
+        return vjp(op.forward, inputs, upstream)
 
     def __repr__(self) -> str:
         return "GradientRule(held=True)" if self.held else "GradientRule()"
@@ -357,9 +392,25 @@ class ZRule(BasicRule):
     """
 
     def groups(self, op, inputs, outputs):
-        # LayerNormalization: its normalizing scale held constant, a linear map (Ali et al. 2022).
+        # LayerNormalization: its normalizing scale held constant, a linear map (Ali et al. 2022);
+        # an attention product: its attention weights held, linear in the values. Held operands
+        # are no contributions: the term is a function of the others only.
         forward = op.held if op.held is not None else op.forward
+        free = [i for i in range(len(inputs)) if i not in op.held_inputs]
+        if len(free) < len(inputs):
+            forward = _on_free_inputs(forward, inputs, free)
+            inputs = [inputs[i] for i in free]
         return [(None, [Term(inputs, forward, value=outputs)], None)]
+
+    def __call__(self, op: Op, inputs, outputs, upstream):
+        relevance = super().__call__(op, inputs, outputs, upstream)
+        if not op.held_inputs:
+            return relevance
+        out: list[Any] = [None] * len(inputs)
+        free = [i for i in range(len(inputs)) if i not in op.held_inputs]
+        for i, r in zip(free, relevance):
+            out[i] = r
+        return out
 
     def __repr__(self) -> str:
         return f"ZRule(epsilon={self.epsilon})"
@@ -432,11 +483,11 @@ class RatioZRule:
         return _nonzero_rescaled(s, z)
 
     def __call__(self, op: Op, inputs, outputs, upstream):
-        # LayerNormalization: its normalizing scale held constant, a linear map (Ali et al. 2022).
-        forward = op.held if op.held is not None else op.forward
+        # LayerNormalization: its normalizing scale held constant, a linear map (Ali et al. 2022);
+        # an attention product: its attention weights held, nothing into them (held_vjp).
         skip = self.epsilon == 0.0 and self.skip_zero_mask is not None and self.skip_zero_mask(op)
         rescaled = [self._rescaled(s, z, skip) for s, z in zip(upstream, outputs)]
-        return vjp(forward, inputs, rescaled)
+        return held_vjp(op, inputs, rescaled)
 
     def __repr__(self) -> str:
         return f"RatioZRule(epsilon={self.epsilon})"

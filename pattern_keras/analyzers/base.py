@@ -131,7 +131,9 @@ class Analyzer:
         if self.explains_opaque_ops:
             return
         for op in self._program.ops:
-            if op.kind == "opaque":
+            # An op the held pass never reaches (in the product of queries and keys that only
+            # feeds held attention weights) is never asked for a rule.
+            if op.kind == "opaque" and self._program.reached_when_held(op):
                 raise ValueError(f"{type(self).__name__}: {op.refusal}")
 
     # -- what subclasses define ------------------------------------------------------------

@@ -92,6 +92,12 @@ class LinearPart:
         depthwise kernel, ``(-2,)`` for a transposed convolution).
     channel_axis : int
         The axis of ``z`` that holds the neurons (``-1`` channels_last, ``1`` channels_first).
+    neuron_axes : tuple of int or None
+        For a map whose neurons span several axes of ``z`` (an EinsumDense such as
+        ``"abc,cde->abde"``, neurons ``(d, e)``): those axes, in the order of ``out_axes``.
+        ``None`` (default): the neurons are ``channel_axis``, flattened in kernel order (a
+        depthwise kernel's ``(in, multiplier)``). Every other axis of ``z`` (batch, positions,
+        tokens) counts as samples for the statistics.
     padded_apply : callable or None
         ``(pad, apply_valid)``: an explicit zero padding of the input and the same map with
         'valid' padding, used by the statistics to shift inputs without shifting the padding.
@@ -115,6 +121,7 @@ class LinearPart:
     kernel_shape: tuple[int, ...]
     out_axes: tuple[int, ...] = (-1,)
     channel_axis: int = -1
+    neuron_axes: tuple[int, ...] | None = None
     padded_apply: tuple[Callable[[Any], Any], Callable[[Any, Any], Any]] | None = None
     shiftable: bool = True
     compute_dtype: str | None = None
@@ -163,6 +170,8 @@ class LinearPart:
             return z
         rank = len(z.shape)
         bias = tf.cast(self.bias, z.dtype)
+        if self.neuron_axes is not None:
+            return z + self.to_output(bias, rank)
         if rank >= 2 and self.channel_axis % rank in (1, rank - 1) and len(bias.shape) == 1:
             # BiasAdd, not an add: TensorFlow fuses it into the convolution or matrix product
             # before it (one pass less over the output).
@@ -175,13 +184,31 @@ class LinearPart:
     def per_neuron_sum(self, t: Any) -> Any:
         """Sum an output-shaped tensor over batch and positions; shaped like ``neuron_shape``."""
         rank = len(t.shape)
-        axis = [a for a in range(rank) if a != self.channel_axis % rank]
-        return tf.reshape(tf.reduce_sum(t, axis=axis), self.neuron_shape)
+        if self.neuron_axes is None:
+            axis = [a for a in range(rank) if a != self.channel_axis % rank]
+            return tf.reshape(tf.reduce_sum(t, axis=axis), self.neuron_shape)
+        neurons = [a % rank for a in self.neuron_axes]
+        summed = tf.reduce_sum(t, axis=[a for a in range(rank) if a not in neurons])
+        kept = sorted(neurons)  # the order reduce_sum leaves them in
+        order = [kept.index(a) for a in neurons]
+        if order != sorted(order):
+            summed = tf.transpose(summed, order)
+        return tf.reshape(summed, self.neuron_shape)
 
     def to_output(self, per_neuron: Any, rank: int) -> Any:
         """Broadcast a ``neuron_shape`` tensor against an output tensor of the given rank."""
         shape = [1] * rank
-        shape[self.channel_axis] = -1
+        if self.neuron_axes is None:
+            shape[self.channel_axis] = -1
+            return tf.reshape(per_neuron, shape)
+        neurons = [a % rank for a in self.neuron_axes]
+        kept = sorted(neurons)
+        order = [neurons.index(a) for a in kept]
+        per_neuron = tf.reshape(per_neuron, self.neuron_shape)
+        if order != sorted(order):
+            per_neuron = tf.transpose(per_neuron, order)
+        for a, size in zip(neurons, self.neuron_shape):
+            shape[a] = size
         return tf.reshape(per_neuron, shape)
 
 
@@ -222,9 +249,20 @@ class Op:
         ``inputs[0]``; for a ``"product"`` op the value of its gate operand, ``inputs[1]``.
         ``None`` for every other op (ReLU keeps its forward gate, see :mod:`pattern_keras.rules`).
     held : callable or None
-        For LayerNormalization: the forward pass with the normalizing scale held constant per
-        sample (same values, but linear in the input); LRP and the pattern methods
-        differentiate it instead of ``forward``.
+        The forward pass with a quantity held constant per sample (same values): for
+        LayerNormalization its normalizing scale ``1/σ`` (a linear map of the input), for an
+        attention product the attention weights. Every rule-based analyzer differentiates it
+        instead of ``forward`` (see :func:`pattern_keras.rules.held_vjp`).
+    held_inputs : tuple of int
+        Positions (in ``inputs``) of operands that ``held`` holds constant: the attention
+        weights of a product ``softmax(·)·V``; the queries, keys, bias and mask of
+        ``dot_product_attention``; both operands of a product that feeds only held attention
+        weights (``Q·Kᵀ``). Rule-based analyzers send them no signal (``None``), so nothing
+        upstream of them is visited; the gradient family differentiates ``forward`` as usual.
+    bilinear : bool
+        A product of two tensors, linear in each (``matmul``, ``einsum``): which operand it
+        holds is decided once the whole program is known
+        (:func:`pattern_keras.layers.attention.resolve_attention`).
     rank : int
         Rank of the op's (first) output, batch axis included.
     averages : bool
@@ -252,6 +290,8 @@ class Op:
     affine: Callable[[], tuple[Any, Any, int]] | None = None
     gate: Callable[[Sequence[Any]], Any] | None = None
     held: Callable[[Sequence[Any]], list[Any]] | None = None
+    held_inputs: tuple[int, ...] = ()
+    bilinear: bool = False
     rank: int = 0
     averages: bool = False
     plain_relu: bool = False

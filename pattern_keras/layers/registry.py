@@ -20,10 +20,11 @@ from pattern_keras.layers.activations import (
     activation_layer,
     activation_op,
 )
+from pattern_keras.layers.attention import dot_product_attention
 from pattern_keras.layers.contraction import contraction, signal_product
 from pattern_keras.layers.core import Builder, Op, simple_builder, whole_call_op
 from pattern_keras.layers.elementwise import affine, arithmetic, identity, product
-from pattern_keras.layers.linear import conv_parts, dense_parts, linear_ops
+from pattern_keras.layers.linear import conv_parts, dense_parts, einsum_dense_parts, linear_ops
 from pattern_keras.layers.normalization import (
     batch_norm,
     group_norm,
@@ -79,6 +80,10 @@ def _register_builtin() -> None:
         L.Conv3DTranspose,
     )
     _register(activation_layer, L.Activation, L.ReLU, L.Softmax, L.LeakyReLU, L.PReLU, L.ELU)
+    # Attention (layers/attention.py): the projections and dot_product_attention; products
+    # of two tensors are contractions (layers/contraction.py), held by the hold analysis.
+    _register(lambda node, shape: linear_ops(node, shape, einsum_dense_parts), L.EinsumDense)
+    _register(dot_product_attention, op("nn.DotProductAttention"))
     _register(batch_norm, L.BatchNormalization)
     _register(layer_norm, L.LayerNormalization)
     _register(affine, L.Rescaling, L.Normalization)

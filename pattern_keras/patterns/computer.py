@@ -87,7 +87,9 @@ class PatternComputer:
     Attributes
     ----------
     keys : list of str
-        The pattern keys: every Dense/Conv layer on the path from input to output.
+        The pattern keys: every linear layer (Dense, EinsumDense, convolutions) on the path
+        from input to output that the pattern methods' backward pass reaches (not the query
+        and key projections of attention, whose signal the held attention weights stop).
     """
 
     def __init__(
@@ -112,7 +114,10 @@ class PatternComputer:
                 raise ValueError(op.refusal)
         grouped: dict[str, list[Op]] = {}
         for op in self.program.linear_ops:
-            grouped.setdefault(op.pattern_key, []).append(op)
+            # The query and key projections of attention: the pattern methods hold the
+            # attention weights, so no signal reaches them and they need no pattern.
+            if self.program.reached_when_held(op):
+                grouped.setdefault(op.pattern_key, []).append(op)
         if not grouped:
             raise ValueError(
                 f"Model '{model.name}' has no Dense or convolution layer on the "
