@@ -110,7 +110,9 @@ class PatternComputer:
             raise ValueError("program must be the Program of the same model.")
         self.program = program
         for op in program.ops:
-            if op.kind == "opaque":  # patterns serve analyzers that refuse such a model
+            # Patterns serve analyzers that refuse such a model (unless their held pass never
+            # reaches the op: in a product of queries and keys).
+            if op.kind == "opaque" and program.reached_when_held(op):
                 raise ValueError(op.refusal)
         grouped: dict[str, list[Op]] = {}
         for op in self.program.linear_ops:
