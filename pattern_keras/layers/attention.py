@@ -23,7 +23,12 @@ import tensorflow as tf
 from pattern_keras import graph as _graph
 from pattern_keras.layers.core import Op
 
-__all__ = ["dot_product_attention", "product_of_tensors", "resolve_attention"]
+__all__ = [
+    "dot_product_attention",
+    "product_of_tensors",
+    "bilinear_product",
+    "resolve_attention",
+]
 
 
 def _held_forward(op: Op, forward):
@@ -67,12 +72,8 @@ def dot_product_attention(node: _graph.CallNode, x_shape: Sequence[Any]) -> list
 
 
 def product_of_tensors(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
-    """``einsum`` or ``matmul`` in a model graph.
-
-    With one tensor operand (the other a constant) it is a fixed linear map, a ``"sum"`` op.
-    With two it is linear in each: a ``bilinear`` op, whose held operand (the attention
-    weights) :func:`resolve_attention` finds, or which it refuses.
-    """
+    """``einsum`` or ``matmul`` in a model graph: with one tensor operand (the other a
+    constant) a fixed linear map, a ``"sum"`` op; with two, :func:`bilinear_product`."""
     if len(node.inputs) == 1:
         return [
             Op(
@@ -84,6 +85,14 @@ def product_of_tensors(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op
                 forward=node.call,
             )
         ]
+    return bilinear_product(node, x_shape)
+
+
+def bilinear_product(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
+    """A product of two tensors, linear in each (``matmul(a, b)``, ``einsum(s, a, b)``, a
+    ``Dot`` without normalization): a ``bilinear`` op, whose held operand (the attention
+    weights) :func:`resolve_attention` finds once the whole program is known; without one it
+    becomes an opaque op where a rule-based analyzer would need it."""
     if len(node.inputs) != 2:
         raise ValueError(
             f"Operation '{node.key}' ({type(node.layer).__name__}) multiplies "
