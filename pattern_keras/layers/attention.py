@@ -1,6 +1,6 @@
 """Attention: ``keras.ops.dot_product_attention``, products of two tensors (``einsum``,
-``matmul``), and the hold analysis that decides, once the whole program is known, what each
-product holds.
+``matmul``, ``Dot``: built by :mod:`~pattern_keras.layers.contraction` as bilinear ops), and the
+hold analysis that decides, once the whole program is known, what each product holds.
 
 The rule (Ali et al., ICML 2022, "conservative propagation"): a product one of whose operands
 is attention weights (a softmax output, possibly through dropout, reshapes or transposes) is
@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import keras
 import tensorflow as tf
 
 from pattern_keras import graph as _graph
@@ -25,7 +26,6 @@ from pattern_keras.layers.core import Op
 
 __all__ = [
     "dot_product_attention",
-    "product_of_tensors",
     "bilinear_product",
     "resolve_attention",
 ]
@@ -69,23 +69,6 @@ def dot_product_attention(node: _graph.CallNode, x_shape: Sequence[Any]) -> list
     )
     op.held = _held_forward(op, node.call)
     return [op]
-
-
-def product_of_tensors(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
-    """``einsum`` or ``matmul`` in a model graph: with one tensor operand (the other a
-    constant) a fixed linear map, a ``"sum"`` op; with two, :func:`bilinear_product`."""
-    if len(node.inputs) == 1:
-        return [
-            Op(
-                key=node.key,
-                kind="sum",
-                layer=node.layer,
-                inputs=node.inputs,
-                outputs=node.outputs,
-                forward=node.call,
-            )
-        ]
-    return bilinear_product(node, x_shape)
 
 
 def bilinear_product(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
@@ -169,8 +152,9 @@ def resolve_attention(ops: list[Op], output: int) -> set[int]:
         reached_slots.update(s for i, s in enumerate(op.inputs) if i not in op.held_inputs)
         if op.bilinear and not op.held_inputs:
             op.kind, op.bilinear = "opaque", False
+            what = "Layer" if isinstance(op.layer, keras.layers.Layer) else "Operation"
             op.refusal = (
-                f"Operation '{op.key}' ({type(op.layer).__name__}) multiplies two tensors "
+                f"{what} '{op.key}' of class {type(op.layer).__name__} multiplies two tensors "
                 "neither of which is attention weights (a softmax output): the rule-based "
                 "analyzers support a matmul or einsum of attention weights and values (the "
                 "weights held), and a product of queries and keys that feeds only such "

@@ -11,9 +11,11 @@ the signal:
   without a kernel the rules can read, kind ``"sum"``: the z-rule for every LRP variant, the
   derivative for every other method (no pattern).
 
-A product of two signals (queries × keys, attention weights × values) is linear in neither:
-:func:`signal_product` refuses it by name (the hook where attention's held softmax operand
-comes in).
+A product of two signals (queries × keys, attention weights × values) is linear in each
+operand: :func:`signal_product` makes it a bilinear op, which the hold analysis
+(:func:`~pattern_keras.layers.attention.resolve_attention`) resolves once the whole program is
+known: linear in the values where the other operand is attention weights (held), passing nothing
+where it only feeds held weights, an opaque op (refused by the rule-based analyzers) otherwise.
 """
 
 from __future__ import annotations
@@ -25,26 +27,23 @@ import keras
 import tensorflow as tf
 
 from pattern_keras import graph as _graph
+from pattern_keras.layers.attention import bilinear_product
 from pattern_keras.layers.core import LinearPart, Op, simple_builder
 
 __all__ = ["contraction", "signal_product"]
 
 
 def signal_product(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
-    """A contraction of two signals (``matmul(q, k)``, ``Dot()([a, b])``).
-
-    Hook for attention (issue 20, item 4): such a product is linear in one operand where the
-    other is held constant per sample, which is what the attention weights (a softmax output)
-    are; whether an operand comes from a softmax is known once the whole program is (as for
-    :func:`~pattern_keras.layers.elementwise.resolve_products`). Until attention supplies that
-    rule, every product of two signals is refused here, by name.
-    """
-    raise ValueError(
-        f"{_what(node)} '{node.key}' of class {type(node.layer).__name__} multiplies two "
-        "tensors of the model (a product of two signals, as queries × keys or attention "
-        "weights × values): it is linear in neither, and pattern_keras has no backward rule "
-        "for it. A contraction of one tensor with a constant or a weight is supported."
-    )
+    """A contraction of two signals (``matmul(q, k)``, ``Dot()([a, b])``): a bilinear op (see
+    :func:`~pattern_keras.layers.attention.bilinear_product`). A ``Dot`` that normalizes its
+    inputs (cosine proximity) is linear in neither and refused, by name."""
+    if getattr(node.layer, "normalize", False):
+        raise ValueError(
+            f"{_what(node)} '{node.key}' of class {type(node.layer).__name__} takes the dot "
+            "product of two normalized tensors (normalize=True): it is linear in neither, and "
+            "pattern_keras has no backward rule for it."
+        )
+    return bilinear_product(node, x_shape)
 
 
 def _what(node: _graph.CallNode) -> str:
