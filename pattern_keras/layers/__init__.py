@@ -4,9 +4,9 @@ Every call of a layer becomes one or more :class:`Op` objects of a small set of 
 backward rules are chosen per kind, never per layer class:
 
 ``"linear"``
-    A kernel applied linearly, plus a bias (Dense, Conv1D/2D/3D, DepthwiseConv, the two halves of a
-    SeparableConv, ConvTranspose, and ``keras.ops.matmul``/``dot``/``einsum`` of a tensor with a
-    constant shaped like a kernel). Carries a :class:`LinearPart`. A fused activation
+    A kernel applied linearly, plus a bias (Dense, EinsumDense, Conv1D/2D/3D, DepthwiseConv, the
+    two halves of a SeparableConv, ConvTranspose, and ``keras.ops.matmul``/``dot``/``einsum`` of
+    a tensor with a constant shaped like a kernel). Carries a :class:`LinearPart`. A fused activation
     (``Dense(..., activation="relu")``) becomes a separate ``"activation"`` op after it.
 ``"affine"``
     A map that is affine in its input for LRP and the pattern methods: an elementwise scale and
@@ -14,13 +14,17 @@ backward rules are chosen per kind, never per layer class:
     constant arithmetic such as ``x * c`` or ``x + 3.0`` written as graph ops), and the
     normalizers with a per-sample scale (Layer-, Group-, RMS- and UnitNormalization), whose op
     carries ``held``: its forward pass with that scale held constant per sample (a linear map),
-    which LRP, DeConvNet, Guided BackProp and the pattern methods differentiate.
+    which LRP, DeConvNet, Guided BackProp and the pattern methods differentiate. Also attention:
+    ``dot_product_attention`` and a product of two tensors (``bilinear``), whose held operands
+    (``held_inputs``: the attention weights; queries and keys) receive no signal from those
+    analyzers (see :func:`~pattern_keras.layers.attention.resolve_attention`).
 ``"activation"``
     An elementwise nonlinearity: ``"relu"`` (ReLU, ReLU6, ``ReLU(max_value=...)``), ``"linear"``,
     the *gating* activations ``f(z) = z·g(z)`` (``leaky_relu``, ``prelu``, ``elu``, ``selu``,
     ``silu`` = swish, ``hard_silu`` = hard_swish, ``gelu``, ``tanh``; the op carries ``gate``),
-    the other activations ``sigmoid``, ``softplus``, ``hard_sigmoid``, ``"softmax"`` (only as the
-    model's last op, where it is stripped, as is a final ``sigmoid``), and ``"product"``: a
+    the other activations ``sigmoid``, ``softplus``, ``hard_sigmoid``, ``"softmax"`` (as the
+    model's last op, where it is stripped, as is a final ``sigmoid``, or as held attention
+    weights), and ``"product"``: a
     Multiply of two tensors whose second input is a gate computed from (or broadcast onto) the
     first (``x·sigmoid(x)``, squeeze-and-excitation); see :func:`resolve_products`.
 ``"max_pool"``
@@ -58,7 +62,8 @@ kinds), :mod:`~pattern_keras.layers.linear` (Dense, convolutions),
 inference), :mod:`~pattern_keras.layers.shape` (data movement),
 :mod:`~pattern_keras.layers.reduction` (means, sums, maxima, adaptive pooling),
 :mod:`~pattern_keras.layers.resampling`, :mod:`~pattern_keras.layers.contraction` (matmul,
-dot, einsum), :mod:`~pattern_keras.layers.refused` (classes refused by name) and
+dot, einsum), :mod:`~pattern_keras.layers.attention` (``dot_product_attention``, the hold
+analysis), :mod:`~pattern_keras.layers.refused` (classes refused by name) and
 :mod:`~pattern_keras.layers.registry` (which builder a layer class gets).
 """
 
