@@ -87,10 +87,6 @@ class CallNode:
     inside : bool
         The node was traced from inside a looked-into ``call`` (where graph operations such
         as ``x + y`` get new automatic names at every trace).
-    argument_names : tuple of str
-        For each input, the name of the call argument it is (or is part of): ``("query",
-        "key", "value", "mask")`` for ``dot_product_attention(q, k, v, mask=m)``. ``()`` where
-        it cannot be told.
     """
 
     key: str
@@ -104,7 +100,6 @@ class CallNode:
     unreadable: str | None = None
     constant: bool = False
     inside: bool = False
-    argument_names: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(eq=False)
@@ -194,29 +189,6 @@ def call_has_training_arg(layer: Any) -> bool:
 def causal_padding(layer: Any) -> list[list[int]]:
     """The explicit padding a causal ``Conv1D`` applies before its 'valid' convolution."""
     return layer._compute_causal_padding()
-
-
-def _argument_names(node: Any) -> tuple[str, ...]:
-    """The call argument each of ``node``'s input tensors fills (see ``CallNode``)."""
-    try:
-        params = list(inspect.signature(node.operation.call).parameters)
-    except (TypeError, ValueError):  # pragma: no cover - a call without a signature
-        return ()
-    args, kwargs = node.arguments.args, node.arguments.kwargs
-    named = [
-        (params[i] if i < len(params) else f"args[{i}]", value) for i, value in enumerate(args)
-    ]
-    # The order of Node.input_tensors: flatten((args, kwargs)), a dict's keys sorted.
-    named += [(k, kwargs[k]) for k in sorted(kwargs)]
-    names, tensors = [], []
-    for name, value in named:
-        for t in keras.tree.flatten(value):
-            if isinstance(t, keras.KerasTensor):
-                names.append(name)
-                tensors.append(t)
-    if [id(t) for t in tensors] != [id(t) for t in node.input_tensors]:
-        return ()
-    return tuple(names)
 
 
 def _node_caller(node: Any) -> Callable[[Sequence[Any]], list[Any]]:
@@ -453,7 +425,6 @@ class _Tracer:
                 unreadable=unreadable,
                 constant=constant,
                 inside=self._depth > 0,
-                argument_names=_argument_names(node),
             )
         )
         return out_slots

@@ -51,13 +51,12 @@ def dot_product_attention(node: _graph.CallNode, x_shape: Sequence[Any]) -> list
     ``MultiHeadAttention`` computes without dropout): exact forward; linear in ``value`` with
     the attention weights held, so rule-based analyzers send nothing to the queries, keys,
     bias or mask."""
-    names = node.argument_names
-    if names.count("value") != 1:
+    value = _value_position(node)
+    if value is None:
         raise ValueError(
             f"Operation '{node.key}' (dot_product_attention): cannot tell which of its "
-            f"{len(node.inputs)} input tensors is the value (arguments {names or 'unknown'})."
+            f"{len(node.inputs)} input tensors is the value."
         )
-    value = names.index("value")
     op = Op(
         key=node.key,
         kind="affine",
@@ -69,6 +68,16 @@ def dot_product_attention(node: _graph.CallNode, x_shape: Sequence[Any]) -> list
     )
     op.held = _held_forward(op, node.call)
     return [op]
+
+
+def _value_position(node: _graph.CallNode) -> int | None:
+    """The position in ``node.inputs`` of ``dot_product_attention``'s ``value`` argument."""
+    arguments = _graph.call_arguments(node)
+    if arguments is None:
+        return None
+    args, kwargs = arguments
+    tagged = args[2] if len(args) > 2 else kwargs.get("value")
+    return tagged[1] if tagged is not None and tagged[0] == "input" else None
 
 
 def bilinear_product(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
