@@ -375,16 +375,20 @@ def test_multi_head_attention_against_tape_and_held_model(dropout, mask):
     assert_close(pattern_net.analyze(x, selection), y_held[:, None, None] * grad, PASS)
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.1])
-def test_padded_positions_change_no_explanation(dropout):
-    """With a padding mask (attention and pooling), every analyzer gives exactly 0 at padded
-    tokens, and at the others what it gives for the same sequence without its padding."""
-    model, _ = mha_model(dropout, "padding")
+def test_padded_positions_change_no_explanation():
+    """With a padding mask (attention and pooling), the analyzers give exactly 0 at padded
+    tokens, and at the others what they give for the same sequence without its padding. (The
+    einsum path with a masked Softmax is checked against the held model above.)"""
+    model, _ = mha_model(0.0, "padding")
     x = padded_inputs(seed=10)
     fitted = pk.PatternAttribution(model).fit(padded_inputs(seed=11, n=16), verbose=0)
-    analyzers = [pk.Gradient(model), pk.LRPZ(model), fitted]
-    if dropout == 0.0:
-        analyzers += [pk.LRPAlpha2Beta1(model), pk.GuidedBackprop(model)]
+    analyzers = [
+        pk.Gradient(model),
+        pk.LRPZ(model),
+        fitted,
+        pk.LRPAlpha2Beta1(model),
+        pk.GuidedBackprop(model),
+    ]
     for analyzer in analyzers:
         padded = analyzer.analyze(x)
         name = type(analyzer).__name__
