@@ -17,7 +17,7 @@ import tensorflow as tf
 
 import pattern_keras as pk
 from pattern_keras import engine
-from tests.conftest import PASS, assert_close
+from conftest import PASS, assert_close
 
 L = keras.layers
 ops = keras.ops

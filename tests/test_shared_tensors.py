@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 import pattern_keras as pk
-from tests.conftest import PASS, assert_close
+from conftest import PASS, assert_close
 
 L = keras.layers
 
