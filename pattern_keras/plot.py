@@ -775,7 +775,18 @@ class TokenScores:
         return f"TokenScores({len(self.pieces)} example(s))"
 
     def save(self, path: str | os.PathLike) -> str:
-        """Write a standalone HTML page; returns the path."""
+        """Write a standalone HTML page (parent folders created).
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file to write (replaced if it exists).
+
+        Returns
+        -------
+        str
+            The path written.
+        """
         path = os.fspath(path)
         parent = os.path.dirname(path)
         if parent:

@@ -69,12 +69,37 @@ def relu_text():
     return model, cut, embed, tok, pos, ids, train
 
 
-def _construct(cls, model, **kwargs):
+@pytest.fixture(scope="module")
+def fitted_patterns(relu_text):
+    """Patterns of the text model and of the cut model, fitted on the same sequences."""
+    model, cut, embed, *_, train = relu_text
+    return (
+        pk.PatternNet(model).fit(train, verbose=0).patterns,
+        pk.PatternNet(cut).fit(embed.predict(train, verbose=0), verbose=0).patterns,
+    )
+
+
+def _light(cls, model, data=None, **kwargs):
+    """``cls(model)`` with few path points / noisy copies; pattern methods fitted on ``data``
+    (PatternAttribution reusing PatternNet's fit of the same model)."""
+    if cls is pk.IntegratedGradients:
+        kwargs.setdefault("steps", 8)
+    if cls is pk.SmoothGrad:
+        kwargs.setdefault("samples", 4)
+    if cls.needs_patterns and "patterns" not in kwargs:
+        cached = _light.cache.get(id(model))
+        if cached is None or cached[0] is not model:  # the model is kept: its id stays its own
+            cached = (model, pk.PatternNet(model).fit(data, verbose=0).patterns)
+            _light.cache[id(model)] = cached
+        kwargs["patterns"] = cached[1]
     return cls(model, **kwargs)
 
 
+_light.cache = {}
+
+
 @pytest.mark.parametrize("cls", EVERY_ANALYZER, ids=lambda c: c.__name__)
-def test_per_token_and_full_maps_equal_the_cut_model(relu_text, cls):
+def test_per_token_and_full_maps_equal_the_cut_model(relu_text, fitted_patterns, cls):
     model, cut, embed, tok, pos, ids, train = relu_text
     vectors = embed.predict(ids, verbose=0)
     table = tok.embeddings.numpy()
@@ -82,17 +107,13 @@ def test_per_token_and_full_maps_equal_the_cut_model(relu_text, cls):
     if cls is pk.DeepTaylor:  # the box: the table's range at the token, positions kept
         cut_kwargs = dict(low=pos + table.min(0), high=pos + table.max(0))
     if cls is pk.IntegratedGradients:  # zero token vectors, positions kept
-        text_kwargs = cut_kwargs = dict(steps=16)
-        cut_kwargs = dict(cut_kwargs, baseline=pos)
-    if cls is pk.SmoothGrad:
-        text_kwargs = cut_kwargs = dict(samples=8)
-    text_analyzer = cls(model, **text_kwargs)
-    cut_analyzer = cls(cut, **cut_kwargs)
+        cut_kwargs = dict(baseline=pos)
     tolerance = PASS
-    if text_analyzer.needs_patterns:
-        text_analyzer.fit(train, verbose=0)
-        cut_analyzer.fit(embed.predict(train, verbose=0), verbose=0)
+    if cls.needs_patterns:
+        text_kwargs, cut_kwargs = (dict(patterns=p) for p in fitted_patterns)
         tolerance = STATISTICS
+    text_analyzer = _light(cls, model, **text_kwargs)
+    cut_analyzer = _light(cls, cut, **cut_kwargs)
     full = text_analyzer.analyze(ids, per_token=False, verbose=0)
     expected = cut_analyzer.analyze(vectors, verbose=0)
     assert full.shape == (len(ids), T, D)
@@ -224,12 +245,7 @@ def image_models():
 @pytest.mark.parametrize("cls", EVERY_ANALYZER, ids=lambda c: c.__name__)
 def test_uint8_image_model_gives_the_float_models_explanation(image_models, cls):
     integer, floating, x = image_models
-    kwargs = {"steps": 8} if cls is pk.IntegratedGradients else {}
-    kwargs = {"samples": 8} if cls is pk.SmoothGrad else kwargs
-    a, b = cls(integer, **kwargs), cls(floating, **kwargs)
-    if a.needs_patterns:
-        a.fit(x, verbose=0)
-        b.fit(x.astype("float32"), verbose=0)
+    a, b = _light(cls, integer, x), _light(cls, floating, x.astype("float32"))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no zero explanation
         result = a.analyze(x, verbose=0)
@@ -288,9 +304,7 @@ def test_mask_zero_replay_and_padding_changes_no_explanation():
     replay = engine.forward(program, [tf.constant(padded)])[program.output]
     assert_close(replay.numpy(), model(padded).numpy(), PASS)
     for cls in EVERY_ANALYZER:
-        analyzer = cls(model)
-        if analyzer.needs_patterns:
-            analyzer.fit(padded, verbose=0)
+        analyzer = _light(cls, model, padded)
         full = analyzer.analyze(padded, per_token=False, verbose=0)
         np.testing.assert_array_equal(full[:, 4:], 0, err_msg=cls.__name__)
         if cls is not pk.SmoothGrad:  # its noise depends on the whole sample's range
@@ -323,9 +337,7 @@ def _check_padded_ids_change_nothing(model):
     replay = engine.forward(program, [tf.constant(ids), tf.constant(mask)])[program.output]
     assert_close(replay.numpy(), model([ids, mask]).numpy(), PASS)
     for cls in EVERY_ANALYZER:
-        analyzer = cls(model)
-        if analyzer.needs_patterns:
-            analyzer.fit([ids, mask], verbose=0)
+        analyzer = _light(cls, model, [ids, mask])
         first = analyzer.analyze([ids, mask], verbose=0)
         assert first[1] is None, cls.__name__  # the mask is not explained
         np.testing.assert_array_equal(first[0][:, 4:], 0, err_msg=cls.__name__)
