@@ -16,9 +16,15 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
-
-__all__ = ["TEXT_EXTENSIONS", "is_text", "read_lines", "model_inputs", "analyze_text"]
+__all__ = [
+    "TEXT_EXTENSIONS",
+    "TextInputError",
+    "is_text",
+    "planned_outputs",
+    "read_lines",
+    "model_inputs",
+    "analyze_text",
+]
 
 #: Files read as text, one example per line.
 TEXT_EXTENSIONS = (".txt",)
@@ -31,6 +37,18 @@ class TextInputError(ValueError):
 def is_text(path: str) -> bool:
     """Whether ``path`` is a text file of examples."""
     return os.path.isfile(path) and path.lower().endswith(TEXT_EXTENSIONS)
+
+
+def _arrays_name(n_methods: int) -> str:
+    return "explanations.npy" if n_methods == 1 else "explanations.npz"
+
+
+def planned_outputs(folder: str, n_methods: int) -> list[str]:
+    """Every file :func:`analyze_text` writes in ``folder``."""
+    return [
+        os.path.join(folder, name)
+        for name in ("tokens.csv", "tokens.html", _arrays_name(n_methods))
+    ]
 
 
 def read_lines(path: str) -> list[str]:
@@ -46,9 +64,11 @@ def read_lines(path: str) -> list[str]:
     return lines
 
 
-def model_inputs(model: Any, lines: list[str]) -> tuple[list[np.ndarray], Any]:
+def model_inputs(model: Any, lines: list[str]) -> tuple[list[Any], Any]:
     """The model's inputs for ``lines``, in ``model.inputs`` order, from its preprocessor; and
     the preprocessor."""
+    import numpy as np
+
     preprocessor = getattr(model, "preprocessor", None)
     if preprocessor is None:
         raise TextInputError(
@@ -86,7 +106,7 @@ def analyze_text(
     model: Any,
     build_analyzers: Callable[[Any], Mapping[str, Any]],
     say: Callable[[str], None],
-) -> dict[str, np.ndarray]:
+) -> dict[str, Any]:
     """Explain every line of ``args.inputs`` with every analyzer; write the CSV, the HTML and
     the arrays to ``args.output``.
 
@@ -107,6 +127,8 @@ def analyze_text(
     dict
         ``{method: (n, T) scores}``.
     """
+    import numpy as np
+
     from pattern_keras import plot
 
     lines = read_lines(args.inputs)
@@ -114,7 +136,7 @@ def analyze_text(
     names = [t.name for t in model.inputs]
     mask = x[names.index("padding_mask")].astype(bool) if "padding_mask" in names else None
     analyzers = build_analyzers(model)
-    scores: dict[str, np.ndarray] = {}
+    scores: dict[str, Any] = {}
     token_index = None
     for method, analyzer in analyzers.items():
         token_index = _token_input(analyzer)
@@ -140,14 +162,22 @@ def analyze_text(
             + "<hr>".join(pages)
             + "</body></html>"
         )
+    arrays = os.path.join(args.output, _arrays_name(len(scores)))
     if len(scores) == 1:
-        np.save(os.path.join(args.output, "explanations.npy"), next(iter(scores.values())))
+        np.save(arrays, next(iter(scores.values())))
     else:
-        np.savez(os.path.join(args.output, "explanations.npz"), **scores)
+        np.savez(arrays, **scores)
+    from pattern_keras import _cli_output
+
+    _cli_output.record_outputs(planned_outputs(args.output, len(scores)))
+    shapes = ", ".join(f"{m} {s.shape}" for m, s in scores.items())
+    say(f"Wrote tokens.csv, tokens.html and {os.path.basename(arrays)} ({shapes}) to {args.output}")
     return scores
 
 
-def _write_csv(path: str, ids, shown, scores: Mapping[str, np.ndarray], preprocessor) -> None:
+def _write_csv(path: str, ids, shown, scores: Mapping[str, Any], preprocessor) -> None:
+    import numpy as np
+
     from pattern_keras.plot import _piece_lookup
 
     piece = _piece_lookup(preprocessor)

@@ -168,3 +168,42 @@ def test_analyze_text_needs_a_preprocessor(tmp_path):
     empty.write_text("\n  \n", encoding="utf-8")
     with pytest.raises(_cli_text.TextInputError, match="holds no text"):
         _cli_text.read_lines(str(empty))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("keras_hub") is None, reason="needs keras-hub")
+def test_command_line_analyzes_a_text_file_with_a_saved_keras_hub_classifier(tmp_path):
+    """A tiny BertTextClassifier saved with its preprocessor; one example per line."""
+    import keras_hub
+
+    from pattern_keras import cli
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "was", "great", "bad"]
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocab)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=8)
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(vocab),
+        num_layers=1,
+        num_heads=1,
+        hidden_dim=4,
+        intermediate_dim=8,
+        max_sequence_length=8,
+    )
+    classifier = keras_hub.models.BertTextClassifier(backbone, 2, preprocessor=preprocessor)
+    path = str(tmp_path / "classifier.keras")
+    classifier.save(path)
+    lines = ["the movie was great", "the movie was bad"]
+    (tmp_path / "reviews.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = str(tmp_path / "out")
+    argv = ["analyze", path, str(tmp_path / "reviews.txt"), "-m", "gradient", "-o", out, "-q"]
+    assert cli.main(argv) == 0
+    with open(os.path.join(out, "tokens.csv"), encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert [r[3] for r in rows[1:7]] == ["[CLS]", "the", "movie", "was", "great", "[SEP]"]
+    assert len(rows) == 1 + 12  # six pieces a line, padding left out
+    x = preprocessor(lines)
+    expected = pk.Gradient(classifier).analyze([x[t.name] for t in classifier.inputs], verbose=0)
+    assert expected[0] is None and expected[1] is None  # padding mask, segment ids
+    scores = np.load(os.path.join(out, "explanations.npy"))
+    assert_close(scores, expected[2], PASS)
+    assert float(rows[1][4]) == pytest.approx(float(scores[0, 0]), rel=1e-5)
