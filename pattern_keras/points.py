@@ -158,6 +158,16 @@ def find_points(program: Any) -> list[ExplainedPoint]:
     """The explained point of every model input; inserts the casts of ``"cast"`` points into
     ``program.ops`` (and rewires the float ops reading the integer input to the cast).
 
+    Parameters
+    ----------
+    program : engine.Program
+        Pruned, with ``shapes``, ``dtypes`` and ``masks`` of its slots.
+
+    Returns
+    -------
+    list of ExplainedPoint
+        One per model input, in input order.
+
     Raises
     ------
     ValueError
@@ -290,7 +300,18 @@ def _share_summed_points(points: list[ExplainedPoint]) -> None:
 
 def live_ops(program: Any, slots: list[int]) -> list[Op]:
     """The ops, in order, that read a tensor computed from ``slots``: the only ones a backward
-    pass to those slots needs to visit."""
+    pass to those slots needs to visit.
+
+    Parameters
+    ----------
+    program : engine.Program
+    slots : list of int
+        The explained points.
+
+    Returns
+    -------
+    list of Op
+    """
     live = set(slots)
     kept = []
     for op in program.ops:

@@ -78,7 +78,8 @@ class Analyzer:
         if self._program.captures:
             self._built_weights_checksum = WeightsChecksum(model)
             self._built_weights = self._built_weights_checksum()
-        self._compiled: dict[bool, Any] = {}
+        self._compiled = None
+        self._compiled_region = None
         shape = self._program.output_shape
         if shape is None or any(d is None for d in shape[1:]):
             raise ValueError(
@@ -207,7 +208,7 @@ class Analyzer:
     def _compiled_fn(self, region: bool = False):
         """The compiled pass; ``region``: the selection is output-shaped weights ``(n,
         outputs)`` instead of one index per sample."""
-        if region not in self._compiled:
+        if (self._compiled_region if region else self._compiled) is None:
             selection = (
                 tf.TensorSpec((None, self.num_outputs), tf.float32)
                 if region
@@ -223,15 +224,19 @@ class Analyzer:
             # A partial (no __code__) makes TensorFlow count each analyzer's traces on their
             # own: every analyzer traces once, which is not the "frequent retracing" it warns of.
             # No AutoGraph: the pass has no tensor-dependent Python control flow to convert.
-            self._compiled[region] = tf.function(
+            compiled = tf.function(
                 functools.partial(type(self)._explain_batch, self),
                 input_signature=signature,
                 autograph=False,
             )
-        return self._compiled[region]
+            if region:
+                self._compiled_region = compiled
+            else:
+                self._compiled = compiled
+        return self._compiled_region if region else self._compiled
 
     def _reset_compiled(self) -> None:
-        self._compiled = {}
+        self._compiled = self._compiled_region = None
 
     # -- the public API --------------------------------------------------------------------
 
