@@ -6,10 +6,14 @@ class-carrying signal plus distractors that carry no class information but overl
 spatially and are louder than it. A good explanation recovers the signal direction ``a_s``; a
 naive one (the gradient, i.e. the classifier's weights) is bent away from it by the distractors.
 
+``signal_distractor_tokens`` is the same model for sequences: every token is a feature vector,
+a class-carrying signal direction sits at a few positions of each sequence, under louder
+distractors that share one amplitude over the whole sequence and overlap the signal's direction.
+
 ``load_digits`` wraps scikit-learn's bundled 8×8 digits, the only natural images that install
 with a package on an offline machine.
 
-Conventions: images are channels_last, ``(n, H, W, 1)``, float32.
+Conventions: images are channels_last, ``(n, H, W, 1)``, float32; sequences ``(n, T, d)``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SignalDistractorData", "signal_distractor", "load_digits"]
+__all__ = [
+    "SignalDistractorData",
+    "signal_distractor",
+    "TokenSignalDistractorData",
+    "signal_distractor_tokens",
+    "load_digits",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -207,6 +217,168 @@ def _distractor_patterns(
             pattern = np.cos(2 * np.pi * along / period)
         patterns[index] = scale * pattern / np.abs(pattern).max()
     return patterns
+
+
+@dataclass(frozen=True, eq=False)
+class TokenSignalDistractorData:
+    """One draw of the token-sequence signal/distractor model (see
+    :func:`signal_distractor_tokens`).
+
+    Attributes
+    ----------
+    x : np.ndarray, shape (n, T, d), float32
+        The sequences ``signal + distractors + noise``.
+    labels : np.ndarray, shape (n,), int64
+        Class of each sequence, 0 or 1.
+    signal : np.ndarray, shape (n, T, d), float32
+        The true signal: ``a_s·y`` at the signal positions, 0 elsewhere.
+    signal_direction : np.ndarray, shape (d,), float32
+        ``a_s``, of unit norm.
+    distractor_patterns : np.ndarray, shape (k, T, d), float32
+        ``p_k(t)·a_dk``: a profile over positions times a direction.
+    support : np.ndarray, shape (n, T), bool
+        The signal positions of each sequence.
+    signal_amplitude : np.ndarray, shape (n,), float64
+        ``y = (2·label − 1)·u``, ``u ~ U[0.5, 1.5]``.
+    distractor_amplitude : np.ndarray, shape (n, k), float64
+        ``ε``, independent standard normal, independent of the labels.
+    """
+
+    x: np.ndarray
+    labels: np.ndarray
+    signal: np.ndarray
+    signal_direction: np.ndarray
+    distractor_patterns: np.ndarray
+    support: np.ndarray
+    signal_amplitude: np.ndarray
+    distractor_amplitude: np.ndarray
+
+
+def signal_distractor_tokens(
+    n: int,
+    length: int = 16,
+    dim: int = 8,
+    signal_tokens: int = 3,
+    n_distractors: int = 2,
+    noise: float = 0.05,
+    seed: int = 0,
+    correlation: float = 0.6,
+    distractor_scale: float = 2.0,
+    pattern_seed: int = 0,
+) -> TokenSignalDistractorData:
+    """Token sequences with a class-carrying signal at a few positions, under louder
+    distractors.
+
+    Each sequence is ``x[t] = a_s·y·[t ∈ S] + Σ_k ε_k·p_k(t)·a_dk + σ·η[t]`` where
+
+    - ``a_s ∈ R^d`` (the signal direction) is a fixed unit vector;
+    - ``S`` is a set of ``signal_tokens`` positions drawn uniformly for each sequence (the
+      signal is anywhere, as a keyword is);
+    - ``y = (2·label − 1)·u``, ``label ~ Bernoulli(0.5)``, ``u ~ U[0.5, 1.5]``;
+    - ``a_dk`` (the distractor directions) have norm ``distractor_scale`` and cosine
+      ``correlation`` with ``a_s`` (they overlap the signal's direction);
+    - ``p_k(t) = 1 + ½·cos(2π·f_k·t/T + φ_k)`` is a smooth profile over positions, never 0, so
+      each distractor is present at the signal's positions, with one amplitude
+      ``ε_k ~ N(0, 1)`` per sequence (the other positions tell its value);
+    - ``η ~ N(0, I)`` per position, ``σ = noise``.
+
+    Parameters
+    ----------
+    n : int
+        Number of sequences, ``n >= 1``.
+    length, dim : int
+        ``T`` positions of ``d`` features each (``T >= signal_tokens``, ``d >= 2``).
+    signal_tokens : int
+        Positions carrying the signal in each sequence (``1 <= signal_tokens <= T``).
+    n_distractors : int
+        Number ``k >= 0`` of distractors.
+    noise : float
+        ``σ >= 0``.
+    seed : int
+        Seed of the samples (labels, amplitudes, positions, noise).
+    correlation : float
+        Cosine between each distractor direction and ``a_s``, in [0, 1).
+    distractor_scale : float
+        Norm of each distractor direction (the signal's is 1).
+    pattern_seed : int
+        Seed of ``a_s``, the distractor directions and profiles, kept apart from ``seed`` so
+        that training and test sets share them.
+
+    Returns
+    -------
+    TokenSignalDistractorData
+
+    Examples
+    --------
+    >>> data = signal_distractor_tokens(100, seed=1)
+    >>> data.x.shape, int(data.support[0].sum())
+    ((100, 16, 8), 3)
+    """
+    _check_token_arguments(n, length, dim, signal_tokens, n_distractors, noise, correlation)
+    if not distractor_scale > 0:
+        raise ValueError(f"distractor_scale must be > 0; received {distractor_scale!r}.")
+    direction, patterns = _token_patterns(
+        length, dim, n_distractors, correlation, distractor_scale, pattern_seed
+    )
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=n).astype(np.int64)
+    amplitude = (2 * labels - 1) * rng.uniform(0.5, 1.5, size=n)
+    support = np.zeros((n, length), bool)
+    for row in support:
+        row[rng.choice(length, size=signal_tokens, replace=False)] = True
+    epsilon = rng.standard_normal((n, n_distractors))
+    token_noise = noise * rng.standard_normal((n, length, dim))
+
+    signal = amplitude[:, None, None] * support[..., None] * direction
+    distractors = np.tensordot(epsilon, patterns, axes=1)
+    x = signal + distractors + token_noise
+    return TokenSignalDistractorData(
+        x=x.astype(np.float32),
+        labels=labels,
+        signal=signal.astype(np.float32),
+        signal_direction=direction.astype(np.float32),
+        distractor_patterns=patterns.astype(np.float32),
+        support=support,
+        signal_amplitude=amplitude,
+        distractor_amplitude=epsilon,
+    )
+
+
+def _check_token_arguments(n, length, dim, signal_tokens, n_distractors, noise, correlation):
+    if int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive integer; received {n!r}.")
+    if int(length) != length or length < 1 or int(dim) != dim or dim < 2:
+        raise ValueError(f"length must be >= 1 and dim >= 2; received {length!r}, {dim!r}.")
+    if int(signal_tokens) != signal_tokens or not 1 <= signal_tokens <= length:
+        raise ValueError(
+            f"signal_tokens must be an integer in [1, length={length}]; received {signal_tokens!r}."
+        )
+    if int(n_distractors) != n_distractors or n_distractors < 0:
+        raise ValueError(f"n_distractors must be an integer >= 0; received {n_distractors!r}.")
+    if not noise >= 0:
+        raise ValueError(f"noise must be >= 0; received {noise!r}.")
+    if not 0 <= correlation < 1:
+        raise ValueError(f"correlation must be in [0, 1); received {correlation!r}.")
+
+
+def _token_patterns(
+    length: int, dim: int, k: int, correlation: float, scale: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``a_s`` (d,) of unit norm and the distractor patterns (k, T, d)."""
+    rng = np.random.default_rng(seed)
+    direction = rng.standard_normal(dim)
+    direction /= np.linalg.norm(direction)
+    positions = np.arange(length)
+    patterns = np.empty((k, length, dim))
+    for index in range(k):
+        other = rng.standard_normal(dim)
+        other -= other @ direction * direction  # orthogonal to a_s, then mixed in
+        other /= np.linalg.norm(other)
+        along = correlation * direction + np.sqrt(1 - correlation**2) * other
+        frequency, phase = rng.uniform(0.5, 1.5), rng.uniform(0, 2 * np.pi)
+        profile = 1.0 + 0.5 * np.cos(2 * np.pi * frequency * positions / length + phase)
+        patterns[index] = profile[:, None] * (scale * along)[None, :]
+    return direction, patterns
 
 
 def load_digits(n_class: int = 10) -> tuple[np.ndarray, np.ndarray]:

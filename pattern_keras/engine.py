@@ -19,6 +19,7 @@ from typing import Any
 import tensorflow as tf
 
 from pattern_keras import graph as _graph
+from pattern_keras import points as _points
 from pattern_keras.layers import LinearPart, Op, ops_for_node, resolve_products
 from pattern_keras.layers.attention import resolve_attention
 from pattern_keras.layers.core import whole_call_op
@@ -63,6 +64,11 @@ class Program:
         :class:`~pattern_keras.graph.ModelGraph`): it must be rebuilt once they change.
     output_shape : tuple
         The model output's static shape (batch axis ``None``); a stripped softmax keeps it.
+    points : list of ExplainedPoint
+        Where each input is explained (:mod:`pattern_keras.points`): the input itself, the
+        float an integer input is cast to, the (summed) embedding vectors of ids, or nowhere.
+    shapes, dtypes : dict
+        Static shape and dtype name of every slot.
 
     Raises
     ------
@@ -107,8 +113,11 @@ class Program:
         )
         self.ops = ops
         shapes = {slot: spec[0] for slot, spec in zip(graph.inputs, graph.input_specs)}
+        self.dtypes = {slot: spec[1] for slot, spec in zip(graph.inputs, graph.input_specs)}
         for node in graph.nodes:
             shapes.update(zip(node.outputs, node.output_shapes))
+            self.dtypes.update(zip(node.outputs, node.output_dtypes))
+        self.shapes = shapes
         resolve_products(self.ops, shapes)
         if strip_softmax:
             self._strip_final_softmax()
@@ -118,6 +127,13 @@ class Program:
         # The hold analysis: what attention products hold, which ops a held pass reaches.
         self._reached_when_held = resolve_attention(self.ops, self.output)
         self._mark_rectified()
+        self.points = _points.find_points(self)
+        if all(p.slot is None for p in self.points):
+            raise ValueError(
+                f"Model '{model.name}' has no input that can be explained: "
+                + "; ".join(f"input {p.index}: {p.reason}" for p in self.points)
+                + "."
+            )
 
     # -- construction ----------------------------------------------------------------------
 
@@ -196,6 +212,12 @@ class Program:
     # -- introspection ---------------------------------------------------------------------
 
     @property
+    def explained_slots(self) -> list[int]:
+        """The slots at which the explained inputs are explained (see :mod:`pattern_keras.
+        points`), in input order, inputs that are not explained left out."""
+        return [p.slot for p in self.points if p.slot is not None]
+
+    @property
     def linear_ops(self) -> list[Op]:
         return [op for op in self.ops if op.kind == "linear"]
 
@@ -253,15 +275,32 @@ def _fold(part: LinearPart, affine: Callable[[], tuple[Any, Any, int]]) -> Linea
     )
 
 
-def forward(program: Program, inputs: Sequence[Any]) -> dict[int, Any]:
-    """Run the program; return every slot's tensor (inputs, intermediates, output)."""
+def forward(
+    program: Program, inputs: Sequence[Any], at: dict[int, Any] | None = None
+) -> dict[int, Any]:
+    """Run the program; return every slot's tensor (inputs, intermediates, output).
+
+    Parameters
+    ----------
+    program : Program
+    inputs : list of tensor
+        One per model input.
+    at : dict, optional
+        ``{slot: tensor}``: values that replace those slots' own (the explained points of the
+        path or noisy points of Integrated Gradients and SmoothGrad, the token embeddings of a
+        baseline); an op whose outputs are all replaced is not run.
+    """
+    at = at or {}
     values = dict(zip(program.inputs, inputs))
+    values.update(at)
     for op in program.ops:
+        if op.outputs and all(s in at for s in op.outputs):
+            continue
         for slot in op.inputs:
             if slot in program.masks:  # as Keras gives a layer its input's mask
                 _graph.attach_mask(values[slot], values[program.masks[slot]])
         outs = op.forward([values[s] for s in op.inputs])
-        values.update(zip(op.outputs, outs))
+        values.update((s, o) for s, o in zip(op.outputs, outs) if s not in at)
     return values
 
 
@@ -299,19 +338,24 @@ def forward_intervals(
     highs: Sequence[Any],
     where: Callable[[Op], bool],
     fixed: dict[int, Any] | None = None,
+    slots: Sequence[int] | None = None,
 ) -> dict[int, tuple[Any, Any]]:
-    """Elementwise bounds ``(low, high)`` of the input slots and of every slot computed from
-    them by ops that ``where(op)`` admits, each op run on both bounds of its inputs.
+    """Elementwise bounds ``(low, high)`` of ``slots`` (default: the input slots) and of every
+    slot computed from them by ops that ``where(op)`` admits, each op run on both bounds of its
+    inputs.
 
     Exact bounds for ops that are elementwise monotone in each input (padding, reshapes,
     pooling, adding, ReLU); used by deep Taylor decomposition for the box its bounded rule
     needs, up to the first linear layer. ``fixed`` gives slots whose value is the same at
     both bounds (a Keras mask computed from the sample: pooling averages over the same steps).
     """
-    bounds = {slot: (lo, hi) for slot, lo, hi in zip(program.inputs, lows, highs)}
+    slots = program.inputs if slots is None else slots
+    bounds = {slot: (lo, hi) for slot, lo, hi in zip(slots, lows, highs)}
     bounds.update({slot: (v, v) for slot, v in (fixed or {}).items()})
     for op in program.ops:
         if not where(op) or not all(s in bounds for s in op.inputs):
+            continue
+        if all(s in bounds for s in op.outputs):  # bounds given (an explained point) stay
             continue
         los = op.forward([bounds[s][0] for s in op.inputs])
         his = op.forward([bounds[s][1] for s in op.inputs])
@@ -350,10 +394,13 @@ def backward(
     Returns
     -------
     list of tensor
-        One signal per model input, shaped like it (zeros for an input the output ignores).
+        One signal per explained point (``program.explained_slots``), shaped like the tensor
+        there (zeros for an input the output ignores). Ops before the explained points (casts
+        of integer inputs, embedding lookups and their sums) are not visited.
     """
+    explained = program.explained_slots
     signals: dict[int, Any] = {program.output: seed}
-    for op in reversed(program.ops):
+    for op in reversed(_points.live_ops(program, explained)):
         if op.kind in ("index", "constant"):  # no signal crosses an integer or a constant
             continue
         upstream = [signals.pop(s, None) for s in op.outputs]
@@ -371,7 +418,7 @@ def backward(
             signals[slot] = g if slot not in signals else signals[slot] + g
         if renormalize and op.kind == "linear":
             signals = _renormalized(signals)
-    return [signals.get(s, tf.zeros_like(values[s])) for s in program.inputs]
+    return [signals.get(s, tf.zeros_like(values[s])) for s in explained]
 
 
 def _renormalized(signals: dict[int, Any]) -> dict[int, Any]:

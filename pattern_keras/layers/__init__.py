@@ -47,6 +47,11 @@ backward rules are chosen per kind, never per layer class:
 ``"constant"``
     A layer whose output does not depend on its inputs' values, only on their shape (a
     position table broadcast over the batch): computed in the replay, never visited backward.
+``"lookup"``
+    An embedding lookup: integer ids (``inputs[0]``) to float vectors, rows of a table
+    (Embedding, ``keras.ops.take(table, ids, axis=0)``). No signal crosses it backward; the
+    vectors it gives (summed with the position and segment embeddings added to them) are where
+    the ids input is explained (see :mod:`pattern_keras.points`).
 ``"opaque"``
     A layer without a rule whose computation could not be read (a subclassed model with Python
     control flow, a layer wrapping another framework): its own vector-Jacobian product is exact

@@ -34,6 +34,7 @@ KINDS = (
     "index",
     "constant",
     "opaque",
+    "lookup",
 )
 
 
@@ -275,6 +276,14 @@ class Op:
     refusal : str or None
         For ``kind == "opaque"``: why the layer has no rule (and could not be looked into), the
         message every analyzer but the gradient family refuses the model with.
+    table : callable or None
+        For ``kind == "lookup"``: returns the embedding table, ``(vocabulary, ...)``, whose rows
+        the ids (``inputs[0]``) pick; its ``vocabulary`` attribute is the number of rows
+        (:class:`~pattern_keras.layers.embedding.Table`).
+    index_inputs : tuple of int
+        Positions in ``inputs`` that are read as indices or masks (the indices of a gather, an
+        attention mask): never explained, so an integer model input read there is not cast to
+        a float explained point.
     """
 
     key: str
@@ -296,6 +305,8 @@ class Op:
     averages: bool = False
     plain_relu: bool = False
     refusal: str | None = None
+    table: Callable[[], Any] | None = None
+    index_inputs: tuple[int, ...] = ()
 
 
 #: A function building the ops of one call node: ``builder(node, input_shape) -> [Op, ...]``.

@@ -24,6 +24,7 @@ from pattern_keras.layers.attention import dot_product_attention
 from pattern_keras.layers.contraction import contraction, signal_product
 from pattern_keras.layers.core import Builder, Op, simple_builder, whole_call_op
 from pattern_keras.layers.elementwise import affine, arithmetic, identity, product
+from pattern_keras.layers.embedding import builders as embedding_builders
 from pattern_keras.layers.linear import conv_parts, dense_parts, einsum_dense_parts, linear_ops
 from pattern_keras.layers.normalization import (
     batch_norm,
@@ -278,6 +279,8 @@ def wrapped_layer(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
 
 _register_builtin()
 _register_round3()
+for _builder, _classes in embedding_builders():
+    _register(_builder, *_classes)
 
 _USER_KINDS = ("move", "sum", "max_pool", "relu", "linear_activation")
 
