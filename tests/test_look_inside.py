@@ -14,10 +14,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import PASS, assert_close
 
 import pattern_keras as pk
 from pattern_keras import engine
-from conftest import PASS, assert_close
 
 L = keras.layers
 ops = keras.ops
