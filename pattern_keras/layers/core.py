@@ -19,6 +19,8 @@ __all__ = [
     "LinearPart",
     "Op",
     "shared_kernels",
+    "read_kernels",
+    "kernels_in_loop",
     "simple_builder",
     "whole_call_op",
     "Builder",
@@ -34,6 +36,7 @@ KINDS = (
     "index",
     "constant",
     "opaque",
+    "recurrent",
 )
 
 
@@ -54,6 +57,29 @@ def shared_kernels():
     never across a loop body and the code outside it.
     """
     token = _KERNELS.set({})
+    try:
+        yield
+    finally:
+        _KERNELS.reset(token)
+
+
+def read_kernels(parts: Sequence[Any]) -> dict[int, tuple[Any, Any]]:
+    """The kernels of ``parts``, read here (through the :func:`shared_kernels` cache where it
+    is active): ``{id(part): (part, kernel tensor)}``, for :func:`kernels_in_loop`."""
+    return {id(p): (p, p.kernel) for p in parts}
+
+
+@contextlib.contextmanager
+def kernels_in_loop(kernels: dict[int, tuple[Any, Any]]):
+    """Within this block (a loop body), the parts of ``kernels`` give those tensors.
+
+    A kernel read inside a ``tf.while_loop`` body belongs to the body's graph: cached by an
+    enclosing :func:`shared_kernels` it would leak into code outside the loop. Read the
+    kernels before the loop (:func:`read_kernels`) and enter this block in the body: the
+    tensors are then captured by the loop, read once, and whatever else the body reads stays
+    in the body's own cache.
+    """
+    token = _KERNELS.set(dict(kernels))
     try:
         yield
     finally:
@@ -237,6 +263,10 @@ class Op:
     refusal : str or None
         For ``kind == "opaque"``: why the layer has no rule (and could not be looked into), the
         message every analyzer but the gradient family refuses the model with.
+    recurrent : Recurrence or None
+        For ``kind == "recurrent"``: the loop over time steps and its cell, a small program of
+        ops of the other kinds (see :mod:`pattern_keras.layers.recurrent`). The op's last
+        output is the per-step record that its backward rule reads.
     """
 
     key: str
@@ -256,6 +286,7 @@ class Op:
     averages: bool = False
     plain_relu: bool = False
     refusal: str | None = None
+    recurrent: Any = None
 
 
 #: A function building the ops of one call node: ``builder(node, input_shape) -> [Op, ...]``.

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from pattern_keras import _checks, engine
 from pattern_keras.layers import Op, shared_kernels
+from pattern_keras.layers.recurrent import cell_linear_ops, cell_values
 from pattern_keras.patterns.fingerprint import model_fingerprint
 from pattern_keras.patterns.lock import CheckpointLock
 from pattern_keras.patterns.statistics import (
@@ -111,7 +112,8 @@ class PatternComputer:
             if op.kind == "opaque":  # patterns serve analyzers that refuse such a model
                 raise ValueError(op.refusal)
         grouped: dict[str, list[Op]] = {}
-        for op in self.program.linear_ops:
+        # A recurrent layer's candidate kernels are linear ops inside its cell.
+        for op in cell_linear_ops(self.program.ops):
             grouped.setdefault(op.pattern_key, []).append(op)
         if not grouped:
             raise ValueError(
@@ -597,7 +599,7 @@ class _State:
         plans = self.computer.plans
 
         def moments():
-            values = engine.forward(self.computer.program, inputs)
+            values = _replayed(self.computer.program, inputs)
             return {key: self._op_moments(plan.ops[0], values) for key, plan in plans.items()}
 
         def nothing():
@@ -668,7 +670,7 @@ class _State:
                 return statistics()
 
         def statistics():
-            values = engine.forward(self.computer.program, inputs)
+            values = _replayed(self.computer.program, inputs)
             if not self._shifts_in_step:
                 return self._plan_sums(values, current())
 
@@ -901,6 +903,12 @@ class _State:
 
 # ----------------------------------------------------------------------------------------------
 # helpers
+
+
+def _replayed(program: engine.Program, inputs) -> dict[int, Any]:
+    """Every slot's value for a batch, with the inputs and outputs of the linear ops inside
+    recurrent layers' cells over all samples and unmasked steps (``cell_values``)."""
+    return cell_values(program.ops, engine.forward(program, inputs))
 
 
 def _statistics_dtype(z: Any) -> tf.DType:
