@@ -548,3 +548,17 @@ def test_steps_trace_once():
         graph = fn.get_concrete_function(*fn.input_signature).graph.as_graph_def()
         sizes.append(len(graph.node) + sum(len(f.node_def) for f in graph.library.function))
     assert sizes[0] == sizes[1]
+
+
+def test_a_cell_called_on_its_own_is_one_step(eagerly):
+    """``LSTMCell(x, [h, c])`` in a functional model: its ops as they are (no loop); the
+    gradient equals the tape, LRP-z conserves relevance over ``x``, ``h`` and ``c``."""
+    keras.utils.set_random_seed(3)
+    x, h, c = (keras.Input((n,)) for n in (FEATURES, UNITS, UNITS))
+    out, _ = L.LSTMCell(UNITS, use_bias=False, name="cell")(x, [h, c])
+    model = keras.Model([x, h, c], L.Dense(2, use_bias=False)(out))
+    xs = [normal((3,) + tuple(t.shape[1:]), i) for i, t in enumerate(model.inputs)]
+    check_gradient(model, xs)
+    relevance = pk.LRPZ(model).analyze(xs, verbose=0)
+    total = sum(r.sum(axis=1) for r in relevance)
+    assert_close(total, model(xs).numpy().max(axis=1), PASS)

@@ -64,6 +64,8 @@ __all__ = [
     "rnn_layer",
     "bidirectional",
     "time_distributed",
+    "cell_call",
+    "CELL_CLASSES",
     "cell_linear_ops",
     "cell_values",
     "RNN_CLASSES",
@@ -564,6 +566,8 @@ class Recurrence:
     state_inputs : tuple of int
         The positions of the initial states among the op's inputs (empty: zeros, or a stateful
         layer's current states).
+    one_step : bool
+        A cell called on its own: its input is one step ``(batch, ...)``, not a sequence.
     """
 
     key: str
@@ -575,6 +579,7 @@ class Recurrence:
     zero_output_for_mask: bool
     mask_input: int | None
     state_inputs: tuple[int, ...]
+    one_step: bool = False
 
     # -- forward ---------------------------------------------------------------------------
 
@@ -592,10 +597,15 @@ class Recurrence:
                 "sequences: explain and fit it in batches of exactly that size (batch_size="
                 f"{states[0].shape[0]}, and a number of samples divisible by it)."
             )
-            if not _REPEATED.get():
-                tf.debugging.assert_equal(batch, rows, message=message)
+            repeated = _REPEATED.get()
+            check = tf.debugging.assert_equal(
+                batch % rows if repeated else batch, 0 if repeated else rows, message=message
+            )
+            # Before the loop reads them (an assertion alone may run after the failing op).
+            with tf.control_dependencies([check] if check is not None else []):
+                states = [tf.identity(s) for s in states]
+            if not repeated:
                 return states
-            tf.debugging.assert_equal(batch % rows, 0, message=message)
             return [tf.tile(s, [batch // rows] + [1] * (len(s.shape) - 1)) for s in states]
         return [
             tf.zeros(tf.concat([[batch], tf.constant(shape, tf.int32)], 0), x.dtype)
@@ -614,6 +624,9 @@ class Recurrence:
         """The layer's outputs (``y``, then the final states with ``return_state``) and the
         step record."""
         cell = self.cell
+        xs = list(xs)
+        if self.one_step:
+            xs[0] = xs[0][:, None]
         x = xs[0]
         steps = tf.shape(x)[1]
         states = self._initial_states(xs, x)
@@ -753,7 +766,7 @@ class Recurrence:
         if self.go_backwards:
             g_sequence = tf.reverse(g_sequence, [0])
         downstream: list[Any] = [None] * len(inputs)
-        downstream[0] = _batch_major(g_sequence)
+        downstream[0] = g_sequence[0] if self.one_step else _batch_major(g_sequence)
         for position, g in zip(self.state_inputs, state_signals):
             downstream[position] = g
         return downstream
@@ -766,6 +779,9 @@ def _batch_major(t: Any) -> Any:
 # ----------------------------------------------------------------------------------------------
 # Builders: layer calls to ops
 
+
+#: The Keras cells that are read, called on their own too (one step).
+CELL_CLASSES = (L.SimpleRNNCell, L.LSTMCell, L.GRUCell, L.StackedRNNCells)
 
 #: The Keras RNN layer classes whose cells are read (RNN itself: of the cells below, stacked).
 RNN_CLASSES = (
@@ -818,8 +834,8 @@ def recurrence(key: str, layer: Any, x_shape, mask_input, state_inputs) -> Recur
     )
 
 
-def _refusal(key: str, layer: Any) -> str:
-    cells = ", ".join(type(c).__name__ for c in _unreadable_cells(layer.cell))
+def _refusal(key: str, layer: Any, cell: Any = None) -> str:
+    cells = ", ".join(type(c).__name__ for c in _unreadable_cells(cell or layer.cell))
     return (
         f"Layer '{key}' ({type(layer).__name__}) runs a cell that pattern_keras cannot read "
         f"({cells}): only the gradient family (Gradient, InputTimesGradient, "
@@ -900,7 +916,7 @@ def bidirectional(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
         y_slots.append(y)
     if merge is None:
         for y, out in zip(y_slots, node.outputs[:2]):
-            ops.append(_move(f"{node.key}/output", layer, (y,), (out,), lambda xs: [xs[0]]))
+            ops.append(_move(f"{node.key}/output", layer, (y,), (out,), _same))
         return ops
     merged = node.outputs[0]
     if merge == "concat":
@@ -948,6 +964,38 @@ def _flip_time(xs):
 
 def _concat(xs):
     return [tf.concat([xs[0], tf.cast(xs[1], xs[0].dtype)], axis=-1)]
+
+
+def cell_call(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
+    """A cell called on its own, ``cell(x, states) -> (output, new states)``: a recurrent op
+    of one step (the gates of its products are known: not left to ``resolve_products``)."""
+    layer = node.layer
+    if _unreadable_cells(layer):
+        return [whole_call_op(node, "opaque", refusal=_refusal(node.key, layer, layer))]
+    holder = type("_Holder", (), {"cell": layer})()  # build_cell reads ``layer.cell``
+    cell = build_cell(node.key, holder, tuple(x_shape))
+    if len(node.inputs) != len(cell.inputs):
+        raise ValueError(
+            f"Cell '{node.key}' ({type(layer).__name__}) is called with {len(node.inputs)} "
+            f"tensors; expected the step's input and {len(cell.states)} state(s)."
+        )
+    rec = Recurrence(
+        key=node.key,
+        layer=layer,
+        cell=cell,
+        go_backwards=False,
+        return_sequences=False,
+        return_state=True,
+        zero_output_for_mask=False,
+        mask_input=None,
+        state_inputs=tuple(range(1, len(node.inputs))),
+        one_step=True,
+    )
+    return [_recurrent_op(node.key, layer, rec, node.inputs, node.outputs)]
+
+
+def _same(xs):
+    return [xs[0]]
 
 
 def time_distributed(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:

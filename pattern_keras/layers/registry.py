@@ -31,7 +31,14 @@ from pattern_keras.layers.normalization import (
     rms_norm,
     unit_norm,
 )
-from pattern_keras.layers.recurrent import RNN_CLASSES, bidirectional, rnn_layer, time_distributed
+from pattern_keras.layers.recurrent import (
+    CELL_CLASSES,
+    RNN_CLASSES,
+    bidirectional,
+    cell_call,
+    rnn_layer,
+    time_distributed,
+)
 from pattern_keras.layers.reduction import (
     average_pool,
     elementwise_extremum,
@@ -94,6 +101,7 @@ def _register_builtin() -> None:
     )
     _register(product, L.Multiply)
     _register(rnn_layer, *RNN_CLASSES)
+    _register(cell_call, *CELL_CLASSES)
     _register(bidirectional, L.Bidirectional)
     _register(time_distributed, L.TimeDistributed)
     _register(simple_builder("sum"), L.Subtract)
