@@ -5,13 +5,17 @@ DeConvNet, written from the rule table without the library's engine.
 Each cell is written out as Keras computes it, and each backward pass as the README's rule
 table says a gated product, an activation, a sum and a linear map are crossed:
 
-=============  ==============================  ====================  ==================
-method         gated product ``s ⊙ gate``      tanh                  sum / linear map
-=============  ==============================  ====================  ==================
-LRP (z, ε)     all to ``s`` (signal-take-all)  passes                ``lrp_linear``
+=============  ==============================  ======================  ====================
+method         gated product ``s ⊙ gate``      tanh                    sum / linear map
+=============  ==============================  ======================  ====================
+LRP (z, ε)     all to ``s`` (signal-take-all)  passes                  ``lrp_linear``
 Guided BP      ``max(g·gate, 0)``              ``max(g·tanh(z)/z, 0)``  gradient
-DeConvNet      ``max(g, 0)``                   ``max(g, 0)``         gradient
-=============  ==============================  ====================  ==================
+DeConvNet      ``max(g, 0)``                   ``max(g, 0)``           gradient
+PatternNet     ``g·gate``                      ``g·tanh(z)/z``         passes / ``A₊``, ``A₋``
+=============  ==============================  ======================  ====================
+
+PatternNet's kernels are given by shape (``patterns = {kernel shape: (A₊, A₋)}``): ``A₊`` where
+the linear map's output ``z > 0``, ``A₋`` elsewhere.
 """
 
 from __future__ import annotations
@@ -45,23 +49,28 @@ def _identity_sum(parts, total, r, eps):
 class Rules:
     """How one method crosses the cell's ops (see the module docstring)."""
 
-    def __init__(self, method: str, eps: float = 0.0) -> None:
+    def __init__(self, method: str, eps: float = 0.0, patterns=None) -> None:
         self.method = method
         self.eps = eps
+        self.patterns = patterns or {}
 
     def product(self, g, gate):
         if self.method == "lrp":
             return g
         if self.method == "guided":
             return np.maximum(g * gate, 0.0)
+        if self.method == "pattern":
+            return g * gate
         return np.maximum(g, 0.0)
 
     def tanh(self, g, z):
         if self.method == "lrp":
             return g
+        ratio = np.where(z == 0, 1.0, np.tanh(z) / np.where(z == 0, 1.0, z))
         if self.method == "guided":
-            ratio = np.where(z == 0, 1.0, np.tanh(z) / np.where(z == 0, 1.0, z))
             return np.maximum(g * ratio, 0.0)
+        if self.method == "pattern":
+            return g * ratio
         return np.maximum(g, 0.0)
 
     def linear_activation(self, g, z):
@@ -75,6 +84,10 @@ class Rules:
     def linear(self, x, w, b, z, g):
         if self.method == "lrp":
             return lrp_linear(x, w, b, z, g, x.shape[1], self.eps)
+        if self.method == "pattern":
+            a_pos, a_neg = self.patterns[w.shape]
+            positive = z > 0
+            return np.where(positive, g, 0.0) @ a_pos.T + np.where(positive, 0.0, g) @ a_neg.T
         return g @ w.T
 
 

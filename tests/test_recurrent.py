@@ -310,10 +310,10 @@ def _single(kind, use_bias=True, initial_states=False):
     return model, layer
 
 
-def reference(kind, method, eps, model, layer, xs):
+def reference(kind, method, eps, model, layer, xs, patterns=None):
     """The numpy float64 explanation of the selected logit: at the inputs, and at the initial
     states."""
-    rules = ref.Rules(method, eps)
+    rules = ref.Rules(method, eps, patterns)
     cell = layer.cell
     w, u = np.asarray(cell.kernel), np.asarray(cell.recurrent_kernel)
     b = np.asarray(cell.bias) if cell.use_bias else np.zeros(cell.recurrent_kernel.shape[1])
@@ -348,16 +348,30 @@ METHODS = {
 KINDS = ("simple_rnn", "lstm", "gru", "gru_reset_before")
 
 
+@pytest.mark.filterwarnings("ignore:.*the explanation is zero everywhere")
 @pytest.mark.parametrize("kind", KINDS)
 def test_against_numpy_float64(kind, eagerly, float64):
-    """LRP-z, LRP-ε (ε = 1e-3; Arras et al.'s ``lrp_linear``, bias_factor 0), Guided BackProp
-    and DeConvNet equal the float64 step-by-step numpy reference (biases non-zero)."""
+    """LRP-z, LRP-ε (ε = 1e-3; Arras et al.'s ``lrp_linear``, bias_factor 0), Guided BackProp,
+    DeConvNet, and PatternNet with random patterns (``A₊``, ``A₋`` by the sign of each linear
+    map's output) equal the float64 step-by-step numpy reference (biases non-zero)."""
     model, layer = _single(kind)
     x = normal((3, 5, FEATURES))
     for name, (make, method, eps) in METHODS.items():
         z, expected, _ = reference(kind, method, eps, model, layer, [x.astype(np.float64)])
         assert_close(model(x).numpy(), z, 1e-12, err_msg=name)
         assert_close(make(model).analyze(x, verbose=0), expected, 1e-10, err_msg=name)
+    net = pk.PatternNet(model)
+    rng = np.random.default_rng(9)
+    positive, negative, by_shape = {}, {}, {}
+    for key, plan in net._computer.plans.items():
+        shape = plan.part.kernel_shape
+        # Multiples of 1/64: exact in float32, as patterns are kept (and A₊ − A₋ taken) in
+        # float32 even for a float64 model.
+        positive[key], negative[key] = np.round(64 * rng.normal(size=(2,) + shape)) / 64
+        by_shape[shape] = (positive[key], negative[key])
+    net.set_patterns(pk.Patterns(positive, negative=negative))
+    _, expected, _ = reference(kind, "pattern", 0.0, model, layer, [x.astype(np.float64)], by_shape)
+    assert_close(net.analyze(x, verbose=0), expected, 1e-10, err_msg="PatternNet")
 
 
 @pytest.mark.parametrize("kind", KINDS)
