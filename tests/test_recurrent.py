@@ -148,6 +148,27 @@ def m_stacked_cells():
     return keras.Model(x, head(L.RNN(cells, name="rnn")(x)))
 
 
+class OwnCell(L.Layer):
+    """A cell of one's own, made of keras.ops and a Dense layer: read by tracing its call."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.state_size = units
+        self.dense = L.Dense(units)
+
+    def build(self, shape):
+        self.recurrent = self.add_weight((self.state_size, self.state_size))
+
+    def call(self, x, states):
+        h = keras.ops.tanh(self.dense(x) + keras.ops.matmul(states[0], self.recurrent))
+        return h, [h]
+
+
+def m_own_cell():
+    x = _sequence()
+    return keras.Model(x, head(L.RNN(OwnCell(UNITS), name="own")(x)))
+
+
 def m_stateful():
     x = keras.Input((STEPS, FEATURES), batch_size=3, name="x")
     return keras.Model(x, head(L.GRU(UNITS, stateful=True, name="gru")(x)))
@@ -161,6 +182,7 @@ MODELS = {
     "initial_and_return_state": m_initial_and_return_state,
     "convolutional": m_convolutional,
     "stacked_cells": m_stacked_cells,
+    "own_cell": m_own_cell,
     "stateful": m_stateful,
 }
 #: Checked against the tape only (the same cell code as ConvLSTM1D).
@@ -433,20 +455,23 @@ def test_refusals_name_the_layer(eagerly):
     with pytest.raises(ValueError, match="'bi_mul'.*merge_mode='mul'"):
         pk.LRPZ(model).analyze(x, verbose=0)
 
-    class Cell(L.Layer):
+    class Cell(L.Layer):  # keras.ops.abs: no rule
         state_size = UNITS
 
         def build(self, shape):
             self.kernel = self.add_weight((shape[-1], UNITS))
 
         def call(self, x, states):
-            h = keras.ops.tanh(keras.ops.matmul(x, self.kernel) + states[0])
+            h = keras.ops.matmul(x, self.kernel) / (1.0 + keras.ops.abs(states[0]))
             return h, [h]
 
     model = keras.Model(x_in, head(L.RNN(Cell(), name="own")(x_in)))
     for cls in (pk.LRPZ, pk.GuidedBackprop):
-        with pytest.raises(ValueError, match="'own'.*Cell"):
+        with pytest.raises(
+            ValueError, match="'own'.*Cell.*'own/op0' of class Absolute is not supported"
+        ):
             cls(model).analyze(x, verbose=0)
+    check_gradient(model, x)  # the gradient family takes it whole, by the layer's gradient
 
 
 # ---------------------------------------------------------------------------------------------

@@ -460,26 +460,80 @@ def _cell_class_builders() -> dict[type, Callable]:
     }
 
 
-def _cell_builder(cell: Any) -> Callable | None:
-    """The builder of a Keras cell class (or of a subclass that keeps its ``call``)."""
+class CellUnreadable(ValueError):
+    """A cell that can be neither built from its class nor read by tracing its ``call``."""
+
+
+def _cell_builder(cell: Any) -> Callable:
+    """The builder of a Keras cell class (or of a subclass that keeps its ``call``); for any
+    other cell, the one that reads it by tracing its ``call``."""
     for cls, build in _cell_class_builders().items():
         if isinstance(cell, cls) and type(cell).call is cls.call:
             return build
-    return None
+    return _traced_cell
 
 
-def _unreadable_cells(cell: Any) -> list[Any]:
-    cells = list(cell.cells) if isinstance(cell, L.StackedRNNCells) else [cell]
-    if isinstance(cell, L.StackedRNNCells) and type(cell).call is not L.StackedRNNCells.call:
-        return [cell]
-    return [c for c in cells if _cell_builder(c) is None]
+def _traced_cell(b: _CellBuilder, cell: Any, x: int, features: int | None):
+    """A cell of your own, read by running its ``call(x, states)`` on symbolic inputs: the
+    Keras layers and ``keras.ops`` it is made of become the cell's ops (keys
+    ``"layer/<op>"``), each by its own rule. Raises :class:`CellUnreadable` (with the reason)
+    where that fails or where a part has no rule."""
+    from pattern_keras.layers.elementwise import resolve_products
+    from pattern_keras.layers.registry import builder_for, ops_for_node  # imports this module
+
+    sizes = keras.tree.flatten(getattr(cell, "state_size", None))
+    if features is None or not sizes or not all(isinstance(n, int) for n in sizes):
+        raise CellUnreadable("its input or state sizes are not known integers")
+    x_in = keras.Input((features,))
+    states_in = [keras.Input((n,)) for n in sizes]
+    try:
+        kwargs = {"training": False} if _graph.call_has_training_arg(cell) else {}
+        out, new = cell.call(x_in, states_in, **kwargs)
+        function = keras.Model([x_in, *states_in], [out, *keras.tree.flatten(new)])
+        graph = _graph.trace_model(function, has_rule=lambda layer: builder_for(layer) is not None)
+    except Exception as err:  # any failure of a user's code: the reason goes to the refusal
+        raise CellUnreadable(
+            f"its call could not be traced ({type(err).__name__}: {err})"
+        ) from None
+    slots = dict(zip(graph.inputs, [x] + [_new_slot() for _ in sizes]))
+    shapes = {slots[s]: spec[0] for s, spec in zip(graph.inputs, graph.input_specs)}
+    first = len(b.ops)
+    for index, node in enumerate(graph.nodes):
+        slots.update({s: _new_slot() for s in node.outputs})
+        # A graph operation (``x + y``, ``matmul(x, w)``) is named anew at every trace: keyed
+        # by its place in the cell instead, so that its patterns' key is the same every time.
+        name = node.key if isinstance(node.layer, keras.Layer) else f"op{index}"
+        node = dataclasses.replace(
+            node,
+            key=f"{b.key}/{name}",
+            inputs=tuple(slots[s] for s in node.inputs),
+            outputs=tuple(slots[s] for s in node.outputs),
+        )
+        shapes.update(zip(node.outputs, node.output_shapes))
+        if node.unreadable is not None:
+            raise CellUnreadable(f"its part '{node.key}' cannot be read: {node.unreadable}")
+        try:
+            ops = ops_for_node(node, node.input_shapes[0] if node.input_shapes else ())
+        except ValueError as err:  # its first sentence names the part and why
+            raise CellUnreadable(str(err).split(". ")[0]) from None
+        for op in ops:
+            op.rank = op.rank or 2
+        b.ops.extend(ops)
+    try:
+        resolve_products(b.ops[first:], shapes)
+    except ValueError as err:
+        raise CellUnreadable(str(err)) from None
+    states = tuple(slots[s] for s in graph.inputs[1:])
+    outputs = [slots[s] for s in graph.outputs]
+    return states, outputs[0], tuple(outputs[1:]), tuple((n,) for n in sizes)
 
 
 def build_cell(key: str, layer: Any, step_shape: Sequence[Any]) -> Cell:
     """The cell program of ``layer`` (an RNN layer of readable cells) for steps shaped
     ``step_shape`` (batch axis first, ``None``)."""
     cell = layer.cell
-    cells = list(cell.cells) if isinstance(cell, L.StackedRNNCells) else [cell]
+    stacked = isinstance(cell, L.StackedRNNCells) and type(cell).call is L.StackedRNNCells.call
+    cells = list(cell.cells) if stacked else [cell]
     x = _new_slot()
     states: list[int] = []
     new_states: list[int] = []
@@ -493,7 +547,9 @@ def build_cell(key: str, layer: Any, step_shape: Sequence[Any]) -> Cell:
         states += s_in
         new_states += s_out
         shapes += list(s_shapes) if s_shapes is not None else [None] * len(s_in)
-        features = getattr(c, "units", None)
+        features = getattr(c, "units", None) or getattr(c, "output_size", None)
+        if features is None:
+            features = keras.tree.flatten(c.state_size)[0]
     builder.mark_rectified()
     return Cell(builder.ops, x, tuple(states), slot, tuple(new_states), tuple(shapes))
 
@@ -816,11 +872,13 @@ def _roles(node: _graph.CallNode, n_states: int) -> tuple[int | None, tuple[int,
     return (masks[0] if masks else None), states
 
 
-def recurrence(key: str, layer: Any, x_shape, mask_input, state_inputs) -> Recurrence | None:
-    """The :class:`Recurrence` of one RNN layer call, or ``None`` if a cell cannot be read."""
-    if _unreadable_cells(layer.cell):
-        return None
-    cell = build_cell(key, layer, (x_shape[0],) + tuple(x_shape[2:]))
+def recurrence(key: str, layer: Any, x_shape, mask_input, state_inputs) -> Recurrence:
+    """The :class:`Recurrence` of one RNN layer call; :class:`CellUnreadable` (naming the
+    layer, the cell and why) where its cell cannot be read."""
+    try:
+        cell = build_cell(key, layer, (x_shape[0],) + tuple(x_shape[2:]))
+    except CellUnreadable as err:
+        raise CellUnreadable(_refusal(key, layer, layer.cell, str(err))) from None
     return Recurrence(
         key=key,
         layer=layer,
@@ -834,14 +892,14 @@ def recurrence(key: str, layer: Any, x_shape, mask_input, state_inputs) -> Recur
     )
 
 
-def _refusal(key: str, layer: Any, cell: Any = None) -> str:
-    cells = ", ".join(type(c).__name__ for c in _unreadable_cells(cell or layer.cell))
+def _refusal(key: str, layer: Any, cell: Any, why: str) -> str:
     return (
-        f"Layer '{key}' ({type(layer).__name__}) runs a cell that pattern_keras cannot read "
-        f"({cells}): only the gradient family (Gradient, InputTimesGradient, "
-        "IntegratedGradients, SmoothGrad) explains it, through the layer's own gradient. The "
-        "cells read are SimpleRNNCell, LSTMCell, GRUCell, the ConvLSTM cells, and "
-        "StackedRNNCells of them."
+        f"Layer '{key}' ({type(layer).__name__}) runs a cell of class {type(cell).__name__} "
+        f"that pattern_keras cannot read: {why.rstrip('.')}. Only the gradient family (Gradient, "
+        "InputTimesGradient, IntegratedGradients, SmoothGrad) explains it, through the "
+        "layer's own gradient. Cells are read from Keras's SimpleRNNCell, LSTMCell, GRUCell, "
+        "ConvLSTM cells and StackedRNNCells, and from a cell of your own whose call is made of "
+        "Keras layers and keras.ops that have rules."
     )
 
 
@@ -870,9 +928,10 @@ def rnn_layer(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
     op, or an opaque one (the gradient family only) for a cell that cannot be read."""
     layer = node.layer
     mask_input, state_inputs = _roles(node, _n_states(layer))
-    rec = recurrence(node.key, layer, x_shape, mask_input, state_inputs)
-    if rec is None:
-        return [whole_call_op(node, "opaque", refusal=_refusal(node.key, layer))]
+    try:
+        rec = recurrence(node.key, layer, x_shape, mask_input, state_inputs)
+    except CellUnreadable as err:
+        return [whole_call_op(node, "opaque", refusal=str(err))]
     return [_recurrent_op(node.key, layer, rec, node.inputs, node.outputs)]
 
 
@@ -903,9 +962,10 @@ def bidirectional(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
         for p in positions:
             state_pos.append(len(inputs))
             inputs.append(node.inputs[p])
-        rec = recurrence(key, sub, x_shape, mask_pos, state_pos)
-        if rec is None:
-            return [whole_call_op(node, "opaque", refusal=_refusal(key, sub))]
+        try:
+            rec = recurrence(key, sub, x_shape, mask_pos, state_pos)
+        except CellUnreadable as err:
+            return [whole_call_op(node, "opaque", refusal=str(err))]
         y = _new_slot()
         states = states_out[i * n : (i + 1) * n] if layer.return_state else []
         ops.append(_recurrent_op(key, sub, rec, inputs, [y] + list(states)))
@@ -970,10 +1030,12 @@ def cell_call(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
     """A cell called on its own, ``cell(x, states) -> (output, new states)``: a recurrent op
     of one step (the gates of its products are known: not left to ``resolve_products``)."""
     layer = node.layer
-    if _unreadable_cells(layer):
-        return [whole_call_op(node, "opaque", refusal=_refusal(node.key, layer, layer))]
     holder = type("_Holder", (), {"cell": layer})()  # build_cell reads ``layer.cell``
-    cell = build_cell(node.key, holder, tuple(x_shape))
+    try:
+        cell = build_cell(node.key, holder, tuple(x_shape))
+    except CellUnreadable as err:
+        refusal = _refusal(node.key, layer, layer, str(err))
+        return [whole_call_op(node, "opaque", refusal=refusal)]
     if len(node.inputs) != len(cell.inputs):
         raise ValueError(
             f"Cell '{node.key}' ({type(layer).__name__}) is called with {len(node.inputs)} "
