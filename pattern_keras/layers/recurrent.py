@@ -328,20 +328,32 @@ def _lstm_cell(b: _CellBuilder, cell: Any, x: int, features: int):
 def _gru_cell(b: _CellBuilder, cell: Any, x: int, features: int):
     u = cell.units
     h = _new_slot()
-    xh = b.concat(x, h)
     if cell.reset_after:
-        gate_bias = _bias_sum(cell, 0, 2 * u)
+        # As Keras computes them: the input's and the state's projections summed (one
+        # concatenation and its gradient less per step than a stacked kernel).
+        gate_x = _dense_part(
+            cell, _columns(cell.kernel, 0, 2 * u), _bias(cell, 0, 2 * u, row=0), (features, 2 * u)
+        )
+        gate_h = _dense_part(
+            cell,
+            _columns(cell.recurrent_kernel, 0, 2 * u),
+            _bias(cell, 0, 2 * u, row=1),
+            (u, 2 * u),
+        )
+        gate_pre = b.add(
+            b.linear("gates_kernel", x, gate_x, False),
+            b.linear("gates_recurrent_kernel", h, gate_h, False),
+            "gates_sum",
+        )
     else:
-        gate_bias = _bias(cell, 0, 2 * u)
-    gates = _dense_part(
-        cell,
-        _stacked(_columns(cell.kernel, 0, 2 * u), _columns(cell.recurrent_kernel, 0, 2 * u)),
-        gate_bias,
-        (features + u, 2 * u),
-    )
-    z, r = b.split(
-        b.activation(cell.recurrent_activation, b.linear("gates", xh, gates, False), "gates"), 2
-    )
+        gates = _dense_part(
+            cell,
+            _stacked(_columns(cell.kernel, 0, 2 * u), _columns(cell.recurrent_kernel, 0, 2 * u)),
+            _bias(cell, 0, 2 * u),
+            (features + u, 2 * u),
+        )
+        gate_pre = b.linear("gates", b.concat(x, h), gates, False)
+    z, r = b.split(b.activation(cell.recurrent_activation, gate_pre, "gates"), 2)
     if cell.reset_after:
         kernel = _dense_part(
             cell,
