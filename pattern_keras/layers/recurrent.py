@@ -1,5 +1,6 @@
 """Recurrent layers: SimpleRNN, LSTM, GRU, ConvLSTM1D/2D/3D, RNN of those cells (stacked
-too), Bidirectional, TimeDistributed and Masking.
+too) or of a cell of your own made of Keras layers and ``keras.ops``, a cell called on its own,
+Bidirectional and TimeDistributed.
 
 A recurrent layer call is one op of kind ``"recurrent"``. Its cell, one time step, is a small
 program of ops of the other kinds (:class:`Cell`): linear maps (the candidate's kernels, which
@@ -31,7 +32,8 @@ ConvLSTM                    ``conv(x_t, W_c) + b_c + conv(h, U_c)``           th
 Where one linear map reads the input and the previous output together, its kernel is the two
 kernels stacked (shape ``(features + units, units)``): one neuron, one pattern over both
 (Arras et al. 2017's ``lrp_linear`` treats it so). Where the reset gate or a convolution's
-other padding separates them, they are two linear ops and a sum.
+other padding separates them, they are two linear ops and a sum. A cell of your own is read by
+tracing its ``call`` on symbolic inputs: its parts become the cell's ops, each by its rule.
 """
 
 from __future__ import annotations
@@ -607,6 +609,7 @@ class StepRecord:
 
 
 def _time_major(t: Any) -> Any:
+    """``(batch, steps, ...)`` ↔ ``(steps, batch, ...)`` (its own inverse)."""
     return tf.transpose(t, [1, 0] + list(range(2, len(t.shape))))
 
 
@@ -753,7 +756,7 @@ class Recurrence:
             maximum_iterations=steps,
         )
         dtype = self.layer.compute_dtype
-        y = _batch_major(outputs.stack()) if self.return_sequences else last
+        y = _time_major(outputs.stack()) if self.return_sequences else last
         record = StepRecord(dict(zip(recorded, arrays)), inputs, mask, steps, states)
         result = [tf.cast(y, dtype)]
         if self.return_state:
@@ -834,14 +837,10 @@ class Recurrence:
         if self.go_backwards:
             g_sequence = tf.reverse(g_sequence, [0])
         downstream: list[Any] = [None] * len(inputs)
-        downstream[0] = g_sequence[0] if self.one_step else _batch_major(g_sequence)
+        downstream[0] = g_sequence[0] if self.one_step else _time_major(g_sequence)
         for position, g in zip(self.state_inputs, state_signals):
             downstream[position] = g
         return downstream
-
-
-def _batch_major(t: Any) -> Any:
-    return tf.transpose(t, [1, 0] + list(range(2, len(t.shape))))
 
 
 # ----------------------------------------------------------------------------------------------
