@@ -25,7 +25,15 @@ from pattern_keras.layers.attention import resolve_attention
 from pattern_keras.layers.core import whole_call_op
 from pattern_keras.layers.registry import builder_for
 
-__all__ = ["Program", "forward", "forward_intervals", "backward", "if_samples", "Rule"]
+__all__ = [
+    "Program",
+    "forward",
+    "forward_intervals",
+    "backward",
+    "backward_ops",
+    "if_samples",
+    "Rule",
+]
 
 # A rule: (op, op inputs, op outputs, backward signals at the outputs) -> signals at the inputs.
 Rule = Callable[[Op, Sequence[Any], Sequence[Any], Sequence[Any]], Sequence[Any]]
@@ -399,15 +407,55 @@ def backward(
         of integer inputs, embedding lookups and their sums) are not visited.
     """
     explained = program.explained_slots
-    signals: dict[int, Any] = {program.output: seed}
-    for op in reversed(_points.live_ops(program, explained)):
+    return backward_ops(
+        _points.live_ops(program, explained),
+        values,
+        {program.output: seed},
+        explained,
+        rule_for,
+        renormalize,
+    )
+
+
+def backward_ops(
+    ops: Sequence[Op],
+    values: dict[int, Any],
+    seeds: dict[int, Any],
+    inputs: Sequence[int],
+    rule_for: Callable[[Op], Rule],
+    renormalize: bool = False,
+) -> list[Any]:
+    """:func:`backward` over any list of ops, from signals at several slots: the program's, or
+    one step of a recurrent layer's cell (:mod:`pattern_keras.layers.recurrent`).
+
+    Parameters
+    ----------
+    ops : sequence of Op
+        In topological order.
+    values : dict
+        Every slot's forward value (a slot an op does not need backward may hold a non-tensor
+        record, such as a recurrent op's per-step values: it gets no zero signal).
+    seeds : dict
+        ``{slot: signal}`` to start from.
+    inputs : sequence of int
+        The slots whose signals are returned.
+    rule_for, renormalize
+        As for :func:`backward`.
+
+    Returns
+    -------
+    list of tensor
+        One signal per slot of ``inputs`` (zeros where none arrived).
+    """
+    signals: dict[int, Any] = dict(seeds)
+    for op in reversed(ops):
         if op.kind in ("index", "constant"):  # no signal crosses an integer or a constant
             continue
         upstream = [signals.pop(s, None) for s in op.outputs]
         if all(g is None for g in upstream):
             continue
         upstream = [
-            tf.zeros_like(values[s]) if g is None else g for s, g in zip(op.outputs, upstream)
+            _zeros_like(values[s]) if g is None else g for s, g in zip(op.outputs, upstream)
         ]
         downstream = rule_for(op)(
             op, [values[s] for s in op.inputs], [values[s] for s in op.outputs], upstream
@@ -418,7 +466,12 @@ def backward(
             signals[slot] = g if slot not in signals else signals[slot] + g
         if renormalize and op.kind == "linear":
             signals = _renormalized(signals)
-    return [signals.get(s, tf.zeros_like(values[s])) for s in explained]
+    return [signals.get(s, tf.zeros_like(values[s])) for s in inputs]
+
+
+def _zeros_like(value: Any) -> Any:
+    """The zero signal of a forward value; ``None`` for a non-tensor record."""
+    return tf.zeros_like(value) if tf.is_tensor(value) else None
 
 
 def _renormalized(signals: dict[int, Any]) -> dict[int, Any]:

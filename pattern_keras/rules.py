@@ -30,6 +30,7 @@ __all__ = [
     "Term",
     "ZRule",
     "RatioZRule",
+    "RecurrentRule",
     "Composite",
 ]
 
@@ -493,6 +494,43 @@ class RatioZRule:
         return f"RatioZRule(epsilon={self.epsilon})"
 
 
+class RecurrentRule:
+    """Backward through a recurrent op: the analyzer's own rules on its cell, step by step.
+
+    A recurrent layer's cell is a small program of ops of the ordinary kinds (linear maps,
+    sums, activations, gated products; see :mod:`pattern_keras.layers.recurrent`). The op's
+    backward walks the time steps in reverse (one ``tf.while_loop``); at every step this rule
+    runs :func:`pattern_keras.engine.backward_ops` on the cell with the analyzer's composite,
+    from the signals at the step's output and new states to its input and previous states.
+    So a gated product passes the signal as every product does in that analyzer (LRP: all of
+    it to the signal operand; Guided BackProp: times the gate, then rectified; DeConvNet:
+    rectified), the cell-state sum and the GRU's interpolation take the analyzer's sum rule,
+    and the candidate's kernels its linear rule. :class:`Composite` hands this rule out for
+    kind ``"recurrent"``.
+
+    Parameters
+    ----------
+    composite : Composite
+        The analyzer's rules, applied inside the cell.
+    """
+
+    def __init__(self, composite: Composite) -> None:
+        self.composite = composite
+
+    def __call__(self, op: Op, inputs, outputs, upstream):
+        from pattern_keras import engine  # the engine imports the layers this module reads
+
+        cell = op.recurrent.cell
+
+        def step(values, seeds):
+            return engine.backward_ops(cell.ops, values, seeds, cell.inputs, self.composite)
+
+        return op.recurrent.backward(inputs, outputs, upstream, step)
+
+    def __repr__(self) -> str:
+        return f"RecurrentRule({self.composite!r})"
+
+
 class Composite:
     """A choice of rule per op kind: what an analyzer is.
 
@@ -505,7 +543,8 @@ class Composite:
         The rule of every kind ``rules`` leaves out (e.g. ``GradientRule()``: "the rest as the
         gradient"). Without one, an op of a kind that has no rule is refused with a
         ``ValueError`` naming it: an analyzer never explains a layer by a rule it did not
-        choose.
+        choose. A recurrent op, unless ``rules`` names the kind, gets :class:`RecurrentRule`
+        with this composite: the same rules inside its cell.
     """
 
     def __init__(self, rules: Mapping[str, Any], default: Any = None) -> None:
@@ -520,6 +559,8 @@ class Composite:
             # Never through the default: a layer nobody could read is not explained by the
             # gradient in an analyzer that promises another rule.
             raise ValueError(op.refusal or f"Op '{op.key}' has no rule in {self!r}.")
+        if op.kind == "recurrent" and "recurrent" not in self.rules:
+            return RecurrentRule(self)
         rule = self.rules.get(op.kind, self.default)
         if rule is None:
             raise ValueError(

@@ -76,6 +76,9 @@ def _all_layers(model):
         yield layer
         if hasattr(layer, "layer"):  # a wrapper's layer
             yield layer.layer
+        if hasattr(layer, "cell"):  # a recurrent layer's cell, and a stack's cells
+            yield layer.cell
+            yield from getattr(layer.cell, "cells", [])
 
 
 REFUSED = [case for case in CASES.values() if case.status == "refused" and _present(case.name)]

@@ -351,6 +351,14 @@ class DeepTaylor(_SignSplitLRP):
         neuron_selection_mode: str = "max_activation",
     ) -> None:
         super().__init__(model, neuron_selection_mode=neuron_selection_mode)
+        for op in self._program.ops:
+            if op.kind == "recurrent":
+                raise ValueError(
+                    f"DeepTaylor does not explain the recurrent layer '{op.key}' "
+                    f"({type(op.layer).__name__}): its zᴮ rule needs the box of every linear "
+                    "layer's input, undefined for a cell that reads its own previous output. "
+                    "Use LRPZPlus (z⁺ everywhere) or LRPAlpha1Beta0 instead."
+                )
         n_inputs = len(self._program.inputs)
         self.low = self._per_input(low, "low", n_inputs)
         self.high = self._per_input(high, "high", n_inputs)

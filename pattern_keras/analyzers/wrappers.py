@@ -24,6 +24,7 @@ import tensorflow as tf
 from pattern_keras import _checks, engine
 from pattern_keras.analyzers.base import Analyzer
 from pattern_keras.analyzers.gradient import gradient_composite
+from pattern_keras.layers.recurrent import repeated_samples
 from pattern_keras.rules import Composite
 
 __all__ = ["IntegratedGradients", "SmoothGrad"]
@@ -87,9 +88,10 @@ class _PointwiseGradients(Analyzer):
         def body(i, acc):
             index = i * m + tf.range(m)
             points, weights = self._points(xs, index, context)
-            values = engine.forward(
-                program, _repeated(inputs, points, program, m), at=dict(zip(slots, points))
-            )
+            with repeated_samples():  # a stateful recurrent layer repeats its states per point
+                values = engine.forward(
+                    program, _repeated(inputs, points, program, m), at=dict(zip(slots, points))
+                )
             grads = engine.backward(program, values, seed, self._composite(values))
             new = []
             for a, g, x in zip(acc, grads, xs):

@@ -57,6 +57,11 @@ backward rules are chosen per kind, never per layer class:
     control flow, a layer wrapping another framework): its own vector-Jacobian product is exact
     for the gradient family, which takes it; every other analyzer refuses the model, naming the
     layer and why (``Op.refusal``).
+``"recurrent"``
+    A recurrent layer call (SimpleRNN, LSTM, GRU, ConvLSTM, RNN of cells; each direction of a
+    Bidirectional): its cell is a small program of the kinds above (``Op.recurrent``), replayed
+    step by step in one loop; backward, :class:`~pattern_keras.rules.RecurrentRule` runs the
+    analyzer's own rules on the cell at every step.
 
 A user's own layer joins one of these kinds with :func:`register_layer`.
 
@@ -68,7 +73,9 @@ inference), :mod:`~pattern_keras.layers.shape` (data movement),
 :mod:`~pattern_keras.layers.reduction` (means, sums, maxima, adaptive pooling),
 :mod:`~pattern_keras.layers.resampling`, :mod:`~pattern_keras.layers.contraction` (matmul,
 dot, einsum), :mod:`~pattern_keras.layers.attention` (``dot_product_attention``, the hold
-analysis), :mod:`~pattern_keras.layers.refused` (classes refused by name) and
+analysis), :mod:`~pattern_keras.layers.recurrent` (recurrent layers, their cells,
+Bidirectional, TimeDistributed), :mod:`~pattern_keras.layers.refused` (classes refused by
+name) and
 :mod:`~pattern_keras.layers.registry` (which builder a layer class gets).
 """
 

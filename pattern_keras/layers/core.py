@@ -19,6 +19,8 @@ __all__ = [
     "LinearPart",
     "Op",
     "shared_kernels",
+    "read_kernels",
+    "kernels_in_loop",
     "simple_builder",
     "whole_call_op",
     "Builder",
@@ -35,6 +37,7 @@ KINDS = (
     "constant",
     "opaque",
     "lookup",
+    "recurrent",
 )
 
 
@@ -55,6 +58,29 @@ def shared_kernels():
     never across a loop body and the code outside it.
     """
     token = _KERNELS.set({})
+    try:
+        yield
+    finally:
+        _KERNELS.reset(token)
+
+
+def read_kernels(parts: Sequence[Any]) -> dict[int, tuple[Any, Any]]:
+    """The kernels of ``parts``, read here (through the :func:`shared_kernels` cache where it
+    is active): ``{id(part): (part, kernel tensor)}``, for :func:`kernels_in_loop`."""
+    return {id(p): (p, p.kernel) for p in parts}
+
+
+@contextlib.contextmanager
+def kernels_in_loop(kernels: dict[int, tuple[Any, Any]]):
+    """Within this block (a loop body), the parts of ``kernels`` give those tensors.
+
+    A kernel read inside a ``tf.while_loop`` body belongs to the body's graph: cached by an
+    enclosing :func:`shared_kernels` it would leak into code outside the loop. Read the
+    kernels before the loop (:func:`read_kernels`) and enter this block in the body: the
+    tensors are then captured by the loop, read once, and whatever else the body reads stays
+    in the body's own cache.
+    """
+    token = _KERNELS.set(dict(kernels))
     try:
         yield
     finally:
@@ -284,6 +310,10 @@ class Op:
         Positions in ``inputs`` that are read as indices or masks (the indices of a gather, an
         attention mask): never explained, so an integer model input read there is not cast to
         a float explained point.
+    recurrent : Recurrence or None
+        For ``kind == "recurrent"``: the loop over time steps and its cell, a small program of
+        ops of the other kinds (see :mod:`pattern_keras.layers.recurrent`). The op's last
+        output is the per-step record that its backward rule reads.
     """
 
     key: str
@@ -307,6 +337,7 @@ class Op:
     refusal: str | None = None
     table: Callable[[], Any] | None = None
     index_inputs: tuple[int, ...] = ()
+    recurrent: Any = None
 
 
 #: A function building the ops of one call node: ``builder(node, input_shape) -> [Op, ...]``.

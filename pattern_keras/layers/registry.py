@@ -33,6 +33,14 @@ from pattern_keras.layers.normalization import (
     rms_norm,
     unit_norm,
 )
+from pattern_keras.layers.recurrent import (
+    CELL_CLASSES,
+    RNN_CLASSES,
+    bidirectional,
+    cell_call,
+    rnn_layer,
+    time_distributed,
+)
 from pattern_keras.layers.reduction import (
     average_pool,
     elementwise_extremum,
@@ -98,6 +106,10 @@ def _register_builtin() -> None:
         L.RandomBrightness,
     )
     _register(product, L.Multiply)
+    _register(rnn_layer, *RNN_CLASSES)
+    _register(cell_call, *CELL_CLASSES)
+    _register(bidirectional, L.Bidirectional)
+    _register(time_distributed, L.TimeDistributed)
     _register(simple_builder("sum"), L.Subtract)
     # `x + y`, `x * y`, `keras.ops.relu(h)` written inside a functional model are graph ops.
     _register(arithmetic(sum_like=True, averages=True), op("numpy.Add"))

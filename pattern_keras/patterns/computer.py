@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from pattern_keras import _checks, engine
 from pattern_keras.layers import Op, shared_kernels
+from pattern_keras.layers.recurrent import cell_linear_ops, cell_values
 from pattern_keras.patterns.fingerprint import model_fingerprint
 from pattern_keras.patterns.lock import CheckpointLock
 from pattern_keras.patterns.statistics import (
@@ -115,11 +116,12 @@ class PatternComputer:
             if op.kind == "opaque" and program.reached_when_held(op):
                 raise ValueError(op.refusal)
         grouped: dict[str, list[Op]] = {}
-        for op in self.program.linear_ops:
-            # The query and key projections of attention: the pattern methods hold the
-            # attention weights, so no signal reaches them and they need no pattern.
-            if self.program.reached_when_held(op):
-                grouped.setdefault(op.pattern_key, []).append(op)
+        # The query and key projections of attention are not reached by a pass that holds the
+        # attention weights: they need no pattern. A recurrent layer's candidate kernels are
+        # linear ops inside its cell.
+        reached = [op for op in self.program.ops if self.program.reached_when_held(op)]
+        for op in cell_linear_ops(reached):
+            grouped.setdefault(op.pattern_key, []).append(op)
         if not grouped:
             raise ValueError(
                 f"Model '{model.name}' has no Dense or convolution layer on the "
@@ -604,7 +606,7 @@ class _State:
         plans = self.computer.plans
 
         def moments():
-            values = engine.forward(self.computer.program, inputs)
+            values = _replayed(self.computer.program, inputs)
             return {key: self._op_moments(plan.ops[0], values) for key, plan in plans.items()}
 
         def nothing():
@@ -675,7 +677,7 @@ class _State:
                 return statistics()
 
         def statistics():
-            values = engine.forward(self.computer.program, inputs)
+            values = _replayed(self.computer.program, inputs)
             if not self._shifts_in_step:
                 return self._plan_sums(values, current())
 
@@ -908,6 +910,12 @@ class _State:
 
 # ----------------------------------------------------------------------------------------------
 # helpers
+
+
+def _replayed(program: engine.Program, inputs) -> dict[int, Any]:
+    """Every slot's value for a batch, with the inputs and outputs of the linear ops inside
+    recurrent layers' cells over all samples and unmasked steps (``cell_values``)."""
+    return cell_values(program.ops, engine.forward(program, inputs))
 
 
 def _statistics_dtype(z: Any) -> tf.DType:
