@@ -650,7 +650,7 @@ def _with_masks(layer: Any, args: Any, kwargs: dict[str, Any]) -> dict[str, Any]
     return filled
 
 
-_SPEC_LOCK = threading.Lock()
+_SPEC_LOCK = threading.RLock()  # patches of Keras classes while a `call` is traced
 
 
 @contextlib.contextmanager
@@ -679,13 +679,57 @@ def _tolerant_output_specs():
             Layer.symbolic_call = original
 
 
+#: A Keras variable's arithmetic operators and the ``keras.ops`` function each stands for.
+_VARIABLE_OPERATORS = {
+    "add": ("__add__", "__radd__"),
+    "subtract": ("__sub__", "__rsub__"),
+    "multiply": ("__mul__", "__rmul__"),
+    "divide": ("__truediv__", "__rtruediv__"),
+    "matmul": ("__matmul__", "__rmatmul__"),
+}
+
+
+@contextlib.contextmanager
+def _symbolic_variable_arithmetic():
+    """While tracing a layer's ``call``: ``variable * x`` with a symbolic ``x`` becomes the
+    ``keras.ops`` operation it stands for. A Keras variable's operators call the backend's
+    functions directly, which reject symbolic tensors (``AdditiveAttention`` and
+    ``Attention(use_scale=True)`` multiply their scores by a ``scale`` variable); as an
+    operation, the variable is read at replay like any other weight."""
+    from keras.src.backend.common.variables import Variable  # private: the operators' owner
+
+    originals = {}
+
+    def dispatching(name, method, reflected):
+        function = getattr(keras.ops, name)
+        original = getattr(Variable, method)
+
+        def operator(self, other):
+            if isinstance(other, keras.KerasTensor):
+                return function(other, self) if reflected else function(self, other)
+            return original(self, other)
+
+        return operator
+
+    with _SPEC_LOCK:
+        for name, (method, reflected_method) in _VARIABLE_OPERATORS.items():
+            for m, reflected in ((method, False), (reflected_method, True)):
+                originals[m] = getattr(Variable, m)
+                setattr(Variable, m, dispatching(name, m, reflected))
+        try:
+            yield
+        finally:
+            for m, original in originals.items():
+                setattr(Variable, m, original)
+
+
 def _symbolic_call(layer: Any, args: Any, kwargs: dict[str, Any]) -> list[Any]:
     """A layer's ``call`` on symbolic arguments, flattened; :class:`_Unreadable` if it fails,
     :class:`_ConstantOutput` if no output is symbolic."""
     if call_has_training_arg(layer):
         kwargs = dict(kwargs, training=False)
     try:
-        with _tolerant_output_specs():
+        with _tolerant_output_specs(), _symbolic_variable_arithmetic():
             outputs = keras.tree.flatten(layer.call(*args, **kwargs))
     except Exception as err:  # any failure means "cannot be read this way"
         raise _Unreadable(
