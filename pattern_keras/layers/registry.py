@@ -21,12 +21,16 @@ from pattern_keras.layers.activations import (
 )
 from pattern_keras.layers.core import Builder, Op, simple_builder
 from pattern_keras.layers.elementwise import affine, arithmetic, identity, product
+from pattern_keras.layers.keras_hub import KERAS_HUB_RULES
 from pattern_keras.layers.linear import conv_parts, dense_parts, linear_ops
 from pattern_keras.layers.normalization import batch_norm, layer_norm
 
 __all__ = ["register_layer", "ops_for_node", "supported_layer_names", "builder_for"]
 
 _REGISTRY: dict[type, Builder] = {}
+#: Builders of classes of optional libraries, by ``module.qualname``: matched when a layer is
+#: met, so that the library is never imported here (keras-hub).
+_BY_NAME: dict[str, Builder] = dict(KERAS_HUB_RULES)
 
 
 def _register(builder: Builder, *classes: type | None) -> None:
@@ -203,8 +207,9 @@ def builder_for(layer: Any) -> Builder | None:
     layer's class inherits unchanged; ``None`` if there is none."""
     layer_class = type(layer)
     for cls in layer_class.__mro__:
-        if cls in _REGISTRY:
-            return _REGISTRY[cls] if _inherits_call(layer_class, cls) else None
+        builder = _REGISTRY.get(cls) or _BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+        if builder is not None:
+            return builder if _inherits_call(layer_class, cls) else None
     return None
 
 
