@@ -17,8 +17,8 @@ as the rules land. keras-hub is an optional test dependency (Python >= 3.11, Ker
 tensorflow-text): without it the keras-hub models are skipped, saying why.
 
 The analyzers run eagerly (the same rule code op by op: tracing each model's graph for 14
-analyzers would cost minutes); the tape references are eager too. HGNetV2 runs compiled:
-TensorFlow has no eager CPU gradient of a grouped convolution.
+analyzers would cost minutes); the tape references are eager too, except where TensorFlow has
+no eager CPU gradient (grouped convolutions).
 """
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ WAITING_GRADIENT = {
     **{name: (_GRAPH,) for name in ("swin", "mit", "segformer", "dinov2", "keras_io_vit")},
 }
 
-#: Models run compiled: TensorFlow has no eager CPU gradient of a grouped convolution.
-COMPILED = {"hgnetv2"}
+#: Models whose tape reference is compiled: TensorFlow has no eager CPU gradient of a grouped
+#: convolution (their depthwise convolutions are ``Conv2D(groups=channels)``).
+COMPILED_TAPE = {"hgnetv2", "mobilenet"}
 
 #: The pooled segmentation variants are for the survey (analyzers without region selection);
 #: the per-pixel models are tested here.
@@ -130,9 +131,9 @@ def _cases(waiting_of) -> list:
 
 
 @contextlib.contextmanager
-def eagerly(name: str):
+def eagerly():
     previous = tf.config.functions_run_eagerly()
-    tf.config.run_functions_eagerly(name not in COMPILED)
+    tf.config.run_functions_eagerly(True)
     try:
         yield
     finally:
@@ -185,14 +186,14 @@ def test_gradient_family_equals_the_tape(matrix, name):
     built = matrix(name)
     inputs = built.inputs(3, seed=0)
     x = inputs if len(inputs) > 1 else inputs[0]
-    with eagerly(name):
+    with eagerly():
         for method, params in GRADIENT_FAMILY.items():
             got = getattr(pk, method)(built.model, **params).analyze(x, verbose=0)
             if built.family == "text":
                 _token_scores(got, built, inputs)
                 continue
             want = mm.tape_reference(
-                method, built.model, inputs, compiled=name in COMPILED, **params
+                method, built.model, inputs, compiled=name in COMPILED_TAPE, **params
             )
             got = got if isinstance(got, list) else [got]
             assert np.abs(want[0]).max() > 0, method
@@ -207,7 +208,7 @@ def test_rule_based_analyzers_explain(matrix, name):
     inputs = built.inputs(2, seed=0)
     x = inputs if len(inputs) > 1 else inputs[0]
     fit = built.inputs(8, seed=1)
-    with eagerly(name):
+    with eagerly():
         for make in RULE_BASED:
             analyzer = make(built.model)
             if analyzer.needs_patterns:
@@ -379,3 +380,41 @@ def test_layers_keras_hub_writes_are_looked_into(layer, shape):
     h = layer()(L.Dense(4)(inp))
     model = keras.Model(inp, L.Dense(2)(L.Flatten()(h) if len(shape) > 1 else h))
     assert _unreadable(model) == []
+
+
+# --- depthwise convolutions written as grouped ones (keras-hub's MobileNet and HGNetV2) -------
+
+
+def _grouped_and_depthwise_twins():
+    """``Conv2D(8, 3, groups=4)`` on 4 channels, and the same map as a ``DepthwiseConv2D``
+    with depth multiplier 2 (kernel ``(3, 3, 1, 8)`` read as ``(3, 3, 4, 2)``)."""
+    keras.utils.set_random_seed(9)
+    inp = keras.Input((6, 6, 4))
+    grouped = L.Conv2D(8, 3, strides=2, padding="same", groups=4, name="conv")
+    head = L.Dense(3, name="head")
+    model = keras.Model(inp, head(L.Flatten()(L.ReLU()(grouped(inp)))))
+    depthwise = L.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2, name="conv")
+    twin_in = keras.Input((6, 6, 4))
+    twin = keras.Model(twin_in, head(L.Flatten()(L.ReLU()(depthwise(twin_in)))))
+    depthwise.set_weights([grouped.kernel.numpy().reshape(3, 3, 4, 2), grouped.bias.numpy()])
+    return model, twin
+
+
+@pytest.mark.filterwarnings("ignore:Even though the .*run_functions_eagerly")
+def test_depthwise_convolution_written_with_groups():
+    """Eagerly (TensorFlow has no eager CPU gradient of a grouped convolution): the gradient
+    equals the compiled tape; every analyzer, patterns included, explains the model as its
+    ``DepthwiseConv2D`` twin."""
+    model, twin = _grouped_and_depthwise_twins()
+    x = np.random.default_rng(4).normal(size=(4, 6, 6, 4)).astype("float32")
+    want = mm.tape_reference("Gradient", model, [x], compiled=True)[0]
+    with eagerly():
+        assert_close(pk.Gradient(model).analyze(x, verbose=0), want, PASS)
+        for make in (pk.LRPZ, pk.GuidedBackprop, pk.DeepTaylor):
+            assert_close(make(model).analyze(x, verbose=0), make(twin).analyze(x, verbose=0), PASS)
+        ours = pk.PatternAttribution(model).fit(x, verbose=0)
+        flat = pk.PatternAttribution(twin).fit(x, verbose=0)
+        assert_close(
+            ours.patterns["conv"].reshape(flat.patterns["conv"].shape), flat.patterns["conv"], PASS
+        )
+        assert_close(ours.analyze(x, verbose=0), flat.analyze(x, verbose=0), PASS)
