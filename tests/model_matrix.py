@@ -711,13 +711,16 @@ def selected_neurons(model: Any, inputs: list[np.ndarray]) -> np.ndarray:
     return y.reshape(len(y), -1).argmax(axis=1)
 
 
+_COMPILED_GRADIENTS: dict[int, tuple[Any, Any]] = {}
+
+
 def tape_gradients(
     model: Any, points: list[np.ndarray], index: np.ndarray, compiled: bool = False
 ) -> list[np.ndarray]:
     """``∂y[index]/∂x`` at ``points`` (one array per input, batch axis first; ``index``: the
     flat output index of each row) by ``tf.GradientTape`` on ``model`` itself, in a
-    ``tf.function`` if ``compiled`` (TensorFlow has no eager CPU gradient of a grouped
-    convolution)."""
+    ``tf.function`` (one per model, traced once per input shape) if ``compiled``: TensorFlow
+    has no eager CPU gradient of a grouped convolution."""
     import tensorflow as tf
 
     def gradients(xs, index):
@@ -730,7 +733,9 @@ def tape_gradients(
         return tape.gradient(score, xs)
 
     if compiled:
-        gradients = tf.function(gradients, autograph=False)
+        if _COMPILED_GRADIENTS.get(id(model), (None,))[0] is not model:
+            _COMPILED_GRADIENTS[id(model)] = (model, tf.function(gradients, autograph=False))
+        gradients = _COMPILED_GRADIENTS[id(model)][1]
     grads = gradients([tf.constant(p) for p in points], tf.constant(index))
     return [g.numpy() for g in grads]
 

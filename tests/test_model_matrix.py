@@ -8,8 +8,8 @@ models with their per-pixel logits, the neuron explained being the largest logit
   within ``DEEP_PASS``; for token-id inputs, one finite, non-zero score per token, 0 at padded
   positions;
 - every rule-based analyzer (DeConvNet, Guided BackProp, the LRP rules, DeepTaylor, PatternNet
-  and PatternAttribution fitted on 8 samples) is built and gives a finite, non-zero explanation
-  shaped like the input.
+  and PatternAttribution with patterns fitted on 8 samples) is built and gives a finite,
+  non-zero explanation shaped like the input.
 
 Where the rules a model needs are not written yet (keras.ops nodes, attention, embeddings), its
 case is an expected failure with ``strict=True``: it becomes a failure, and is noticed, as soon
@@ -187,18 +187,22 @@ def test_gradient_family_equals_the_tape(matrix, name):
     inputs = built.inputs(3, seed=0)
     x = inputs if len(inputs) > 1 else inputs[0]
     with eagerly():
-        for method, params in GRADIENT_FAMILY.items():
-            got = getattr(pk, method)(built.model, **params).analyze(x, verbose=0)
-            if built.family == "text":
-                _token_scores(got, built, inputs)
-                continue
-            want = mm.tape_reference(
-                method, built.model, inputs, compiled=name in COMPILED_TAPE, **params
-            )
-            got = got if isinstance(got, list) else [got]
-            assert np.abs(want[0]).max() > 0, method
-            for g, w in zip(got, want):
-                assert_close(g, w, DEEP_PASS, err_msg=f"{name} {method}")
+        results = {
+            method: getattr(pk, method)(built.model, **params).analyze(x, verbose=0)
+            for method, params in GRADIENT_FAMILY.items()
+        }
+    for method, params in GRADIENT_FAMILY.items():
+        got = results[method]
+        if built.family == "text":
+            _token_scores(got, built, inputs)
+            continue
+        want = mm.tape_reference(
+            method, built.model, inputs, compiled=name in COMPILED_TAPE, **params
+        )
+        got = got if isinstance(got, list) else [got]
+        assert np.abs(want[0]).max() > 0, method
+        for g, w in zip(got, want):
+            assert_close(g, w, DEEP_PASS, err_msg=f"{name} {method}")
 
 
 @pytest.mark.filterwarnings("ignore:Even though the .*run_functions_eagerly")
@@ -209,10 +213,13 @@ def test_rule_based_analyzers_explain(matrix, name):
     x = inputs if len(inputs) > 1 else inputs[0]
     fit = built.inputs(8, seed=1)
     with eagerly():
+        patterns = None  # fitted once, for PatternNet and PatternAttribution
         for make in RULE_BASED:
-            analyzer = make(built.model)
-            if analyzer.needs_patterns:
+            kwargs = {"patterns": patterns} if make.needs_patterns and patterns else {}
+            analyzer = make(built.model, **kwargs)
+            if analyzer.needs_patterns and patterns is None:
                 analyzer.fit(fit if len(fit) > 1 else fit[0], batch_size=4, verbose=0)
+                patterns = analyzer.patterns
             got = analyzer.analyze(x, verbose=0)
             if built.family == "text":
                 _token_scores(got, built, inputs)
