@@ -28,7 +28,9 @@ __all__ = [
     "model_inputs",
     "batch_shape",
     "neuron_selection",
+    "is_region",
     "selection_mask",
+    "token_ids",
     "finite_values",
     "keras_x",
     "dense",
@@ -129,6 +131,7 @@ def model_inputs(
             )
         n = xi_shape[0]
         target = np.dtype(tf.as_dtype(dtype).as_numpy_dtype)
+        _integer_values(xi, dtype, what)
         if as_numpy:
             a = xi.numpy() if tf.is_tensor(xi) else xi
             _check_range(a, target, what, offset)
@@ -221,6 +224,51 @@ def _check_range(a: Any, target: np.dtype, what: str, offset: int = 0) -> None:
         f"sample {offset + first} (counting from 0) would overflow to infinity. Rescale the data, or "
         "give the model a wider input dtype."
     )
+
+
+def _integer_values(x: Any, dtype: Any, what: str) -> None:
+    """Refuse values an integer input would change when cast to its dtype: fractions (a float
+    image given to a ``uint8`` model) and values out of the dtype's range (they would wrap)."""
+    import tensorflow as tf
+
+    target = tf.as_dtype(dtype)
+    if not target.is_integer:
+        return
+    a = x.numpy() if tf.is_tensor(x) else np.asarray(x)
+    if a.size == 0 or np.issubdtype(a.dtype, np.bool_):
+        return
+    low, high = a.min(), a.max()
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a) & (a == np.round(a))):
+        raise ValueError(
+            f"The {what} holds non-integer values (a {a.dtype} array), but the model's input "
+            f"is {target.name}: they would be truncated. Pass the values the model takes "
+            f"(integers; for a {target.name} image, 0 to {target.max})."
+        )
+    if low < target.min or high > target.max:
+        bad = low if low < target.min else high
+        raise ValueError(
+            f"The {what} holds the value {bad}, out of the range of the model's input dtype "
+            f"{target.name} ({target.min} to {target.max}): it would wrap around."
+        )
+
+
+def token_ids(x: Any, vocabulary: int, index: int, offset: int = 0) -> None:
+    """Refuse ids outside ``[0, vocabulary)`` for an input looked up in an embedding table
+    (TensorFlow would raise deep inside on a CPU and return zero vectors on a GPU); ``offset``:
+    the index of the batch's first sample in the whole stream."""
+    import tensorflow as tf
+
+    a = x.numpy() if tf.is_tensor(x) else np.asarray(x)
+    if a.size == 0:
+        return
+    bad = (a < 0) | (a >= vocabulary)
+    if bad.any():
+        sample = offset + int(np.flatnonzero(bad.reshape(len(a), -1).any(axis=1))[0])
+        raise ValueError(
+            f"Input {index} holds the token id {int(a[bad].flat[0])} (sample {sample}, counting "
+            f"from 0); its embedding table has {vocabulary} rows: ids must be in "
+            f"[0, {vocabulary})."
+        )
 
 
 def batch_shape(shape: Sequence[Any], spec: Spec, name: str = "Batches") -> None:
@@ -443,19 +491,69 @@ def selection_mode(mode: Any) -> str:
     return mode
 
 
-def neuron_selection(selection: Any, mode: str, n: int, num_outputs: int) -> tf.Tensor:
-    """The per-sample output indices ``(n,)`` int32 for ``analyze(x, neuron_selection)``.
+def is_region(selection: Any, mode: str, output_shape: tuple[int, ...]) -> bool:
+    """Whether ``selection`` is output-shaped weights (a region), not output indices: an array
+    shaped like one sample's output, or with one such per sample, of floats or booleans (or
+    integers, unless it may be indices: mode ``"index"`` and rank 1)."""
+    if selection is None or np.ndim(selection) == 0:
+        return False
+    try:
+        arr = np.asarray(selection)
+    except (TypeError, ValueError):
+        return False
+    if not (np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)):
+        return False
+    if np.issubdtype(arr.dtype, np.integer) and mode == "index" and arr.ndim == 1:
+        return False
+    k = len(output_shape)
+    return arr.ndim in (k, k + 1) and tuple(arr.shape[arr.ndim - k :]) == tuple(output_shape)
 
-    Only mode ``"index"`` takes a selection (one int for all samples, or one per sample, each in
+
+def _region(selection: Any, n: int, output_shape: tuple[int, ...]) -> tf.Tensor:
+    """Output-shaped weights as ``(n, outputs)`` float32."""
+    import tensorflow as tf
+
+    arr = np.asarray(selection, dtype=np.float64)
+    if arr.ndim == len(output_shape) + 1 and arr.shape[0] != n:
+        raise ValueError(
+            f"neuron_selection has one region per sample for {arr.shape[0]} samples; "
+            f"the input has {n}."
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("neuron_selection (region weights) holds NaN or infinite values.")
+    if not np.any(arr):
+        raise ValueError(
+            "neuron_selection (region weights) is zero everywhere: nothing to explain."
+        )
+    flat = arr.reshape(-1, int(np.prod(output_shape)))
+    return tf.convert_to_tensor(np.broadcast_to(flat, (n, flat.shape[1])), tf.float32)
+
+
+def neuron_selection(
+    selection: Any,
+    mode: str,
+    n: int,
+    num_outputs: int,
+    output_shape: tuple[int, ...] | None = None,
+) -> tf.Tensor:
+    """The selection for ``analyze(x, neuron_selection)``: per-sample output indices ``(n,)``
+    int32, or region weights ``(n, num_outputs)`` float32.
+
+    Mode ``"index"`` takes indices (one int for all samples, or one per sample, each in
     ``[0, num_outputs)``); the other modes choose inside the compiled pass and get zeros here.
+    Any mode takes output-shaped weights (see :func:`is_region`; needs ``output_shape``, one
+    sample's output shape), which explain ``Σ weights ⊙ output``.
     """
     import tensorflow as tf
 
+    if output_shape is not None and is_region(selection, mode, output_shape):
+        return _region(selection, n, output_shape)
     if mode != "index":
         if selection is not None:
             raise ValueError(
-                f"neuron_selection is only used with neuron_selection_mode='index'; "
-                f"this analyzer uses {mode!r}."
+                f"neuron_selection is only used with neuron_selection_mode='index' (or as "
+                f"weights shaped like the output, {tuple(output_shape or ())}, for a region); "
+                f"this analyzer uses {mode!r} and got {_describe(selection)}."
             )
         return tf.zeros((n,), tf.int32)
     if selection is None:
@@ -480,12 +578,23 @@ def neuron_selection(selection: Any, mode: str, n: int, num_outputs: int) -> tf.
     return tf.convert_to_tensor(sel, tf.int32)
 
 
+def _describe(selection: Any) -> str:
+    try:
+        arr = np.asarray(selection)
+        return f"an array of shape {arr.shape} and dtype {arr.dtype}"
+    except (TypeError, ValueError):
+        return repr(selection)
+
+
 def selection_mask(y: Any, mode: str, selection: Any, num_outputs: int) -> tuple[Any, Any]:
-    """Inside the compiled pass: the flattened output ``(n, num_outputs)`` and the 0/1 mask of
-    the neurons explained (per sample the largest, the selected one, or all)."""
+    """Inside the compiled pass: the flattened output ``(n, num_outputs)`` and the weights of
+    the neurons explained: a 0/1 mask (per sample the largest, the selected one, or all), or
+    the region weights when ``selection`` is a float ``(n, num_outputs)`` tensor."""
     import tensorflow as tf
 
     flat = tf.reshape(y, [tf.shape(y)[0], -1])
+    if selection is not None and selection.dtype.is_floating:
+        return flat, tf.cast(selection, flat.dtype)
     if mode == "all":
         return flat, tf.ones_like(flat)
     if mode == "max_activation":

@@ -5,11 +5,13 @@
     pattern-keras evaluate MODEL DATA -m NAME [-m NAME ...] [--patterns patterns.h5]
                       [--fit-data FIT] -o OUT_DIR [--patch-size K] [--steps N]
                       [--subsets N] [--smooth-samples N] [--mode cascading|independent ...]
-                      [data options]
+                      [--overwrite] [data options]
 
 Writes ``OUT_DIR/evaluation.md``, ``OUT_DIR/evaluation.csv`` (one row per method: deletion,
 insertion, MuFidelity, the randomization and random-logit tests) and the figures. Kept out of
-``cli.py``: :func:`add_parser` builds the subcommand, :func:`run` runs it.
+``cli.py``: :func:`add_parser` builds the subcommand, :func:`run` runs it. Its outputs follow
+the command line's rules: never the model, the data or the pattern file; an existing file only
+with ``--overwrite`` or when pattern-keras wrote it.
 """
 
 from __future__ import annotations
@@ -64,6 +66,12 @@ def add_parser(sub: Any, add_data_options: Any) -> argparse.ArgumentParser:
         "'(patterns re-fitted)' rows); read like DATA",
     )
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing files in DIR that pattern-keras did not write (never the "
+        "model, the data or the pattern file)",
+    )
     p.add_argument("--patch-size", type=int, help="deletion/insertion patch side (default H/8)")
     p.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (16)")
     p.add_argument("--subsets", type=int, default=200, help="MuFidelity subsets (200)")
@@ -114,10 +122,20 @@ def run(args: argparse.Namespace) -> int:
     cli._check_exists(args.data, "data")
     cli._quiet_tensorflow()
     import pattern_keras as pk
-    from pattern_keras.evaluation.report import evidence_table
+    from pattern_keras import _cli_output
+    from pattern_keras.evaluation.report import evidence_table, planned_files
 
     model = cli.load_model(args.model, args.unsafe)
     x, _ = cli.load_data(args.data, args.key, args.image_size, args.preprocess, model)
+    modes = tuple(dict.fromkeys(args.mode or ("cascading", "independent")))
+    planned = planned_files(
+        args.output, "evaluation", images=x.ndim == 4, modes=modes, smooth=args.smooth_samples > 0
+    )
+    protected = [args.model] + cli._data_files(args.data)
+    protected += [p for p in (args.patterns, args.fit_data) if p is not None]
+    if args.fit_data is not None:
+        protected += cli._data_files(args.fit_data)
+    cli._check_outputs(args, planned, protected)
     fit = None
     if args.fit_data is not None:
         fit, _ = cli.load_data(args.fit_data, args.key, args.image_size, args.preprocess, model)
@@ -151,13 +169,14 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
         subsets=args.subsets,
         smooth_samples=args.smooth_samples,
-        modes=tuple(dict.fromkeys(args.mode or ("cascading", "independent"))),
+        modes=modes,
         seed=args.seed,
         batch_size=args.batch_size,
         output_dir=args.output,
         name="evaluation",
         verbose=0 if args.quiet else 1,
     )
+    _cli_output.record_outputs(list(table.files.values()))
     cli._say(args, table.to_markdown())
     cli._say(args, f"Wrote {len(table.files)} files to {args.output} in {table.seconds:.0f} s")
     return cli.EXIT_OK

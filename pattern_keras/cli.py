@@ -613,6 +613,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         [args.model, *_data_files(args.inputs), *([args.patterns] if args.patterns else [])],
     )
     model = load_model(args.model, args.unsafe)
+    if _is_text(args.inputs):  # one example per line: per-token scores (_cli_text.py)
+        return _analyze_text(args, model, per_method, pattern_methods)
     x, names = load_data(args.inputs, args.key, args.image_size, args.preprocess, model)
     patterns = _load_patterns_for(args.patterns, model) if args.patterns else None
     analyzers = _build_analyzers(args, model, per_method, pattern_methods, patterns)
@@ -698,6 +700,29 @@ def _build_analyzers(
     return analyzers
 
 
+def _is_text(path: str) -> bool:
+    from pattern_keras import _cli_text
+
+    return _cli_text.is_text(path)
+
+
+def _analyze_text(args: argparse.Namespace, model: Any, per_method, pattern_methods) -> int:
+    """``analyze`` on a text file (:mod:`pattern_keras._cli_text`)."""
+    from pattern_keras import _cli_text
+
+    patterns = _load_patterns_for(args.patterns, model) if args.patterns else None
+    try:
+        _cli_text.analyze_text(
+            args,
+            model,
+            lambda m: _build_analyzers(args, m, per_method, pattern_methods, patterns),
+            lambda message: _say(args, message),
+        )
+    except _cli_text.TextInputError as err:
+        raise UsageError(str(err)) from None
+    return EXIT_OK
+
+
 def _explain(
     args: argparse.Namespace, analyzers: dict[str, Any], x: Any, per_method: dict[str, Any]
 ) -> dict[str, Any]:
@@ -747,6 +772,10 @@ def _planned_analyze_outputs(args: argparse.Namespace, methods: list[str]) -> li
     overlays and the grid (known from the file names, or an array file's header)."""
     from pattern_keras import _cli_output, _images
 
+    if _is_text(args.inputs):
+        from pattern_keras import _cli_text
+
+        return _cli_text.planned_outputs(args.output, len(methods))
     planned = [os.path.join(args.output, _arrays_name(len(methods)))]
     if os.path.isdir(args.inputs) or args.inputs.lower().endswith(IMAGE_EXTENSIONS):
         try:

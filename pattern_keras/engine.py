@@ -19,10 +19,21 @@ from typing import Any
 import tensorflow as tf
 
 from pattern_keras import graph as _graph
+from pattern_keras import points as _points
 from pattern_keras.layers import LinearPart, Op, ops_for_node, resolve_products
+from pattern_keras.layers.attention import resolve_attention
+from pattern_keras.layers.core import whole_call_op
 from pattern_keras.layers.registry import builder_for
 
-__all__ = ["Program", "forward", "forward_intervals", "backward", "if_samples", "Rule"]
+__all__ = [
+    "Program",
+    "forward",
+    "forward_intervals",
+    "backward",
+    "backward_ops",
+    "if_samples",
+    "Rule",
+]
 
 # A rule: (op, op inputs, op outputs, backward signals at the outputs) -> signals at the inputs.
 Rule = Callable[[Op, Sequence[Any], Sequence[Any], Sequence[Any]], Sequence[Any]]
@@ -61,12 +72,19 @@ class Program:
         :class:`~pattern_keras.graph.ModelGraph`): it must be rebuilt once they change.
     output_shape : tuple
         The model output's static shape (batch axis ``None``); a stripped softmax keeps it.
+    points : list of ExplainedPoint
+        Where each input is explained (:mod:`pattern_keras.points`): the input itself, the
+        float an integer input is cast to, the (summed) embedding vectors of ids, or nowhere.
+    shapes, dtypes : dict
+        Static shape and dtype name of every slot.
 
     Raises
     ------
     ValueError
-        For an unsupported layer (named, with its class and the supported kinds), a softmax
-        anywhere but at the end, or a model with several outputs.
+        For a model with several outputs. A layer without a rule, a softmax anywhere but at
+        the end or as held attention weights, and a product of two tensors that is not
+        attention (see :func:`~pattern_keras.layers.attention.resolve_attention`) become
+        ``"opaque"`` ops, which the analyzers other than the gradient family refuse.
     RuntimeError
         When Keras runs on another backend than TensorFlow (saying how to select it).
     """
@@ -103,26 +121,27 @@ class Program:
         )
         self.ops = ops
         shapes = {slot: spec[0] for slot, spec in zip(graph.inputs, graph.input_specs)}
+        self.dtypes = {slot: spec[1] for slot, spec in zip(graph.inputs, graph.input_specs)}
         for node in graph.nodes:
             shapes.update(zip(node.outputs, node.output_shapes))
+            self.dtypes.update(zip(node.outputs, node.output_dtypes))
+        self.shapes = shapes
         resolve_products(self.ops, shapes)
         if strip_softmax:
             self._strip_final_softmax()
-        for op in self.ops:
-            if op.kind == "activation" and op.activation == "softmax":
-                # Exact for the gradient family; a rule for the others only where something
-                # holds it (attention weights).
-                op.kind = "opaque"
-                op.refusal = (
-                    f"Layer '{op.key}' applies a softmax inside the model. A softmax is only "
-                    "supported as the model's last operation, where it is stripped. The "
-                    "gradient family (Gradient, InputTimesGradient, IntegratedGradients, "
-                    "SmoothGrad) explains it through its own gradient."
-                )
         if fold_batch_norm:
             self._fold_batch_norms()
         self._prune()
+        # The hold analysis: what attention products hold, which ops a held pass reaches.
+        self._reached_when_held = resolve_attention(self.ops, self.output)
         self._mark_rectified()
+        self.points = _points.find_points(self)
+        if all(p.slot is None for p in self.points):
+            raise ValueError(
+                f"Model '{model.name}' has no input that can be explained: "
+                + "; ".join(f"input {p.index}: {p.reason}" for p in self.points)
+                + "."
+            )
 
     # -- construction ----------------------------------------------------------------------
 
@@ -134,6 +153,12 @@ class Program:
 
     def consumers(self, slot: int) -> list[Op]:
         return [op for op in self.ops if slot in op.inputs]
+
+    def reached_when_held(self, op: Op) -> bool:
+        """Whether a backward pass that holds every held quantity (what the rule-based
+        analyzers run: no signal into attention weights, queries or keys) reaches ``op``.
+        The query and key projections of attention are not reached: they need no pattern."""
+        return id(op) in self._reached_when_held
 
     def _strip_final_softmax(self) -> None:
         """Drop a final softmax or sigmoid: explanations are of the logit."""
@@ -174,6 +199,8 @@ class Program:
             if len(self.consumers(bn.inputs[0])) != 1 or bn.inputs[0] == self.output:
                 continue
             part = linear.linear
+            if part.neuron_axes is not None:
+                continue  # neurons over several axes (EinsumDense): BN normalizes one
             if bn.affine()[2] % bn.rank != part.channel_axis % bn.rank:
                 continue  # normalizes another axis than the linear layer's neurons
             folded = _fold(part, bn.affine)
@@ -193,6 +220,12 @@ class Program:
     # -- introspection ---------------------------------------------------------------------
 
     @property
+    def explained_slots(self) -> list[int]:
+        """The slots at which the explained inputs are explained (see :mod:`pattern_keras.
+        points`), in input order, inputs that are not explained left out."""
+        return [p.slot for p in self.points if p.slot is not None]
+
+    @property
     def linear_ops(self) -> list[Op]:
         return [op for op in self.ops if op.kind == "linear"]
 
@@ -201,46 +234,22 @@ def _ops_or_opaque(node: _graph.CallNode) -> list[Op]:
     """The ops of one call node, or one ``"opaque"`` op when the layer has no rule (or could
     not be looked into): the gradient family differentiates it as it is, every other analyzer
     refuses it with this message."""
-    reason = None
-    if node.constant:
-        return [
-            Op(
-                key=node.key,
-                kind="constant",
-                layer=node.layer,
-                inputs=node.inputs,
-                outputs=node.outputs,
-                forward=node.call,
-                rank=len(node.output_shapes[0]) if node.output_shapes else 0,
-            )
-        ]
+    gradient_family = (
+        "The gradient family (Gradient, InputTimesGradient, IntegratedGradients, SmoothGrad) "
+        "explains it through its own gradient"
+    )
     if node.unreadable is not None:
         reason = (
             f"Layer '{node.key}' of class {type(node.layer).__name__} has no rule of its own "
-            f"and could not be looked into: {node.unreadable}. The gradient family (Gradient, "
-            "InputTimesGradient, IntegratedGradients, SmoothGrad) explains it through its own "
-            "gradient; the other methods need a rule for each of its parts."
+            f"and could not be looked into: {node.unreadable}. {gradient_family}; the other "
+            "methods need a rule for each of its parts."
         )
     else:
         try:
             return ops_for_node(node, node.input_shapes[0] if node.input_shapes else ())
         except ValueError as err:
-            reason = str(err) + (
-                " The gradient family (Gradient, InputTimesGradient, IntegratedGradients, "
-                "SmoothGrad) explains it through its own gradient."
-            )
-    return [
-        Op(
-            key=node.key,
-            kind="opaque",
-            layer=node.layer,
-            inputs=node.inputs,
-            outputs=node.outputs,
-            forward=node.call,
-            rank=len(node.output_shapes[0]) if node.output_shapes else 0,
-            refusal=reason,
-        )
-    ]
+            reason = f"{err} {gradient_family}."
+    return [whole_call_op(node, "opaque", refusal=reason)]
 
 
 def _fold(part: LinearPart, affine: Callable[[], tuple[Any, Any, int]]) -> LinearPart:
@@ -267,21 +276,39 @@ def _fold(part: LinearPart, affine: Callable[[], tuple[Any, Any, int]]) -> Linea
         kernel_shape=part.kernel_shape,
         out_axes=part.out_axes,
         channel_axis=part.channel_axis,
+        neuron_axes=part.neuron_axes,
         padded_apply=part.padded_apply,
         shiftable=part.shiftable,
         compute_dtype=part.compute_dtype,
     )
 
 
-def forward(program: Program, inputs: Sequence[Any]) -> dict[int, Any]:
-    """Run the program; return every slot's tensor (inputs, intermediates, output)."""
+def forward(
+    program: Program, inputs: Sequence[Any], at: dict[int, Any] | None = None
+) -> dict[int, Any]:
+    """Run the program; return every slot's tensor (inputs, intermediates, output).
+
+    Parameters
+    ----------
+    program : Program
+    inputs : list of tensor
+        One per model input.
+    at : dict, optional
+        ``{slot: tensor}``: values that replace those slots' own (the explained points of the
+        path or noisy points of Integrated Gradients and SmoothGrad, the token embeddings of a
+        baseline); an op whose outputs are all replaced is not run.
+    """
+    at = at or {}
     values = dict(zip(program.inputs, inputs))
+    values.update(at)
     for op in program.ops:
+        if op.outputs and all(s in at for s in op.outputs):
+            continue
         for slot in op.inputs:
             if slot in program.masks:  # as Keras gives a layer its input's mask
                 _graph.attach_mask(values[slot], values[program.masks[slot]])
         outs = op.forward([values[s] for s in op.inputs])
-        values.update(zip(op.outputs, outs))
+        values.update((s, o) for s, o in zip(op.outputs, outs) if s not in at)
     return values
 
 
@@ -314,18 +341,29 @@ def if_samples(batch: Any, fn: Callable[[], Any], empty: Callable[[], Any]) -> A
 
 
 def forward_intervals(
-    program: Program, lows: Sequence[Any], highs: Sequence[Any], where: Callable[[Op], bool]
+    program: Program,
+    lows: Sequence[Any],
+    highs: Sequence[Any],
+    where: Callable[[Op], bool],
+    fixed: dict[int, Any] | None = None,
+    slots: Sequence[int] | None = None,
 ) -> dict[int, tuple[Any, Any]]:
-    """Elementwise bounds ``(low, high)`` of the input slots and of every slot computed from
-    them by ops that ``where(op)`` admits, each op run on both bounds of its inputs.
+    """Elementwise bounds ``(low, high)`` of ``slots`` (default: the input slots) and of every
+    slot computed from them by ops that ``where(op)`` admits, each op run on both bounds of its
+    inputs.
 
     Exact bounds for ops that are elementwise monotone in each input (padding, reshapes,
     pooling, adding, ReLU); used by deep Taylor decomposition for the box its bounded rule
-    needs, up to the first linear layer.
+    needs, up to the first linear layer. ``fixed`` gives slots whose value is the same at
+    both bounds (a Keras mask computed from the sample: pooling averages over the same steps).
     """
-    bounds = {slot: (lo, hi) for slot, lo, hi in zip(program.inputs, lows, highs)}
+    slots = program.inputs if slots is None else slots
+    bounds = {slot: (lo, hi) for slot, lo, hi in zip(slots, lows, highs)}
+    bounds.update({slot: (v, v) for slot, v in (fixed or {}).items()})
     for op in program.ops:
         if not where(op) or not all(s in bounds for s in op.inputs):
+            continue
+        if all(s in bounds for s in op.outputs):  # bounds given (an explained point) stay
             continue
         los = op.forward([bounds[s][0] for s in op.inputs])
         his = op.forward([bounds[s][1] for s in op.inputs])
@@ -364,17 +402,60 @@ def backward(
     Returns
     -------
     list of tensor
-        One signal per model input, shaped like it (zeros for an input the output ignores).
+        One signal per explained point (``program.explained_slots``), shaped like the tensor
+        there (zeros for an input the output ignores). Ops before the explained points (casts
+        of integer inputs, embedding lookups and their sums) are not visited.
     """
-    signals: dict[int, Any] = {program.output: seed}
-    for op in reversed(program.ops):
+    explained = program.explained_slots
+    return backward_ops(
+        _points.live_ops(program, explained),
+        values,
+        {program.output: seed},
+        explained,
+        rule_for,
+        renormalize,
+    )
+
+
+def backward_ops(
+    ops: Sequence[Op],
+    values: dict[int, Any],
+    seeds: dict[int, Any],
+    inputs: Sequence[int],
+    rule_for: Callable[[Op], Rule],
+    renormalize: bool = False,
+) -> list[Any]:
+    """:func:`backward` over any list of ops, from signals at several slots: the program's, or
+    one step of a recurrent layer's cell (:mod:`pattern_keras.layers.recurrent`).
+
+    Parameters
+    ----------
+    ops : sequence of Op
+        In topological order.
+    values : dict
+        Every slot's forward value (a slot an op does not need backward may hold a non-tensor
+        record, such as a recurrent op's per-step values: it gets no zero signal).
+    seeds : dict
+        ``{slot: signal}`` to start from.
+    inputs : sequence of int
+        The slots whose signals are returned.
+    rule_for, renormalize
+        As for :func:`backward`.
+
+    Returns
+    -------
+    list of tensor
+        One signal per slot of ``inputs`` (zeros where none arrived).
+    """
+    signals: dict[int, Any] = dict(seeds)
+    for op in reversed(ops):
         if op.kind in ("index", "constant"):  # no signal crosses an integer or a constant
             continue
         upstream = [signals.pop(s, None) for s in op.outputs]
         if all(g is None for g in upstream):
             continue
         upstream = [
-            tf.zeros_like(values[s]) if g is None else g for s, g in zip(op.outputs, upstream)
+            _zeros_like(values[s]) if g is None else g for s, g in zip(op.outputs, upstream)
         ]
         downstream = rule_for(op)(
             op, [values[s] for s in op.inputs], [values[s] for s in op.outputs], upstream
@@ -385,7 +466,12 @@ def backward(
             signals[slot] = g if slot not in signals else signals[slot] + g
         if renormalize and op.kind == "linear":
             signals = _renormalized(signals)
-    return [signals.get(s, tf.zeros_like(values[s])) for s in program.inputs]
+    return [signals.get(s, tf.zeros_like(values[s])) for s in inputs]
+
+
+def _zeros_like(value: Any) -> Any:
+    """The zero signal of a forward value; ``None`` for a non-tensor record."""
+    return tf.zeros_like(value) if tf.is_tensor(value) else None
 
 
 def _renormalized(signals: dict[int, Any]) -> dict[int, Any]:

@@ -38,6 +38,7 @@ __all__ = [
     "application_class",
     "attach_mask",
     "copy_mask",
+    "call_arguments",
 ]
 
 
@@ -202,6 +203,7 @@ def _node_caller(node: Any) -> Callable[[Sequence[Any]], list[Any]]:
             kwargs = dict(kwargs, training=False)
         return list(keras.tree.flatten(operation(*args, **kwargs)))
 
+    call.keras_node = node  # read by call_arguments
     return call
 
 
@@ -767,6 +769,7 @@ def _probed_caller(node: Any, twin: Any) -> Callable[[Sequence[Any]], list[Any]]
                 setattr(target, name, _filled(template, original, batch))
         return list(keras.tree.flatten(target(*call_args, **call_kwargs)))
 
+    call.keras_node = node  # read by call_arguments
     return call
 
 
@@ -955,3 +958,27 @@ def copy_mask(source: Any, target: Any) -> Any:
     if mask is not None:
         _set_mask(target, mask)
     return target
+
+
+def call_arguments(node: CallNode) -> tuple[list[Any], dict[str, Any]] | None:
+    """The arguments a call was made with: each of the node's input tensors as
+    ``("input", k)`` (its position in ``node.inputs``), anything else as ``("constant", value)``
+    (the matrix ``w`` of ``keras.ops.matmul(x, w)``, a captured variable, the ``0.5`` of
+    ``keras.ops.maximum(x, 0.5)``, ``constant_values=-1.0``).
+
+    Returns
+    -------
+    (list, dict) or None
+        The positional and keyword arguments (top level only); ``None`` where the call's
+        arguments cannot be read.
+    """
+    keras_node = getattr(node.call, "keras_node", None)
+    if keras_node is None:
+        return None
+    index = {id(t): k for k, t in enumerate(keras_node.input_tensors)}
+
+    def tag(a: Any) -> tuple[str, Any]:
+        return ("input", index[id(a)]) if isinstance(a, keras.KerasTensor) else ("constant", a)
+
+    arguments = keras_node.arguments
+    return [tag(a) for a in arguments.args], {k: tag(v) for k, v in arguments.kwargs.items()}

@@ -34,6 +34,8 @@ add_sign_colorbar
     The colour bar of signed maps, with the "red = positive, blue = negative" key.
 save_figure
     ``fig.savefig`` that first creates the parent folders.
+tokens
+    Per-token scores over the pieces of tokenized text (HTML, or colour in a terminal).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ __all__ = [
     "SIGN_KEY",
     "CHANNEL_REDUCTIONS",
     "KINDS",
+    "tokens",
+    "TokenScores",
 ]
 
 #: Names accepted by the ``channel_reduce`` arguments.
@@ -699,3 +703,210 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> str:
         os.makedirs(parent, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
+
+
+# --------------------------------------------------------------------------- #
+# Token scores over text
+# --------------------------------------------------------------------------- #
+class TokenScores:
+    """Scores drawn over the pieces of tokenized text: what :func:`tokens` returns.
+
+    Shown as HTML in a notebook (``_repr_html_``) and in colour in a terminal (``print``:
+    24-bit ANSI background colours); :meth:`save` writes the HTML page.
+
+    Attributes
+    ----------
+    pieces : list of list of str
+        Per example, the token pieces shown (padding left out).
+    scores : list of numpy.ndarray
+        Per example, the scores of those pieces.
+    colors : list of numpy.ndarray
+        Per example, ``(pieces, 3)`` RGB colours in ``[0, 1]``.
+    """
+
+    def __init__(self, pieces, scores, colors, title: str | None = None) -> None:
+        self.pieces = pieces
+        self.scores = scores
+        self.colors = colors
+        self.title = title
+
+    @property
+    def html(self) -> str:
+        """The examples as an HTML fragment: one line each, a coloured box per piece, its score
+        in the tooltip."""
+        import html
+
+        lines = []
+        for pieces, scores, colors in zip(self.pieces, self.scores, self.colors):
+            spans = []
+            for piece, score, rgb in zip(pieces, scores, colors):
+                r, g, b = (int(round(255 * c)) for c in rgb)
+                spans.append(
+                    f'<span title="{score:.4g}" style="background:rgb({r},{g},{b});'
+                    'padding:1px 2px;margin:0 1px;border-radius:3px;color:black">'
+                    f"{html.escape(piece)}</span>"
+                )
+            lines.append(
+                f'<div style="line-height:1.9;font-family:monospace">{"".join(spans)}</div>'
+            )
+        title = f"<p><b>{html.escape(self.title)}</b></p>" if self.title else ""
+        key = f'<p style="font-size:small">{SIGN_KEY}; the score is in each piece\'s tooltip</p>'
+        return title + "".join(lines) + key
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    @property
+    def ansi(self) -> str:
+        """The examples for a terminal: each piece on its colour (black text)."""
+        lines = [self.title] if self.title else []
+        for pieces, colors in zip(self.pieces, self.colors):
+            parts = []
+            for piece, rgb in zip(pieces, colors):
+                r, g, b = (int(round(255 * c)) for c in rgb)
+                parts.append(f"\x1b[38;2;0;0;0;48;2;{r};{g};{b}m{piece}\x1b[0m")
+            lines.append(" ".join(parts))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.ansi
+
+    def __repr__(self) -> str:
+        return f"TokenScores({len(self.pieces)} example(s))"
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write a standalone HTML page (parent folders created).
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file to write (replaced if it exists).
+
+        Returns
+        -------
+        str
+            The path written.
+        """
+        path = os.fspath(path)
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(
+                f'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>{self.html}</body></html>'
+            )
+        return path
+
+
+def _piece_lookup(tokenizer) -> object:
+    """``id -> piece`` from a keras-hub tokenizer or preprocessor, a vocabulary list, a mapping,
+    a callable, or ``None`` (the ids themselves)."""
+    tok = getattr(tokenizer, "tokenizer", None) or tokenizer
+    if tokenizer is None:
+        return str
+    if hasattr(tok, "id_to_token"):
+        return lambda i: str(tok.id_to_token(int(i)))
+    if isinstance(tokenizer, Mapping):
+        return lambda i: str(tokenizer.get(int(i), i))
+    if callable(tokenizer):
+        return lambda i: str(tokenizer(int(i)))
+    if isinstance(tokenizer, Sequence) and not isinstance(tokenizer, str):
+        return lambda i: str(tokenizer[int(i)])
+    raise ValueError(
+        "tokenizer must be a keras-hub tokenizer or preprocessor, a vocabulary (list of "
+        f"pieces), a mapping id -> piece, a function, or None; got {type(tokenizer).__name__}."
+    )
+
+
+def _preprocess_text(text, preprocessor) -> tuple[np.ndarray, np.ndarray | None]:
+    """Token ids (and a padding mask, if the preprocessor gives one) of raw text."""
+    if preprocessor is None or not callable(preprocessor):
+        raise ValueError(
+            "Text was given instead of token ids: pass the keras-hub preprocessor (or tokenizer) "
+            "that made the model's inputs as the third argument."
+        )
+    out = preprocessor([text] if isinstance(text, str) else list(text))
+    if isinstance(out, tuple):  # (x, y, sample_weight) of a task preprocessor
+        out = out[0]
+    mask = None
+    if isinstance(out, Mapping):
+        mask = out.get("padding_mask")
+        out = out["token_ids"]
+    ids = np.asarray(out)
+    return ids, None if mask is None else np.asarray(mask).astype(bool)
+
+
+def tokens(
+    scores: ArrayLike,
+    token_ids: ArrayLike | str | Sequence[str],
+    tokenizer=None,
+    *,
+    mask: ArrayLike | None = None,
+    cmap: str | Colormap = "bwr",
+    percentile: float = 100.0,
+    title: str | None = None,
+) -> TokenScores:
+    """Draw per-token scores over the tokenizer's pieces (HTML in a notebook, colour in a
+    terminal).
+
+    Parameters
+    ----------
+    scores : array
+        ``(T,)`` or ``(N, T)``: what an analyzer returns for an input of token ids (its
+        per-token scores).
+    token_ids : array, str or list of str
+        The ids, shaped like ``scores``; or the raw text (one string per example), which
+        ``tokenizer`` (then a keras-hub preprocessor or tokenizer) turns into ids.
+    tokenizer : keras-hub tokenizer or preprocessor, list, mapping, callable, or None
+        Turns an id into its piece: a keras-hub ``Tokenizer`` (``id_to_token``) or a
+        preprocessor holding one, a vocabulary (``vocab[id]``), a mapping, a function, or
+        ``None`` to show the ids.
+    mask : array, optional
+        Shaped like ``scores``: the positions to show (a ``padding_mask``). By default a
+        preprocessor's padding mask where text is given, else every position.
+    cmap : str or Colormap
+        A diverging colormap; 0 maps to its centre (white for ``"bwr"``, the default), positive
+        scores to its upper (red) half.
+    percentile : float
+        Each example is scaled by this percentile of its ``|scores|`` (default 100: the largest).
+    title : str, optional
+
+    Returns
+    -------
+    TokenScores
+        Display it (a notebook shows the HTML), ``print`` it (a terminal shows colours), or
+        ``.save("scores.html")``.
+
+    Examples
+    --------
+    >>> scores = pk.LRPZ(classifier.backbone_with_head).analyze(x)     # (N, T)
+    >>> pk.plot.tokens(scores, x["token_ids"], preprocessor)
+    """
+    preset_mask = None
+    if isinstance(token_ids, str) or (
+        isinstance(token_ids, Sequence) and token_ids and isinstance(token_ids[0], str)
+    ):
+        token_ids, preset_mask = _preprocess_text(token_ids, tokenizer)
+    ids = np.asarray(token_ids)
+    values = _as_float(scores, "scores")
+    if values.ndim == 1:
+        values, ids = values[None], ids.reshape(1, -1)
+    if values.ndim != 2 or ids.shape != values.shape:
+        raise ValueError(
+            f"scores must be (T,) or (N, T) and token_ids shaped like them; got scores "
+            f"{np.shape(scores)} and token ids {ids.shape}."
+        )
+    shown = preset_mask if mask is None else np.asarray(mask).astype(bool)
+    shown = np.ones(values.shape, bool) if shown is None else shown.reshape(values.shape)
+    percentile = _check_percentile(percentile)
+    colormap = _get_cmap(cmap)
+    piece = _piece_lookup(tokenizer)
+    all_pieces, all_scores, all_colors = [], [], []
+    for row_ids, row, keep in zip(ids, values, shown):
+        row, row_ids = row[keep], row_ids[keep]
+        scale = float(np.percentile(np.abs(row), percentile)) if row.size else 0.0
+        level = np.clip(row / scale, -1, 1) if scale > 0 else np.zeros_like(row)
+        all_colors.append(np.asarray(colormap(0.5 + 0.5 * level))[:, :3])
+        all_pieces.append([piece(i) for i in row_ids])
+        all_scores.append(row)
+    return TokenScores(all_pieces, all_scores, all_colors, title=title)

@@ -22,6 +22,7 @@ from pattern_keras.layers import KINDS, Op
 
 __all__ = [
     "vjp",
+    "held_vjp",
     "GradientRule",
     "LinearRule",
     "ActivationRule",
@@ -29,6 +30,7 @@ __all__ = [
     "Term",
     "ZRule",
     "RatioZRule",
+    "RecurrentRule",
     "Composite",
 ]
 
@@ -70,6 +72,37 @@ def _differentiable(t: Any) -> bool:
     return dtype is not None and (dtype.is_floating or dtype.is_complex)
 
 
+def held_vjp(op: Op, inputs: Sequence[Any], upstream: Sequence[Any]) -> list[Any]:
+    """Vector-Jacobian product of the op's ``held`` forward pass (its ``forward`` where it has
+    none) with respect to the inputs it does not hold; ``None`` for the held inputs
+    (``op.held_inputs``: attention weights, queries and keys), which so receive no signal and
+    are never visited by the engine. What every rule-based analyzer takes through an op with
+    held quantities."""
+    forward = op.held if op.held is not None else op.forward
+    free = [i for i in range(len(inputs)) if i not in op.held_inputs]
+    if len(free) == len(inputs):
+        return vjp(forward, inputs, upstream)
+    grads = vjp(_on_free_inputs(forward, inputs, free), [inputs[i] for i in free], upstream)
+    out: list[Any] = [None] * len(inputs)
+    for i, g in zip(free, grads):
+        out[i] = g
+    return out
+
+
+def _on_free_inputs(
+    fn: Callable[[Sequence[Any]], Sequence[Any]], inputs: Sequence[Any], free: Sequence[int]
+) -> Callable[[Sequence[Any]], Sequence[Any]]:
+    """``fn`` as a function of the inputs at positions ``free``, the others fixed."""
+
+    def on_free(xs):
+        full = list(inputs)
+        for i, x in zip(free, xs):
+            full[i] = x
+        return fn(full)
+
+    return on_free
+
+
 def _distinct(inputs: Sequence[Any]) -> list[Any]:
     """``inputs`` with every repeated tensor object replaced by an identity copy.
 
@@ -96,15 +129,18 @@ class GradientRule:
     ----------
     held : bool
         Differentiate the op's ``held`` forward pass where it has one (LayerNormalization with
-        its normalizing scale held constant: a linear map), as the pattern methods do.
+        its normalizing scale held constant: a linear map; an attention product with its
+        attention weights held), with no signal into held operands (:func:`held_vjp`): what
+        every rule-based analyzer does.
     """
 
     def __init__(self, held: bool = False) -> None:
         self.held = bool(held)
 
     def __call__(self, op: Op, inputs, outputs, upstream):
-        forward = op.held if (self.held and op.held is not None) else op.forward
-        return vjp(forward, inputs, upstream)
+        if self.held:
+            return held_vjp(op, inputs, upstream)
+        return vjp(op.forward, inputs, upstream)
 
     def __repr__(self) -> str:
         return "GradientRule(held=True)" if self.held else "GradientRule()"
@@ -328,13 +364,14 @@ class BasicRule:
                 gathered[key] = (xs, acc, acc_positive)
         total = None
         for xs, acc, positive in gathered.values():
-            part = [x * g for x, g in zip(xs, acc)]
+            # An input without a gradient (a mask or index operand) gets no relevance: None.
+            part = [None if g is None else x * g for x, g in zip(xs, acc)]
             if total is None:
-                total = part if positive else [-p for p in part]
+                total = part if positive else [None if p is None else -p for p in part]
             elif positive:
-                total = [a + p for a, p in zip(total, part)]
+                total = [a if p is None else a + p for a, p in zip(total, part)]
             else:
-                total = [a - p for a, p in zip(total, part)]
+                total = [a if p is None else a - p for a, p in zip(total, part)]
         return total
 
 
@@ -356,9 +393,25 @@ class ZRule(BasicRule):
     """
 
     def groups(self, op, inputs, outputs):
-        # LayerNormalization: its normalizing scale held constant, a linear map (Ali et al. 2022).
+        # LayerNormalization: its normalizing scale held constant, a linear map (Ali et al. 2022);
+        # an attention product: its attention weights held, linear in the values. Held operands
+        # are no contributions: the term is a function of the others only.
         forward = op.held if op.held is not None else op.forward
+        free = [i for i in range(len(inputs)) if i not in op.held_inputs]
+        if len(free) < len(inputs):
+            forward = _on_free_inputs(forward, inputs, free)
+            inputs = [inputs[i] for i in free]
         return [(None, [Term(inputs, forward, value=outputs)], None)]
+
+    def __call__(self, op: Op, inputs, outputs, upstream):
+        relevance = super().__call__(op, inputs, outputs, upstream)
+        if not op.held_inputs:
+            return relevance
+        out: list[Any] = [None] * len(inputs)
+        free = [i for i in range(len(inputs)) if i not in op.held_inputs]
+        for i, r in zip(free, relevance):
+            out[i] = r
+        return out
 
     def __repr__(self) -> str:
         return f"ZRule(epsilon={self.epsilon})"
@@ -431,14 +484,51 @@ class RatioZRule:
         return _nonzero_rescaled(s, z)
 
     def __call__(self, op: Op, inputs, outputs, upstream):
-        # LayerNormalization: its normalizing scale held constant, a linear map (Ali et al. 2022).
-        forward = op.held if op.held is not None else op.forward
+        # LayerNormalization: its normalizing scale held constant, a linear map (Ali et al. 2022);
+        # an attention product: its attention weights held, nothing into them (held_vjp).
         skip = self.epsilon == 0.0 and self.skip_zero_mask is not None and self.skip_zero_mask(op)
         rescaled = [self._rescaled(s, z, skip) for s, z in zip(upstream, outputs)]
-        return vjp(forward, inputs, rescaled)
+        return held_vjp(op, inputs, rescaled)
 
     def __repr__(self) -> str:
         return f"RatioZRule(epsilon={self.epsilon})"
+
+
+class RecurrentRule:
+    """Backward through a recurrent op: the analyzer's own rules on its cell, step by step.
+
+    A recurrent layer's cell is a small program of ops of the ordinary kinds (linear maps,
+    sums, activations, gated products; see :mod:`pattern_keras.layers.recurrent`). The op's
+    backward walks the time steps in reverse (one ``tf.while_loop``); at every step this rule
+    runs :func:`pattern_keras.engine.backward_ops` on the cell with the analyzer's composite,
+    from the signals at the step's output and new states to its input and previous states.
+    So a gated product passes the signal as every product does in that analyzer (LRP: all of
+    it to the signal operand; Guided BackProp: times the gate, then rectified; DeConvNet:
+    rectified), the cell-state sum and the GRU's interpolation take the analyzer's sum rule,
+    and the candidate's kernels its linear rule. :class:`Composite` hands this rule out for
+    kind ``"recurrent"``.
+
+    Parameters
+    ----------
+    composite : Composite
+        The analyzer's rules, applied inside the cell.
+    """
+
+    def __init__(self, composite: Composite) -> None:
+        self.composite = composite
+
+    def __call__(self, op: Op, inputs, outputs, upstream):
+        from pattern_keras import engine  # the engine imports the layers this module reads
+
+        cell = op.recurrent.cell
+
+        def step(values, seeds):
+            return engine.backward_ops(cell.ops, values, seeds, cell.inputs, self.composite)
+
+        return op.recurrent.backward(inputs, outputs, upstream, step)
+
+    def __repr__(self) -> str:
+        return f"RecurrentRule({self.composite!r})"
 
 
 class Composite:
@@ -453,7 +543,8 @@ class Composite:
         The rule of every kind ``rules`` leaves out (e.g. ``GradientRule()``: "the rest as the
         gradient"). Without one, an op of a kind that has no rule is refused with a
         ``ValueError`` naming it: an analyzer never explains a layer by a rule it did not
-        choose.
+        choose. A recurrent op, unless ``rules`` names the kind, gets :class:`RecurrentRule`
+        with this composite: the same rules inside its cell.
     """
 
     def __init__(self, rules: Mapping[str, Any], default: Any = None) -> None:
@@ -468,6 +559,8 @@ class Composite:
             # Never through the default: a layer nobody could read is not explained by the
             # gradient in an analyzer that promises another rule.
             raise ValueError(op.refusal or f"Op '{op.key}' has no rule in {self!r}.")
+        if op.kind == "recurrent" and "recurrent" not in self.rules:
+            return RecurrentRule(self)
         rule = self.rules.get(op.kind, self.default)
         if rule is None:
             raise ValueError(

@@ -94,3 +94,32 @@ def test_evaluate_refuses_a_pattern_method_without_patterns(files, capsys):
     assert "needs fitted patterns" in capsys.readouterr().err
     code = cli.main(["evaluate", model_path, data_path, "-m", "nope", "-o", str(folder / "o3")])
     assert code == 2
+
+
+def test_evaluate_writes_exactly_its_planned_files_and_never_over_an_input(files, capsys):
+    """The outputs are checked before any work (the command line's rules, issue 22): not the
+    model nor the data, and an existing file only with --overwrite or when pattern-keras
+    wrote it; the files planned are the files written."""
+    folder, model_path, data_path, _ = files
+    out = folder / "plan"
+    args = ["evaluate", model_path, data_path, "-m", "gradient", "--steps", "2"]
+    args += ["--subsets", "5", "--smooth-samples", "0", "--mode", "cascading", "-q"]
+    assert cli.main(args + ["-o", str(out)]) == 0, capsys.readouterr().err
+    written = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    from pattern_keras.evaluation.report import planned_files
+
+    planned = planned_files(str(out), "evaluation", images=True, modes=("cascading",), smooth=False)
+    assert written == sorted(p.split("/")[-1] for p in planned)
+    # A second run replaces what the first wrote; a file it did not write is kept.
+    assert cli.main(args + ["-o", str(out)]) == 0
+    (out / "evaluation.csv").write_text("mine")
+    assert cli.main(args + ["-o", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "evaluation.csv").read_text() == "mine"
+    # The data file as an output is refused even with --overwrite (a link to it as well).
+    (out / "evaluation.md").unlink()
+    (out / "evaluation.md").symlink_to(data_path)
+    before = np.load(data_path)
+    assert cli.main(args + ["-o", str(out), "--overwrite"]) == 2
+    assert "is the input" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(data_path), before)

@@ -190,3 +190,45 @@ def test_topk_precision_hand_values():
 def test_topk_precision_errors(attribution, support, k, message):
     with pytest.raises(ValueError, match=message):
         topk_precision(attribution, support, k=k)
+
+
+# --- signal_distractor_series ----------------------------------------------------------------
+
+
+def test_series_shapes_parts_and_support():
+    from pattern_keras.datasets import signal_distractor_series
+
+    data = signal_distractor_series(400, seed=3)
+    n, steps, channels, k = 400, 64, 8, 3
+    assert data.x.shape == data.signal.shape == (n, steps, channels)
+    assert data.x.dtype == data.signal.dtype == np.float32
+    assert data.signal_pattern.shape == data.support.shape == (steps, channels)
+    assert data.distractor_patterns.shape == (k, steps, channels)
+    # x is signal + distractors + noise of the documented size.
+    residual = data.x.astype(np.float64) - data.signal - data.distractors
+    assert residual.std() == pytest.approx(0.05, rel=0.05)
+    y = data.signal_amplitude
+    np.testing.assert_array_equal(np.sign(y), 2 * data.labels - 1)
+    expected = y[:, None, None] * data.signal_pattern.astype(np.float64)
+    np.testing.assert_allclose(data.signal, expected, rtol=1e-6, atol=1e-7)
+    # The burst: three adjacent channels around the middle, a quarter of the steps, peak 1.
+    steps_on = np.flatnonzero(data.support.any(axis=1))
+    channels_on = np.flatnonzero(data.support.any(axis=0))
+    assert channels_on.tolist() == [3, 4, 5]
+    assert len(steps_on) == steps // 4 and np.all(np.diff(steps_on) == 1)
+    assert np.abs(data.signal_pattern).max() == pytest.approx(1.0)
+    # Every distractor is louder than the signal and overlaps it in time and channels.
+    for pattern in data.distractor_patterns:
+        assert np.abs(pattern).max() == pytest.approx(2.0)
+        assert np.abs(pattern[data.support]).max() > 0.1
+
+
+def test_series_deterministic_and_patterns_shared_across_seeds():
+    from pattern_keras.datasets import signal_distractor_series
+
+    a, b, c = (signal_distractor_series(30, seed=s) for s in (5, 5, 6))
+    np.testing.assert_array_equal(a.x, b.x)
+    assert not np.array_equal(a.x, c.x)
+    np.testing.assert_array_equal(a.distractor_patterns, c.distractor_patterns)
+    with pytest.raises(ValueError, match="steps"):
+        signal_distractor_series(3, steps=8)

@@ -14,10 +14,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import PASS, assert_close
 
 import pattern_keras as pk
 from pattern_keras import engine
-from tests.conftest import PASS, assert_close
 
 L = keras.layers
 ops = keras.ops
@@ -151,7 +151,6 @@ def test_a_layer_that_needs_its_batch_size(n):
     assert_close(pk.Gradient(model).analyze(x), tape_gradient(model, x), PASS)
 
 
-@pytest.mark.xfail(strict=True, reason="keras.ops.concatenate gets its rule with the ops work")
 def test_a_batch_dependent_layer_through_lrp():
     """LRP-z: the tiled token is a constant input of the concatenation; the twin takes it as
     a second model input, and the relevance of the data input is the same in both."""

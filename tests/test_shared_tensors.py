@@ -13,9 +13,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import PASS, assert_close
 
 import pattern_keras as pk
-from tests.conftest import PASS, assert_close
 
 L = keras.layers
 

@@ -63,6 +63,10 @@ class Analyzer:
     #: Takes ``"opaque"`` ops (layers without a rule that could not be looked into) by their
     #: own gradient: only the gradient family, whose result is the gradient anyway.
     explains_opaque_ops: bool = False
+    #: How the map at an ids input's embedding vectors ``(n, T, d)`` becomes one score per
+    #: token ``(n, T)``: ``"sum"`` over the embedding axis for attributions (the sum is what
+    #: is conserved), ``"norm"`` (L2) for signals (gradients, patterns).
+    token_reduction: str = "sum"
 
     def __init__(self, model: Any, neuron_selection_mode: str = "max_activation") -> None:
         _checks.selection_mode(neuron_selection_mode)
@@ -75,6 +79,7 @@ class Analyzer:
             self._built_weights_checksum = WeightsChecksum(model)
             self._built_weights = self._built_weights_checksum()
         self._compiled = None
+        self._compiled_region = None
         shape = self._program.output_shape
         if shape is None or any(d is None for d in shape[1:]):
             raise ValueError(
@@ -131,7 +136,9 @@ class Analyzer:
         if self.explains_opaque_ops:
             return
         for op in self._program.ops:
-            if op.kind == "opaque":
+            # An op the held pass never reaches (in the product of queries and keys that only
+            # feeds held attention weights) is never asked for a rule.
+            if op.kind == "opaque" and self._program.reached_when_held(op):
                 raise ValueError(f"{type(self).__name__}: {op.refusal}")
 
     # -- what subclasses define ------------------------------------------------------------
@@ -159,6 +166,7 @@ class Analyzer:
             return self._explain_pass(inputs, selection)
 
     def _explain_pass(self, inputs: list[Any], selection: Any) -> list[Any]:
+        """The signals at the explained points (one per explained input), post-processed."""
         program = self._program
         values = engine.forward(program, inputs)
         y = values[program.output]
@@ -170,7 +178,7 @@ class Analyzer:
         signals = engine.backward(
             program, values, tf.reshape(seed, tf.shape(y)), composite, renormalize=self._renormalize
         )
-        return self._postprocess(inputs, signals)
+        return self._postprocess([values[s] for s in program.explained_slots], signals)
 
     def _explain_batch(self, inputs: list[Any], selection: Any) -> list[Any]:
         """:meth:`_explain`, or zeros for an empty batch without running the model (see
@@ -179,30 +187,58 @@ class Analyzer:
         return engine.if_samples(
             inputs[0],
             lambda: list(self._explain(inputs, selection)),
-            lambda: [tf.zeros_like(x) for x in inputs],
+            lambda: self._empty_results(inputs),
         )
 
-    def _compiled_fn(self):
-        if self._compiled is None:
+    def _empty_results(self, inputs: list[Any]) -> list[Any]:
+        """Zeros shaped like the explained points of an empty batch."""
+        out = []
+        for p in self._program.points:
+            if p.slot is None:
+                continue
+            x = inputs[p.index]
+            dtype = self._program.dtypes.get(p.slot, "float32")
+            if p.kind == "float":
+                out.append(tf.zeros_like(x))
+            elif p.kind == "cast":
+                out.append(tf.zeros(tf.shape(x), dtype))
+            else:  # the ids' shape, then the embedding's own axes
+                extra = [int(d) for d in p.shape[p.ids_rank :]]
+                out.append(tf.zeros(tf.concat([tf.shape(x), extra], axis=0), dtype))
+        return out
+
+    def _compiled_fn(self, region: bool = False):
+        """The compiled pass; ``region``: the selection is output-shaped weights ``(n,
+        outputs)`` instead of one index per sample."""
+        if (self._compiled_region if region else self._compiled) is None:
+            selection = (
+                tf.TensorSpec((None, self.num_outputs), tf.float32)
+                if region
+                else tf.TensorSpec((None,), tf.int32)
+            )
             signature = [
                 [
                     tf.TensorSpec((None,) + tuple(shape[1:]), dtype)
                     for shape, dtype in self._program.input_specs
                 ],
-                tf.TensorSpec((None,), tf.int32),
+                selection,
             ]
             # A partial (no __code__) makes TensorFlow count each analyzer's traces on their
             # own: every analyzer traces once, which is not the "frequent retracing" it warns of.
             # No AutoGraph: the pass has no tensor-dependent Python control flow to convert.
-            self._compiled = tf.function(
+            compiled = tf.function(
                 functools.partial(type(self)._explain_batch, self),
                 input_signature=signature,
                 autograph=False,
             )
-        return self._compiled
+            if region:
+                self._compiled_region = compiled
+            else:
+                self._compiled = compiled
+        return self._compiled_region if region else self._compiled
 
     def _reset_compiled(self) -> None:
-        self._compiled = None
+        self._compiled = self._compiled_region = None
 
     # -- the public API --------------------------------------------------------------------
 
@@ -212,8 +248,9 @@ class Analyzer:
         neuron_selection: Any = None,
         batch_size: int | None = None,
         verbose: int = 1,
-    ) -> np.ndarray | list[np.ndarray]:
-        """Explain the selected output neuron for every sample.
+        per_token: bool = True,
+    ) -> np.ndarray | list[np.ndarray | None]:
+        """Explain the selected output neuron (or region) for every sample.
 
         Parameters
         ----------
@@ -221,19 +258,32 @@ class Analyzer:
             The samples, shaped like the model's input with a batch axis (a list with one array
             per input for a model with several inputs). A dataset yields batches of ``x`` or
             tuples ``(x, ...)`` of which only ``x`` is used.
-        neuron_selection : int or sequence of int, optional
-            Only with ``neuron_selection_mode="index"``: the output neuron (index into the
-            flattened output), one for all samples or one per sample.
+        neuron_selection : int, sequence of int, or array shaped like the output, optional
+            With ``neuron_selection_mode="index"``: the output neuron (index into the
+            flattened output), one for all samples or one per sample. In any mode, an array
+            shaped like one sample's output (or with a leading axis of one per sample) of
+            weights or a 0/1 mask (float or bool; an integer array of rank > 1 too) explains
+            ``Σ mask ⊙ output``, a class over a region of a segmentation map;
+            ``neuron_selection_mode`` is then ignored.
         batch_size : int, optional
             Samples per backward pass (default 32).
         verbose : int
             1 (default): a Keras progress bar over the batches, when there is more than one;
             0: silent.
+        per_token : bool
+            For an input of token ids: one score per token, shaped like the ids (default), or
+            the full map at the embedding vectors, ``ids.shape + (d,)`` (``False``). Scores
+            are the sum over the embedding axis for attribution methods and the L2 norm for
+            signal methods (:attr:`token_reduction`). Other inputs ignore it.
 
         Returns
         -------
-        numpy.ndarray or list of numpy.ndarray
-            The explanation, shaped like ``x`` (one array per input for several inputs).
+        numpy.ndarray or list of (numpy.ndarray or None)
+            The explanation, shaped like ``x`` (one array per input for several inputs, in
+            input order). An input of ids is explained at its embedding vectors (summed with
+            the position and segment embeddings added to them) and an integer input read as a
+            number at the float it becomes (see the README, "Text and other integer inputs");
+            an input that only carries masks or indices is not explained: ``None``.
 
         Raises
         ------
@@ -245,7 +295,7 @@ class Analyzer:
         self._check_ready()
         self._check_captured_weights()
         if isinstance(x, tf.data.Dataset):
-            return self._analyze_dataset(x, neuron_selection, verbose)
+            return self._analyze_dataset(x, neuron_selection, verbose, per_token)
         inputs = self._validate_inputs(x)
         _checks.finite_values(inputs, "input")
         self._warn_if_unreadable_probabilities(inputs)
@@ -254,8 +304,8 @@ class Analyzer:
         batch_size = _checks.positive_int(
             DEFAULT_BATCH_SIZE if batch_size is None else batch_size, "batch_size"
         )
-        fn = self._compiled_fn()
-        parts: list[list[np.ndarray]] = [[] for _ in inputs]
+        fn = self._compiled_fn(selection.dtype != tf.int32)
+        parts: list[list[np.ndarray]] = [[] for _ in self._program.explained_slots]
         n_batches = -(-n // batch_size)
         progbar = (
             keras.utils.Progbar(n_batches, unit_name="batch") if verbose and n_batches > 1 else None
@@ -269,13 +319,46 @@ class Analyzer:
                 progbar.update(index + 1)
         results = [np.concatenate(p, axis=0) for p in parts]
         self._check_finite_results(results)
-        self._warn_if_zero(results)
+        return self._results(results, per_token)
+
+    def _results(
+        self, maps: list[np.ndarray], per_token: bool, stacklevel: int = 4
+    ) -> np.ndarray | list[np.ndarray | None]:
+        """From the maps at the explained points to what :meth:`analyze` returns: per-token
+        scores for ids inputs (unless ``per_token`` is false), ``None`` for inputs that are not
+        explained, one array (not a list) for a single-input model."""
+        self._warn_if_zero(maps, stacklevel=stacklevel)
+        found = iter(maps)
+        results: list[np.ndarray | None] = []
+        for point in self._program.points:
+            if point.slot is None:
+                results.append(None)
+                continue
+            r = next(found)
+            if per_token and point.kind == "embedding":
+                axes = tuple(range(point.ids_rank, r.ndim))
+                if self.token_reduction == "norm":
+                    r = np.sqrt(np.sum(np.square(r, dtype=np.float64), axis=axes)).astype(r.dtype)
+                else:
+                    r = np.sum(r, axis=axes, dtype=np.float64).astype(r.dtype)
+            results.append(r)
         return results if self._multi_input else results[0]
 
-    def _analyze_dataset(self, dataset: tf.data.Dataset, neuron_selection: Any, verbose: int = 1):
+    def _analyze_dataset(
+        self,
+        dataset: tf.data.Dataset,
+        neuron_selection: Any,
+        verbose: int = 1,
+        per_token: bool = True,
+    ):
         # analyze has no `steps`: an endless dataset would fill memory with results for ever.
         _checks.finite_dataset(dataset, "pass a finite one, e.g. `dataset.take(n)` for n batches")
-        per_sample = neuron_selection is not None and np.ndim(neuron_selection) == 1
+        region = _checks.is_region(
+            neuron_selection, self.neuron_selection_mode, tuple(self._program.output_shape[1:])
+        )
+        per_sample = neuron_selection is not None and np.ndim(neuron_selection) == 1 + (
+            self._region_rank if region else 0
+        )
         if per_sample:  # checked once, whole, before the first batch
             neuron_selection = np.asarray(neuron_selection)
             self._validate_selection(neuron_selection, len(neuron_selection))
@@ -307,7 +390,7 @@ class Analyzer:
                 _selection_covers(sel, offset + n, at_least=True)
                 sel = sel[offset : offset + n]
             selection = self._validate_selection(sel, n)
-            out = self._compiled_fn()(inputs, selection)
+            out = self._compiled_fn(selection.dtype != tf.int32)(inputs, selection)
             if parts is None:
                 parts = [[] for _ in out]
             for i, o in enumerate(out):
@@ -323,8 +406,8 @@ class Analyzer:
             _selection_covers(neuron_selection, offset, at_least=False)
         results = [np.concatenate(p, axis=0) for p in parts]
         self._check_finite_results(results)
-        self._warn_if_zero(results, stacklevel=4)  # analyze's caller, past this method
-        return results if self._multi_input else results[0]
+        # analyze's caller, past this method and _results
+        return self._results(results, per_token, stacklevel=5)
 
     def _check_finite_results(self, results: list[np.ndarray]) -> None:
         """Explanations with NaN or infinite values (the inputs were checked finite): refuse
@@ -380,13 +463,28 @@ class Analyzer:
     def _validate_inputs(
         self, x: Any, allow_empty: bool = False, offset: int = 0
     ) -> list[tf.Tensor]:
-        return _checks.model_inputs(
+        inputs = _checks.model_inputs(
             x, self._program.input_specs, name="input", allow_empty=allow_empty, offset=offset
         )
+        for point in self._program.points:
+            lookup = point.lookup
+            if lookup is not None and lookup.inputs[0] == self._program.inputs[point.index]:
+                _checks.token_ids(
+                    inputs[point.index], lookup.table.vocabulary, point.index, offset=offset
+                )
+        return inputs
+
+    @property
+    def _region_rank(self) -> int:
+        return len(self._program.output_shape) - 1
 
     def _validate_selection(self, neuron_selection: Any, n: int) -> tf.Tensor:
         return _checks.neuron_selection(
-            neuron_selection, self.neuron_selection_mode, n, self.num_outputs
+            neuron_selection,
+            self.neuron_selection_mode,
+            n,
+            self.num_outputs,
+            output_shape=tuple(self._program.output_shape[1:]),
         )
 
     def __repr__(self) -> str:

@@ -38,6 +38,7 @@ class Gradient(Analyzer):
 
     seed_with_value = False
     explains_opaque_ops = True  # its result is the gradient, whatever the layer
+    token_reduction = "norm"
     # BatchNorm stays unfolded: folding computes the same function with other roundings, and on
     # deep random-weight networks a pre-activation within rounding of 0 then flips its ReLU gate
     # (measured on ResNet50: 2.7e-4 of the largest value from the tape's gradient, where the
@@ -73,6 +74,8 @@ class InputTimesGradient(Gradient):
         Which output neuron is explained (see :class:`Analyzer`).
     """
 
+    token_reduction = "sum"
+
     def _postprocess(self, inputs, signals):
         return [x * g for x, g in zip(inputs, signals)]
 
@@ -91,11 +94,14 @@ class DeConvNet(Analyzer):
     """
 
     seed_with_value = True
+    token_reduction = "norm"
 
     def _composite(self, values) -> Composite:
+        # Held quantities (a normalizer's per-sample scale) stay at their forward values, as
+        # for every rule-based analyzer: the rest crosses by the held map's derivative.
         return Composite(
             {"linear": LinearRule(), "activation": ActivationRule("rectify")},
-            default=GradientRule(),
+            default=GradientRule(held=True),
         )
 
 
@@ -114,9 +120,10 @@ class GuidedBackprop(Analyzer):
     """
 
     seed_with_value = True
+    token_reduction = "norm"
 
     def _composite(self, values) -> Composite:
         return Composite(
             {"linear": LinearRule(), "activation": ActivationRule("gate_rectify")},
-            default=GradientRule(),
+            default=GradientRule(held=True),  # held quantities stay held, as for DeConvNet
         )

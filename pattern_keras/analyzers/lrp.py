@@ -332,7 +332,10 @@ class DeepTaylor(_SignSplitLRP):
         The input domain: a scalar, or an array broadcastable to one sample (or to the batch),
         one per input for a model with several inputs. ``None`` (default) uses each sample's
         own minimum (maximum) value. Padding the model adds is fixed at zero: both its bounds
-        are zero.
+        are zero. An integer input read as a number takes them at the float it becomes. An
+        input of token ids takes none: its box is the embedding table's per-dimension minimum
+        and maximum at the token embeddings (the position and segment embeddings added to
+        them kept as they are).
     neuron_selection_mode : str
 
     Examples
@@ -348,12 +351,28 @@ class DeepTaylor(_SignSplitLRP):
         neuron_selection_mode: str = "max_activation",
     ) -> None:
         super().__init__(model, neuron_selection_mode=neuron_selection_mode)
+        for op in self._program.ops:
+            if op.kind == "recurrent":
+                raise ValueError(
+                    f"DeepTaylor does not explain the recurrent layer '{op.key}' "
+                    f"({type(op.layer).__name__}): its zᴮ rule needs the box of every linear "
+                    "layer's input, undefined for a cell that reads its own previous output. "
+                    "Use LRPZPlus (z⁺ everywhere) or LRPAlpha1Beta0 instead."
+                )
         n_inputs = len(self._program.inputs)
         self.low = self._per_input(low, "low", n_inputs)
         self.high = self._per_input(high, "high", n_inputs)
         for lo, hi in zip(self.low, self.high):
             if lo is not None and hi is not None and np.any(lo > hi):
                 raise ValueError("DeepTaylor needs low <= high everywhere.")
+        for point, lo, hi in zip(self._program.points, self.low, self.high):
+            if point.kind == "embedding" and (lo is not None or hi is not None):
+                raise ValueError(
+                    f"Input {point.index} holds token ids, explained at their embedding "
+                    "vectors: its box is the embedding table's per-dimension range. Pass "
+                    "low=None and high=None for it (a list with None there, for a model with "
+                    "several inputs)."
+                )
 
     @staticmethod
     def _per_input(value: Any, name: str, n_inputs: int) -> list[Any]:
@@ -381,16 +400,36 @@ class DeepTaylor(_SignSplitLRP):
         layer (padding, reshapes, pooling): elementwise monotone maps of the input, run by the
         engine on the bounds themselves."""
         program = self._program
-        lows, highs = [], []
-        for slot, lo, hi in zip(program.inputs, self.low, self.high):
-            x = values[slot]
-            axes = list(range(1, len(x.shape)))
-            lo = tf.reduce_min(x, axis=axes, keepdims=True) if lo is None else lo
-            hi = tf.reduce_max(x, axis=axes, keepdims=True) if hi is None else hi
+        lows, highs, slots = [], [], []
+        for point, lo, hi in zip(program.points, self.low, self.high):
+            if point.slot is None:
+                continue
+            x = values[point.slot]
+            if point.kind == "embedding":
+                # The token embedding ranges over the table's rows; what is added to it stays.
+                table = point.lookup.table()
+                rest = x - values[point.token_slot]
+                lo = rest + tf.cast(tf.reduce_min(table, axis=0), x.dtype)
+                hi = rest + tf.cast(tf.reduce_max(table, axis=0), x.dtype)
+            else:
+                axes = list(range(1, len(x.shape)))
+                lo = tf.reduce_min(x, axis=axes, keepdims=True) if lo is None else lo
+                hi = tf.reduce_max(x, axis=axes, keepdims=True) if hi is None else hi
             lows.append(tf.broadcast_to(tf.cast(lo, x.dtype), tf.shape(x)))
             highs.append(tf.broadcast_to(tf.cast(hi, x.dtype), tf.shape(x)))
+            slots.append(point.slot)
 
-        return engine.forward_intervals(program, lows, highs, where=lambda op: op.kind != "linear")
+        # Masks and indices are the sample's own at both bounds, not run on the bounds; the
+        # bounds start at the explained points (the ops before them are not run on bounds).
+        fixed = {s: values[s] for op in program.ops if op.kind == "index" for s in op.outputs}
+        return engine.forward_intervals(
+            program,
+            lows,
+            highs,
+            where=lambda op: op.kind not in ("linear", "index", "lookup", "constant"),
+            fixed=fixed,
+            slots=slots,
+        )
 
     def _linear_rule(self, values) -> Any:
         bounds = self._input_bounds(values)

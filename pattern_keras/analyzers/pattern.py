@@ -443,6 +443,7 @@ class PatternNet(_PatternAnalyzer):
     """
 
     kernel_choice = "A"
+    token_reduction = "norm"
 
 
 class PatternAttribution(_PatternAnalyzer):

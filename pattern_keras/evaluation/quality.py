@@ -29,6 +29,7 @@ import tensorflow as tf
 import pattern_keras.patterns.statistics as pattern_statistics
 from pattern_keras import _checks, engine
 from pattern_keras.layers import Op
+from pattern_keras.layers.recurrent import cell_linear_ops, cell_values
 from pattern_keras.patterns.computer import PatternComputer
 from pattern_keras.patterns.statistics import PATTERN_TYPES, LayerStatistics, estimator
 
@@ -384,7 +385,7 @@ def _layer_plans(
     program: engine.Program, layers: Sequence[str] | None, max_dim: int
 ) -> dict[str, _Plan]:
     grouped: dict[str, list[Op]] = {}
-    for op in program.linear_ops:
+    for op in cell_linear_ops(program.ops):  # a recurrent cell's candidate kernels too
         grouped.setdefault(op.pattern_key, []).append(op)
     if layers is not None:
         if isinstance(layers, str):
@@ -568,7 +569,7 @@ def _compiled_forward(program: engine.Program, plans: Mapping[str, _Plan]):
     ]
 
     def run(*inputs):
-        values = engine.forward(program, list(inputs))
+        values = cell_values(program.ops, engine.forward(program, list(inputs)))
         return {
             key: [(values[op.inputs[0]], values[op.outputs[0]]) for op in plan.ops]
             for key, plan in plans.items()

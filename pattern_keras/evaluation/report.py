@@ -314,6 +314,46 @@ def _randomization_columns(result, rows, only_refitted: bool = False) -> None:
             rows[label]["independent_spearman_abs"] = float(np.nanmean(values))
 
 
+def planned_files(
+    folder: str,
+    name: str,
+    images: bool,
+    modes: Sequence[str] = ("cascading", "independent"),
+    smooth: bool = True,
+) -> list[str]:
+    """The paths :func:`evidence_table` writes for these settings (so that a caller can
+    check them before any work, as the command line does).
+
+    Parameters
+    ----------
+    folder : str
+        The output folder.
+    name : str
+        The table's name (the files' stem).
+    images : bool
+        Whether the data are images (deletion and insertion, with their figures, run).
+    modes : sequence of str
+        The randomization modes.
+    smooth : bool
+        Whether sMPRT runs (``smooth_samples > 0``).
+
+    Returns
+    -------
+    list of str
+    """
+    keys = ["random_logit"]
+    if images:
+        keys += ["deletion", "insertion"]
+    for mode in modes:
+        keys.append(f"{mode}_curves")
+        if mode == "cascading":
+            keys.append("cascade_grid")
+            if smooth:
+                keys.append("smprt_curves")
+    paths = [os.path.join(folder, f"{name}.md"), os.path.join(folder, f"{name}.csv")]
+    return paths + [os.path.join(folder, f"{name}_{key}.png") for key in keys]
+
+
 def _write(table: EvidenceTable, folder: str, name: str) -> dict[str, str]:
     os.makedirs(folder, exist_ok=True)
     files = {}

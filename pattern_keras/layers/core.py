@@ -14,7 +14,17 @@ import tensorflow as tf
 
 from pattern_keras import graph as _graph
 
-__all__ = ["KINDS", "LinearPart", "Op", "shared_kernels", "simple_builder", "Builder"]
+__all__ = [
+    "KINDS",
+    "LinearPart",
+    "Op",
+    "shared_kernels",
+    "read_kernels",
+    "kernels_in_loop",
+    "simple_builder",
+    "whole_call_op",
+    "Builder",
+]
 
 KINDS = (
     "linear",
@@ -26,6 +36,8 @@ KINDS = (
     "index",
     "constant",
     "opaque",
+    "lookup",
+    "recurrent",
 )
 
 
@@ -46,6 +58,29 @@ def shared_kernels():
     never across a loop body and the code outside it.
     """
     token = _KERNELS.set({})
+    try:
+        yield
+    finally:
+        _KERNELS.reset(token)
+
+
+def read_kernels(parts: Sequence[Any]) -> dict[int, tuple[Any, Any]]:
+    """The kernels of ``parts``, read here (through the :func:`shared_kernels` cache where it
+    is active): ``{id(part): (part, kernel tensor)}``, for :func:`kernels_in_loop`."""
+    return {id(p): (p, p.kernel) for p in parts}
+
+
+@contextlib.contextmanager
+def kernels_in_loop(kernels: dict[int, tuple[Any, Any]]):
+    """Within this block (a loop body), the parts of ``kernels`` give those tensors.
+
+    A kernel read inside a ``tf.while_loop`` body belongs to the body's graph: cached by an
+    enclosing :func:`shared_kernels` it would leak into code outside the loop. Read the
+    kernels before the loop (:func:`read_kernels`) and enter this block in the body: the
+    tensors are then captured by the loop, read once, and whatever else the body reads stays
+    in the body's own cache.
+    """
+    token = _KERNELS.set(dict(kernels))
     try:
         yield
     finally:
@@ -84,6 +119,12 @@ class LinearPart:
         depthwise kernel, ``(-2,)`` for a transposed convolution).
     channel_axis : int
         The axis of ``z`` that holds the neurons (``-1`` channels_last, ``1`` channels_first).
+    neuron_axes : tuple of int or None
+        For a map whose neurons span several axes of ``z`` (an EinsumDense such as
+        ``"abc,cde->abde"``, neurons ``(d, e)``): those axes, in the order of ``out_axes``.
+        ``None`` (default): the neurons are ``channel_axis``, flattened in kernel order (a
+        depthwise kernel's ``(in, multiplier)``). Every other axis of ``z`` (batch, positions,
+        tokens) counts as samples for the statistics.
     padded_apply : callable or None
         ``(pad, apply_valid)``: an explicit zero padding of the input and the same map with
         'valid' padding, used by the statistics to shift inputs without shifting the padding.
@@ -107,6 +148,7 @@ class LinearPart:
     kernel_shape: tuple[int, ...]
     out_axes: tuple[int, ...] = (-1,)
     channel_axis: int = -1
+    neuron_axes: tuple[int, ...] | None = None
     padded_apply: tuple[Callable[[Any], Any], Callable[[Any, Any], Any]] | None = None
     shiftable: bool = True
     compute_dtype: str | None = None
@@ -155,6 +197,8 @@ class LinearPart:
             return z
         rank = len(z.shape)
         bias = tf.cast(self.bias, z.dtype)
+        if self.neuron_axes is not None:
+            return z + self.to_output(bias, rank)
         if rank >= 2 and self.channel_axis % rank in (1, rank - 1) and len(bias.shape) == 1:
             # BiasAdd, not an add: TensorFlow fuses it into the convolution or matrix product
             # before it (one pass less over the output).
@@ -167,13 +211,31 @@ class LinearPart:
     def per_neuron_sum(self, t: Any) -> Any:
         """Sum an output-shaped tensor over batch and positions; shaped like ``neuron_shape``."""
         rank = len(t.shape)
-        axis = [a for a in range(rank) if a != self.channel_axis % rank]
-        return tf.reshape(tf.reduce_sum(t, axis=axis), self.neuron_shape)
+        if self.neuron_axes is None:
+            axis = [a for a in range(rank) if a != self.channel_axis % rank]
+            return tf.reshape(tf.reduce_sum(t, axis=axis), self.neuron_shape)
+        neurons = [a % rank for a in self.neuron_axes]
+        summed = tf.reduce_sum(t, axis=[a for a in range(rank) if a not in neurons])
+        kept = sorted(neurons)  # the order reduce_sum leaves them in
+        order = [kept.index(a) for a in neurons]
+        if order != sorted(order):
+            summed = tf.transpose(summed, order)
+        return tf.reshape(summed, self.neuron_shape)
 
     def to_output(self, per_neuron: Any, rank: int) -> Any:
         """Broadcast a ``neuron_shape`` tensor against an output tensor of the given rank."""
         shape = [1] * rank
-        shape[self.channel_axis] = -1
+        if self.neuron_axes is None:
+            shape[self.channel_axis] = -1
+            return tf.reshape(per_neuron, shape)
+        neurons = [a % rank for a in self.neuron_axes]
+        kept = sorted(neurons)
+        order = [neurons.index(a) for a in kept]
+        per_neuron = tf.reshape(per_neuron, self.neuron_shape)
+        if order != sorted(order):
+            per_neuron = tf.transpose(per_neuron, order)
+        for a, size in zip(neurons, self.neuron_shape):
+            shape[a] = size
         return tf.reshape(per_neuron, shape)
 
 
@@ -214,9 +276,20 @@ class Op:
         ``inputs[0]``; for a ``"product"`` op the value of its gate operand, ``inputs[1]``.
         ``None`` for every other op (ReLU keeps its forward gate, see :mod:`pattern_keras.rules`).
     held : callable or None
-        For LayerNormalization: the forward pass with the normalizing scale held constant per
-        sample (same values, but linear in the input); LRP and the pattern methods
-        differentiate it instead of ``forward``.
+        The forward pass with a quantity held constant per sample (same values): for
+        LayerNormalization its normalizing scale ``1/σ`` (a linear map of the input), for an
+        attention product the attention weights. Every rule-based analyzer differentiates it
+        instead of ``forward`` (see :func:`pattern_keras.rules.held_vjp`).
+    held_inputs : tuple of int
+        Positions (in ``inputs``) of operands that ``held`` holds constant: the attention
+        weights of a product ``softmax(·)·V``; the queries, keys, bias and mask of
+        ``dot_product_attention``; both operands of a product that feeds only held attention
+        weights (``Q·Kᵀ``). Rule-based analyzers send them no signal (``None``), so nothing
+        upstream of them is visited; the gradient family differentiates ``forward`` as usual.
+    bilinear : bool
+        A product of two tensors, linear in each (``matmul``, ``einsum``): which operand it
+        holds is decided once the whole program is known
+        (:func:`pattern_keras.layers.attention.resolve_attention`).
     rank : int
         Rank of the op's (first) output, batch axis included.
     averages : bool
@@ -229,6 +302,18 @@ class Op:
     refusal : str or None
         For ``kind == "opaque"``: why the layer has no rule (and could not be looked into), the
         message every analyzer but the gradient family refuses the model with.
+    table : callable or None
+        For ``kind == "lookup"``: returns the embedding table, ``(vocabulary, ...)``, whose rows
+        the ids (``inputs[0]``) pick; its ``vocabulary`` attribute is the number of rows
+        (:class:`~pattern_keras.layers.embedding.Table`).
+    index_inputs : tuple of int
+        Positions in ``inputs`` that are read as indices or masks (the indices of a gather, an
+        attention mask): never explained, so an integer model input read there is not cast to
+        a float explained point.
+    recurrent : Recurrence or None
+        For ``kind == "recurrent"``: the loop over time steps and its cell, a small program of
+        ops of the other kinds (see :mod:`pattern_keras.layers.recurrent`). The op's last
+        output is the per-step record that its backward rule reads.
     """
 
     key: str
@@ -244,30 +329,40 @@ class Op:
     affine: Callable[[], tuple[Any, Any, int]] | None = None
     gate: Callable[[Sequence[Any]], Any] | None = None
     held: Callable[[Sequence[Any]], list[Any]] | None = None
+    held_inputs: tuple[int, ...] = ()
+    bilinear: bool = False
     rank: int = 0
     averages: bool = False
     plain_relu: bool = False
     refusal: str | None = None
+    table: Callable[[], Any] | None = None
+    index_inputs: tuple[int, ...] = ()
+    recurrent: Any = None
 
 
 #: A function building the ops of one call node: ``builder(node, input_shape) -> [Op, ...]``.
 Builder = Callable[[_graph.CallNode, Sequence[Any]], list[Op]]
 
 
+def whole_call_op(node: _graph.CallNode, kind: str, **fields: Any) -> Op:
+    """One op of ``kind`` for a whole call node, running the layer's own call (``fields``:
+    further :class:`Op` attributes)."""
+    return Op(
+        key=node.key,
+        kind=kind,
+        layer=node.layer,
+        inputs=node.inputs,
+        outputs=node.outputs,
+        forward=node.call,
+        rank=len(node.output_shapes[0]) if node.output_shapes else 0,
+        **fields,
+    )
+
+
 def simple_builder(kind: str, averages: bool = False) -> Builder:
     """A builder giving one op of ``kind`` that runs the layer's own call."""
 
     def build(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
-        return [
-            Op(
-                key=node.key,
-                kind=kind,
-                layer=node.layer,
-                inputs=node.inputs,
-                outputs=node.outputs,
-                forward=node.call,
-                averages=averages,
-            )
-        ]
+        return [whole_call_op(node, kind, averages=averages)]
 
     return build

@@ -15,7 +15,7 @@ from pattern_keras import graph as _graph
 from pattern_keras.layers.activations import activation_name, activation_op
 from pattern_keras.layers.core import LinearPart, Op
 
-__all__ = ["conv_parts", "dense_parts", "linear_ops"]
+__all__ = ["conv_parts", "dense_parts", "einsum_dense_parts", "linear_ops"]
 
 
 def _same_padding(
@@ -351,6 +351,92 @@ def dense_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPar
             ),
         )
     ]
+
+
+def _einsum_axes(spec: str, rank: int) -> dict[str, int]:
+    """The axis of each letter of one einsum operand spec (``"ab...c"``) of a tensor of the
+    given rank: letters after an ellipsis count from the end."""
+    before, dots, after = spec.partition("...")
+    axes = {letter: i for i, letter in enumerate(before)}
+    if dots:
+        axes.update({letter: rank - len(after) + i for i, letter in enumerate(after)})
+    return axes
+
+
+def einsum_dense_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPart]]:
+    """EinsumDense (the query/key/value/output projections of attention) as a linear part.
+
+    ``z = einsum(equation, x, K) + b``. The neurons are the kernel axes that appear in the
+    output (``out_axes``, in kernel order), held by the output axes of the same letters
+    (``neuron_axes``); every other output axis (batch, tokens) counts as samples, as positions
+    do for a convolution. The bias (over some of the output letters, as Keras lays it out) is
+    broadcast to one value per neuron.
+
+    Raises
+    ------
+    ValueError
+        For a quantized layer, or a bias over an output axis that indexes no neuron.
+    """
+    if getattr(layer, "quantization_mode", None) is not None:
+        raise ValueError(
+            f"Layer '{layer.name}' (EinsumDense) is quantized "
+            f"({layer.quantization_mode!r}): pattern_keras explains float layers only."
+        )
+    equation = layer.equation.replace(" ", "")
+    operands, out_spec = equation.split("->")
+    x_spec, k_spec = operands.split(",")
+    x_axes = _einsum_axes(x_spec, len(x_shape))
+    elided = len(x_shape) - len(x_spec.replace("...", ""))
+    out_rank = len(out_spec.replace("...", "")) + (elided if "..." in out_spec else 0)
+    z_axes = _einsum_axes(out_spec, out_rank)
+    kernel_shape = tuple(int(d) for d in layer.kernel.shape)
+    out_letters = [c for c in k_spec if c in z_axes]
+    if not out_letters:
+        raise ValueError(
+            f"Layer '{layer.name}' (EinsumDense, equation {layer.equation!r}) has no kernel "
+            "axis in its output: it has no neurons to explain through."
+        )
+    out_axes = tuple(k_spec.index(c) for c in out_letters)
+    neuron_shape = [kernel_shape[a] for a in out_axes]
+    bias_fn = None
+    if layer.bias is not None:
+        bias_letters = [c for c in out_spec if c in (layer.bias_axes or "")]
+        if any(c not in out_letters for c in bias_letters):
+            raise ValueError(
+                f"Layer '{layer.name}' (EinsumDense, equation {layer.equation!r}) adds a bias "
+                f"over the output axes {layer.bias_axes!r}, not all of which index neurons "
+                f"(kernel axes {''.join(out_letters)!r}): a bias per position is not supported."
+            )
+        bias = layer.bias
+        sizes = [kernel_shape[k_spec.index(c)] for c in bias_letters]
+        by_neuron = sorted(bias_letters, key=out_letters.index)
+        order = [bias_letters.index(c) for c in by_neuron]
+        spread = [kernel_shape[k_spec.index(c)] if c in bias_letters else 1 for c in out_letters]
+
+        def bias_fn():
+            b = tf.reshape(tf.convert_to_tensor(bias), sizes)
+            if order != sorted(order):
+                b = tf.transpose(b, order)
+            return tf.broadcast_to(tf.reshape(b, spread), neuron_shape)
+
+    # A letter of x summed without the kernel (``"abc,cd->ad"``) sums inputs before the
+    # kernel applies: a shift of x would be multiplied, so the statistics take none.
+    summed_alone = any(c not in z_axes and c not in k_spec for c in x_axes)
+    part = LinearPart(
+        lambda: layer.kernel,
+        bias_fn,
+        lambda x, k: keras.ops.einsum(equation, x, tf.cast(k, x.dtype)),
+        kernel_shape=kernel_shape,
+        out_axes=out_axes,
+        channel_axis=z_axes[out_letters[-1]] - out_rank,
+        # One neuron axis: the usual channel axis (a bias add, BatchNorm folding).
+        neuron_axes=None
+        if len(out_letters) == 1
+        else tuple(z_axes[c] - out_rank for c in out_letters),
+        shiftable=not summed_alone,
+        compute_dtype=layer.compute_dtype,
+    )
+    return [("", part)]
 
 
 def linear_ops(node: _graph.CallNode, x_shape: Sequence[Any], parts_fn) -> list[Op]:

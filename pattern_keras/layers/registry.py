@@ -8,6 +8,7 @@ refused by name, never explained by its base class's rule.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,11 +20,38 @@ from pattern_keras.layers.activations import (
     activation_layer,
     activation_op,
 )
-from pattern_keras.layers.core import Builder, Op, simple_builder
+from pattern_keras.layers.attention import dot_product_attention
+from pattern_keras.layers.contraction import contraction, signal_product
+from pattern_keras.layers.core import Builder, Op, simple_builder, whole_call_op
 from pattern_keras.layers.elementwise import affine, arithmetic, identity, product
+from pattern_keras.layers.embedding import builders as embedding_builders
 from pattern_keras.layers.keras_hub import KERAS_HUB_RULES
-from pattern_keras.layers.linear import conv_parts, dense_parts, linear_ops
-from pattern_keras.layers.normalization import batch_norm, layer_norm
+from pattern_keras.layers.linear import conv_parts, dense_parts, einsum_dense_parts, linear_ops
+from pattern_keras.layers.normalization import (
+    batch_norm,
+    group_norm,
+    layer_norm,
+    rms_norm,
+    unit_norm,
+)
+from pattern_keras.layers.recurrent import (
+    CELL_CLASSES,
+    RNN_CLASSES,
+    bidirectional,
+    cell_call,
+    rnn_layer,
+    time_distributed,
+)
+from pattern_keras.layers.reduction import (
+    average_pool,
+    elementwise_extremum,
+    max_or_min,
+    max_pool,
+    mean_or_sum,
+)
+from pattern_keras.layers.refused import refusal
+from pattern_keras.layers.resampling import repeat, resize
+from pattern_keras.layers.shape import cast, center_crop, move, pad
 
 __all__ = ["register_layer", "ops_for_node", "supported_layer_names", "builder_for"]
 
@@ -65,6 +93,10 @@ def _register_builtin() -> None:
         L.Conv3DTranspose,
     )
     _register(activation_layer, L.Activation, L.ReLU, L.Softmax, L.LeakyReLU, L.PReLU, L.ELU)
+    # Attention (layers/attention.py): the projections and dot_product_attention; products
+    # of two tensors are contractions (layers/contraction.py), held by the hold analysis.
+    _register(lambda node, shape: linear_ops(node, shape, einsum_dense_parts), L.EinsumDense)
+    _register(dot_product_attention, op("nn.DotProductAttention"))
     _register(batch_norm, L.BatchNormalization)
     _register(layer_norm, L.LayerNormalization)
     _register(affine, L.Rescaling, L.Normalization)
@@ -78,6 +110,10 @@ def _register_builtin() -> None:
         L.RandomBrightness,
     )
     _register(product, L.Multiply)
+    _register(rnn_layer, *RNN_CLASSES)
+    _register(cell_call, *CELL_CLASSES)
+    _register(bidirectional, L.Bidirectional)
+    _register(time_distributed, L.TimeDistributed)
     _register(simple_builder("sum"), L.Subtract)
     # `x + y`, `x * y`, `keras.ops.relu(h)` written inside a functional model are graph ops.
     _register(arithmetic(sum_like=True, averages=True), op("numpy.Add"))
@@ -147,7 +183,120 @@ def _register_builtin() -> None:
     )
 
 
+def _register_round3() -> None:
+    """The ops models use and the remaining keras.layers classes (issue 20, item 3)."""
+    op = _graph.operation_class
+    layer = _keras_layer
+    # The identity at inference (noise, dropout, regularization, augmentation).
+    _register(
+        identity,
+        L.GaussianNoise,
+        L.GaussianDropout,
+        L.AlphaDropout,
+        L.ActivityRegularization,
+        *(
+            layer(name)
+            for name in (
+                "AugMix",
+                "CutMix",
+                "MixUp",
+                "RandAugment",
+                "RandomColorDegeneration",
+                "RandomColorJitter",
+                "RandomElasticTransform",
+                "RandomErasing",
+                "RandomGaussianBlur",
+                "RandomGrayscale",
+                "RandomHue",
+                "RandomInvert",
+                "RandomPerspective",
+                "RandomPosterization",
+                "RandomSaturation",
+                "RandomSharpness",
+                "RandomShear",
+                "Solarization",
+                "MaxNumBoundingBoxes",
+            )
+        ),
+    )
+    # Data movement.
+    _register(move, L.Masking)
+    _register(center_crop, L.CenterCrop)
+    _register(
+        move,
+        *(
+            op(f"numpy.{name}")
+            for name in (
+                "GetItem",
+                "Split",
+                "Transpose",
+                "Reshape",
+                "ExpandDims",
+                "Squeeze",
+                "Concatenate",
+                "Stack",
+                "Tile",
+                "Repeat",
+                "Flip",
+                "Roll",
+                "Swapaxes",
+                "Moveaxis",
+                "TakeAlongAxis",
+            )
+        ),
+    )
+    _register(pad, op("numpy.Pad"))
+    _register(cast, op("core.Cast"))
+    _register(affine, op("numpy.Negative"))
+    # Resampling.
+    _register(resize, L.UpSampling2D, L.Resizing, op("image.Resize"))
+    _register(repeat, L.UpSampling1D, L.UpSampling3D, L.RepeatVector)
+    # Reductions and selections.
+    _register(mean_or_sum, op("numpy.Mean"), op("numpy.Sum"))
+    _register(max_or_min, op("numpy.Max"), op("numpy.Min"), op("numpy.Amax"), op("numpy.Amin"))
+    _register(elementwise_extremum(takes_minimum=False), op("numpy.Maximum"))
+    _register(elementwise_extremum(takes_minimum=True), op("numpy.Minimum"))
+    _register(max_pool, L.Maximum, L.Minimum)
+    _register(
+        average_pool,
+        *(layer(f"AdaptiveAveragePooling{d}D") for d in (1, 2, 3)),
+    )
+    _register(max_pool, *(layer(f"AdaptiveMaxPooling{d}D") for d in (1, 2, 3)))
+    # Normalizers with a per-sample scale, held by the rule-based analyzers.
+    _register(group_norm, layer("GroupNormalization"))
+    _register(rms_norm, layer("RMSNormalization"))
+    _register(unit_norm, layer("UnitNormalization"))
+    # Contractions.
+    _register(contraction, op("numpy.Matmul"), op("numpy.Dot"), op("numpy.Einsum"))
+    _register(signal_product, L.Dot)
+    _register(wrapped_layer, layer("SpectralNormalization"))
+
+
+def _keras_layer(name: str) -> type | None:
+    """``keras.layers.<name>``, or ``None`` where this Keras release lacks it (the registry
+    then skips it)."""
+    found = getattr(L, name, None)
+    return found if isinstance(found, type) else None
+
+
+def wrapped_layer(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
+    """A wrapper that, at inference, calls the layer it wraps (SpectralNormalization, whose
+    kernel is normalized in place during training only): the wrapped layer's ops, under the
+    wrapper's name."""
+    inner = node.layer.layer
+    builder = builder_for(inner)
+    if builder is None:
+        raise ValueError(
+            f"Layer '{node.key}' ({type(node.layer).__name__}) wraps a layer of class "
+            f"{type(inner).__name__}, which is not supported."
+        )
+    return builder(dataclasses.replace(node, layer=inner), x_shape)
+
+
 _register_builtin()
+_register_round3()
+for _builder, _classes in embedding_builders():
+    _register(_builder, *_classes)
 
 _USER_KINDS = ("move", "sum", "max_pool", "relu", "linear_activation")
 
@@ -204,13 +353,25 @@ def register_layer(layer_class: type, kind: str) -> None:
 
 def builder_for(layer: Any) -> Builder | None:
     """The builder of ``layer``'s class, or of the nearest base class whose ``call`` the
-    layer's class inherits unchanged; ``None`` if there is none."""
+    layer's class inherits unchanged; ``None`` if there is none (the layer is then looked
+    into). A class refused by name (:mod:`~pattern_keras.layers.refused`) gets a builder that
+    raises its reason, so that it is never looked into."""
     layer_class = type(layer)
     for cls in layer_class.__mro__:
         builder = _REGISTRY.get(cls) or _BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
         if builder is not None:
             return builder if _inherits_call(layer_class, cls) else None
-    return None
+    reason = refusal(layer)
+    return None if reason is None else _refuser(reason)
+
+
+def _refuser(reason: str) -> Builder:
+    def build(node: _graph.CallNode, x_shape: Sequence[Any]) -> list[Op]:
+        raise ValueError(
+            f"Layer '{node.key}' of class {type(node.layer).__name__} is not supported: {reason}"
+        )
+
+    return build
 
 
 def _inherits_call(layer_class: type, base: type) -> bool:
@@ -232,28 +393,15 @@ def supported_layer_names() -> list[str]:
 
 def ops_for_node(node: _graph.CallNode, input_shape: Sequence[Any]) -> list[Op]:
     """The ops of one call node; raises ``ValueError`` naming an unsupported layer."""
+    if node.constant:  # its output does not depend on its inputs' values
+        return [whole_call_op(node, "constant")]
+    reason = refusal(node.layer)
+    if reason is not None:  # before the index ops: an integer output is no reason to pass
+        _refuser(reason)(node, input_shape)
     if node.output_dtypes and not any(_is_float(d) for d in node.output_dtypes):
         # Masks, indices, shapes: nothing crosses an integer backward, whatever the operation.
-        return [
-            Op(
-                key=node.key,
-                kind="index",
-                layer=node.layer,
-                inputs=node.inputs,
-                outputs=node.outputs,
-                forward=node.call,
-                rank=len(node.output_shapes[0]) if node.output_shapes else 0,
-            )
-        ]
+        return [whole_call_op(node, "index")]
     builder = builder_for(node.layer)
-    if builder is None and ".layers.preprocessing" in type(node.layer).__module__:
-        raise ValueError(
-            f"Layer '{node.key}' of class {type(node.layer).__name__} is a preprocessing layer "
-            "that pattern_keras does not support: of the preprocessing layers only Rescaling, "
-            "Normalization and RandomFlip, RandomRotation, RandomZoom, RandomTranslation, "
-            "RandomContrast, RandomBrightness (the identity at inference) are. Apply it to the "
-            "data before the model, or build the model without it."
-        )
     if builder is None:
         raise ValueError(
             f"Layer '{node.key}' of class {type(node.layer).__name__} is not supported: no "

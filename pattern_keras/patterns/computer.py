@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from pattern_keras import _checks, engine
 from pattern_keras.layers import Op, shared_kernels
+from pattern_keras.layers.recurrent import cell_linear_ops, cell_values
 from pattern_keras.patterns.fingerprint import model_fingerprint
 from pattern_keras.patterns.lock import CheckpointLock
 from pattern_keras.patterns.statistics import (
@@ -87,7 +88,9 @@ class PatternComputer:
     Attributes
     ----------
     keys : list of str
-        The pattern keys: every Dense/Conv layer on the path from input to output.
+        The pattern keys: every linear layer (Dense, EinsumDense, convolutions) on the path
+        from input to output that the pattern methods' backward pass reaches (not the query
+        and key projections of attention, whose signal the held attention weights stop).
     """
 
     def __init__(
@@ -108,10 +111,16 @@ class PatternComputer:
             raise ValueError("program must be the Program of the same model.")
         self.program = program
         for op in program.ops:
-            if op.kind == "opaque":  # patterns serve analyzers that refuse such a model
+            # Patterns serve analyzers that refuse such a model (unless their held pass never
+            # reaches the op: in a product of queries and keys).
+            if op.kind == "opaque" and program.reached_when_held(op):
                 raise ValueError(op.refusal)
         grouped: dict[str, list[Op]] = {}
-        for op in self.program.linear_ops:
+        # The query and key projections of attention are not reached by a pass that holds the
+        # attention weights: they need no pattern. A recurrent layer's candidate kernels are
+        # linear ops inside its cell.
+        reached = [op for op in self.program.ops if self.program.reached_when_held(op)]
+        for op in cell_linear_ops(reached):
             grouped.setdefault(op.pattern_key, []).append(op)
         if not grouped:
             raise ValueError(
@@ -597,7 +606,7 @@ class _State:
         plans = self.computer.plans
 
         def moments():
-            values = engine.forward(self.computer.program, inputs)
+            values = _replayed(self.computer.program, inputs)
             return {key: self._op_moments(plan.ops[0], values) for key, plan in plans.items()}
 
         def nothing():
@@ -668,7 +677,7 @@ class _State:
                 return statistics()
 
         def statistics():
-            values = engine.forward(self.computer.program, inputs)
+            values = _replayed(self.computer.program, inputs)
             if not self._shifts_in_step:
                 return self._plan_sums(values, current())
 
@@ -901,6 +910,12 @@ class _State:
 
 # ----------------------------------------------------------------------------------------------
 # helpers
+
+
+def _replayed(program: engine.Program, inputs) -> dict[int, Any]:
+    """Every slot's value for a batch, with the inputs and outputs of the linear ops inside
+    recurrent layers' cells over all samples and unmasked steps (``cell_values``)."""
+    return cell_values(program.ops, engine.forward(program, inputs))
 
 
 def _statistics_dtype(z: Any) -> tf.DType:
