@@ -784,3 +784,85 @@ def tape_reference(
     if method == "IntegratedGradients":
         return [(x * t / steps).astype(x.dtype) for x, t in zip(inputs, total)]
     return [(t / samples).astype(x.dtype) for x, t in zip(inputs, total)]
+
+
+# --- tape references at the embedding vectors (token-id inputs) ----------------------------
+
+
+def tape_token_reference(
+    method: str,
+    model: Any,
+    inputs: list[np.ndarray],
+    *,
+    steps: int = 4,
+    samples: int = 3,
+    noise_scale: float = 0.1,
+    seed: int = 0,
+) -> tuple[int, np.ndarray]:
+    """What ``method`` of the gradient family must return, ``(n, T, d)``, at the summed
+    embedding vectors of a model with token ids (``analyze(..., per_token=False)``), and the
+    index of the ids input.
+
+    The gradients come from ``tf.GradientTape`` on ``model`` itself: the token embedding
+    layer's output is replaced, for the duration, by ``lookup(ids) + δ`` with ``δ`` watched,
+    and ``∂y/∂δ`` is the gradient at the summed vectors (the position and segment embeddings
+    are *added* to the token's, so they share its gradient). ``δ`` moves the summed vectors
+    to the points each method evaluates: ``-(1 - α)·tokens`` for IntegratedGradients (its
+    baseline replaces the token embeddings by zero vectors), the noise for SmoothGrad. Only
+    where the vectors are (the lookup layer and the summed vectors ``s``, which SmoothGrad's σ
+    and InputTimesGradient read) comes from ``pattern_keras``: the program's explained point
+    and its forward replay. Every other input of the model is held as it is.
+    """
+    import tensorflow as tf
+
+    from pattern_keras import engine
+
+    program = engine.Program(model)
+    (point,) = [p for p in program.points if p.kind == "embedding"]
+    explained = [p for p in program.points if p.slot is not None]
+    summed = engine.forward(program, [tf.constant(x) for x in inputs])[point.slot].numpy()
+    layer = point.lookup.layer
+    index = selected_neurons(model, inputs)
+    tokens: list[Any] = []
+
+    def gradient_at(delta: np.ndarray) -> np.ndarray:
+        original = layer.call
+        delta_t = tf.constant(delta)
+
+        def shifted(*args, **kwargs):
+            out = original(*args, **kwargs)
+            tokens.append(out)
+            return out + tf.cast(delta_t, out.dtype)
+
+        layer.call = shifted
+        try:
+            with tf.GradientTape() as tape:
+                tape.watch(delta_t)
+                y = _call(model, inputs)
+                y = tf.reshape(y, (tf.shape(y)[0], -1))
+                score = tf.reduce_sum(tf.gather(y, index, axis=1, batch_dims=1))
+            return tape.gradient(score, delta_t).numpy()
+        finally:
+            del layer.call  # the class's own call again
+
+    zero = np.zeros_like(summed)
+    if method in ("Gradient", "InputTimesGradient"):
+        g = gradient_at(zero)
+        return point.index, g if method == "Gradient" else summed * g
+    if method == "IntegratedGradients":
+        gradient_at(zero)
+        token_vectors = tokens[-1].numpy()
+        total = sum(gradient_at(-(1 - (k + 0.5) / steps) * token_vectors) for k in range(steps))
+        return point.index, token_vectors * total / steps
+    j = explained.index(point)  # SmoothGrad's noise stream of this explained point
+    axes = tuple(range(1, summed.ndim))
+    sigma = noise_scale * (
+        summed.max(axis=axes, keepdims=True) - summed.min(axis=axes, keepdims=True)
+    )
+    total = 0.0
+    for k in range(samples):
+        noise = tf.random.stateless_normal(
+            summed.shape, seed=[seed, k * len(explained) + j], dtype=summed.dtype
+        ).numpy()
+        total = total + gradient_at(sigma * noise)
+    return point.index, total / samples

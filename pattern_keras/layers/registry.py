@@ -245,6 +245,9 @@ def _register_round3() -> None:
             )
         ),
     )
+    # ops.unstack; ops.image.extract_patches (a convolution with an identity kernel: each output
+    # value a copy of one input value, or a padded zero).
+    _register(move, op("core.Unstack"), op("image.ExtractPatches"))
     _register(pad, op("numpy.Pad"))
     _register(cast, op("core.Cast"))
     _register(affine, op("numpy.Negative"))
@@ -411,9 +414,23 @@ def ops_for_node(node: _graph.CallNode, input_shape: Sequence[Any]) -> list[Op]:
         )
     ops = builder(node, input_shape)
     rank = len(node.output_shapes[0]) if node.output_shapes else 0
+    masks = _mask_argument_slots(node)
     for op in ops:
         op.rank = rank
+        marked = {i for i, s in enumerate(op.inputs) if s in masks}
+        op.index_inputs = tuple(sorted(set(op.index_inputs) | marked))
     return ops
+
+
+def _mask_argument_slots(node: _graph.CallNode) -> set[int]:
+    """The slots of the node's inputs passed as its ``mask`` argument
+    (``GlobalAveragePooling1D()(x, mask=padding_mask)``): read as a mask, never explained (an
+    integer model input given there is not cast to a float explained point)."""
+    arguments = _graph.call_arguments(node)
+    if arguments is None:
+        return set()
+    tag = arguments[1].get("mask")
+    return {node.inputs[tag[1]]} if tag is not None and tag[0] == "input" else set()
 
 
 def _is_float(dtype: str) -> bool:
