@@ -6,7 +6,11 @@ configurations, and the keras.io shapes): does it build; does each of the gradie
 equal the tape within ``DEEP_PASS`` (1e-4 of the largest value); is each rule-based analyzer
 built, or refused, and by which layer or op (the first ``"opaque"`` op of
 ``pattern_keras.engine.Program(model)``); where built, is its explanation finite, non-zero and
-of the input's shape (PatternNet and PatternAttribution fitted on 12 samples first).
+of the input's shape, per token for token ids (PatternNet and PatternAttribution fitted on 12
+samples first; PatternNet with ``renormalize=True`` where it overflows float32, noted).
+
+The analyzers run eagerly unless ``--compiled`` is given (the same rules; at these sizes
+tracing 14 analyzers per model costs more than it saves).
 
 Every op that cannot be handled is listed with the area of the work that will give it a rule
 (``ops``: keras.ops nodes and layers; ``attention``; ``text``: embeddings and integer inputs;
@@ -84,13 +88,15 @@ _ATTENTION = {
 }  # fmt: skip
 _TEXT = {"Take", "Embedding", "ReversibleEmbedding", "PositionEmbedding"}
 _KERAS_HUB = {"DropPath", "HGNetV2LearnableAffineBlock"}
+#: TensorFlow has no eager CPU gradient of a grouped convolution: these tapes are compiled.
+COMPILED_TAPE = {"hgnetv2", "mobilenet"}
 
 
 def area_of(op) -> str:
     """The area whose rules an opaque op waits for."""
     name = type(op.layer).__name__
     refusal = op.refusal or ""
-    if "could not be looked into" in refusal and name not in _OPS | _ATTENTION | _KERAS_HUB:
+    if "could not be looked into" in refusal:
         return "graph"
     if "softmax inside the model" in refusal:
         return "attention"
@@ -107,16 +113,6 @@ def area_of(op) -> str:
     return "?"
 
 
-def failure_area(entry: dict) -> str | None:
-    """The area a failing gradient-family run waits for, from its error (see the README)."""
-    error = entry.get("error", "") if entry["status"] == "error" else ""
-    if "Reshape.call" in error:
-        return "graph"  # a reshape recorded with the batch size as None inside a looked-into call
-    if "Expected int" in error:
-        return "text"  # noise or a path on integer inputs
-    return None
-
-
 def _label(op) -> str:
     return (
         "softmax" if "softmax inside the model" in (op.refusal or "") else type(op.layer).__name__
@@ -124,20 +120,27 @@ def _label(op) -> str:
 
 
 def _check(result, inputs) -> str | None:
-    """Why an explanation is not acceptable (None: finite, non-zero, the inputs' shapes)."""
+    """Why an explanation is not acceptable (None: finite, non-zero, the inputs' shapes; per
+    token for token ids; ``None`` for inputs not explained, a padding mask)."""
     results = result if isinstance(result, list) else [result]
+    if all(r is None for r in results):
+        return "no input explained"
     for r, x in zip(results, inputs):
+        if r is None:
+            continue
         r = np.asarray(r)
         if r.shape != x.shape:
             return f"shape {r.shape} for input {x.shape}"
         if not np.all(np.isfinite(r)):
             return "not finite"
-        if not np.any(r) and np.issubdtype(x.dtype, np.floating):
+        if not np.any(r):
             return "all zero"
     return None
 
 
 def survey_model(name: str) -> dict:
+    import tensorflow as tf
+
     import pattern_keras as pk
     from pattern_keras import engine
     from tests import model_matrix as mm
@@ -167,17 +170,32 @@ def survey_model(name: str) -> dict:
     for method in GRADIENT_FAMILY:
         entry: dict = {}
         try:
-            got = getattr(pk, method)(model, **PARAMS.get(method, {})).analyze(x, verbose=0)
+            analyzer = getattr(pk, method)(model, **PARAMS.get(method, {}))
+            got = analyzer.analyze(x, verbose=0, per_token=False)
             got = got if isinstance(got, list) else [got]
             if float_inputs:
-                want = mm.tape_reference(method, model, inputs, **PARAMS.get(method, {}))
-                err = max(
-                    float(np.max(np.abs(g - w)) / max(float(np.max(np.abs(w))), 1e-30))
-                    for g, w in zip(got, want)
+                eager = tf.config.functions_run_eagerly()
+                tf.config.run_functions_eagerly(False)  # a compiled tape must be compiled
+                try:
+                    want = mm.tape_reference(
+                        method,
+                        model,
+                        inputs,
+                        compiled=name in COMPILED_TAPE,
+                        **PARAMS.get(method, {}),
+                    )
+                finally:
+                    tf.config.run_functions_eagerly(eager)
+            else:  # token ids: the maps at the summed embedding vectors
+                index, vectors = mm.tape_token_reference(
+                    method, model, inputs, **PARAMS.get(method, {})
                 )
-                entry = {"status": "ok" if err <= DEEP_PASS else "differs", "error": err}
-            else:
-                entry = {"status": "no reference", "note": "integer inputs: waiting for text"}
+                got, want = [got[index]], [vectors]
+            err = max(
+                float(np.max(np.abs(g - w)) / max(float(np.max(np.abs(w))), 1e-30))
+                for g, w in zip(got, want)
+            )
+            entry = {"status": "ok" if err <= DEEP_PASS else "differs", "error": err}
         except Exception as err:
             entry = {"status": "error", "error": f"{type(err).__name__}: {err}"[:300]}
         row["analyzers"][method] = entry
@@ -201,6 +219,12 @@ def survey_model(name: str) -> dict:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 problem = _check(analyzer.analyze(x, verbose=0), inputs)
+                if problem == "not finite" and method == "PatternNet":
+                    # Overflow through many layers: the README's remedy, noted in the row.
+                    again = pk.PatternNet(model, patterns=analyzer.patterns, renormalize=True)
+                    if _check(again.analyze(x, verbose=0), inputs) is None:
+                        problem = None
+                        row["renormalized"] = True
             row["analyzers"][method] = {
                 "status": "ok" if problem is None else "bad",
                 "note": problem,
@@ -276,21 +300,70 @@ def markdown_report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _explained(row: dict, methods) -> bool:
+    return bool(row["analyzers"]) and all(row["analyzers"][m]["status"] == "ok" for m in methods)
+
+
+def summary(rows: list[dict]) -> str:
+    """The survey's figure: how many models every analyzer explains, how many the gradient
+    family does."""
+    every = sum(_explained(r, GRADIENT_FAMILY + RULE_BASED) for r in rows)
+    family = sum(_explained(r, GRADIENT_FAMILY) for r in rows)
+    return (
+        f"{every} of {len(rows)} small models explained by every analyzer; "
+        f"{family} by the gradient family."
+    )
+
+
+def _refusal(row: dict, methods) -> str:
+    """✓ where every method of ``methods`` runs, else what stops the first that does not."""
+    for m in methods:
+        entry = row["analyzers"][m]
+        if entry["status"] == "ok":
+            continue
+        if entry["status"] == "refused":
+            return f"refused: {entry['by']} ({_why(entry['message'])})"
+        return f"{SHORT[m]}: {entry.get('note') or entry.get('error', entry['status'])}"[:160]
+    return "✓"
+
+
+def _why(message: str) -> str:
+    """The reason in a refusal message, shortened for a table cell."""
+    for marker in ("could not be looked into: ", "is not supported: "):
+        if marker in message:
+            reason = message.split(marker, 1)[1]
+            reason = reason.split(". The gradient family")[0].split(" Supported layers")[0]
+            if "on symbolic inputs failed (" in reason:  # the error inside, its first sentence
+                inner = reason.split("on symbolic inputs failed (", 1)[1].split(". ")[0]
+                reason = "its `call` fails on symbolic inputs: " + inner.rstrip(")")
+            return reason[:120]
+    return message[:120]
+
+
+_LRP_LIKE = tuple(m for m in RULE_BASED if not m.startswith("Pattern"))
+_PATTERNS = ("PatternNet", "PatternAttribution")
+
+
 def readme_table(rows: list[dict]) -> str:
-    """Models × analyzers: ✓ runs (the gradient family: equal to the tape), ✗ refused (naming
-    the layer), – not checked yet (integer inputs)."""
-    head = "| model | " + " | ".join(SHORT[m] for m in GRADIENT_FAMILY + RULE_BASED)
-    lines = [head + " | waits for |", "|---" * (2 + len(GRADIENT_FAMILY + RULE_BASED)) + "|"]
+    """Models × analyzer groups: ✓ (the gradient family: equal to the tape; the others: built,
+    finite, non-zero), or what refuses it (the layer, and why)."""
+    lines = [
+        summary(rows),
+        "",
+        "| model | from | gradient family (= tape) | LRP, DeepTaylor, DeConvNet, Guided BackProp "
+        "| PatternNet, PatternAttribution |",
+        "|---|---|---|---|---|",
+    ]
     for row in rows:
         if not row["analyzers"]:
+            why = row.get("skipped") or row.get("build_error")
+            lines.append(f"| {row['model']} | | not built: {why} | | |")
             continue
-        marks = [_mark(row["analyzers"][m]) for m in GRADIENT_FAMILY + RULE_BASED]
-        areas = {o["area"] for o in row.get("opaque", [])}
-        areas |= {failure_area(e) for e in row["analyzers"].values()} - {None}
-        if any(e["status"] == "no reference" for e in row["analyzers"].values()):
-            areas.add("text")
-        areas = sorted(areas)
-        lines.append(f"| {row['model']} | " + " | ".join(marks) + f" | {', '.join(areas) or '—'} |")
+        patterns = _refusal(row, _PATTERNS)
+        if patterns == "✓" and row.get("renormalized"):
+            patterns = "✓ (PatternNet with `renormalize=True`: float32 overflow otherwise)"
+        cells = [_refusal(row, GRADIENT_FAMILY), _refusal(row, _LRP_LIKE), patterns]
+        lines.append(f"| {row['model']} | {row['source']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -302,12 +375,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--readme", action="store_true", help="print the README's table only")
     parser.add_argument("--load", help="report the rows of a --json file instead of surveying")
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="run the analyzers compiled (default: eagerly, as the tests do: at these sizes "
+        "tracing 14 analyzers per model costs more than it saves; the rules are the same)",
+    )
     args = parser.parse_args(argv)
     names = args.models.split(",") if args.models else mm.names()
     rows = []
     if args.load:
         with open(args.load, encoding="utf-8") as f:
             rows = [row for row in json.load(f) if row["model"] in names]
+    if not args.compiled:
+        import tensorflow as tf
+
+        tf.config.run_functions_eagerly(True)
     for name in [] if args.load else names:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -316,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1, ensure_ascii=False)
-    print(readme_table(rows) if args.readme else markdown_report(rows))
+    print(readme_table(rows) if args.readme else summary(rows) + "\n\n" + markdown_report(rows))
     return 0
 
 

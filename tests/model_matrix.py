@@ -40,6 +40,8 @@ __all__ = [
     "keras_hub_missing",
     "names",
     "build",
+    "tape_reference",
+    "tape_token_reference",
 ]
 
 #: Image side (pixels), sequence length (tokens), vocabulary size and classes of every model.
@@ -789,6 +791,9 @@ def tape_reference(
 # --- tape references at the embedding vectors (token-id inputs) ----------------------------
 
 
+_PROGRAMS: dict[int, tuple[Any, Any]] = {}
+
+
 def tape_token_reference(
     method: str,
     model: Any,
@@ -817,7 +822,9 @@ def tape_token_reference(
 
     from pattern_keras import engine
 
-    program = engine.Program(model)
+    if _PROGRAMS.get(id(model), (None,))[0] is not model:
+        _PROGRAMS[id(model)] = (model, engine.Program(model))
+    program = _PROGRAMS[id(model)][1]
     (point,) = [p for p in program.points if p.kind == "embedding"]
     explained = [p for p in program.points if p.slot is not None]
     summed = engine.forward(program, [tf.constant(x) for x in inputs])[point.slot].numpy()
