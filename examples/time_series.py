@@ -20,7 +20,10 @@ Scores, as in ``examples/signal_distractor_experiment.py``: every analyzer expla
 class (multiplied by ``sign(y)``) and ranked highest first; **ρ(S)** per layer
 (:func:`pattern_keras.evaluation.signal_estimator_quality`; for the LSTM the candidate's stacked
 kernel ``lstm/candidate``, whose input is ``[x_t; h_{t−1}]``, over all samples and steps).
-DeepTaylor is refused for the LSTM (its zᴮ box is undefined for a recurrent cell).
+DeepTaylor is refused for the LSTM (its zᴮ box is undefined for a recurrent cell). And where
+along the sequence each explanation lies: the share of its norm in the first quarter of the
+steps (the burst lies in the third), and how much it grows per step going back in time over
+the first half (:func:`step_profile`).
 
 Usage::
 
@@ -36,6 +39,7 @@ first seed, every method for both models next to the true signal.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -169,6 +173,7 @@ def run_experiment(
             scores[name] = {
                 "cosine": float(signal_cosine(explanation, test.signal).mean()),
                 "topk": float(topk_precision(explanation, test.support).mean()),
+                **step_profile(explanation),
             }
             example[name] = explanation[keep]
         quality = signal_estimator_quality(model, train_data.x, test.x, estimators=ESTIMATORS)
@@ -180,6 +185,23 @@ def run_experiment(
             "example": example,
         }
     return out
+
+
+def step_profile(explanation: np.ndarray) -> dict[str, float]:
+    """Where along the sequence an explanation ``(n, T, C)`` lies: ``"early"``, the share of its
+    L2 norm per step (mean over series) in the first quarter of the steps, before the burst;
+    ``"growth"``, the geometric mean of ``‖e_t‖ / ‖e_{t+1}‖`` over the first half (how much the
+    explanation grows per step as the backward pass goes back in time, away from the burst;
+    NaN where a step's norm is 0)."""
+    norms = np.linalg.norm(explanation, axis=-1).mean(axis=0)
+    steps = len(norms)
+    early = float(norms[: steps // 4].sum() / norms.sum()) if norms.sum() > 0 else math.nan
+    before, after = norms[: steps // 2 - 1], norms[1 : steps // 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = before / after
+    good = np.all(np.isfinite(ratios)) and np.all(ratios > 0)
+    growth = float(np.exp(np.mean(np.log(ratios)))) if good else math.nan
+    return {"early": early, "growth": growth}
 
 
 def _cell(values: Sequence[float]) -> str:
@@ -202,6 +224,21 @@ def markdown_tables(runs: Sequence[dict[str, Any]]) -> str:
                 cells += ["refused", "refused"]
                 continue
             for measure in ("cosine", "topk"):
+                cells.append(_cell([run[kind]["scores"][name][measure] for run in runs]))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| method | Conv1D: share of ‖e‖ in steps 0–15 | Conv1D: growth per step back "
+        "| LSTM: share of ‖e‖ in steps 0–15 | LSTM: growth per step back |",
+        "|---|---|---|---|---|",
+    ]
+    for name in METHODS:
+        cells = []
+        for kind in MODELS:
+            if name not in runs[0][kind]["scores"]:
+                cells += ["refused", "refused"]
+                continue
+            for measure in ("early", "growth"):
                 cells.append(_cell([run[kind]["scores"][name][measure] for run in runs]))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [

@@ -399,7 +399,7 @@ class _Tracer:
         """One call node for ``node`` as it is; the masks its inputs carry are recorded, so the
         replay gives them to the layer as Keras does (some layers read them from the tensor)."""
         for t in node.input_tensors:
-            mask = _mask_of(t)
+            mask = _symbolic_mask_of(t)
             if mask is not None:
                 self.masks[slot_of[id(t)]] = self._slot_for(mask, slot_of, prefix)
         if twin_node is None:
@@ -472,7 +472,7 @@ class _Tracer:
                 continue
             seen.add(id(t))
             slots.append(slot_of[id(t)])
-            mask = _mask_of(t)
+            mask = _symbolic_mask_of(t)
             if mask is not None:
                 slots.append(self._slot_for(mask, slot_of, prefix))
         return slots
@@ -651,7 +651,7 @@ def _with_masks(layer: Any, args: Any, kwargs: dict[str, Any]) -> dict[str, Any]
     return filled
 
 
-_SPEC_LOCK = threading.Lock()
+_SPEC_LOCK = threading.RLock()  # patches of Keras classes while a `call` is traced
 
 
 @contextlib.contextmanager
@@ -680,13 +680,89 @@ def _tolerant_output_specs():
             Layer.symbolic_call = original
 
 
+#: A Keras variable's arithmetic operators and the ``keras.ops`` function each stands for.
+_VARIABLE_OPERATORS = {
+    "add": ("__add__", "__radd__"),
+    "subtract": ("__sub__", "__rsub__"),
+    "multiply": ("__mul__", "__rmul__"),
+    "divide": ("__truediv__", "__rtruediv__"),
+    "matmul": ("__matmul__", "__rmatmul__"),
+}
+
+
+@contextlib.contextmanager
+def _symbolic_variable_arithmetic():
+    """While tracing a layer's ``call``: ``variable * x`` with a symbolic ``x`` becomes the
+    ``keras.ops`` operation it stands for. A Keras variable's operators call the backend's
+    functions directly, which reject symbolic tensors (``AdditiveAttention`` and
+    ``Attention(use_scale=True)`` multiply their scores by a ``scale`` variable); as an
+    operation, the variable is read at replay like any other weight."""
+    from keras.src.backend.common.variables import Variable  # private: the operators' owner
+
+    originals = {}
+
+    def dispatching(name, method, reflected):
+        function = getattr(keras.ops, name)
+        original = getattr(Variable, method)
+
+        def operator(self, other):
+            if isinstance(other, keras.KerasTensor):
+                return function(other, self) if reflected else function(self, other)
+            return original(self, other)
+
+        return operator
+
+    with _SPEC_LOCK:
+        for name, (method, reflected_method) in _VARIABLE_OPERATORS.items():
+            for m, reflected in ((method, False), (reflected_method, True)):
+                originals[m] = getattr(Variable, m)
+                setattr(Variable, m, dispatching(name, m, reflected))
+        try:
+            yield
+        finally:
+            for m, original in originals.items():
+                setattr(Variable, m, original)
+
+
+@contextlib.contextmanager
+def _einsum_dense_keeps_known_axes():
+    """While tracing a layer's ``call``: an ``EinsumDense`` output axis that is an input axis
+    keeps the input's length. Keras gives such an axis the length of the layer's
+    ``output_shape``, ``None`` in MultiHeadAttention's projections, so the sequence length is
+    lost after them, and a causal mask built from it (``ops.ones((1, T, S))``, with dropout
+    > 0) cannot be traced."""
+    original = keras.layers.EinsumDense.compute_output_shape
+
+    def compute_output_shape(self, input_shape):
+        shape = list(original(self, input_shape))
+        inputs, _, outputs = self.equation.partition("->")
+        letters = inputs.split(",")[0]
+        if "." in letters or "." in outputs or len(outputs) != len(shape):
+            return tuple(shape)
+        for axis, letter in enumerate(outputs):
+            if shape[axis] is None and letter in letters:
+                shape[axis] = input_shape[letters.index(letter)]
+        return tuple(shape)
+
+    with _SPEC_LOCK:
+        keras.layers.EinsumDense.compute_output_shape = compute_output_shape
+        try:
+            yield
+        finally:
+            keras.layers.EinsumDense.compute_output_shape = original
+
+
 def _symbolic_call(layer: Any, args: Any, kwargs: dict[str, Any]) -> list[Any]:
     """A layer's ``call`` on symbolic arguments, flattened; :class:`_Unreadable` if it fails,
     :class:`_ConstantOutput` if no output is symbolic."""
     if call_has_training_arg(layer):
         kwargs = dict(kwargs, training=False)
     try:
-        with _tolerant_output_specs():
+        with (
+            _tolerant_output_specs(),
+            _symbolic_variable_arithmetic(),
+            _einsum_dense_keeps_known_axes(),
+        ):
             outputs = keras.tree.flatten(layer.call(*args, **kwargs))
     except Exception as err:  # any failure means "cannot be read this way"
         raise _Unreadable(
@@ -956,6 +1032,15 @@ def _first_line(err: BaseException) -> str:
 def _mask_of(tensor: Any) -> Any:
     """The Keras mask a (symbolic) tensor carries, or ``None``."""
     return getattr(tensor, "_keras_mask", None)
+
+
+def _symbolic_mask_of(tensor: Any) -> Any:
+    """The Keras mask a symbolic tensor carries if it depends on the model's inputs, else
+    ``None``. A constant mask (MultiHeadAttention's causal mask once the sequence length is
+    known) rides on the masked softmax's output; the call that consumes it explicitly keeps
+    it as a constant argument, and the replay needs no slot for it."""
+    mask = _mask_of(tensor)
+    return mask if isinstance(mask, keras.KerasTensor) else None
 
 
 def _set_mask(tensor: Any, mask: Any) -> None:

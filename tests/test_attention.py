@@ -339,11 +339,9 @@ def padded_inputs(seed=8, n=4):
     return x
 
 
-# Not dropout with a causal mask: MultiHeadAttention then builds the mask from the projected
-# queries' length, which EinsumDense's symbolic output leaves unknown (Keras 3.15), so its
-# `call` cannot be run on symbolic inputs (the layer is opaque: the gradient family only).
-# Unmasked attention on both paths is in the two-block model above.
-MHA_CASES = [(0.0, "padding"), (0.0, "causal"), (0.1, "padding")]
+# Dropout with a causal mask: MultiHeadAttention builds the mask from the projected queries'
+# length, which the trace keeps (graph.py: EinsumDense keeps known axes while a call is traced).
+MHA_CASES = [(0.0, "padding"), (0.0, "causal"), (0.1, "padding"), (0.1, "causal")]
 
 
 @pytest.mark.parametrize("dropout, mask", MHA_CASES)

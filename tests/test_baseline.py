@@ -5,7 +5,8 @@ residual CNN, in every stored neuron-selection mode, must give what it gave at t
 baseline was taken at, to a fraction of the largest value of the stored explanation (conftest.py):
 ``PASS`` (1e-5) for rules that read only the weights and the forward pass, ``STATISTICS`` (1e-4) for
 the pattern analyzers, whose patterns are fitted from float32 per-batch sums. A refactor may regroup
-float32 arithmetic, and another CPU sums in another order; neither may change a result. A key of the baseline that today's registry
+float32 arithmetic, and another CPU sums in another order; neither may change a result (except
+at a float32 tie: :data:`FLOAT32_TIES`). A key of the baseline that today's registry
 no longer produces fails too (an analyzer silently dropped); an analyzer added since is not in the
 baseline and is skipped by design. An output changed on purpose is listed in
 :data:`INTENTIONAL_CHANGES` with its reason and bound. See ``tests/data/make_baseline.py`` for how
@@ -35,6 +36,15 @@ INTENTIONAL_CHANGES = {
         2e-3,
     ),
 }
+
+#: Networks frozen at float32 ties, and the bound on today's output where it misses the frozen
+#: one elementwise. The VGG-style net (random weights, 64×64×3) has ReLU pre-activations within
+#: 4e-7 of 0 in its first convolution: which side of 0 such a unit falls on depends on the CPU's
+#: summation order, and one flipped gate moves ~90 of 24576 values by up to 1.7 % of the largest
+#: (the gradient here equals the float64 tape gradient to 1e-5, the frozen one does not). A
+#: flipped gate moves the whole map by a relative L2 distance of 1e-5 to 3e-3 (measured for every
+#: analyzer); a changed rule moves it by far more than the bound.
+FLOAT32_TIES = {"vgg_style": 5e-3}
 
 
 def _maker():
@@ -78,4 +88,8 @@ def test_outputs_equal_frozen_baseline(network, baseline):
         for prefix, (_why, changed) in INTENTIONAL_CHANGES.items():
             if key.startswith(prefix):
                 tolerance = changed
+        if network in FLOAT32_TIES and not np.allclose(got, ref, rtol=0, atol=tolerance * scale):
+            distance = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+            assert distance <= FLOAT32_TIES[network], f"{key}: relative L2 distance {distance:.2e}"
+            continue
         np.testing.assert_allclose(got, ref, rtol=0, atol=tolerance * scale, err_msg=key)

@@ -173,6 +173,43 @@ def test_conv_layer_matches_brute_force(padding, strides):
     check_against_reference(result, "conv", patches, w, bias)
 
 
+def test_einsum_dense_with_two_neuron_axes_matches_brute_force():
+    # Neurons (heads, units) on two output axes, every token one input vector: the layout of
+    # attention's value projection.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5, 4))
+    h = L.EinsumDense(
+        "abc,cde->abde", output_shape=(5, 2, 3), bias_axes="de", activation="relu", name="proj"
+    )(inp)
+    model = randomize_weights(keras.Model(inp, L.Dense(2, name="logits")(L.Flatten()(h))), 7)
+    x_train, x_test = correlated((240, 5, 4), seed=8), correlated((120, 5, 4), seed=9)
+    result = signal_estimator_quality(model, x_train, x_test, batch_size=50, layers=["proj"])
+    assert result.per_neuron["proj"]["relu"].shape == (2, 3)
+    assert result.n_samples["proj"] == (600, 600)
+    kernel, bias = (np.asarray(v, np.float64) for v in model.get_layer("proj").get_weights())
+    splits = (x_train[:120], x_train[120:], x_test)
+    rows = [np.asarray(s, np.float64).reshape(-1, 4) for s in splits]
+    check_against_reference(result, "proj", rows, kernel.reshape(4, 6), bias.reshape(6))
+
+
+def test_attention_value_projection_matches_brute_force_and_query_key_are_left_out():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5, 4))
+    h = L.MultiHeadAttention(2, 3, name="mha")(inp, inp)
+    model = keras.Model(inp, L.Dense(1, name="logit")(L.GlobalAveragePooling1D()(h)))
+    model = randomize_weights(model, 11)
+    x_train, x_test = correlated((240, 5, 4), seed=12), correlated((120, 5, 4), seed=13)
+    result = signal_estimator_quality(model, x_train, x_test, batch_size=50)
+    assert list(result) == ["mha/value", "mha/attention_output", "logit"]
+    value = model.get_layer("mha")._value_dense
+    kernel, bias = (np.asarray(v, np.float64) for v in value.get_weights())
+    splits = (x_train[:120], x_train[120:], x_test)
+    rows = [np.asarray(s, np.float64).reshape(-1, 4) for s in splits]
+    check_against_reference(result, "mha/value", rows, kernel.reshape(4, 6), bias.reshape(6))
+    with pytest.raises(ValueError, match="no signal"):
+        signal_estimator_quality(model, x_train, x_test, layers=["mha/query"])
+
+
 # ---------------------------------------------------------------------------------------------
 # A known answer: the linear generative model
 
@@ -398,6 +435,17 @@ def test_depthwise_layer_is_skipped_with_a_warning():
     assert list(result) == ["logits"]
     with pytest.raises(ValueError, match="'dw' cannot be evaluated"):
         signal_estimator_quality(model, x[:40], x[40:], layers=["dw"])
+
+
+def test_einsum_whose_neurons_index_the_input_is_skipped_with_a_warning():
+    # "abc,cbd->abd": token b has its own kernel, so neuron (b, d) reads token b only.
+    inp = keras.Input((4, 3))
+    h = L.EinsumDense("abc,cbd->abd", output_shape=(4, 2), name="per_token")(inp)
+    model = keras.Model(inp, L.Dense(1, name="logit")(L.Flatten()(h)))
+    x = correlated((60, 4, 3), seed=0)
+    with pytest.warns(UserWarning, match="skips layer 'per_token'.*index its input"):
+        result = signal_estimator_quality(model, x[:40], x[40:], estimators=("filter",))
+    assert list(result) == ["logit"]
 
 
 # ---------------------------------------------------------------------------------------------

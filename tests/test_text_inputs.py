@@ -359,12 +359,6 @@ def test_padding_mask_through_multi_head_attention_gradient_family():
 
 def test_padding_mask_through_multi_head_attention_rule_based():
     model = _padding_mask_model(attention=True)
-    try:
-        pk.LRPZ(model)
-    except ValueError as err:  # runs once MultiHeadAttention has its rules
-        if "multi_head_attention" not in str(err):
-            raise
-        pytest.skip(f"attention has no rules yet: {str(err)[:200]}")
     _check_padded_ids_change_nothing(model, [c for c in EVERY_ANALYZER if c not in GRADIENT_FAMILY])
 
 

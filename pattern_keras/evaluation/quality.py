@@ -195,8 +195,12 @@ def signal_estimator_quality(
     linear map with an identity kernel (``D`` output channels, one per kernel entry), so they
     follow the layer's padding, strides, dilation and flattening order exactly. Supported: Dense
     and the ordinary (ungrouped) convolutions, including a separable convolution's pointwise
-    kernel; layers whose neurons do not share one input vector (depthwise and grouped
-    convolutions, transposed convolutions) are skipped with a warning.
+    kernel, and EinsumDense (attention's value and output projections: a neuron per head and
+    unit, ``(heads, units)``, each token one input vector), the candidate kernels of recurrent
+    cells; layers whose neurons do not share one input vector (depthwise and grouped
+    convolutions, transposed convolutions, an einsum whose neuron axes index its input) are
+    skipped with a warning. The query and key projections of attention are left out without
+    one, as the patterns leave them out: the held attention weights send them no signal.
 
     *Undefined ρ.* A neuron whose ``y`` has (numerically) zero variance on the test data gets
     ``ρ = NaN`` and is left out of the layer's mean (``NaN`` if all are). A ``d̂`` from which the
@@ -374,22 +378,52 @@ class _Plan:
 def _unsupported_reason(op: Op) -> str | None:
     part = op.linear
     rank = len(part.kernel_shape)
-    if tuple(a % rank for a in part.out_axes) != (rank - 1,):
+    outs = tuple(a % rank for a in part.out_axes)
+    # The kernel's input axes must come first (``w`` is the kernel reshaped to (D, neurons));
+    # several neuron axes only for an EinsumDense (a depthwise kernel has two as well).
+    trailing = outs == tuple(range(rank - len(outs), rank))
+    if not trailing or (len(outs) > 1 and part.neuron_axes is None):
         return "its neurons do not share one input vector (a depthwise or transposed convolution)"
+    if _neurons_index_the_input(op.layer):
+        return (
+            "its neurons do not share one input vector (an einsum whose neuron axes also "
+            "index its input)"
+        )
     if int(getattr(op.layer, "groups", 1) or 1) > 1:
         return "it is a grouped convolution (each neuron sees only its group's channels)"
     return None
 
 
+def _neurons_index_the_input(layer: Any) -> bool:
+    """Whether an EinsumDense's neuron letters also index its input (``"abc,cbd->abd"``: neuron
+    ``(b, d)`` reads only token ``b``), so that its neurons read different input vectors."""
+    equation = getattr(layer, "equation", None)
+    if not isinstance(equation, str):
+        return False
+    operands, out_spec = equation.replace(" ", "").split("->")
+    x_spec, k_spec = operands.split(",")
+    return any(c in x_spec and c in out_spec for c in k_spec)
+
+
 def _layer_plans(
     program: engine.Program, layers: Sequence[str] | None, max_dim: int
 ) -> dict[str, _Plan]:
+    # As for the patterns: the query and key projections of attention, which the held
+    # attention weights send no signal, have no pattern to evaluate.
+    reached = [op for op in program.ops if program.reached_when_held(op)]
     grouped: dict[str, list[Op]] = {}
-    for op in cell_linear_ops(program.ops):  # a recurrent cell's candidate kernels too
+    for op in cell_linear_ops(reached):  # a recurrent cell's candidate kernels too
         grouped.setdefault(op.pattern_key, []).append(op)
+    unreached = {op.pattern_key for op in cell_linear_ops(program.ops)} - set(grouped)
     if layers is not None:
         if isinstance(layers, str):
             layers = [layers]
+        held = [k for k in layers if k in unreached]
+        if held:
+            raise ValueError(
+                f"Layer(s) {held} cannot be evaluated: the held attention weights send them no "
+                "signal (the query and key projections), so they have no pattern."
+            )
         unknown = [k for k in layers if k not in grouped]
         if unknown:
             raise ValueError(
@@ -407,7 +441,7 @@ def _layer_plans(
             warnings.warn(f"signal_estimator_quality skips layer '{key}': {reason}.", stacklevel=3)
             continue
         part = ops[0].linear
-        dim = int(np.prod(part.kernel_shape[:-1]))
+        dim = int(np.prod([part.kernel_shape[a] for a in part.input_axes]))
         if dim > max_dim:
             gib = 3 * dim * dim * 8 / 2**30
             raise ValueError(
@@ -578,22 +612,30 @@ def _compiled_forward(program: engine.Program, plans: Mapping[str, _Plan]):
     return tf.function(run, input_signature=signature)
 
 
-def _channels_last(t: np.ndarray, channel_axis: int) -> np.ndarray:
-    return np.moveaxis(t, channel_axis % t.ndim, -1)
+def _neurons_last(t: np.ndarray, part: Any) -> np.ndarray:
+    """An output-shaped array with the neuron axes last, in kernel order (so that it reshapes
+    to (samples·positions, neurons) as the kernel reshapes to (D, neurons))."""
+    if part.neuron_axes is None:
+        return np.moveaxis(t, part.channel_axis % t.ndim, -1)
+    axes = [a % t.ndim for a in part.neuron_axes]
+    return np.moveaxis(t, axes, list(range(t.ndim - len(axes), t.ndim)))
 
 
 def _patches(op: Op, x: tf.Tensor, dim: int, rows_per_image: int) -> np.ndarray:
     """Every input vector of the layer for a batch, shape (batch·positions, D), float32."""
     part = op.linear
-    if len(part.kernel_shape) == 2:  # Dense: the input vectors themselves
-        return np.reshape(x.numpy(), (-1, dim))
-    eye = tf.reshape(tf.eye(dim, dtype=x.dtype), tuple(part.kernel_shape[:-1]) + (dim,))
+    if len(part.kernel_shape) == 2 and getattr(op.layer, "equation", None) is None:
+        return np.reshape(x.numpy(), (-1, dim))  # Dense: the input vectors themselves
+    # The layer's own map with an identity kernel: D neurons on the first neuron axis, one on
+    # any other (an EinsumDense's heads), each copying one entry of the input vector.
+    n_out = len(part.out_axes)
+    shape = tuple(part.kernel_shape[:-n_out]) + (dim,) + (1,) * (n_out - 1)
+    eye = tf.reshape(tf.eye(dim, dtype=x.dtype), shape)
     per_call = max(1, _CHUNK_VALUES // max(1, rows_per_image * dim))
     chunks = []
     for start in range(0, int(x.shape[0]), per_call):
         out = part.raw_apply(x[start : start + per_call], eye)
-        out = _channels_last(np.asarray(out), part.channel_axis)
-        chunks.append(out.reshape(-1, dim))
+        chunks.append(_neurons_last(np.asarray(out), part).reshape(-1, dim))
     return np.concatenate(chunks)
 
 
@@ -614,7 +656,7 @@ def _gather_moments(
         for key, plan in plans.items():
             for op, (x, z) in zip(plan.ops, outputs[key]):
                 part = op.linear
-                z = _channels_last(z.numpy(), part.channel_axis).reshape(-1, plan.w.shape[1])
+                z = _neurons_last(z.numpy(), part).reshape(-1, plan.w.shape[1])
                 rows_per_image = len(z) // b
                 total = n * rows_per_image * len(plan.ops)
                 take = (

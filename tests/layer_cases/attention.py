@@ -3,7 +3,7 @@ layers.
 
 The held references are written here from the layers' definitions: the attention weights under
 ``stop_gradient`` (LRP-z is ``x ⊙ ∇`` of them, PatternNet with kernel patterns ``y · ∇``).
-MultiHeadAttention, GroupedQueryAttention and Attention have no rule of their own: they are
+MultiHeadAttention, GroupedQueryAttention, Attention and AdditiveAttention have no rule of their own: they are
 looked into (graph.py, owner "lead" in the coverage test's sense), and what is inside them
 (EinsumDense, ``dot_product_attention``, ``einsum``/``matmul`` of the weights and the values)
 has the attention rules.
@@ -113,6 +113,26 @@ def _held_attention(model, x):
     return _logits(model, tf.matmul(tf.stop_gradient(w), v))
 
 
+def _additive_attention_model():
+    def attention(x):
+        q = L.Dense(D, name="q", bias_initializer="random_normal")(x)
+        v = L.Dense(D, name="v", bias_initializer="random_normal")(x)
+        return L.AdditiveAttention(name="attention")([q, v])
+
+    model = _tokens_to_logits("additive_attention", attention)
+    scale = model.get_layer("attention").scale  # a variable multiplying symbolic scores
+    scale.assign(np.linspace(0.5, 2.0, D).astype(scale.dtype))
+    return model
+
+
+def _held_additive_attention(model, x):
+    q, v = model.get_layer("q")(x), model.get_layer("v")(x)
+    scale = model.get_layer("attention").scale
+    scores = tf.reduce_sum(scale * tf.tanh(q[:, :, None, :] + v[:, None, :, :]), axis=-1)
+    w = tf.nn.softmax(scores, axis=-1)
+    return _logits(model, tf.matmul(tf.stop_gradient(w), v))
+
+
 looked_into = "looked into (graph.py); what is inside has the attention rules (attention helper)"
 add(
     LayerCase("EinsumDense", "supported", "attention", SmallModel(_einsum_dense_model)),
@@ -140,9 +160,9 @@ add(
     ),
     LayerCase(
         "AdditiveAttention",
+        "supported",
         "lead",
-        "lead",
-        reason="its call cannot be run on symbolic inputs yet (graph.py): the gradient family "
-        "only; its scores (tanh of queries + keys) feed only held weights",
+        SmallModel(_additive_attention_model, held=_held_additive_attention),
+        reason=looked_into,
     ),
 )
