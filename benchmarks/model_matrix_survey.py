@@ -3,7 +3,8 @@
 For every model of ``tests/model_matrix.py`` (keras-hub backbones and tasks at tiny random
 configurations, and the keras.io shapes): does it build; does each of the gradient family
 (Gradient, InputTimesGradient, IntegratedGradients with 4 steps, SmoothGrad with 3 samples)
-equal the tape within ``DEEP_PASS`` (1e-4 of the largest value); is each rule-based analyzer
+equal the tape within ``DEEP_PASS`` (1e-4 of the largest value; for token ids, the maps at the
+summed embedding vectors, ``model_matrix.tape_token_reference``); is each rule-based analyzer
 built, or refused, and by which layer or op (the first ``"opaque"`` op of
 ``pattern_keras.engine.Program(model)``); where built, is its explanation finite, non-zero and
 of the input's shape, per token for token ids (PatternNet and PatternAttribution fitted on 12

@@ -10,7 +10,7 @@ models with their per-pixel logits, the neuron explained being the largest logit
   the sum for InputTimesGradient and IntegratedGradients; 0 at padded positions), the mask
   and segment inputs not explained (``None``);
 - every rule-based analyzer (DeConvNet, Guided BackProp, the LRP rules, DeepTaylor, PatternNet
-  and PatternAttribution with patterns fitted on 8 samples) is built and gives a finite,
+  and PatternAttribution with patterns fitted on 4 samples) is built and gives a finite,
   non-zero explanation shaped like the input (per token for token ids).
 
 A model whose rule-based analyzers are still refused is an expected failure with
@@ -177,6 +177,7 @@ def _check_tokens_against_the_tape(name, built, inputs, x) -> None:
             for method, params in GRADIENT_FAMILY.items()
         }
     ids, want = mm.tape_token_reference("Gradient", built.model, inputs)
+    maps = maps if isinstance(maps, list) else [maps]
     assert np.abs(want).max() > 0
     assert_close(maps[ids], want, DEEP_PASS, err_msg=f"{name} Gradient maps")
     for method, params in GRADIENT_FAMILY.items():
@@ -184,9 +185,19 @@ def _check_tokens_against_the_tape(name, built, inputs, x) -> None:
         _, want = mm.tape_token_reference(method, built.model, inputs, **params)
         if _TOKEN_REDUCTION[method] == "norm":
             want = np.sqrt(np.sum(np.square(want, dtype=np.float64), axis=-1))
-        else:
-            want = np.sum(want, axis=-1, dtype=np.float64)
-        assert_close(got, want, DEEP_PASS, err_msg=f"{name} {method}")
+            assert_close(got, want, DEEP_PASS, err_msg=f"{name} {method}")
+            continue
+        # A sum over the embedding axis may cancel (DeBERTaV3: a LayerNormalization right
+        # after the lookup is scale-invariant, so x · ∇ = 0 per token up to rounding): its
+        # error is bounded by the tolerance times the sum of the terms' magnitudes.
+        scale = np.sum(np.abs(want), axis=-1, dtype=np.float64).max()
+        np.testing.assert_allclose(
+            got,
+            np.sum(want, axis=-1, dtype=np.float64),
+            rtol=0,
+            atol=DEEP_PASS * scale,
+            err_msg=f"{name} {method}",
+        )
 
 
 @pytest.mark.filterwarnings("ignore:Even though the .*run_functions_eagerly")
@@ -220,7 +231,7 @@ def test_rule_based_analyzers_explain(matrix, name):
     built = matrix(name)
     inputs = built.inputs(2, seed=0)
     x = inputs if len(inputs) > 1 else inputs[0]
-    fit = built.inputs(8, seed=1)
+    fit = built.inputs(4, seed=1)  # one batch: patterns fitted, at half the cost of two
     with eagerly():
         patterns = None  # fitted once, for PatternNet and PatternAttribution
         for make in RULE_BASED:
@@ -393,12 +404,7 @@ def _not_read_yet(reason: str):
 @pytest.mark.parametrize(
     "layer, shape",
     [
-        pytest.param(
-            VariableTimesInput,
-            (4,),
-            marks=_not_read_yet("a variable times a symbolic tensor, variable on the left"),
-            id="variable_times_input",
-        ),
+        pytest.param(VariableTimesInput, (4,), id="variable_times_input"),
         pytest.param(
             ReturnsInput,
             (4,),
