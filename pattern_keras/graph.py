@@ -455,6 +455,7 @@ class _Tracer:
         outer_slots = self._stand_in_slots(node, slot_of, prefix)
         try:
             inner_inputs, outputs = self._traced(node, batch=None)
+            _check_known_sizes(inner_inputs, outputs)
         except _Unreadable as first:
             try:
                 return self._look_inside_probed(node, outer_slots, prefix)
@@ -785,6 +786,23 @@ def _function(inputs: list[Any], outputs: list[Any]) -> Any:
         raise _Unreadable(
             f"its computation is not a graph of Keras operations ({_first_line(err)})"
         ) from None
+
+
+def _check_known_sizes(inputs: list[Any], outputs: list[Any]) -> None:
+    """:class:`_Unreadable` if an operation of a call traced with the batch axis unknown
+    recorded a size it computed from that axis: a ``None`` inside a shape among its settings
+    (``ops.reshape(x, (ops.shape(x)[0], -1, d))`` records ``newshape=(None, -1, d)``, which
+    the replay cannot run). The call is then read at the probe batch sizes instead."""
+    for node in _node_pairs(_function(inputs, outputs), None):
+        operation = node[0].operation
+        if operation is None or isinstance(operation, keras.Layer):
+            continue  # a layer's own settings hold no traced sizes; its call is read on its own
+        for name, value in vars(operation).items():
+            if name in _BOOKKEEPING or not isinstance(value, (list, tuple)):
+                continue
+            leaves = keras.tree.flatten(value)
+            if None in leaves and any(_is_int(v) for v in leaves):
+                raise _Unreadable(f"it records a size read from its batch axis ({name}={value})")
 
 
 def _node_pairs(function: Any, twin: Any) -> list[tuple[Any, Any]]:
