@@ -65,8 +65,9 @@ _REFUSED = (
 #: Why each model's rule-based analyzers are refused (``benchmarks/model_matrix_survey.py``
 #: lists them). Every other model is explained by every analyzer.
 WAITING = {
-    "deit": _REFUSED + "DeiTEncoder: its DeiTEncoderBlock sublayers return (output, None), and "
-    "Keras's symbolic call accepts tensors only",
+    "deit": _REFUSED + "DeiTEncoder: beside its output it returns two constant empty tensors "
+    "(ops.empty, no hidden states or scores asked for), and a looked-into call's outputs must "
+    "all depend on its inputs",
     "swin": _REFUSED + "WindowAttention (shifted windows): its call reads its batch axis as "
     "samples × windows (B // num_windows, with the window mask); traced with the batch unknown "
     "it fails (None // int), and at the probe batch sizes (7, 11), which are no multiples of "
@@ -414,7 +415,6 @@ def _not_read_yet(reason: str):
         pytest.param(
             PairEncoder,
             (4,),
-            marks=_not_read_yet("a sublayer returning None (Keras's symbolic call refuses it)"),
             id="sublayer_returns_none",
         ),
         pytest.param(
