@@ -201,7 +201,8 @@ def _node_caller(node: Any) -> Callable[[Sequence[Any]], list[Any]]:
         args, kwargs = node.arguments.fill_in(dict(zip(input_ids, values)))
         if pass_training:
             kwargs = dict(kwargs, training=False)
-        return list(keras.tree.flatten(operation(*args, **kwargs)))
+        # A None beside the tensors has no slot (see _nodes_without_none_outputs).
+        return [v for v in keras.tree.flatten(operation(*args, **kwargs)) if v is not None]
 
     call.keras_node = node  # read by call_arguments
     return call
@@ -455,6 +456,7 @@ class _Tracer:
         outer_slots = self._stand_in_slots(node, slot_of, prefix)
         try:
             inner_inputs, outputs = self._traced(node, batch=None)
+            _check_known_sizes(inner_inputs, outputs)
         except _Unreadable as first:
             try:
                 return self._look_inside_probed(node, outer_slots, prefix)
@@ -751,6 +753,29 @@ def _einsum_dense_keeps_known_axes():
             keras.layers.EinsumDense.compute_output_shape = original
 
 
+@contextlib.contextmanager
+def _nodes_without_none_outputs():
+    """While tracing a layer's ``call``: a sublayer that returns ``None`` beside its tensors
+    (keras-hub's DeiT encoder block returns ``(output, None)`` without attention scores) gets a
+    node of its tensor outputs only; Keras refuses such a node outside its own tracing. The
+    replay drops the same ``None`` (:func:`_node_caller`)."""
+    from keras.src.ops.node import Node  # private: the record of one symbolic call
+
+    original = Node.__init__
+
+    def __init__(self, operation, call_args=None, call_kwargs=None, outputs=None):
+        if outputs is not None:
+            outputs = [o for o in keras.tree.flatten(outputs) if o is not None]
+        original(self, operation, call_args, call_kwargs, outputs)
+
+    with _SPEC_LOCK:
+        Node.__init__ = __init__
+        try:
+            yield
+        finally:
+            Node.__init__ = original
+
+
 def _symbolic_call(layer: Any, args: Any, kwargs: dict[str, Any]) -> list[Any]:
     """A layer's ``call`` on symbolic arguments, flattened; :class:`_Unreadable` if it fails,
     :class:`_ConstantOutput` if no output is symbolic."""
@@ -761,8 +786,9 @@ def _symbolic_call(layer: Any, args: Any, kwargs: dict[str, Any]) -> list[Any]:
             _tolerant_output_specs(),
             _symbolic_variable_arithmetic(),
             _einsum_dense_keeps_known_axes(),
+            _nodes_without_none_outputs(),
         ):
-            outputs = keras.tree.flatten(layer.call(*args, **kwargs))
+            outputs = [o for o in keras.tree.flatten(layer.call(*args, **kwargs)) if o is not None]
     except Exception as err:  # any failure means "cannot be read this way"
         raise _Unreadable(
             f"running its `call` on symbolic inputs failed ({type(err).__name__}: "
@@ -785,6 +811,23 @@ def _function(inputs: list[Any], outputs: list[Any]) -> Any:
         raise _Unreadable(
             f"its computation is not a graph of Keras operations ({_first_line(err)})"
         ) from None
+
+
+def _check_known_sizes(inputs: list[Any], outputs: list[Any]) -> None:
+    """:class:`_Unreadable` if an operation of a call traced with the batch axis unknown
+    recorded a size it computed from that axis: a ``None`` inside a shape among its settings
+    (``ops.reshape(x, (ops.shape(x)[0], -1, d))`` records ``newshape=(None, -1, d)``, which
+    the replay cannot run). The call is then read at the probe batch sizes instead."""
+    for node in _node_pairs(_function(inputs, outputs), None):
+        operation = node[0].operation
+        if operation is None or isinstance(operation, keras.Layer):
+            continue  # a layer's own settings hold no traced sizes; its call is read on its own
+        for name, value in vars(operation).items():
+            if name in _BOOKKEEPING or not isinstance(value, (list, tuple)):
+                continue
+            leaves = keras.tree.flatten(value)
+            if None in leaves and any(_is_int(v) for v in leaves):
+                raise _Unreadable(f"it records a size read from its batch axis ({name}={value})")
 
 
 def _node_pairs(function: Any, twin: Any) -> list[tuple[Any, Any]]:

@@ -296,19 +296,45 @@ def conv_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPart
     spatial = tuple(int(d) for d in k.shape[:-2])
     pad, known = _explicit_padding(layer, x_shape, spatial, strides, dilation)
     depthwise = isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D))
+    apply = windowed(spatial, depthwise, padding)
+    statistics_apply = padded(pad, spatial, depthwise)
+    if _depthwise_by_groups(layer, k) and not all(d == 1 for d in spatial):
+        apply = _as_depthwise(windowed(spatial, True, padding), layer.groups)
+        if statistics_apply is not None:
+            statistics_apply = (pad, _as_depthwise(windowed(spatial, True, "valid"), layer.groups))
     return [
         (
             "",
             part(
                 k,
                 bias,
-                windowed(spatial, depthwise, padding),
+                apply,
                 out_axes=(-2, -1) if depthwise else (-1,),
                 shiftable=known,
-                padded_apply=padded(pad, spatial, depthwise),
+                padded_apply=statistics_apply,
             ),
         )
     ]
+
+
+def _depthwise_by_groups(layer: Any, kernel: Any) -> bool:
+    """A convolution with one input channel per group (``Conv2D(groups=channels)``, how
+    keras-hub's MobileNet and HGNetV2 write depthwise convolutions)."""
+    groups = getattr(layer, "groups", 1)
+    return groups > 1 and int(kernel.shape[-2]) == 1
+
+
+def _as_depthwise(depthwise_apply, groups: int):
+    """``apply(x, k)`` of a convolution with one input channel per group, as the depthwise
+    convolution it is: kernel ``(…, 1, groups·m)`` read as ``(…, groups, m)`` (output channel
+    ``g·m + j`` in both). TensorFlow has no CPU gradient of a grouped convolution outside a
+    ``tf.function``; it has one of a depthwise convolution."""
+
+    def apply(x, k):
+        shape = tuple(int(d) for d in k.shape[:-2]) + (groups, int(k.shape[-1]) // groups)
+        return depthwise_apply(x, tf.reshape(k, shape))
+
+    return apply
 
 
 def dense_parts(layer: Any, x_shape: Sequence[Any]) -> list[tuple[str, LinearPart]]:

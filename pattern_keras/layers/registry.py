@@ -25,6 +25,7 @@ from pattern_keras.layers.contraction import contraction, signal_product
 from pattern_keras.layers.core import Builder, Op, simple_builder, whole_call_op
 from pattern_keras.layers.elementwise import affine, arithmetic, identity, product
 from pattern_keras.layers.embedding import builders as embedding_builders
+from pattern_keras.layers.keras_hub import KERAS_HUB_RULES
 from pattern_keras.layers.linear import conv_parts, dense_parts, einsum_dense_parts, linear_ops
 from pattern_keras.layers.normalization import (
     batch_norm,
@@ -55,6 +56,9 @@ from pattern_keras.layers.shape import cast, center_crop, move, pad
 __all__ = ["register_layer", "ops_for_node", "supported_layer_names", "builder_for"]
 
 _REGISTRY: dict[type, Builder] = {}
+#: Builders of classes of optional libraries, by ``module.qualname``: matched when a layer is
+#: met, so that the library is never imported here (keras-hub).
+_BY_NAME: dict[str, Builder] = dict(KERAS_HUB_RULES)
 
 
 def _register(builder: Builder, *classes: type | None) -> None:
@@ -241,6 +245,9 @@ def _register_round3() -> None:
             )
         ),
     )
+    # ops.unstack; ops.image.extract_patches (a convolution with an identity kernel: each output
+    # value a copy of one input value, or a padded zero).
+    _register(move, op("core.Unstack"), op("image.ExtractPatches"))
     _register(pad, op("numpy.Pad"))
     _register(cast, op("core.Cast"))
     _register(affine, op("numpy.Negative"))
@@ -354,8 +361,9 @@ def builder_for(layer: Any) -> Builder | None:
     raises its reason, so that it is never looked into."""
     layer_class = type(layer)
     for cls in layer_class.__mro__:
-        if cls in _REGISTRY:
-            return _REGISTRY[cls] if _inherits_call(layer_class, cls) else None
+        builder = _REGISTRY.get(cls) or _BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+        if builder is not None:
+            return builder if _inherits_call(layer_class, cls) else None
     reason = refusal(layer)
     return None if reason is None else _refuser(reason)
 
@@ -406,9 +414,23 @@ def ops_for_node(node: _graph.CallNode, input_shape: Sequence[Any]) -> list[Op]:
         )
     ops = builder(node, input_shape)
     rank = len(node.output_shapes[0]) if node.output_shapes else 0
+    masks = _mask_argument_slots(node)
     for op in ops:
         op.rank = rank
+        marked = {i for i, s in enumerate(op.inputs) if s in masks}
+        op.index_inputs = tuple(sorted(set(op.index_inputs) | marked))
     return ops
+
+
+def _mask_argument_slots(node: _graph.CallNode) -> set[int]:
+    """The slots of the node's inputs passed as its ``mask`` argument
+    (``GlobalAveragePooling1D()(x, mask=padding_mask)``): read as a mask, never explained (an
+    integer model input given there is not cast to a float explained point)."""
+    arguments = _graph.call_arguments(node)
+    if arguments is None:
+        return set()
+    tag = arguments[1].get("mask")
+    return {node.inputs[tag[1]]} if tag is not None and tag[0] == "input" else set()
 
 
 def _is_float(dtype: str) -> bool:
