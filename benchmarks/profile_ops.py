@@ -1,17 +1,18 @@
 """Where an analyzer's time goes: TensorFlow's profiler, self time summed per op type.
 
-ResNet50 (or ``--model``) at 224×224, 8 images, built as in ``analyze_resnet.py``. The compiled
-tape gradient and each analyzer run once to warm up, then ``--calls`` times under
-``tf.profiler``; the profile's framework-op statistics give each TensorFlow op type's self time
-(all threads, so it tracks CPU time). Printed: a markdown table per analyzer of the op types that
-differ most from the tape gradient's, in milliseconds per call. The pattern analyzers get
-patterns shaped like their kernels (zeros) instead of a fit: the arithmetic does not depend on
-their values.
+ResNet50 (or ``--model``: ViTB16, BertBase at 128 tokens, ...) at 224×224, 8 images, built as in
+``analyze_resnet.py``. The compiled tape gradient and each analyzer run once to warm up, then
+``--calls`` times under ``tf.profiler``; the profile's framework-op statistics give each
+TensorFlow op type's self time (all threads, so it tracks CPU time). Printed: a markdown table
+per analyzer of the op types that differ most from the tape gradient's, in milliseconds per
+call. The pattern analyzers get patterns shaped like their kernels (zeros) instead of a fit:
+the arithmetic does not depend on their values.
 
 Usage::
 
     python benchmarks/profile_ops.py --only LRPEpsilon PatternNet
     python benchmarks/profile_ops.py --size 64 --only LRPZ     # a quick look
+    python benchmarks/profile_ops.py --model ViTB16 --calls 1 --only PatternNet
 """
 
 from __future__ import annotations
@@ -66,25 +67,24 @@ def op_self_times(fn, calls: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="ResNet50")
-    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--size", type=int, default=None, help="default 224; BERT: 128 tokens")
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--calls", type=int, default=2, help="profiled calls (default 2)")
     parser.add_argument("--rows", type=int, default=12, help="op types shown per analyzer")
     parser.add_argument("--only", nargs="*", default=None, help="analyzer labels or class names")
     args = parser.parse_args(argv)
+    if args.size is None:
+        args.size = 128 if args.model == "BertBase" else 224
 
     import tensorflow as tf
 
     resnet = _analyze_resnet()
     bench = resnet.bench
-    model = resnet.application(args.model, args.size)
-    x = bench.images(args.images, args.size)
-    if args.model != "ResNet50":
-        x = (x + 1.0) * 127.5
-    xt = tf.constant(x)
-    grad = bench.gradient_baseline(model)
-    grad(xt)
-    tape = op_self_times(lambda: grad(xt).numpy(), args.calls)
+    model, x = resnet.workload(args.model, args.size, args.images)
+    inputs = [tf.constant(a) for a in (x if isinstance(x, list) else [x])]
+    grad = resnet.tape_gradient(model, x)
+    grad()
+    tape = op_self_times(grad, args.calls)
     print(f"tape gradient: {sum(tape.values()):.0f} ms of op self time per call\n")
     for spec, _ in resnet.ANALYZERS:
         if args.only and spec.label not in args.only and spec.name not in args.only:
@@ -93,9 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         if spec.fit:
             resnet.set_zero_patterns(analyzer)
         fn = analyzer._compiled_fn()
-        selection = tf.zeros((len(x),), tf.int32)
-        fn([xt], selection)
-        times = op_self_times(lambda a=fn, s=selection: [t.numpy() for t in a([xt], s)], args.calls)
+        selection = tf.zeros((resnet.samples(x),), tf.int32)
+        fn(inputs, selection)
+        times = op_self_times(
+            lambda a=fn, s=selection: [t.numpy() for t in a(inputs, s) if t is not None],
+            args.calls,
+        )
         total = sum(times.values())
         print(
             f"### {spec.label}: {total:.0f} ms per call, "
