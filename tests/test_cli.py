@@ -503,11 +503,18 @@ def test_safe_mode_and_unsafe(tmp_path, files, capsys):
     argv = ["analyze", path, files["npy"], "-m", "gradient", "-o", tmp_path / "o"]
     code, _, err = run(argv, capsys)
     assert_usage_error(code, err, "safe mode", "--unsafe")
-    # With --unsafe the model loads; then the engine refuses the Lambda layer (no backward rule
-    # unless registered), naming it, as a usage error: never a traceback.
+    # With --unsafe the model loads, and its Lambda (made of keras.ops) is looked into: the
+    # gradient of y = Dense(2·x) is 2·W of the explained logit.
     code, _, err = run(argv + ["--unsafe"], capsys)
-    assert_usage_error(code, err, "'double'", "Lambda", "not supported")
+    assert code == 0, err
     assert "Traceback" not in err and "safe mode" not in err
+    saved = tmp_path / "o" / "explanations.npy"
+    loaded = keras.models.load_model(path, safe_mode=False)
+    x = np.load(files["npy"])
+    logits = loaded.predict(x, verbose=0)
+    kernel = loaded.layers[-1].get_weights()[0]  # (64, 2)
+    expected = 2.0 * kernel[:, logits.argmax(axis=1)].T.reshape(x.shape)
+    np.testing.assert_allclose(np.load(saved), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_unexpected_errors_exit_1_in_one_line(monkeypatch, capsys):
