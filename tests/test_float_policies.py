@@ -124,8 +124,10 @@ def test_mixed_policy_every_analyzer_and_fit(restore_policy, policy, tolerance):
 
     grad = pk.Gradient(model).analyze(x)
     want = tape_gradient(model, x)
-    # The replay computes as the layers do (measured: identical), so a tenth of the tolerance.
-    np.testing.assert_allclose(grad, want, rtol=0, atol=0.1 * tolerance * np.abs(want).max())
+    # The replay computes as the layers do, so a quarter of the tolerance: identical on some
+    # CPUs; on others a few bfloat16 values round one bfloat16 step (2⁻⁸ relative) apart, up to
+    # 0.85 % of the largest (measured: 12 of 3072).
+    np.testing.assert_allclose(grad, want, rtol=0, atol=0.25 * tolerance * np.abs(want).max())
 
     fitted = pk.PatternAttribution(model).fit(x, batch_size=8, verbose=0)
     expected = pk.PatternAttribution(reference).fit(x, batch_size=8, verbose=0).patterns
