@@ -211,36 +211,35 @@ def _cell(values: Sequence[float]) -> str:
     return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
 
+def _method_rows(runs: Sequence[dict[str, Any]], measures: tuple[str, str]) -> list[str]:
+    """One markdown row per method: ``measures`` for each model, "refused" where it was."""
+    rows = []
+    for name in METHODS:
+        cells = []
+        for kind in MODELS:
+            if name not in runs[0][kind]["scores"]:
+                cells += ["refused"] * len(measures)
+                continue
+            for measure in measures:
+                cells.append(_cell([run[kind]["scores"][name][measure] for run in runs]))
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def markdown_tables(runs: Sequence[dict[str, Any]]) -> str:
     """The analyzer table (both models side by side) and the ρ table, as markdown."""
     lines = [
         "| method | Conv1D cosine ↑ | Conv1D top-k ↑ | LSTM cosine ↑ | LSTM top-k ↑ |",
         "|---|---|---|---|---|",
     ]
-    for name in METHODS:
-        cells = []
-        for kind in MODELS:
-            if name not in runs[0][kind]["scores"]:
-                cells += ["refused", "refused"]
-                continue
-            for measure in ("cosine", "topk"):
-                cells.append(_cell([run[kind]["scores"][name][measure] for run in runs]))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _method_rows(runs, ("cosine", "topk"))
     lines += [
         "",
         "| method | Conv1D: share of ‖e‖ in steps 0–15 | Conv1D: growth per step back "
         "| LSTM: share of ‖e‖ in steps 0–15 | LSTM: growth per step back |",
         "|---|---|---|---|---|",
     ]
-    for name in METHODS:
-        cells = []
-        for kind in MODELS:
-            if name not in runs[0][kind]["scores"]:
-                cells += ["refused", "refused"]
-                continue
-            for measure in ("early", "growth"):
-                cells.append(_cell([run[kind]["scores"][name][measure] for run in runs]))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _method_rows(runs, ("early", "growth"))
     lines += [
         "",
         "| model | layer | ρ random | ρ filter | ρ linear | ρ two-component |",

@@ -423,9 +423,10 @@ def load_digits(n_class: int = 10) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True, eq=False)
-class SignalDistractorSeries:
+class SignalDistractorSeries(SignalDistractorData):
     """One draw of the time-series signal/distractor model (see
-    :func:`signal_distractor_series`).
+    :func:`signal_distractor_series`): the fields and ``distractors`` of
+    :class:`SignalDistractorData`, with steps × channels in place of height × width.
 
     Attributes
     ----------
@@ -447,21 +448,6 @@ class SignalDistractorSeries:
     distractor_amplitude : np.ndarray, shape (n, k), float64
         ``ε``, independent standard normal, independent of the labels.
     """
-
-    x: np.ndarray
-    labels: np.ndarray
-    signal: np.ndarray
-    signal_pattern: np.ndarray
-    distractor_patterns: np.ndarray
-    support: np.ndarray
-    signal_amplitude: np.ndarray
-    distractor_amplitude: np.ndarray
-
-    @property
-    def distractors(self) -> np.ndarray:
-        """Distractor component ``Σ_k a_dk·ε_k`` of each series, (n, steps, channels), float64."""
-        patterns = self.distractor_patterns.astype(np.float64)
-        return np.tensordot(self.distractor_amplitude, patterns, axes=1)
 
 
 def signal_distractor_series(

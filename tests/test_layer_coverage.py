@@ -1,6 +1,6 @@
 """Every public class of ``keras.layers`` is listed (``tests/layer_cases``): supported (its
 smallest model through every analyzer, against independent references), refused by name with a
-reason, owned by another helper, or looked into by the lead. A class the list does not name
+reason, or a base class whose subclasses are looked into (``Layer``, ``Wrapper``). A class the list does not name
 fails :func:`test_every_keras_layers_class_is_listed`, so that a new Keras release is noticed.
 """
 

@@ -15,8 +15,6 @@ Statuses
     Every analyzer but the gradient family refuses a model with it, naming the layer and the
     reason (``reason``: a regular expression the error must match); the gradient family
     differentiates it as it is (equal to the tape).
-``"owned"``
-    Another helper of this round brings it (``owner``); until then it is listed here.
 ``"lead"``
     A base class of the layers that are analyzed by looking inside them (graph.py's work: a
     layer whose ``call`` is made of other layers and ``keras.ops``). A concrete class read that
@@ -48,7 +46,7 @@ __all__ = [
     "held_activation",
 ]
 
-STATUSES = ("supported", "refused", "owned", "lead", "not a layer")
+STATUSES = ("supported", "refused", "lead", "not a layer")
 
 #: The modules holding the cases, one per owner.
 MODULES = ("ops", "attention", "text", "recurrent")
